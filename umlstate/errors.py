@@ -1,0 +1,96 @@
+"""The one error hierarchy of umlstate; the CLI maps each class to an exit code.
+
+Every error a user can meet carries a message that says what is wrong and what
+to do. Anything else that escapes is a bug, and the CLI says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CHANGES = 2
+EXIT_USAGE = 64
+EXIT_INVALID = 65
+EXIT_LOCKED = 75
+
+
+@dataclass(frozen=True, order=True)
+class Diagnostic:
+    """One problem in a topology file, at a position (1-based line and column)."""
+
+    line: int
+    column: int
+    message: str
+    file: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class UmlstateError(Exception):
+    """Base of every error umlstate reports to its user."""
+
+    exit_code = EXIT_FAILED
+
+
+class TopologyError(UmlstateError):
+    """The topology file is unreadable or invalid (user input)."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = sorted(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class HostError(UmlstateError):
+    """The host lacks something the topology needs: a program, user, netns, uplink."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}\n  to fix: {fix}" if fix else problem)
+
+
+class PreflightError(UmlstateError):
+    """Several host problems found before any change; nothing was changed."""
+
+    def __init__(self, problems: list[HostError]) -> None:
+        self.problems = problems
+        lines = ["nothing was changed; the host is not ready:"]
+        lines += [f"  - {p}".replace("\n", "\n    ") for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class ActionError(UmlstateError):
+    """One action of a plan failed while applying it."""
+
+
+class VerificationError(UmlstateError):
+    """After apply, the host still differs from the topology."""
+
+
+class ConflictError(UmlstateError):
+    """Foreign objects stand where the topology wants its own."""
+
+
+class LockBusy(UmlstateError):
+    """Another umlstate run holds the topology's lock."""
+
+    exit_code = EXIT_LOCKED
+
+
+class StalePlanError(UmlstateError):
+    """A saved plan no longer matches the host it is applied to."""
+
+
+class InternalError(UmlstateError):
+    """A broken invariant inside umlstate: always a bug."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"internal error: {what}\n"
+            "  this is a bug in umlstate; please report it with the command you ran and -v output"
+        )

@@ -1,0 +1,258 @@
+"""Topology file -> ``model.Topology``, with FILE:LINE:COL on every error.
+
+The entry of the pipeline. YAML is composed into nodes (never constructed
+into arbitrary objects: only the core scalar tags are accepted), converted into
+plain data while recording where each value and key stood, then parsed by the
+pydantic model and checked by ``rules``. All problems are collected, sorted by
+position and raised together as one ``TopologyError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from umlstate import rules
+from umlstate.errors import Diagnostic, TopologyError
+from umlstate.model import Topology
+
+Loc = tuple[str | int, ...]
+
+_CORE_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+}
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+# Aliases can expand a small file into a huge tree ("billion laughs").
+_MAX_NODES = 100_000
+_MAX_DEPTH = 64
+_MAX_BYTES = 4 << 20
+
+
+@dataclass
+class _Doc:
+    file: str
+    values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    problems: list[Diagnostic] = field(default_factory=list)
+    nodes: int = 0
+
+    def error(self, mark: yaml.Mark | tuple[int, int], message: str) -> None:
+        line, col = (mark.line + 1, mark.column + 1) if isinstance(mark, yaml.Mark) else mark
+        self.problems.append(Diagnostic(line, col, message, self.file))
+
+    def where(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
+        """The position of ``loc``, or of its nearest ancestor that was written."""
+        if key and loc in self.keys:
+            return self.keys[loc]
+        while loc not in self.values and loc:
+            loc = loc[:-1]
+        return self.values.get(loc, (1, 1))
+
+
+def load_file(path: str | os.PathLike[str]) -> Topology:
+    """Read and validate a topology file; raise TopologyError listing every problem."""
+    name = os.fspath(path)
+    try:
+        raw = Path(name).read_bytes()
+    except FileNotFoundError:
+        raise TopologyError([Diagnostic(1, 1, "no such file; pass a topology path or set "
+                                              "UMLSTATE_TOPOLOGY", name)]) from None
+    except IsADirectoryError:
+        raise TopologyError([Diagnostic(1, 1, "this is a folder, not a topology file", name)]) from None
+    except OSError as exc:
+        raise TopologyError([Diagnostic(1, 1, f"cannot read the file: {exc.strerror}", name)]) from None
+    return load_bytes(raw, name)
+
+
+def load_bytes(raw: bytes, file: str = "<topology>") -> Topology:
+    doc = _Doc(file)
+    if len(raw) > _MAX_BYTES:
+        doc.error((1, 1), f"the file is {len(raw)} bytes; a topology is at most {_MAX_BYTES}")
+        raise TopologyError(doc.problems)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        doc.error((line, col), f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x})")
+        raise TopologyError(doc.problems) from None
+    return load_text(text, file, doc)
+
+
+def load_text(text: str, file: str = "<topology>", doc: _Doc | None = None) -> Topology:
+    doc = doc or _Doc(file)
+    data = _compose(text, doc)
+    if doc.problems:
+        raise TopologyError(doc.problems)
+    if not isinstance(data, dict):
+        kind = "nothing" if data is None else type(data).__name__
+        doc.error(doc.where(()), f"the top level must be a mapping with at least 'name', found {kind}")
+        raise TopologyError(doc.problems)
+    try:
+        topology = Topology.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            _report_pydantic(err, doc)
+        raise TopologyError(doc.problems) from None
+    for problem in rules.check(topology):
+        doc.error(doc.where(problem.loc), problem.message)
+    if doc.problems:
+        raise TopologyError(doc.problems)
+    return topology
+
+
+def _compose(text: str, doc: _Doc) -> Any:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = (exc.problem or "invalid YAML").strip()
+        if exc.context:
+            message = f"{exc.context.strip()}: {message}"
+        if "\t" in message or "'\\t'" in message:
+            message += " (YAML indents with spaces, not tabs)"
+        doc.error(mark if mark else (1, 1), f"invalid YAML: {message}")
+        return None
+    except yaml.YAMLError as exc:  # ReaderError: control characters and the like
+        position = getattr(exc, "position", 0)
+        line = text.count("\n", 0, position) + 1
+        col = position - (text.rfind("\n", 0, position) + 1) + 1
+        reason = getattr(exc, "reason", str(exc))
+        doc.error((line, col), f"invalid YAML: {reason}")
+        return None
+    if node is None:
+        doc.error((1, 1), "the file is empty; a topology needs at least 'name'")
+        return None
+    return _convert(node, (), doc, 0)
+
+
+def _convert(node: yaml.Node, loc: Loc, doc: _Doc, depth: int) -> Any:
+    doc.nodes += 1
+    if doc.nodes > _MAX_NODES or depth > _MAX_DEPTH:
+        if doc.nodes == _MAX_NODES + 1 or depth == _MAX_DEPTH + 1:
+            doc.error(node.start_mark, "the document is too large or too deeply nested "
+                                       "(aliases expand beyond what a topology needs)")
+        return None
+    doc.values.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        if node.tag != "tag:yaml.org,2002:map":
+            doc.error(node.start_mark, f"tag {node.tag} is not allowed here")
+        out: dict[str, Any] = {}
+        first: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                doc.error(key_node.start_mark, "keys must be plain words, not lists or mappings")
+                continue
+            key = key_node.value
+            if key == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
+                doc.error(key_node.start_mark, "merge keys (<<) are not supported; write the keys out")
+                continue
+            if key in first:
+                prev = first[key].start_mark
+                doc.error(key_node.start_mark,
+                          f"duplicate key {key!r} (first at line {prev.line + 1}, "
+                          f"column {prev.column + 1}); each key may appear once")
+                continue
+            first[key] = key_node
+            doc.keys[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _convert(value_node, (*loc, key), doc, depth + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        if node.tag != "tag:yaml.org,2002:seq":
+            doc.error(node.start_mark, f"tag {node.tag} is not allowed here")
+        return [_convert(item, (*loc, i), doc, depth + 1) for i, item in enumerate(node.value)]
+    assert isinstance(node, yaml.ScalarNode)
+    if node.tag == _TIMESTAMP:
+        return node.value  # a date-like string stays a string
+    if node.tag not in _CORE_TAGS:
+        doc.error(node.start_mark, f"tag {node.tag} is not allowed; only plain values are")
+        return None
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node)
+    except (ValueError, yaml.YAMLError) as exc:
+        doc.error(node.start_mark, f"cannot read value {node.value[:40]!r}: {exc}")
+        return None
+
+
+def _report_pydantic(err: ErrorDetails, doc: _Doc) -> None:
+    loc: Loc = tuple(err["loc"])
+    kind = err["type"]
+    label = _label(loc)
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        message = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        if allowed:
+            message += f"; allowed here: {', '.join(allowed)}"
+        doc.error(doc.where(loc, key=True), message)
+    elif kind == "missing":
+        doc.error(doc.where(loc), f"missing required key {str(loc[-1])!r}" + _in(loc[:-1]))
+    elif kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern", "")
+        doc.error(doc.where(loc), f"{label} {value!r} does not match {pattern}")
+    elif kind == "literal_error":
+        expected = (err.get("ctx") or {}).get("expected", "")
+        doc.error(doc.where(loc), f"{label} {value!r} is not one of {expected}")
+    elif kind in ("value_error", "assertion_error"):
+        doc.error(doc.where(loc), str(err["msg"]).removeprefix("Value error, "))
+    elif kind.endswith("_type") or kind.endswith("_parsing"):
+        doc.error(doc.where(loc), f"{label}: {err['msg'].lower()}, found {_describe(value)}")
+    else:
+        doc.error(doc.where(loc), f"{label}: {err['msg']}")
+
+
+def _label(loc: Loc) -> str:
+    named = [p for p in loc if isinstance(p, str)]
+    return named[-1] if named else "value"
+
+
+def _in(loc: Loc) -> str:
+    if not loc:
+        return " at the top level"
+    parts = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    return f" in {parts.lstrip('.')}"
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def _allowed_keys(loc: Loc) -> list[str]:
+    """The keys the model accepts at ``loc``, for 'did you mean' hints."""
+    model: type[BaseModel] | None = Topology
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        model = _model_in(info.annotation) if info else None
+    return sorted(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None

@@ -1,0 +1,259 @@
+"""The desired state: pydantic models of SPEC's topology file.
+
+First stage of the pipeline. The loader turns YAML into these frozen models;
+``rules`` checks what spans several objects (references, addresses, sizes).
+Per-field constraints live here so that the JSON Schema carries them too.
+Defaults that depend on other fields (run_dir, sockets, COW files) are methods
+of ``Topology``, so that there is one place that says what they resolve to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+NAME_RE = r"^[a-z0-9-]{1,12}$"
+OBJECT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
+MEM_RE = r"^[0-9]+[KkMmGg]?$"
+MODE_RE = r"^0?[0-7]{3}$"
+SYSCTL_KEY_RE = r"^[a-z0-9_-]+(\.[a-zA-Z0-9_-]+)+$"
+USER_RE = r"^([a-z_][a-z0-9_-]{0,31}\$?|[0-9]{1,10})$"
+
+
+def _scalar_to_str(value: Any) -> Any:
+    """Accept YAML numbers where a name or uid is meant: ``owner: 1000``."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return value
+
+
+UserRef = Annotated[
+    str,
+    BeforeValidator(_scalar_to_str),
+    Field(pattern=USER_RE, description="A user name or a numeric uid."),
+]
+GroupRef = Annotated[
+    str,
+    BeforeValidator(_scalar_to_str),
+    Field(pattern=USER_RE, description="A group name or a numeric gid."),
+]
+SysctlValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+ObjectName = Annotated[str, Field(pattern=OBJECT_NAME_RE)]
+
+
+def is_valid_ifname(name: str) -> bool:
+    """Linux's dev_valid_name(): at most 15 bytes, no '/', ':' or white space."""
+    return (
+        0 < len(name.encode()) <= 15
+        and name not in (".", "..")
+        and not any(c in name for c in "/:") and not any(c.isspace() for c in name)
+    )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TunDevice(_Model):
+    """The tun/tap character device 10:200 that taps are made through."""
+
+    path: str = Field("/dev/net/tun", description="Where the node lives; absolute.")
+    mode: str | None = Field(
+        None,
+        pattern=MODE_RE,
+        description='Octal permissions as a quoted string, e.g. "0660"; left alone when omitted.',
+    )
+    group: GroupRef | None = Field(None, description="Group owning the node; left alone when omitted.")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_is_quoted(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                f'mode must be a quoted octal string such as "0660"; YAML read {value} as a number'
+            )
+        return value
+
+    def mode_bits(self) -> int | None:
+        return int(self.mode, 8) if self.mode is not None else None
+
+
+class Group(_Model):
+    """A host group, e.g. the users allowed to open the tun node."""
+
+    name: Annotated[str, Field(pattern=USER_RE)]
+    members: tuple[UserRef, ...] = ()
+
+
+class Host(_Model):
+    """Host-wide settings: folders, the tun node, groups, sysctls."""
+
+    run_dir: str | None = Field(None, description="Default /run/umlstate/<name>: sockets, pid files, uml_dir.")
+    state_dir: str | None = Field(None, description="Default /var/lib/umlstate/<name>: COW files, logs, records.")
+    tun: TunDevice | None = None
+    groups: tuple[Group, ...] = ()
+    sysctl: dict[Annotated[str, Field(pattern=SYSCTL_KEY_RE)], SysctlValue] = Field(
+        default_factory=dict, description="Keys under /proc/sys, dotted: net.ipv4.ip_forward."
+    )
+
+
+class ProxyArp(_Model):
+    """Answer ARP on a LAN interface for every guest address of the subnet."""
+
+    uplink: str = Field(description="Host interface facing the LAN, e.g. eth0.")
+
+
+class Subnet(_Model):
+    name: ObjectName
+    cidr: ipaddress.IPv4Network = Field(description="The guests' network, e.g. 172.16.99.0/24.")
+    gateway: ipaddress.IPv4Address | None = Field(
+        None, description="The host's address on the tap serving this subnet."
+    )
+    proxy_arp: ProxyArp | None = None
+
+    @field_validator("cidr", mode="before")
+    @classmethod
+    def _strict_cidr(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                ipaddress.IPv4Network(value, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"cidr {value!r} is not an IPv4 network: {exc}") from None
+        return value
+
+
+class Tap(_Model):
+    name: str = Field(description="Linux interface name, at most 15 bytes.")
+    owner: UserRef = Field(description="User name or uid that may attach (tunctl -u).")
+    group: GroupRef | None = Field(None, description="Group that may attach (tunctl -g).")
+    subnet: str | None = Field(None, description="The tap carries this subnet's gateway address.")
+
+
+class Switch(_Model):
+    name: ObjectName
+    kind: Literal["uml_switch", "vde_switch"] = "uml_switch"
+    tap: str | None = Field(None, description="The switch is plugged into this tap.")
+    user: UserRef = Field(description="The switch process runs as this user.")
+    socket: str | None = Field(None, description="Default <run_dir>/<name>.ctl.")
+    hub: bool = Field(False, description="Repeat every frame to every port (uml_switch -hub).")
+
+
+class Disk(_Model):
+    base: str | None = Field(None, description="Read-only base image, shared through a COW file.")
+    cow: str | None = Field(None, description="Default <state_dir>/<guest>.cow.")
+    image: str | None = Field(None, description="A private image used directly (ubd0=IMAGE).")
+
+
+class Nic(_Model):
+    switch: str | None = None
+    tap: str | None = None
+    address: ipaddress.IPv4Address | None = None
+    mac: str | None = Field(None, description="Unicast MAC; a stable one is derived when omitted.")
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", value):
+            raise ValueError(f"mac {value!r} is not six hex octets such as fe:fd:ac:10:63:01")
+        first = int(value[:2], 16)
+        if first & 1:
+            raise ValueError(f"mac {value} is a multicast address (first octet is odd); use a unicast one")
+        if int(value.replace(":", ""), 16) == 0:
+            raise ValueError("mac 00:00:00:00:00:00 is not a usable address")
+        return value.lower()
+
+
+class Guest(_Model):
+    name: ObjectName = Field(description="Also the umid: mconsole is <run_dir>/uml/<name>/mconsole.")
+    user: UserRef = Field(description="The guest process runs as this user.")
+    kernel: str = Field("linux.uml", description="Path, or a name on PATH.")
+    mem: Annotated[str, BeforeValidator(_scalar_to_str)] = Field(
+        pattern=MEM_RE, description="Memory size as UML reads it: 64M, 1G."
+    )
+    disk: Disk
+    args: tuple[str, ...] = Field((), description="Extra kernel command line words.")
+    nics: tuple[Nic, ...] = ()
+
+
+class Topology(_Model):
+    """A whole host: what umlstate makes the kernel and processes look like."""
+
+    name: str = Field(pattern=NAME_RE, description="Marks what umlstate owns; [a-z0-9-]{1,12}.")
+    host: Host = Field(default_factory=Host)
+    subnets: tuple[Subnet, ...] = ()
+    taps: tuple[Tap, ...] = ()
+    switches: tuple[Switch, ...] = ()
+    guests: tuple[Guest, ...] = ()
+
+    # Resolved defaults: the one place that says where things live.
+
+    @property
+    def run_dir(self) -> str:
+        return self.host.run_dir or f"/run/umlstate/{self.name}"
+
+    @property
+    def state_dir(self) -> str:
+        return self.host.state_dir or f"/var/lib/umlstate/{self.name}"
+
+    @property
+    def uml_dir(self) -> str:
+        return f"{self.run_dir}/uml"
+
+    @property
+    def alias(self) -> str:
+        """The ifalias that marks a link as created by this topology."""
+        return f"umlstate:{self.name}"
+
+    @property
+    def link_group(self) -> int:
+        """A link group derived from the name, so teardown deletes all taps at once.
+
+        FNV-1a folded into [256, 2**31): clear of 0 (the default group) and of the
+        small numbers people pick by hand.
+        """
+        h = 0x811C9DC5
+        for byte in self.name.encode():
+            h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+        return 256 + h % (2**31 - 256)
+
+    def socket_of(self, switch: Switch) -> str:
+        return switch.socket or f"{self.run_dir}/{switch.name}.ctl"
+
+    def mconsole_of(self, guest: Guest) -> str:
+        return f"{self.uml_dir}/{guest.name}/mconsole"
+
+    def cow_of(self, guest: Guest) -> str | None:
+        if guest.disk.base is None:
+            return None
+        return guest.disk.cow or f"{self.state_dir}/{guest.name}.cow"
+
+    def subnet(self, name: str) -> Subnet | None:
+        return next((s for s in self.subnets if s.name == name), None)
+
+    def tap(self, name: str) -> Tap | None:
+        return next((t for t in self.taps if t.name == name), None)
+
+    def switch(self, name: str) -> Switch | None:
+        return next((s for s in self.switches if s.name == name), None)
+
+    def guest(self, name: str) -> Guest | None:
+        return next((g for g in self.guests if g.name == name), None)
+
+    def subnet_of_nic(self, nic: Nic) -> Subnet | None:
+        """The subnet a NIC lands in: through its switch's tap, or its own tap."""
+        tap_name = nic.tap
+        if nic.switch is not None:
+            switch = self.switch(nic.switch)
+            tap_name = switch.tap if switch else None
+        tap = self.tap(tap_name) if tap_name else None
+        return self.subnet(tap.subnet) if tap and tap.subnet else None
+
+    def tap_of_subnet(self, subnet: Subnet) -> Tap | None:
+        return next((t for t in self.taps if t.subnet == subnet.name), None)

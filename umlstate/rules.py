@@ -1,0 +1,271 @@
+"""Validation rules that span several objects of a topology.
+
+Runs after the model has parsed (so every field has its type) and before
+anything looks at the host. Each rule yields ``Problem``s located by a path
+into the document, which the loader turns into FILE:LINE:COL. Rules never
+stop at the first problem: the user sees everything at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from umlstate.model import Topology, is_valid_ifname
+
+Loc = tuple[str | int, ...]
+
+# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class Problem:
+    loc: Loc
+    message: str
+
+
+def check(topology: Topology) -> list[Problem]:
+    problems: list[Problem] = []
+    for rule in (_unique_names, _references, _interfaces, _paths, _subnets, _addresses, _macs, _nics, _disks):
+        problems.extend(rule(topology))
+    return problems
+
+
+def _unique_names(t: Topology) -> Iterator[Problem]:
+    kinds: dict[str, list[str]] = {
+        "subnets": [s.name for s in t.subnets],
+        "taps": [x.name for x in t.taps],
+        "switches": [s.name for s in t.switches],
+        "guests": [g.name for g in t.guests],
+        "groups": [g.name for g in t.host.groups],
+    }
+    for kind, names in kinds.items():
+        first: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in first:
+                loc: Loc = ("host", "groups", i, "name") if kind == "groups" else (kind, i, "name")
+                yield Problem(loc, f"{kind[:-1] if kind != 'switches' else 'switch'} name {name!r} "
+                                   f"is used twice (first as {kind}[{first[name]}])")
+            else:
+                first[name] = i
+
+
+def _references(t: Topology) -> Iterator[Problem]:
+    subnets = {s.name for s in t.subnets}
+    taps = {x.name for x in t.taps}
+    switches = {s.name for s in t.switches}
+    for i, tap in enumerate(t.taps):
+        if tap.subnet is not None and tap.subnet not in subnets:
+            yield Problem(("taps", i, "subnet"), f"tap {tap.name} refers to subnet {tap.subnet!r}, "
+                                                 f"which is not defined{_known(subnets)}")
+    served: dict[str, str] = {}
+    for i, tap in enumerate(t.taps):
+        if tap.subnet in subnets:
+            if tap.subnet in served:
+                yield Problem(("taps", i, "subnet"), f"subnet {tap.subnet} is already served by tap "
+                                                     f"{served[tap.subnet]}; a subnet has one gateway tap")
+            else:
+                served[tap.subnet] = tap.name
+    for i, sw in enumerate(t.switches):
+        if sw.tap is not None and sw.tap not in taps:
+            yield Problem(("switches", i, "tap"), f"switch {sw.name} refers to tap {sw.tap!r}, "
+                                                  f"which is not defined{_known(taps)}")
+    plugged: dict[str, str] = {}
+    for i, sw in enumerate(t.switches):
+        if sw.tap in taps:
+            if sw.tap in plugged:
+                yield Problem(("switches", i, "tap"), f"tap {sw.tap} is already used by switch "
+                                                      f"{plugged[sw.tap]}; a tap takes one switch")
+            else:
+                plugged[sw.tap] = sw.name
+    for g, guest in enumerate(t.guests):
+        for n, nic in enumerate(guest.nics):
+            if nic.switch is not None and nic.switch not in switches:
+                yield Problem(("guests", g, "nics", n, "switch"),
+                              f"guest {guest.name} eth{n} refers to switch {nic.switch!r}, "
+                              f"which is not defined{_known(switches)}")
+            if nic.tap is not None and nic.tap not in taps:
+                yield Problem(("guests", g, "nics", n, "tap"),
+                              f"guest {guest.name} eth{n} refers to tap {nic.tap!r}, "
+                              f"which is not defined{_known(taps)}")
+
+
+def _known(names: set[str]) -> str:
+    return f" (defined: {', '.join(sorted(names))})" if names else " (none is defined)"
+
+
+def _interfaces(t: Topology) -> Iterator[Problem]:
+    for i, tap in enumerate(t.taps):
+        if not is_valid_ifname(tap.name):
+            yield Problem(("taps", i, "name"), _ifname_message("tap name", tap.name))
+    taps = {x.name for x in t.taps}
+    for i, subnet in enumerate(t.subnets):
+        if subnet.proxy_arp is None:
+            continue
+        uplink = subnet.proxy_arp.uplink
+        loc: Loc = ("subnets", i, "proxy_arp", "uplink")
+        if not is_valid_ifname(uplink):
+            yield Problem(loc, _ifname_message("uplink", uplink))
+        elif uplink in taps:
+            yield Problem(loc, f"uplink {uplink} is one of the topology's taps; "
+                               "proxy ARP answers on the LAN interface, e.g. eth0")
+
+
+def _ifname_message(what: str, name: str) -> str:
+    size = len(name.encode())
+    if size > 15:
+        return f"{what} {name!r} is {size} bytes long; Linux interface names have at most 15"
+    return f"{what} {name!r} is not a valid Linux interface name (no '/', ':', spaces, '.' or '..')"
+
+
+def _paths(t: Topology) -> Iterator[Problem]:
+    host = t.host
+    candidates: list[tuple[Loc, str | None, str]] = [
+        (("host", "run_dir"), host.run_dir, "run_dir"),
+        (("host", "state_dir"), host.state_dir, "state_dir"),
+        (("host", "tun", "path"), host.tun.path if host.tun else None, "tun path"),
+    ]
+    for i, sw in enumerate(t.switches):
+        candidates.append((("switches", i, "socket"), sw.socket, f"switch {sw.name} socket"))
+    for g, guest in enumerate(t.guests):
+        for field in ("base", "cow", "image"):
+            candidates.append((("guests", g, "disk", field), getattr(guest.disk, field),
+                               f"guest {guest.name} disk {field}"))
+        if "/" in guest.kernel:
+            candidates.append((("guests", g, "kernel"), guest.kernel, f"guest {guest.name} kernel"))
+    for loc, path, what in candidates:
+        if path is not None and not os.path.isabs(path):
+            yield Problem(loc, f"{what} {path!r} is a relative path; give an absolute one, "
+                               "since umlstate runs from cron and timers in any folder")
+        elif path is not None and os.path.normpath(path) != path.rstrip("/") and path != "/":
+            yield Problem(loc, f"{what} {path!r} is not a normalised path (remove '..', '.', '//')")
+
+    for i, sw in enumerate(t.switches):
+        sock = t.socket_of(sw)
+        if len(sock.encode()) > MAX_SOCKET_PATH:
+            loc = ("switches", i, "socket") if sw.socket else ("switches", i, "name")
+            yield Problem(loc, f"switch {sw.name} socket {sock} is {len(sock.encode())} bytes long; "
+                               f"unix socket paths have at most {MAX_SOCKET_PATH}")
+    for g, guest in enumerate(t.guests):
+        sock = t.mconsole_of(guest)
+        if len(sock.encode()) > MAX_SOCKET_PATH:
+            yield Problem(("guests", g, "name"),
+                          f"guest {guest.name} mconsole socket {sock} is {len(sock.encode())} bytes "
+                          f"long; unix socket paths have at most {MAX_SOCKET_PATH} (shorten run_dir)")
+
+
+def _subnets(t: Topology) -> Iterator[Problem]:
+    for i, subnet in enumerate(t.subnets):
+        net, gw = subnet.cidr, subnet.gateway
+        if net.prefixlen > 30:
+            yield Problem(("subnets", i, "cidr"), f"subnet {subnet.name} {net} has no room for a "
+                                                  "gateway and guests; use a prefix of /30 or shorter")
+        if gw is None:
+            continue
+        if gw not in net:
+            yield Problem(("subnets", i, "gateway"),
+                          f"gateway {gw} is not inside subnet {subnet.name} ({net})")
+        elif gw in (net.network_address, net.broadcast_address):
+            which = "network" if gw == net.network_address else "broadcast"
+            yield Problem(("subnets", i, "gateway"),
+                          f"gateway {gw} is the {which} address of subnet {subnet.name} ({net})")
+    for i, a in enumerate(t.subnets):
+        for b in t.subnets[:i]:
+            if a.cidr.overlaps(b.cidr):
+                yield Problem(("subnets", i, "cidr"),
+                              f"subnet {a.name} ({a.cidr}) overlaps subnet {b.name} ({b.cidr})")
+
+
+def _addresses(t: Topology) -> Iterator[Problem]:
+    used: dict[ipaddress.IPv4Address, str] = {}
+    for g, guest in enumerate(t.guests):
+        for n, nic in enumerate(guest.nics):
+            if nic.address is None:
+                continue
+            loc: Loc = ("guests", g, "nics", n, "address")
+            where = f"guest {guest.name} eth{n}"
+            via = _via(t, nic.switch, nic.tap)
+            subnet = t.subnet_of_nic(nic)
+            if subnet is None:
+                if via:
+                    yield Problem(loc, f"{where} has address {nic.address}, but {via} is on no subnet; "
+                                       "give the tap a subnet")
+                continue
+            net = subnet.cidr
+            if nic.address not in net:
+                yield Problem(loc, f"{where} address {nic.address} is not inside subnet {subnet.name} "
+                                   f"({net}) of {via}")
+            elif nic.address == net.network_address:
+                yield Problem(loc, f"{where} address {nic.address} is the network address of subnet "
+                                   f"{subnet.name} ({net})")
+            elif nic.address == net.broadcast_address:
+                yield Problem(loc, f"{where} address {nic.address} is the broadcast address of subnet "
+                                   f"{subnet.name} ({net})")
+            elif nic.address == subnet.gateway:
+                yield Problem(loc, f"{where} address {nic.address} is the gateway of subnet "
+                                   f"{subnet.name}; the host holds it")
+            if nic.address in used:
+                yield Problem(loc, f"{where} address {nic.address} is already used by {used[nic.address]}")
+            else:
+                used[nic.address] = where
+
+
+def _via(t: Topology, switch: str | None, tap: str | None) -> str:
+    if switch is not None:
+        sw = t.switch(switch)
+        if sw is None:
+            return ""
+        return f"switch {sw.name} on tap {sw.tap}" if sw.tap else f"switch {sw.name} (no tap)"
+    if tap is not None and t.tap(tap) is not None:
+        return f"tap {tap}"
+    return ""
+
+
+def _macs(t: Topology) -> Iterator[Problem]:
+    seen: dict[str, str] = {}
+    for g, guest in enumerate(t.guests):
+        for n, nic in enumerate(guest.nics):
+            if nic.mac is None:
+                continue
+            if nic.mac in seen:
+                yield Problem(("guests", g, "nics", n, "mac"),
+                              f"mac {nic.mac} of guest {guest.name} eth{n} is already used by {seen[nic.mac]}")
+            else:
+                seen[nic.mac] = f"guest {guest.name} eth{n}"
+
+
+def _nics(t: Topology) -> Iterator[Problem]:
+    for g, guest in enumerate(t.guests):
+        for n, nic in enumerate(guest.nics):
+            if (nic.switch is None) == (nic.tap is None):
+                yield Problem(("guests", g, "nics", n),
+                              f"guest {guest.name} eth{n} needs exactly one of 'switch' or 'tap'"
+                              + (", not both" if nic.switch else ""))
+        size = _mem_bytes(guest.mem)
+        if size < 16 << 20:
+            yield Problem(("guests", g, "mem"), f"guest {guest.name} mem {guest.mem} is too small for "
+                                                "UML to boot; give at least 64M")
+
+
+def _mem_bytes(mem: str) -> int:
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    suffix = mem[-1].lower()
+    if suffix in scale:
+        return int(mem[:-1]) * scale[suffix]
+    return int(mem)
+
+
+def _disks(t: Topology) -> Iterator[Problem]:
+    for g, guest in enumerate(t.guests):
+        d = guest.disk
+        loc: Loc = ("guests", g, "disk")
+        if d.base is not None and d.image is not None:
+            yield Problem(loc, f"guest {guest.name} disk has both 'base' and 'image'; "
+                               "use base (+cow) for a shared image, or image for a private one")
+        elif d.base is None and d.image is None:
+            yield Problem(loc, f"guest {guest.name} disk needs 'base' (with a COW file) or 'image'")
+        if d.cow is not None and d.base is None:
+            yield Problem(("guests", g, "disk", "cow"), f"guest {guest.name} disk has 'cow' without 'base'")
