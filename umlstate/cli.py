@@ -1,0 +1,399 @@
+"""The command line: wires loader -> observe -> planner -> executor per command.
+
+The outermost layer. It resolves the topology path, enters the namespace,
+takes the lock, and maps every ``UmlstateError`` to one readable message and
+SPEC's exit code; anything else is reported as a bug. Plans and status go to
+stdout, logs to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from umlstate import __version__, errors, render
+from umlstate import log as logsetup
+from umlstate.errors import (
+    ConflictError,
+    HostError,
+    InternalError,
+    PreflightError,
+    StalePlanError,
+    UmlstateError,
+    VerificationError,
+)
+from umlstate.loader import load_file
+from umlstate.model import Topology
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TOPOLOGY_DEFAULTS = ("./topology.yaml", "/etc/umlstate/topology.yaml")
+PLAN_FILE_KIND = "umlstate-plan"
+
+
+@dataclass
+class Options:
+    netns: str | None
+    log_format: logsetup.LogFormat
+    verbose: bool
+    lock_timeout: float
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"umlstate: {message}", err=True)
+    sys.exit(code)
+
+
+def run_safely(fn: F) -> F:
+    """Turn every error into one message and an exit code; never a traceback for bad input."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except errors.TopologyError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
+        except UmlstateError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # the last line of defence
+            if os.environ.get("UMLSTATE_DEBUG"):
+                raise
+            _fail(str(InternalError(f"{type(exc).__name__}: {exc}")), errors.EXIT_FAILED)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def resolve_topology(given: str | None) -> str:
+    if given:
+        return given
+    env = os.environ.get("UMLSTATE_TOPOLOGY")
+    if env:
+        return env
+    for candidate in TOPOLOGY_DEFAULTS:
+        if Path(candidate).exists():
+            return candidate
+    raise errors.TopologyError([errors.Diagnostic(1, 1, "no topology given and none found; pass a path, set "
+                                                        "UMLSTATE_TOPOLOGY, or create ./topology.yaml",
+                                                  "topology.yaml")])
+
+
+def _check_file_safety(path: str) -> None:
+    """As root, refuse a topology others can write: it decides what root runs."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if st.st_mode & 0o002:
+        raise HostError(f"{path} is writable by every user, and it decides what root runs",
+                        f"chmod o-w {path}")
+
+
+class Session:
+    """One run of a host-changing or host-reading command: namespace entered, netlink open."""
+
+    def __init__(self, opts: Options, topology: Topology) -> None:
+        from umlstate.kernel import Netlink
+
+        self.opts = opts
+        self.topology = topology
+        if opts.netns:
+            from umlstate import netns
+
+            netns.enter(opts.netns)
+        self.netlink = Netlink()
+
+    def observe(self) -> Any:
+        from umlstate.observe import observe
+
+        return observe(self.topology, self.netlink, self.opts.netns)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        from umlstate.lock import TopologyLock
+
+        with TopologyLock(self.topology.run_dir, self.opts.lock_timeout):
+            yield
+
+
+def _plan(session: Session, *, adopt: bool = False, destroy: bool = False) -> tuple[Any, Any]:
+    from umlstate.planner import plan
+
+    snapshot = session.observe()
+    return snapshot, plan(session.topology, snapshot, adopt=adopt, destroy=destroy)
+
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="umlstate")
+@click.option("--netns", metavar="NS", help="Work inside this existing network namespace (never created).")
+@click.option("--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True,
+              help="Logs on stderr for people, or one JSON object per line for log shippers.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
+@click.option("--lock-timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for another run's lock before exiting 75.")
+@click.pass_context
+def cli(ctx: click.Context, netns: str | None, log_format: logsetup.LogFormat, verbose: bool,
+         lock_timeout: float) -> None:
+    """Declarative networking for User-Mode-Linux guests.
+
+    A topology file says which taps, addresses, proxy ARP entries, sysctls,
+    switches and guests a host should have; umlstate compares it with the
+    live host, shows the difference as a plan, and applies it.
+
+    \b
+    Example:
+      umlstate validate topology.yaml
+      umlstate --netns lab plan topology.yaml
+      umlstate --netns lab apply topology.yaml --yes
+    """
+    logsetup.configure(log_format, verbose)
+    ctx.obj = Options(netns, log_format, verbose, lock_timeout)
+
+
+topology_arg = click.argument("topology", required=False, metavar="[TOPOLOGY]")
+
+
+@cli.command()
+@topology_arg
+@run_safely
+def validate(topology: str | None) -> None:
+    """Check a topology file; exit 0 when valid, 65 when not.
+
+    \b
+    Example:
+      umlstate validate topology.yaml
+    """
+    path = resolve_topology(topology)
+    t = load_file(path)
+    click.echo(f"{path}: valid topology {t.name}: {len(t.subnets)} subnet(s), {len(t.taps)} tap(s), "
+               f"{len(t.switches)} switch(es), {len(t.guests)} guest(s)")
+
+
+@cli.command()
+@run_safely
+def schema() -> None:
+    """Print the topology's JSON Schema (for editors and CI).
+
+    \b
+    Example:
+      umlstate schema > topology.schema.json
+    """
+    from umlstate.schema import topology_schema
+
+    click.echo(json.dumps(topology_schema(), indent=2))
+
+
+@cli.command("plan")
+@topology_arg
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (format_version 1).")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Save the plan for `apply FILE`.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when in sync, 2 when changes are pending.")
+@click.option("--adopt", is_flag=True, help="Plan to take over foreign objects in the topology's way.")
+@click.option("--destroy", is_flag=True, help="Plan the removal of everything umlstate owns.")
+@click.pass_obj
+@run_safely
+def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None,  # noqa: PLR0917
+             detailed_exitcode: bool, adopt: bool, destroy: bool) -> None:
+    """Show what `apply` would change, without changing anything.
+
+    \b
+    Example:
+      umlstate --netns lab plan topology.yaml
+      umlstate --netns lab plan --json --detailed-exitcode
+    """
+    path = resolve_topology(topology)
+    t = load_file(path)
+    session = Session(opts, t)
+    _snapshot, p = _plan(session, adopt=adopt, destroy=destroy)
+    if as_json:
+        click.echo(render.dumps(render.plan_json(p)), nl=False)
+    else:
+        click.echo(render.plan_text(p, colour=_colour()), nl=False)
+    if out:
+        saved = {"kind": PLAN_FILE_KIND, "format_version": render.FORMAT_VERSION, "source": path,
+                 "adopt": adopt, "topology_document": t.model_dump(mode="json"), "plan": render.plan_json(p)}
+        Path(out).write_text(json.dumps(saved, indent=1) + "\n")
+        if not as_json:
+            click.echo(f"Saved the plan to {out}; `umlstate apply {out}` carries it out while the host "
+                       "is unchanged.")
+    if p.blockers:
+        sys.exit(errors.EXIT_FAILED)
+    if detailed_exitcode and not p.in_sync:
+        sys.exit(errors.EXIT_CHANGES)
+
+
+def _load_target(given: str | None, opts: Options) -> tuple[Topology, dict[str, Any] | None]:
+    """A topology file, or a plan file saved by `plan --out`."""
+    path = resolve_topology(given)
+    if path.endswith(".json"):
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise HostError(f"cannot read plan file {path}: {exc}") from None
+        if isinstance(data, dict) and data.get("kind") == PLAN_FILE_KIND:
+            saved_netns = data["plan"].get("netns")
+            if saved_netns != opts.netns:
+                raise StalePlanError(f"{path} was planned for network namespace {saved_netns}, "
+                                     f"not {opts.netns}; pass --netns {saved_netns}")
+            return Topology.model_validate(data["topology_document"]), data
+    _check_file_safety(path)
+    return load_file(path), None
+
+
+def _confirm(p: Any, yes: bool, what: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UmlstateError(f"refusing to {what} without --yes when not on a terminal")
+    if not click.confirm(f"Do you want to {what} these changes?", default=False):
+        raise UmlstateError(f"{what} cancelled; nothing was changed")
+
+
+def _preflight(p: Any, adopt: bool) -> None:
+    from umlstate.executor import check_programs
+
+    problems = [HostError(b) for b in p.blockers] + check_programs(p)
+    if problems:
+        raise PreflightError(problems)
+    if p.conflicts:
+        lines = [f"  - {c.kind} {c.target}: {c.detail}" for c in p.conflicts]
+        hint = "rerun with --adopt to take over the adoptable ones" if any(c.adoptable for c in p.conflicts) \
+            else "remove or rename them by hand"
+        raise ConflictError("foreign objects stand where the topology wants its own; nothing was changed:\n"
+                            + "\n".join(lines) + f"\n  {hint}")
+
+
+def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
+              saved: dict[str, Any] | None = None) -> None:
+    import structlog
+
+    from umlstate.executor import Executor
+
+    log = structlog.get_logger("umlstate")
+    with session.locked():
+        snapshot, p = _plan(session, adopt=adopt, destroy=destroy)
+        if saved is not None and saved["plan"]["fingerprint"] != p.fingerprint:
+            raise StalePlanError("the host changed since this plan was saved; run `umlstate plan --out` again")
+        _preflight(p, adopt)
+        if not p.actions:
+            if sys.stdout.isatty():
+                click.echo(render.plan_text(p, colour=_colour()), nl=False)
+            log.debug("run", result="in sync", actions=0)
+            return
+        if not yes or sys.stdout.isatty():
+            click.echo(render.plan_text(p, colour=_colour()), nl=False)
+        _confirm(p, yes, "destroy" if destroy else "apply")
+        crash = os.environ.get("UMLSTATE_TEST_CRASH_AFTER")
+        result = Executor(session.topology, session.netlink,
+                          crash_after=int(crash) if crash else None).apply(p, snapshot)
+        _after, again = _plan(session, destroy=destroy)
+        if again.actions or again.conflicts:
+            left = "\n".join(f"  {a.kind} {a.target}: wanted {a.detail}; observed: {a.reason}"
+                             for a in again.actions)
+            raise VerificationError(f"applied {len(result.done)} action(s), but the host still differs "
+                                    f"from the topology:\n{left}")
+        s = p.summary
+        log.info("run", result="converged", added=s["add"], changed=s["change"], destroyed=s["destroy"],
+                 seconds=round(result.seconds, 3))
+        verb = "Destroy" if destroy else "Apply"
+        click.echo(f"{verb} complete: {s['add']} added, {s['change']} changed, {s['destroy']} destroyed "
+                   f"in {result.seconds:.2f}s; verified.")
+
+
+@cli.command()
+@click.argument("target", required=False, metavar="[TOPOLOGY|PLANFILE]")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@click.option("--adopt", is_flag=True, help="Take over foreign objects that stand where the topology wants its own.")
+@click.pass_obj
+@run_safely
+def apply(opts: Options, target: str | None, yes: bool, adopt: bool) -> None:
+    """Make the host match the topology, then verify it does.
+
+    \b
+    Example:
+      umlstate --netns lab apply topology.yaml --yes
+      umlstate --netns lab plan --out lab.plan.json && umlstate --netns lab apply lab.plan.json
+    """
+    t, saved = _load_target(target, opts)
+    if saved is not None:
+        adopt = adopt or bool(saved.get("adopt"))
+        yes = True  # the saved plan was the confirmation
+    _converge(Session(opts, t), yes=yes, adopt=adopt, destroy=False, saved=saved)
+
+
+@cli.command()
+@topology_arg
+@click.option("--yes", "-y", is_flag=True, help="Destroy without asking.")
+@click.pass_obj
+@run_safely
+def destroy(opts: Options, topology: str | None, yes: bool) -> None:
+    """Remove everything umlstate owns and restore the sysctls it changed.
+
+    \b
+    Example:
+      umlstate --netns lab destroy topology.yaml --yes
+    """
+    path = resolve_topology(topology)
+    _check_file_safety(path)
+    _converge(Session(opts, load_file(path)), yes=yes, adopt=False, destroy=True)
+
+
+@cli.command()
+@topology_arg
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (format_version 1).")
+@click.pass_obj
+@run_safely
+def status(opts: Options, topology: str | None, as_json: bool) -> None:
+    """Show every resource: ok, missing, drifted or conflict; exit 2 unless all are ok.
+
+    \b
+    Example:
+      umlstate --netns lab status
+    """
+    from umlstate.status import status as compute
+
+    path = resolve_topology(topology)
+    session = Session(opts, load_file(path))
+    snapshot, p = _plan(session)
+    rows = compute(session.topology, snapshot, p)
+    if as_json:
+        click.echo(render.dumps({"format_version": render.FORMAT_VERSION,
+                                 "resources": [r.to_json() for r in rows]}), nl=False)
+    else:
+        click.echo(render.status_text(rows, colour=_colour()), nl=False)
+    if p.blockers or any(r.state != "ok" for r in rows):
+        sys.exit(errors.EXIT_CHANGES)
+
+
+def main() -> None:
+    """The console entry point: SPEC's exit codes, including 64 for usage errors."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(errors.EXIT_USAGE)
+    except click.Abort:
+        _fail("aborted", errors.EXIT_FAILED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(errors.EXIT_USAGE)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,204 @@
+"""The kernel's network state, read and changed: netlink (pyroute2) and tun ioctls.
+
+Used by ``observe`` (reads) and ``executor`` (writes), always inside the
+namespace the process already entered, so one netlink socket serves the whole
+run. pyroute2 is imported here only, and lazily: commands that never touch the
+kernel (validate, schema, graph) do not pay its import time.
+
+Taps are made with ioctls on the tun node, not pyroute2's tuntap emulation:
+that forks a helper per tap inside a namespace and, worse, silently re-attaches
+to an existing tap and resets its flags. Callers check existence first.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from umlstate.errors import ActionError
+from umlstate.snapshot import Link
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOWNER = 0x400454CC
+TUNSETGROUP = 0x400454CE
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+NTF_PROXY = 0x08
+TUN_TYPES = {1: "tun", 2: "tap"}
+
+
+class Netlink:
+    """One rtnetlink socket in the current namespace, opened on first use."""
+
+    def __init__(self) -> None:
+        self._ipr: IPRoute | None = None
+
+    @property
+    def ipr(self) -> IPRoute:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    # --- reads ---------------------------------------------------------------------
+
+    def links(self, names: Iterable[str]) -> tuple[dict[str, Link], dict[int, str]]:
+        """Every tun link, plus the named ones whatever their kind; and index -> name."""
+        wanted = set(names)
+        out: dict[str, Link] = {}
+        index: dict[int, str] = {}
+        for msg in self.ipr.link("dump"):
+            name = msg.get("ifname")
+            kind = msg.get(("linkinfo", "kind"))
+            index[msg["index"]] = name
+            if kind != "tun" and name not in wanted:
+                continue
+            data = msg.get(("linkinfo", "data")) if kind == "tun" else None
+            owner = data.get("IFLA_TUN_OWNER") if data is not None else None
+            group = data.get("IFLA_TUN_GROUP") if data is not None else None
+            out[name] = Link(
+                name=name,
+                kind=kind,
+                up=bool(msg["flags"] & 1),
+                alias=msg.get("ifalias") or None,
+                group=msg.get("group") or 0,
+                tun_type=TUN_TYPES.get(data.get("IFLA_TUN_TYPE")) if data is not None else None,
+                owner=None if owner in (None, 0xFFFFFFFF) else owner,
+                tun_group=None if group in (None, 0xFFFFFFFF) else group,
+                persist=bool(data.get("IFLA_TUN_PERSIST")) if data is not None else False,
+                pi=bool(data.get("IFLA_TUN_PI")) if data is not None else False,
+            )
+        return out, index
+
+    def addresses(self, index: dict[int, str], names: set[str]) -> dict[str, frozenset[ipaddress.IPv4Interface]]:
+        found: dict[str, set[ipaddress.IPv4Interface]] = {n: set() for n in names}
+        for msg in self.ipr.addr("dump", family=socket.AF_INET):
+            name = index.get(msg["index"])
+            if name in found:
+                found[name].add(ipaddress.IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}"))
+        return {n: frozenset(a) for n, a in found.items()}
+
+    def proxies(self, index: dict[int, str]) -> frozenset[tuple[str, ipaddress.IPv4Address]]:
+        # The kernel dumps proxy entries only when NTF_PROXY is a flag of the request.
+        out = set()
+        for msg in self.ipr.neigh("dump", dump_filter=None, flags=NTF_PROXY):
+            dst = msg.get("dst")
+            if msg["family"] == socket.AF_INET and dst and msg["ifindex"] in index:
+                out.add((index[msg["ifindex"]], ipaddress.IPv4Address(dst)))
+        return frozenset(out)
+
+    # --- writes --------------------------------------------------------------------
+
+    def mark(self, name: str, alias: str, group: int) -> None:
+        self._call(f"mark {name}", self.ipr.link, "set", ifname=name, ifalias=alias, group=group)
+
+    def set_up(self, name: str) -> None:
+        self._call(f"set {name} up", self.ipr.link, "set", ifname=name, state="up")
+
+    def delete_link(self, name: str) -> None:
+        self._call(f"delete {name}", self.ipr.link, "del", ifname=name)
+
+    def delete_group(self, group: int) -> None:
+        """One RTM_DELLINK for a whole link group: ~1000x cheaper than one by one."""
+        self._call(f"delete link group {group}", self.ipr.link, "del", group=group)
+
+    def add_address(self, name: str, address: ipaddress.IPv4Interface) -> None:
+        self._call(f"add {address} to {name}", self.ipr.addr, "add", index=_index(name),
+                   address=str(address.ip), prefixlen=address.network.prefixlen)
+
+    def remove_address(self, name: str, address: ipaddress.IPv4Interface) -> None:
+        self._call(f"remove {address} from {name}", self.ipr.addr, "del", index=_index(name),
+                   address=str(address.ip), prefixlen=address.network.prefixlen)
+
+    def add_proxy(self, uplink: str, address: ipaddress.IPv4Address) -> None:
+        self._call(f"add proxy {address} on {uplink}", self.ipr.neigh, "add", dst=str(address),
+                   ifindex=_index(uplink), flags=NTF_PROXY)
+
+    def remove_proxy(self, uplink: str, address: ipaddress.IPv4Address) -> None:
+        self._call(f"remove proxy {address} on {uplink}", self.ipr.neigh, "del", dst=str(address),
+                   ifindex=_index(uplink), flags=NTF_PROXY)
+
+    @staticmethod
+    def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            fn(*args, **kwargs)
+        except NetlinkError as exc:
+            raise ActionError(f"{what}: {os.strerror(exc.code)} (netlink error {exc.code})") from None
+
+
+def _index(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise ActionError(f"interface {name} does not exist") from None
+
+
+# --- tun ioctls ----------------------------------------------------------------------
+
+
+def _attach(tun_path: str, name: str) -> int:
+    """Open the tun node and attach to (or create) tap ``name``; return the fd."""
+    try:
+        fd = os.open(tun_path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ActionError(f"cannot open the tun device {tun_path}: {exc.strerror}") from None
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.EBUSY:
+            raise ActionError(f"tap {name} is in use by a process (a switch or guest is attached); "
+                              "stop it first") from None
+        raise ActionError(f"TUNSETIFF {name}: {exc.strerror}") from None
+    return fd
+
+
+def create_tap(tun_path: str, name: str, uid: int, gid: int | None) -> None:
+    """tunctl -u UID [-g GID] -t NAME: a persistent tap without packet information."""
+    fd = _attach(tun_path, name)
+    try:
+        _set_owner(fd, name, uid, gid)
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as exc:
+        raise ActionError(f"tap {name}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def fix_tap(tun_path: str, name: str, uid: int, gid: int | None) -> None:
+    """Change the owner and group of an existing persistent tap in place."""
+    fd = _attach(tun_path, name)
+    try:
+        _set_owner(fd, name, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def _set_owner(fd: int, name: str, uid: int, gid: int | None) -> None:
+    try:
+        fcntl.ioctl(fd, TUNSETOWNER, uid)
+        # The kernel refuses (gid_t)-1: a group can be set but never cleared,
+        # so the planner replaces a tap whose group must go.
+        if gid is not None:
+            fcntl.ioctl(fd, TUNSETGROUP, gid)
+    except OSError as exc:
+        raise ActionError(f"tap {name}: setting owner {uid}/group {gid}: {exc.strerror}") from None

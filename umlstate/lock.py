@@ -1,0 +1,50 @@
+"""One lock per topology, held by every run that may change the host.
+
+flock(2) on ``<run_dir>/lock``: released by the kernel when the holder dies,
+so a killed run never leaves the topology locked. The holder writes its pid
+into the file so that a waiting run can name it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+from umlstate.errors import LockBusy
+
+
+class TopologyLock:
+    def __init__(self, run_dir: str, timeout: float) -> None:
+        self.path = Path(run_dir) / "lock"
+        self.timeout = timeout
+        self.fd: int | None = None
+
+    def __enter__(self) -> TopologyLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise LockBusy(f"another umlstate run (pid {holder}) holds the lock {self.path}; "
+                                   f"waited {self.timeout:g}s. Try again when it has finished.") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing the last fd releases the flock
+            self.fd = None

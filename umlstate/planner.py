@@ -1,0 +1,358 @@
+"""plan(topology, snapshot) -> Plan: the pure heart of umlstate.
+
+Sits between observation and the executor. No I/O and no host libraries
+(tests/test_purity.py enforces it): the same inputs always give the same plan,
+so golden files can pin plans down and a saved plan can be re-derived.
+
+The planner walks the resources in dependency order: first it removes what
+umlstate owns but no longer wants (so a removal never trips over a creation),
+then groups, the tun node, sysctls, taps, addresses, link state and proxy
+entries. Every action is simulated on the working snapshot as soon as it is
+chosen, so later steps see the host as the earlier actions will leave it.
+Destroy is the plan towards a topology that wants nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from umlstate import actions as A
+from umlstate.model import Host, Topology
+from umlstate.snapshot import Snapshot
+
+DEFAULT_TUN = "/dev/net/tun"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A foreign object stands where the topology wants its own."""
+
+    kind: A.Kind
+    target: str
+    detail: str
+    adoptable: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "target": self.target, "detail": self.detail, "adoptable": self.adoptable}
+
+
+@dataclass(frozen=True)
+class Plan:
+    topology: str
+    netns: str | None
+    actions: tuple[A.Action, ...]
+    conflicts: tuple[Conflict, ...] = ()
+    blockers: tuple[str, ...] = ()  # host problems found in preflight: nothing may run
+    warnings: tuple[str, ...] = ()
+    fingerprint: str = ""
+    mode: Literal["apply", "destroy"] = "apply"
+
+    @property
+    def summary(self) -> dict[str, int]:
+        ops = [a.op for a in self.actions]
+        return {
+            "add": ops.count("create") + ops.count("replace"),
+            "change": ops.count("update"),
+            "destroy": ops.count("delete") + ops.count("replace"),
+        }
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.actions and not self.conflicts and not self.blockers
+
+
+@dataclass
+class _Builder:
+    origin: Snapshot
+    s: Snapshot
+    actions: list[A.Action] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    blockers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, action: A.Action) -> None:
+        self.actions.append(action)
+        self.s = action.simulate(self.s)
+
+
+def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy: bool = False) -> Plan:
+    desired = _nothing_wanted(topology) if destroy else topology
+    b = _Builder(observed, observed)
+    if not destroy:
+        _preflight(desired, b)
+    _remove_unwanted(desired, b)
+    _groups(desired, b)
+    _tun_node(desired, b)
+    _sysctls(desired, b)
+    _taps(desired, b, adopt)
+    _addresses(desired, b)
+    _link_up(desired, b)
+    _proxies(desired, b)
+    _warnings(desired, b)
+    return Plan(
+        topology=topology.name,
+        netns=observed.netns,
+        actions=tuple(b.actions),
+        conflicts=tuple(b.conflicts),
+        blockers=tuple(b.blockers),
+        warnings=tuple(b.warnings),
+        fingerprint=observed.fingerprint(),
+        mode="destroy" if destroy else "apply",
+    )
+
+
+def _nothing_wanted(t: Topology) -> Topology:
+    """The same topology (name, folders) with no resources: what destroy plans towards."""
+    host = Host(run_dir=t.host.run_dir, state_dir=t.host.state_dir)
+    return t.model_copy(update={"host": host, "subnets": (), "taps": (), "switches": (), "guests": ()})
+
+
+# --- what the topology wants, derived --------------------------------------------
+
+
+def wanted_addresses(t: Topology) -> dict[str, ipaddress.IPv4Interface]:
+    out: dict[str, ipaddress.IPv4Interface] = {}
+    for tap in t.taps:
+        subnet = t.subnet(tap.subnet) if tap.subnet else None
+        if subnet is not None and subnet.gateway is not None:
+            out[tap.name] = ipaddress.IPv4Interface(f"{subnet.gateway}/{subnet.cidr.prefixlen}")
+    return out
+
+
+def wanted_proxies(t: Topology) -> set[tuple[str, ipaddress.IPv4Address]]:
+    """One proxy entry per guest address whose subnet answers ARP on an uplink."""
+    out: set[tuple[str, ipaddress.IPv4Address]] = set()
+    for guest in t.guests:
+        for nic in guest.nics:
+            subnet = t.subnet_of_nic(nic)
+            if nic.address is not None and subnet is not None and subnet.proxy_arp is not None:
+                out.add((subnet.proxy_arp.uplink, nic.address))
+    return out
+
+
+def _owns_link(t: Topology, s: Snapshot, name: str) -> bool:
+    link = s.links.get(name)
+    if link is None or not link.is_tap:
+        return False
+    if link.alias == t.alias:
+        return True
+    # A crashed run recorded the tap before making it, but did not mark it yet.
+    return name in s.records.pending_taps and not link.alias
+
+
+# --- steps -------------------------------------------------------------------------
+
+
+def _preflight(t: Topology, b: _Builder) -> None:
+    s = b.s
+    creating = {g.name for g in t.host.groups}
+    users: dict[str, str] = {}
+    for tap in t.taps:
+        users.setdefault(tap.owner, f"owner of tap {tap.name}")
+    for group in t.host.groups:
+        for member in group.members:
+            users.setdefault(member, f"member of group {group.name}")
+    for user, role in sorted(users.items()):
+        if s.uid(user) is None:
+            b.blockers.append(f"user {user} ({role}) does not exist; create it (adduser {user}) "
+                              "or change the topology")
+    groups: dict[str, str] = {}
+    for tap in t.taps:
+        if tap.group:
+            groups.setdefault(tap.group, f"group of tap {tap.name}")
+    if t.host.tun and t.host.tun.group:
+        groups.setdefault(t.host.tun.group, "group of the tun device")
+    for group_name, role in sorted(groups.items()):
+        if group_name not in creating and s.gid(group_name) is None:
+            b.blockers.append(f"group {group_name} ({role}) does not exist; list it under host.groups "
+                              f"or create it (addgroup {group_name})")
+    for key in sorted(t.host.sysctl):
+        if key in s.sysctls and s.sysctls[key] is None:
+            b.blockers.append(f"sysctl {key} does not exist on this kernel "
+                              f"(/proc/sys/{key.replace('.', '/')} is missing)")
+    for uplink in sorted({sn.proxy_arp.uplink for sn in t.subnets if sn.proxy_arp}):
+        if uplink not in s.links:
+            where = f"network namespace {s.netns}" if s.netns else "the host"
+            b.blockers.append(f"uplink interface {uplink} does not exist in {where}; "
+                              "fix proxy_arp.uplink or create the interface")
+    if t.taps and t.host.tun is None and s.tun is not None and not s.tun.is_tun:
+        b.blockers.append(f"no tun device at {s.tun.path}: load the module (modprobe tun) or declare "
+                          "host.tun so that umlstate makes the node")
+
+
+def _remove_unwanted(t: Topology, b: _Builder) -> None:
+    wanted_proxy = wanted_proxies(t)
+    for uplink, address in sorted(b.s.records.proxies):
+        entry = (uplink, ipaddress.IPv4Address(address))
+        if entry in b.s.proxies and entry not in wanted_proxy:
+            b.add(A.RemoveProxy("no longer in the topology", uplink, entry[1]))
+
+    wanted_taps = {tap.name for tap in t.taps}
+    addresses = wanted_addresses(t)
+    for name in sorted(b.s.links):
+        if not _owns_link(t, b.s, name):
+            continue
+        if name not in wanted_taps:
+            b.add(A.DeleteTap("no longer in the topology", name, t.link_group))
+            continue
+        for extra in sorted(b.s.addresses.get(name, frozenset())):
+            if extra != addresses.get(name):
+                b.add(A.RemoveAddress("not in the topology", name, extra))
+
+    for key in sorted(b.s.records.sysctl_originals):
+        if key not in t.host.sysctl:
+            b.add(A.RestoreSysctl("no longer in the topology", key, b.s.records.sysctl_originals[key],
+                                  b.s.sysctls.get(key)))
+
+    wanted_members = {(g.name, m) for g in t.host.groups for m in g.members}
+    for group, user in sorted(b.s.records.members_added):
+        if (group, user) not in wanted_members:
+            observed = b.s.groups.get(group)
+            if observed is not None and user in observed.members:
+                b.add(A.RemoveGroupMember("no longer in the topology", group, user))
+            else:  # gone already: only forget it
+                b.s = A.RemoveGroupMember("", group, user).simulate(b.s)
+    wanted_groups = {g.name for g in t.host.groups}
+    for group in sorted(b.s.records.groups_created - wanted_groups):
+        if b.s.groups.get(group) is not None:
+            b.add(A.DeleteGroup("no longer in the topology", group))
+
+    tun = b.s.tun
+    if t.host.tun is None and tun is not None and tun.exists:
+        if b.s.records.tun_created:
+            b.add(A.DeleteTunNode("no longer in the topology", tun.path))
+        elif b.s.records.tun_original is not None:
+            mode, gid = b.s.records.tun_original
+            b.add(A.RestoreTunNode("no longer in the topology", tun.path, mode, gid))
+
+
+def _groups(t: Topology, b: _Builder) -> None:
+    for group in t.host.groups:
+        if b.s.groups.get(group.name) is None:
+            b.add(A.CreateGroup("missing", group.name))
+        observed = b.s.groups[group.name]
+        assert observed is not None
+        for member in sorted(set(group.members) - observed.members):
+            if b.s.uid(member) is not None:
+                b.add(A.AddGroupMember("member missing", group.name, member))
+
+
+def _tun_node(t: Topology, b: _Builder) -> None:
+    want = t.host.tun
+    if want is None:
+        return
+    node = b.s.tun
+    mode = want.mode_bits()
+    if node is None or not node.exists:
+        b.add(A.CreateTunNode("missing", want.path, mode, want.group))
+        return
+    if not node.is_tun:
+        b.conflicts.append(Conflict("tun-device", want.path, "the path exists but is not the character "
+                                                             "device 10:200; move it away", False))
+        return
+    drift = []
+    if mode is not None and node.mode != mode:
+        drift.append(f"mode {_octal(node.mode)}, wanted {mode:04o}")
+    want_gid = b.s.gid(want.group) if want.group else None
+    if want.group is not None and (node.gid != want_gid or want_gid is None):
+        drift.append(f"gid {node.gid}, wanted group {want.group}")
+    if drift:
+        b.add(A.FixTunNode("drifted: " + "; ".join(drift), want.path,
+                           mode if mode is not None and node.mode != mode else None,
+                           want.group if want.group is not None and node.gid != want_gid else None,
+                           gid_now=node.gid, mode_now=node.mode))
+
+
+def _octal(mode: int | None) -> str:
+    return "none" if mode is None else f"{mode:04o}"
+
+
+def _sysctls(t: Topology, b: _Builder) -> None:
+    for key in sorted(t.host.sysctl):
+        want = " ".join(t.host.sysctl[key].split())
+        current = b.s.sysctls.get(key)
+        if current is None:  # missing key: a preflight blocker already says so
+            continue
+        if current != want:
+            b.add(A.SetSysctl(f"is {current}, wanted {want}", key, want, current))
+
+
+def _taps(t: Topology, b: _Builder, adopt: bool) -> None:
+    for tap in sorted(t.taps, key=lambda x: x.name):
+        link = b.s.links.get(tap.name)
+        create = A.CreateTap("missing", tap.name, tap.owner, tap.group, t.alias, t.link_group)
+        if link is None:
+            b.add(create)
+            continue
+        if link.kind != "tun":
+            b.conflicts.append(Conflict("tap", tap.name, f"a {link.kind or 'non-tun'} link named {tap.name} "
+                                                         "exists; rename or remove it by hand", False))
+            continue
+        if not _owns_link(t, b.s, tap.name):
+            if not adopt:
+                alias = link.alias or ""
+                owner = f"owned by topology {alias[9:]}" if alias.startswith("umlstate:") \
+                    else "not created by umlstate"
+                b.conflicts.append(Conflict("tap", tap.name, f"a tap named {tap.name} exists, {owner}; "
+                                                             "rerun with --adopt to take it over", True))
+                continue
+            b.add(A.MarkTap("adopted (--adopt)", tap.name, t.alias, t.link_group))
+        elif link.alias != t.alias:
+            b.add(A.MarkTap("made by an interrupted run, not yet marked", tap.name, t.alias, t.link_group))
+        elif link.group != t.link_group:
+            b.add(A.MarkTap(f"link group drifted from {link.group} to {t.link_group}", tap.name,
+                            t.alias, t.link_group))
+        link = b.s.links[tap.name]
+        stuck_group = tap.group is None and link.tun_group is not None
+        if not link.is_tap or link.pi or not link.persist or stuck_group:
+            why = [w for w, bad in (("a tun, not a tap", not link.is_tap), ("has packet information", link.pi),
+                                    ("not persistent", not link.persist),
+                                    (f"has group {link.tun_group}, wanted none", stuck_group)) if bad]
+            b.add(A.ReplaceTap(f"{', '.join(why)}: the kernel cannot change that in place", create))
+            continue
+        want_uid = b.s.uid(tap.owner)
+        want_gid = b.s.gid(tap.group) if tap.group else None
+        drift = []
+        if link.owner != want_uid:
+            drift.append(f"owner drifted from {_id(link.owner)} to {tap.owner}")
+        if link.tun_group != want_gid or (tap.group and want_gid is None):
+            drift.append(f"group drifted from {_id(link.tun_group)} to {tap.group or 'none'}")
+        if drift:
+            b.add(A.FixTap("; ".join(drift), tap.name, tap.owner, tap.group))
+
+
+def _id(value: int | None) -> str:
+    return "none" if value is None else str(value)
+
+
+def _addresses(t: Topology, b: _Builder) -> None:
+    for name, address in sorted(wanted_addresses(t).items()):
+        if _owns_link(t, b.s, name) and address not in b.s.addresses.get(name, frozenset()):
+            b.add(A.AddAddress("missing", name, address))
+
+
+def _link_up(t: Topology, b: _Builder) -> None:
+    for tap in sorted(t.taps, key=lambda x: x.name):
+        link = b.s.links.get(tap.name)
+        if link is not None and _owns_link(t, b.s, tap.name) and not link.up:
+            b.add(A.SetLinkUp("down" if tap.name in b.origin.links else "a new tap starts down", tap.name))
+
+
+def _proxies(t: Topology, b: _Builder) -> None:
+    for uplink, address in sorted(wanted_proxies(t) - b.s.proxies):
+        if uplink in b.s.links:
+            b.add(A.AddProxy("missing", uplink, address))
+
+
+def _warnings(t: Topology, b: _Builder) -> None:
+    if any(sn.proxy_arp for sn in t.subnets) and b.s.sysctls.get("net.ipv4.ip_forward") != "1":
+        b.warnings.append("proxy ARP is configured but net.ipv4.ip_forward is not 1: the kernel only answers "
+                          "proxy entries and forwards to the guests when forwarding is on; "
+                          "add net.ipv4.ip_forward: 1 under host.sysctl")
+    if b.s.netns:
+        for key in sorted(t.host.sysctl):
+            if not key.startswith("net."):
+                b.warnings.append(f"sysctl {key} is not per network namespace: it changes the whole host, "
+                                  f"not only {b.s.netns}")

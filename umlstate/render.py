@@ -1,0 +1,88 @@
+"""Plans and status as people and programs read them: text and JSON.
+
+The last stage before the terminal. Text follows Terraform's conventions
+(`+` create, `~` update, `-` delete, `-/+` replace, one reason per line, a
+"Plan: ..." summary); JSON follows SPEC (format_version 1). Colour only when
+asked (the CLI asks on a TTY).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from umlstate.planner import Plan
+
+FORMAT_VERSION = 1
+SYMBOLS = {"create": "+", "update": "~", "delete": "-", "replace": "-/+"}
+COLOURS = {"create": "32", "update": "33", "delete": "31", "replace": "35"}
+
+
+def _paint(text: str, code: str, colour: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+
+def plan_text(plan: Plan, *, colour: bool = False) -> str:
+    lines: list[str] = []
+    where = f" in network namespace {plan.netns}" if plan.netns else ""
+    for blocker in plan.blockers:
+        lines.append(_paint("error: ", "31;1", colour) + blocker)
+    for conflict in plan.conflicts:
+        lines.append(_paint("conflict: ", "31;1", colour) + f"{conflict.kind} {conflict.target}: {conflict.detail}")
+    for warning in plan.warnings:
+        lines.append(_paint("warning: ", "33;1", colour) + warning)
+    if lines:
+        lines.append("")
+    if not plan.actions:
+        if not plan.conflicts and not plan.blockers:
+            lines.append(f"No changes. The host{where} matches topology {plan.topology}.")
+        return "\n".join(lines) + "\n"
+    verb = "destroy" if plan.mode == "destroy" else "apply"
+    lines.append(f"umlstate will {verb} topology {plan.topology}{where}:")
+    lines.append("")
+    width = max(len(f"{a.kind} {a.target}") for a in plan.actions)
+    for action in plan.actions:
+        symbol = _paint(f"{SYMBOLS[action.op]:>3}", COLOURS[action.op], colour)
+        head = f"{action.kind} {action.target}".ljust(width)
+        lines.append(f"{symbol} {head}  {action.detail}  # {action.reason}")
+    s = plan.summary
+    lines.append("")
+    lines.append(f"Plan: {s['add']} to add, {s['change']} to change, {s['destroy']} to destroy.")
+    return "\n".join(lines) + "\n"
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "topology": plan.topology,
+        "netns": plan.netns,
+        "mode": plan.mode,
+        "fingerprint": plan.fingerprint,
+        "actions": [a.to_json() for a in plan.actions],
+        "conflicts": [c.to_json() for c in plan.conflicts],
+        "errors": list(plan.blockers),
+        "warnings": list(plan.warnings),
+        "summary": plan.summary,
+    }
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+STATE_COLOURS = {"ok": "32", "missing": "33", "drifted": "33", "conflict": "31"}
+
+
+def status_text(rows: list[Any], *, colour: bool = False) -> str:
+    if not rows:
+        return "The topology declares no resources.\n"
+    kind_w = max(len(r.kind) for r in rows)
+    target_w = max(len(r.target) for r in rows)
+    lines = []
+    for r in rows:
+        state = _paint(f"{r.state:<8}", STATE_COLOURS[r.state], colour)
+        lines.append(f"{r.kind:<{kind_w}}  {r.target:<{target_w}}  {state}  {r.detail}".rstrip())
+    bad = sum(r.state != "ok" for r in rows)
+    lines.append("")
+    lines.append(f"{len(rows) - bad} of {len(rows)} resources ok." if bad else f"All {len(rows)} resources ok.")
+    return "\n".join(lines) + "\n"

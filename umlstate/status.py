@@ -1,0 +1,76 @@
+"""Status: every resource of the topology, ok / missing / drifted / conflict.
+
+Pure, like the planner it builds on: a resource is ok when the plan has
+nothing to do for it, missing when the plan would create it, drifted when
+the plan would change, replace or remove it, in conflict when a foreign
+object stands in its place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from umlstate.model import Topology
+from umlstate.planner import Plan, wanted_addresses, wanted_proxies
+from umlstate.snapshot import Snapshot
+
+State = Literal["ok", "missing", "drifted", "conflict"]
+
+
+@dataclass(frozen=True)
+class Row:
+    kind: str
+    target: str
+    state: State
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "target": self.target, "state": self.state, "detail": self.detail}
+
+
+def status(topology: Topology, observed: Snapshot, plan: Plan) -> list[Row]:
+    t, s = topology, observed
+    wanted: list[tuple[str, str, str]] = []  # kind, target, detail when ok
+    if t.host.tun:
+        node = s.tun
+        mode = f"mode {node.mode:04o}" if node and node.mode is not None else ""
+        wanted.append(("tun-device", t.host.tun.path, f"char 10:200 {mode}".strip()))
+    for group in t.host.groups:
+        wanted.append(("group", group.name, f"members {', '.join(group.members) or 'none'}"))
+    for key, value in sorted(t.host.sysctl.items()):
+        wanted.append(("sysctl", key, f"= {value}"))
+    for tap in sorted(t.taps, key=lambda x: x.name):
+        link = s.links.get(tap.name)
+        state = "up" if link and link.up else "down"
+        wanted.append(("tap", tap.name, f"owner {tap.owner}, {state}"))
+    for name, iface in sorted(wanted_addresses(t).items()):
+        wanted.append(("address", f"{name} {iface}", ""))
+    for uplink, address in sorted(wanted_proxies(t)):
+        wanted.append(("proxy-neigh", f"{uplink} {address}", ""))
+
+    by_target: dict[tuple[str, str], list[str]] = {}
+    missing: set[tuple[str, str]] = set()
+    for action in plan.actions:
+        resource: tuple[str, str] = (action.kind, action.target)
+        by_target.setdefault(resource, []).append(action.reason)
+        if action.op == "create":
+            missing.add(resource)
+    conflicts: dict[tuple[str, str], str] = {(c.kind, c.target): c.detail for c in plan.conflicts}
+
+    rows = []
+    for kind, target, ok_detail in wanted:
+        resource = (kind, target)
+        if resource in conflicts:
+            rows.append(Row(kind, target, "conflict", conflicts[resource]))
+        elif resource in missing:
+            rows.append(Row(kind, target, "missing", "; ".join(by_target[resource])))
+        elif resource in by_target:
+            rows.append(Row(kind, target, "drifted", "; ".join(by_target[resource])))
+        else:
+            rows.append(Row(kind, target, "ok", ok_detail))
+    listed = {(r.kind, r.target) for r in rows}
+    for action in plan.actions:  # owned but no longer wanted
+        if (action.kind, action.target) not in listed and action.op == "delete":
+            rows.append(Row(action.kind, action.target, "drifted", action.reason))
+    return rows
