@@ -123,6 +123,8 @@ def _compose(text: str, doc: _Doc) -> Any:
             message = f"{exc.context.strip()}: {message}"
         if "\t" in message or "'\\t'" in message:
             message += " (YAML indents with spaces, not tabs)"
+        elif "expected <block end>" in message or "mapping values are not allowed" in message:
+            message += " (check this line's indentation against the lines above)"
         doc.error(mark if mark else (1, 1), f"invalid YAML: {message}")
         return None
     except yaml.YAMLError as exc:  # ReaderError: control characters and the like

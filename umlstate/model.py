@@ -179,6 +179,14 @@ class Guest(_Model):
     )
     disk: Disk
     args: tuple[str, ...] = Field((), description="Extra kernel command line words.")
+
+    @field_validator("mem", mode="before")
+    @classmethod
+    def _mem(cls, value: Any) -> Any:
+        value = _scalar_to_str(value)
+        if isinstance(value, str) and not re.fullmatch(MEM_RE, value):
+            raise ValueError(f"mem {value!r} is not a size UML accepts: a number with K, M or G, e.g. 64M or 1G")
+        return value
     nics: tuple[Nic, ...] = ()
 
 

@@ -256,7 +256,7 @@ def _tun_node(t: Topology, b: _Builder) -> None:
     if mode is not None and node.mode != mode:
         drift.append(f"mode {_octal(node.mode)}, wanted {mode:04o}")
     want_gid = b.s.gid(want.group) if want.group else None
-    if want.group is not None and (node.gid != want_gid or want_gid is None):
+    if want.group is not None and node.gid != want_gid:
         drift.append(f"gid {node.gid}, wanted group {want.group}")
     if drift:
         b.add(A.FixTunNode("drifted: " + "; ".join(drift), want.path,
@@ -315,9 +315,9 @@ def _taps(t: Topology, b: _Builder, adopt: bool) -> None:
         want_uid = b.s.uid(tap.owner)
         want_gid = b.s.gid(tap.group) if tap.group else None
         drift = []
-        if link.owner != want_uid:
+        if want_uid is not None and link.owner != want_uid:  # an unknown user is a preflight error
             drift.append(f"owner drifted from {_id(link.owner)} to {tap.owner}")
-        if link.tun_group != want_gid or (tap.group and want_gid is None):
+        if link.tun_group != want_gid:
             drift.append(f"group drifted from {_id(link.tun_group)} to {tap.group or 'none'}")
         if drift:
             b.add(A.FixTap("; ".join(drift), tap.name, tap.owner, tap.group))

@@ -1,0 +1,131 @@
+"""Test harness: fresh namespaces per test, and a guard on the root namespace.
+
+Every kernel test works in a namespace named umlstate-test-* that it makes and
+removes itself, also when it fails. The session guard records the root
+namespace's links, addresses, routes, proxy entries and forwarding sysctls at
+start and fails the run if any of them changed by the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IS_ROOT = os.geteuid() == 0
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="kernel tests need root (network namespaces, taps)")
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=check)
+
+
+def _root_state() -> dict[str, Any]:
+    links = json.loads(sh("ip", "-d", "-j", "link", "show").stdout)
+    addrs = json.loads(sh("ip", "-j", "addr", "show").stdout)
+    return {
+        "links": sorted((x["ifname"], x.get("ifalias", ""), x.get("group", ""), x.get("linkinfo", {}).get("info_kind", ""))
+                        for x in links),
+        "addresses": sorted((x["ifname"], a["local"], a["prefixlen"]) for x in addrs for a in x.get("addr_info", [])),
+        "routes": sh("ip", "route", "show").stdout,
+        "proxies": sh("ip", "neigh", "show", "proxy").stdout,
+        "sysctls": {k: Path(f"/proc/sys/net/ipv4/{k}").read_text().strip()
+                    for k in ("ip_forward", "conf/all/proxy_arp")},
+        "netns": sorted(n for n in sh("ip", "netns", "list").stdout.split() if n.startswith("umlstate-test-")),
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def root_namespace_unchanged() -> Iterator[None]:
+    """Fail the run if anything in the root network namespace changed."""
+    if not IS_ROOT:
+        yield
+        return
+    before = _root_state()
+    yield
+    after = _root_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    if changed:
+        pytest.fail(f"the tests changed the ROOT network namespace: {changed}", pytrace=False)
+
+
+@dataclass
+class Netns:
+    name: str
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "-n", self.name, *args, check=check)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.name, *args, check=check)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ip("-j", *args).stdout or "[]")
+
+    def sysctl(self, key: str) -> str:
+        return self.run("cat", "/proc/sys/" + key.replace(".", "/")).stdout.strip()
+
+    def pids(self) -> list[int]:
+        return [int(p) for p in sh("ip", "netns", "pids", self.name, check=False).stdout.split()]
+
+
+def make_netns(prefix: str = "umlstate-test-") -> Netns:
+    ns = Netns(prefix + secrets.token_hex(4))
+    sh("ip", "netns", "add", ns.name)
+    ns.ip("link", "set", "lo", "up")
+    return ns
+
+
+def remove_netns(ns: Netns) -> None:
+    """End only the processes inside this namespace (ours: we made it), then delete it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = ns.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 3
+        while ns.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    sh("ip", "netns", "del", ns.name, check=False)
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    ns = make_netns()
+    try:
+        yield ns
+    finally:
+        remove_netns(ns)
+
+
+@pytest.fixture
+def host_with_uplink(netns: Netns) -> Netns:
+    """A namespace with an eth0 (one end of a veth pair; this kernel has no dummy links)."""
+    netns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer")
+    netns.ip("link", "set", "eth0", "up")
+    return netns
+
+
+def umlstate(*args: str, netns: str | None = None, env: dict[str, str] | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, in its own process."""
+    cmd = [sys.executable, "-m", "umlstate"]
+    if netns:
+        cmd += ["--netns", netns]
+    full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=full_env, check=False)

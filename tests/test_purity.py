@@ -1,0 +1,38 @@
+"""The planner is pure: no I/O, no host libraries, in it or in what it imports."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "umlstate"
+PURE = ["planner", "actions", "snapshot", "model", "status", "render"]
+FORBIDDEN_MODULES = {"os", "subprocess", "socket", "fcntl", "ctypes", "shutil", "pyroute2", "psutil", "pathlib",
+                     "grp", "pwd", "umlstate.kernel", "umlstate.observe", "umlstate.executor", "umlstate.records"}
+FORBIDDEN_CALLS = {"open", "print", "input", "exec", "eval"}
+
+
+def test_pure_modules_import_no_io() -> None:
+    for name in PURE:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported = {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported = {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+            else:
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                    assert node.func.id not in FORBIDDEN_CALLS, f"{name}.py calls {node.func.id}()"
+                continue
+            bad = {m for m in imported if m.split(".")[0] in FORBIDDEN_MODULES or m in FORBIDDEN_MODULES}
+            assert not bad, f"umlstate/{name}.py imports {bad}: the planner side must stay pure"
+
+
+def test_importing_the_planner_loads_no_host_library() -> None:
+    code = ("import sys, umlstate.planner, umlstate.status; "
+            "print(','.join(m for m in ('pyroute2', 'psutil', 'umlstate.kernel', 'umlstate.executor', "
+            "'umlstate.observe') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
