@@ -12,9 +12,11 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,6 +113,17 @@ def netns() -> Iterator[Netns]:
         yield ns
     finally:
         remove_netns(ns)
+
+
+@pytest.fixture
+def tmp_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder that unprivileged users can reach (pytest's own base is 0700), as /run and /var/lib are."""
+    folder = Path(tempfile.mkdtemp(prefix="umlstate-test-", dir="/tmp"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

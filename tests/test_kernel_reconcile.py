@@ -107,7 +107,13 @@ def lab(host_with_uplink: Netns, tmp_path: Path) -> Iterator[Lab]:
     # A sysctl value that differs from the wanted one, so destroy has something to restore.
     host_with_uplink.run("sysctl", "-qw", "net.ipv4.conf.all.proxy_arp=1")
     try:
-        yield Lab(host_with_uplink, tmp_path, group)
+        lab = Lab(host_with_uplink, tmp_path, group)
+        # These tests are about host plumbing: the guests only give proxy entries their
+        # addresses, so they are held down the way an operator would, with `stop`.
+        for guest in ("web", "db"):
+            held = umlstate("stop", str(lab.path), guest, netns=lab.ns.name)
+            assert held.returncode == 0, held.stderr
+        yield lab
     finally:
         if _group_exists(group):  # never leave a host group behind, even on failure
             sh("groupdel", group, check=False)
@@ -230,9 +236,9 @@ def test_plan_json_follows_the_schema_and_a_saved_plan_refuses_a_changed_host(la
 
 
 def test_a_second_run_waits_for_the_lock_then_exits_75_naming_the_holder(lab: Lab) -> None:
-    run_dir = lab.tmp / "run"
-    run_dir.mkdir(parents=True)
-    with open(run_dir / "lock", "w") as holder:
+    state_dir = lab.tmp / "state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "lock", "w") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX)
         holder.write(f"{os.getpid()}\n")
         holder.flush()

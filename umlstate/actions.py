@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
-from umlstate.snapshot import HostGroup, Link, Snapshot, TunNode
+from umlstate.snapshot import GuestState, HostGroup, Link, Proc, Snapshot, SwitchState, TunNode
 
 Op = Literal["create", "update", "delete", "replace"]
 Kind = Literal["tun-device", "group", "sysctl", "tap", "address", "proxy-neigh", "switch", "guest"]
@@ -508,3 +508,155 @@ class RemoveProxy(Action):
         owned = s.records.proxies - {(self.uplink, str(self.address))}
         return replace(s, proxies=s.proxies - {(self.uplink, self.address)},
                        records=replace(s.records, proxies=owned))
+
+
+# --- switches and guests -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartSwitch(Action):
+    op: ClassVar[Op] = "create"
+    kind: ClassVar[Kind] = "switch"
+    name: str
+    argv: tuple[str, ...]
+    user: str
+    socket: str
+    tap: str | None
+
+    @property
+    def target(self) -> str:
+        return self.name
+
+    @property
+    def detail(self) -> str:
+        return f"start as {self.user}: {' '.join(self.argv)}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        proc = Proc(0, s.uid(self.user) or 0, self.argv, 0.0)
+        s = _carrier(s, self.tap, True)
+        return replace(s, switches={**s.switches, self.name: SwitchState(proc, socket_exists=True)})
+
+
+@dataclass(frozen=True)
+class StopSwitch(Action):
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "switch"
+    name: str
+    proc: Proc
+    socket: str
+
+    @property
+    def target(self) -> str:
+        return self.name
+
+    @property
+    def detail(self) -> str:
+        return f"stop pid {self.proc.pid} (SIGTERM), remove {self.socket}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        s = _carrier(s, _tap_arg(self.proc.argv), False)
+        return replace(s, switches={**s.switches, self.name: SwitchState(None)})
+
+
+@dataclass(frozen=True)
+class ReplaceSwitch(Action):
+    op: ClassVar[Op] = "replace"
+    kind: ClassVar[Kind] = "switch"
+    stop: StopSwitch
+    start: StartSwitch
+
+    @property
+    def target(self) -> str:
+        return self.start.name
+
+    @property
+    def detail(self) -> str:
+        return argv_diff(self.stop.proc.argv, self.start.argv)
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return self.start.simulate(self.stop.simulate(s))
+
+
+@dataclass(frozen=True)
+class StartGuest(Action):
+    op: ClassVar[Op] = "create"
+    kind: ClassVar[Kind] = "guest"
+    name: str
+    argv: tuple[str, ...]
+    user: str
+    cow: str | None
+    base: str | None
+
+    @property
+    def target(self) -> str:
+        return self.name
+
+    @property
+    def detail(self) -> str:
+        mem = next((w for w in self.argv if w.startswith("mem=")), "")
+        nics = sum(1 for w in self.argv if w.startswith("eth"))
+        return f"boot as {self.user}: {self.argv[0]} {mem}, {nics} nic(s)"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        proc = Proc(0, s.uid(self.user) or 0, self.argv, 0.0)
+        return replace(s, guests={**s.guests, self.name: GuestState(proc, answers=True)})
+
+
+@dataclass(frozen=True)
+class StopGuest(Action):
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "guest"
+    name: str
+    proc: Proc
+
+    @property
+    def target(self) -> str:
+        return self.name
+
+    @property
+    def detail(self) -> str:
+        return f"stop pid {self.proc.pid}: mconsole cad, then halt, then signals"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, guests={**s.guests, self.name: GuestState(None)})
+
+
+@dataclass(frozen=True)
+class ReplaceGuest(Action):
+    op: ClassVar[Op] = "replace"
+    kind: ClassVar[Kind] = "guest"
+    stop: StopGuest
+    start: StartGuest
+
+    @property
+    def target(self) -> str:
+        return self.start.name
+
+    @property
+    def detail(self) -> str:
+        return argv_diff(self.stop.proc.argv, self.start.argv)
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return self.start.simulate(self.stop.simulate(s))
+
+
+def argv_diff(old: tuple[str, ...], new: tuple[str, ...]) -> str:
+    """The words that differ, as -old +new: what a replace changes."""
+    removed = [w for w in old if w not in new]
+    added = [w for w in new if w not in old]
+    if not removed and not added:
+        return "same command line, restarted"
+    return " ".join([*(f"-{w}" for w in removed), *(f"+{w}" for w in added)])
+
+
+def _tap_arg(argv: tuple[str, ...]) -> str | None:
+    for flag in ("-tap", "-t"):
+        if flag in argv[:-1]:
+            return argv[argv.index(flag) + 1]
+    return None
+
+
+def _carrier(s: Snapshot, tap: str | None, on: bool) -> Snapshot:
+    if tap is None or tap not in s.links:
+        return s
+    return replace(s, links={**s.links, tap: replace(s.links[tap], carrier=on)})

@@ -127,7 +127,7 @@ class Session:
     def locked(self) -> Iterator[None]:
         from umlstate.lock import TopologyLock
 
-        with TopologyLock(self.topology.run_dir, self.opts.lock_timeout):
+        with TopologyLock(self.topology.state_dir, self.opts.lock_timeout):
             yield
 
 
@@ -382,6 +382,88 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
         click.echo(render.status_text(rows, colour=_colour()), nl=False)
     if p.blockers or any(r.state != "ok" for r in rows):
         sys.exit(errors.EXIT_CHANGES)
+
+
+def _hold(session: Session, guest: str, held: bool) -> None:
+    from dataclasses import replace
+
+    from umlstate import records
+
+    recs = records.load(session.topology.state_dir)
+    records.save(session.topology.state_dir,
+                 replace(recs, held=recs.held | {guest} if held else recs.held - {guest}))
+
+
+def _one_guest(opts: Options, topology: str | None, guest: str) -> Session:
+    t = load_file(resolve_topology(topology))
+    if t.guest(guest) is None:
+        known = ", ".join(g.name for g in t.guests) or "none"
+        raise click.UsageError(f"no guest {guest!r} in topology {t.name} (guests: {known})")
+    return Session(opts, t)
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True, metavar="[TOPOLOGY] GUEST")
+@click.pass_obj
+@run_safely
+def stop(opts: Options, args: tuple[str, ...]) -> None:
+    """Stop one guest cleanly (mconsole cad, then halt, then signals) and keep it down.
+
+    Later `apply` runs leave it stopped until `umlstate start GUEST`.
+
+    \b
+    Example:
+      umlstate --netns lab stop topology.yaml web
+    """
+    from umlstate.executor import Executor
+
+    topology, guest = _topology_and_guest(args)
+    session = _one_guest(opts, topology, guest)
+    with session.locked():
+        state = session.observe().guests.get(guest)
+        _hold(session, guest, True)
+        if state is None or state.proc is None:
+            click.echo(f"guest {guest} is not running; it stays down until `umlstate start {guest}`.")
+            return
+        how = Executor(session.topology, session.netlink).stop_guest(guest, state.proc)
+        click.echo(f"guest {guest} stopped ({how}); it stays down until `umlstate start {guest}`.")
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True, metavar="[TOPOLOGY] GUEST")
+@click.pass_obj
+@run_safely
+def start(opts: Options, args: tuple[str, ...]) -> None:
+    """Start one guest (and what it needs), and let `apply` keep it running again.
+
+    \b
+    Example:
+      umlstate --netns lab start topology.yaml web
+    """
+    from umlstate.executor import Executor
+    from umlstate.planner import plan
+
+    topology, guest = _topology_and_guest(args)
+    session = _one_guest(opts, topology, guest)
+    with session.locked():
+        _hold(session, guest, False)
+        snapshot = session.observe()
+        p = plan(session.topology, snapshot)
+        _preflight(p, adopt=False)
+        state = snapshot.guests.get(guest)
+        if not p.actions and state is not None and state.proc is not None:
+            click.echo(f"guest {guest} is already running (pid {state.proc.pid}).")
+            return
+        Executor(session.topology, session.netlink).apply(p, snapshot)
+        click.echo(f"guest {guest} started; {len(p.actions)} action(s) applied.")
+
+
+def _topology_and_guest(args: tuple[str, ...]) -> tuple[str | None, str]:
+    if len(args) == 1:
+        return None, args[0]
+    if len(args) == 2:
+        return args[0], args[1]
+    raise click.UsageError("expected [TOPOLOGY] GUEST")
 
 
 def main() -> None:

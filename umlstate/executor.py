@@ -22,21 +22,39 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import structlog
 
 from umlstate import actions as A
-from umlstate import kernel, records
+from umlstate import kernel, mconsole, processes, records
 from umlstate.errors import ActionError, HostError
 from umlstate.kernel import Netlink
 from umlstate.model import Topology
 from umlstate.observe import sysctl_path
 from umlstate.planner import DEFAULT_TUN, Plan
-from umlstate.snapshot import Records, Snapshot
+from umlstate.snapshot import Proc, Records, Snapshot
 
 log = structlog.get_logger("umlstate")
 
 # The Debian package that ships each program umlstate may run.
-PACKAGES = {"groupadd": "passwd", "groupdel": "passwd", "gpasswd": "passwd"}
+PACKAGES = {"groupadd": "passwd", "groupdel": "passwd", "gpasswd": "passwd", "uml_mkcow": "uml-utilities"}
+BOOT_TIMEOUT = float(os.environ.get("UMLSTATE_BOOT_TIMEOUT", "90"))
+BOOT_GRACE = 3.0
+
+
+@dataclass
+class Booting:
+    proc: Proc
+    log: Path
+    offset: int  # where this boot's output starts in the log
+
+    def output(self) -> str:
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
 
 @dataclass
@@ -61,6 +79,9 @@ class ApplyFailed(ActionError):
 def programs_needed(plan: Plan) -> set[str]:
     needed = set()
     for action in plan.actions:
+        start = action.start if isinstance(action, A.ReplaceGuest) else action
+        if isinstance(start, A.StartGuest) and start.cow and start.base:
+            needed.add("uml_mkcow")
         if isinstance(action, A.CreateGroup):
             needed.add("groupadd")
         elif isinstance(action, A.DeleteGroup):
@@ -82,7 +103,7 @@ class Executor:
         self.tun_path = topology.host.tun.path if topology.host.tun else DEFAULT_TUN
         # Test hook (UMLSTATE_TEST_CRASH_AFTER): die like kill -9 after k actions.
         self.crash_after = crash_after
-        self._handlers: dict[type[A.Action], Callable[[Any], None]] = {
+        self._handlers: dict[type[A.Action], Callable[[Any], object]] = {
             A.CreateTunNode: self._create_tun_node,
             A.FixTunNode: self._fix_tun_node,
             A.RestoreTunNode: self._restore_tun_node,
@@ -103,7 +124,15 @@ class Executor:
             A.RemoveAddress: lambda a: self.nl.remove_address(a.ifname, a.address),
             A.AddProxy: lambda a: self.nl.add_proxy(a.uplink, a.address),
             A.RemoveProxy: lambda a: self.nl.remove_proxy(a.uplink, a.address),
+            A.StartSwitch: self._start_switch,
+            A.StopSwitch: lambda a: processes.stop_switch(a.proc, a.socket),
+            A.ReplaceSwitch: self._replace_switch,
+            A.StartGuest: self._start_guest,
+            A.StopGuest: lambda a: self.stop_guest(a.name, a.proc),
+            A.ReplaceGuest: self._replace_guest,
         }
+        self._booting: dict[str, Booting] = {}
+        self._dirs_ready = False
 
     def apply(self, plan: Plan, observed: Snapshot) -> Result:
         start = time.monotonic()
@@ -134,6 +163,7 @@ class Executor:
                 result.done.append(done)
                 self._maybe_crash(len(result.done))
             i += max(batch, 1)
+        self._wait_booted()
         records.save(self.t.state_dir, replace(final.records, pending_taps=frozenset()))
         result.seconds = time.monotonic() - start
         return result
@@ -188,6 +218,134 @@ class Executor:
         self.nl.delete_link(a.create.name)
         self._create_tap(a.create)
 
+    # --- processes -------------------------------------------------------------------
+
+    def _ensure_dirs(self) -> None:
+        """run_dir and uml_dir, writable by the users whose processes create sockets there.
+
+        One process user (the usual case): the folders are theirs, mode 0755.
+        Several: root's, mode 1777 like /tmp, so each may create but not remove
+        the others' sockets. state_dir (records, logs, COW files) stays root's:
+        it decides what root does on the next run.
+        """
+        if self._dirs_ready:
+            return
+        users = {sw.user for sw in self.t.switches} | {g.user for g in self.t.guests}
+        uids = {_uid(u) for u in users}
+        for folder in (Path(self.t.run_dir), Path(self.t.uml_dir)):
+            folder.mkdir(parents=True, exist_ok=True)
+            if len(uids) == 1:
+                uid = next(iter(uids))
+                os.chown(folder, uid, pwd.getpwuid(uid).pw_gid if _has_pw(uid) else -1)
+                os.chmod(folder, 0o755)  # noqa: S103 - sockets must be reachable by their clients
+            else:
+                os.chown(folder, 0, 0)
+                os.chmod(folder, 0o1777)  # noqa: S103 - sticky: create, never remove others' files
+        Path(self.t.state_dir).mkdir(parents=True, exist_ok=True, mode=0o755)
+        self._check_reachable()
+        self._dirs_ready = True
+
+    def _check_reachable(self) -> None:
+        """Each process user must reach its folders: a 0700 folder above them fails late and obscurely."""
+        needs: list[tuple[str, str, str]] = [(sw.user, self.t.run_dir, f"switch {sw.name}") for sw in self.t.switches]
+        for g in self.t.guests:
+            needs.append((g.user, self.t.uml_dir, f"guest {g.name}"))
+            needs += [(g.user, str(Path(p).parent), f"guest {g.name}")
+                      for p in (self.t.cow_of(g), g.disk.base, g.disk.image) if p]
+        for user, folder, who in needs:
+            blocked = _unreachable(folder, _uid(user))
+            if blocked:
+                raise HostError(f"{who} runs as {user}, who cannot reach {folder}: {blocked}",
+                                f"chmod o+x on that folder, or choose folders {user} can reach")
+
+    def _log_path(self, name: str) -> Path:
+        return Path(self.t.state_dir) / "logs" / f"{name}.log"
+
+    def _start_switch(self, a: A.StartSwitch) -> None:
+        self._ensure_dirs()
+        socket = Path(a.socket)
+        socket.unlink(missing_ok=True)  # left by a dead switch: the snapshot saw none running
+        pid = processes.spawn(a.argv, a.user, self._log_path(a.name), tun_path=self.tun_path)
+        deadline = time.monotonic() + 5
+        while not socket.exists() or (a.tap and not self.nl.carrier(a.tap)):
+            if not _alive(pid) or time.monotonic() > deadline:
+                what = f"attach to tap {a.tap}" if socket.exists() else f"create its socket {a.socket}"
+                raise ActionError(f"switch {a.name} did not {what}; the end of its log "
+                                  f"({self._log_path(a.name)}):\n" + processes.log_tail(self._log_path(a.name))
+                                  + _hint(self._log_path(a.name)))
+            time.sleep(0.02)
+
+    def _replace_switch(self, a: A.ReplaceSwitch) -> None:
+        processes.stop_switch(a.stop.proc, a.stop.socket)
+        self._start_switch(a.start)
+
+    def _replace_guest(self, a: A.ReplaceGuest) -> None:
+        self.stop_guest(a.stop.name, a.stop.proc)
+        self._start_guest(a.start)
+
+    def _start_guest(self, a: A.StartGuest) -> None:
+        self._ensure_dirs()
+        if a.cow and a.base and not os.path.exists(a.cow):
+            self._make_cow(a.cow, a.base, a.user)
+        umid = Path(self.t.uml_dir) / a.name
+        if umid.exists():  # stale: the snapshot saw no live guest behind it
+            for child in umid.iterdir():
+                child.unlink(missing_ok=True)
+            umid.rmdir()
+        log_path = self._log_path(a.name)
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        pid = processes.spawn(a.argv, a.user, log_path, tun_path=self.tun_path)
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            started = 0.0
+        self._booting[a.name] = Booting(Proc(pid, _uid(a.user), a.argv, started), log_path, offset)
+
+    def _make_cow(self, cow: str, base: str, user: str) -> None:
+        """uml_mkcow as root, then hand the file to the guest's user, mode 0600."""
+        Path(cow).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self._run("uml_mkcow", cow, base)
+        uid = _uid(user)
+        os.chown(cow, uid, pwd.getpwuid(uid).pw_gid if _has_pw(uid) else -1)
+        os.chmod(cow, 0o600)
+
+    def _wait_booted(self) -> None:
+        """Wait, for all guests at once, until each one is booted.
+
+        Booted: its mconsole answers `version` and its kernel has started init
+        (it logs "Run ... as init process"), or, for a quiet kernel, it is
+        still alive GRACE seconds after mconsole answered. mconsole answers
+        early, before the root file system is mounted, so its answer alone
+        would call a guest ready that is about to panic.
+        """
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        waiting = dict(self._booting)
+        answered: dict[str, float] = {}
+        while waiting:
+            for name, boot in list(waiting.items()):
+                output = boot.output()
+                if processes.current(boot.proc) is None or "Kernel panic" in output:
+                    raise ActionError(f"guest {name} exited right after it started; the end of its log "
+                                      f"({boot.log}):\n" + processes.log_tail(boot.log) + _hint(boot.log))
+                if name not in answered and mconsole.answers(f"{self.t.uml_dir}/{name}/mconsole", timeout=0.2):
+                    answered[name] = time.monotonic()
+                if name in answered and ("as init process" in output
+                                         or time.monotonic() - answered[name] > BOOT_GRACE):
+                    log.info("guest ready", guest=name, pid=boot.proc.pid)
+                    del waiting[name]
+            if waiting and time.monotonic() > deadline:
+                raise ActionError(f"guest(s) {', '.join(sorted(waiting))} did not answer mconsole within "
+                                  f"{BOOT_TIMEOUT:g}s (UMLSTATE_BOOT_TIMEOUT)")
+            if waiting:
+                time.sleep(0.1)
+        self._booting.clear()
+
+    def stop_guest(self, name: str, proc: Proc) -> str:
+        umid = Path(self.t.uml_dir) / name
+        how = processes.stop_guest(proc, str(umid / "mconsole"), umid)
+        log.info("guest stopped", guest=name, pid=proc.pid, by=how)
+        return how
+
     def _run(self, program: str, *args: str) -> None:
         path = shutil.which(program)
         if path is None:
@@ -206,6 +364,7 @@ def _union(a: Records, b: Records, pending_taps: set[str]) -> Records:
         tun_created=a.tun_created or b.tun_created,
         tun_original=a.tun_original or b.tun_original,
         pending_taps=a.pending_taps | pending_taps,
+        held=b.held,
     )
 
 
@@ -234,3 +393,53 @@ def _gid_required(group: str) -> int:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise HostError(f"group {group} does not exist", f"addgroup {group}") from None
+
+
+def _has_pw(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _hint(log_path: Path) -> str:
+    """What a failed boot's log usually means."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    if "deadlocked on memory" in text or "Out of memory" in text:
+        return "\n  hint: mem is too small for this guest; UML needs at least 64M"
+    if "Failed to open /dev/net/tun" in text or "open tun" in text.lower():
+        return "\n  hint: the process's user cannot open the tun device; declare host.tun with a group it is in"
+    if "bind: Permission denied" in text:
+        return "\n  hint: the process's user cannot create its socket in run_dir"
+    if "VFS: Unable to mount root" in text:
+        return "\n  hint: the disk image is not a file system the kernel can mount as root"
+    return ""
+
+
+def _unreachable(folder: str, uid: int) -> str:
+    """Why ``uid`` cannot search its way down to ``folder``, or "" if it can."""
+    if uid == 0:
+        return ""
+    try:
+        entry = pwd.getpwuid(uid)
+        gids = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    except KeyError:
+        gids = set()
+    path = Path(folder)
+    for part in [*reversed(path.parents), path]:
+        try:
+            st = part.stat()
+        except OSError:
+            return f"{part} does not exist"
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid in gids else 0o001
+        if not st.st_mode & bit:
+            return f"{part} is mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}, gid {st.st_gid}"
+    return ""

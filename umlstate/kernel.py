@@ -35,6 +35,7 @@ TUNSETGROUP = 0x400454CE
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 NTF_PROXY = 0x08
+IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 TUN_TYPES = {1: "tun", 2: "tap"}
 
 
@@ -76,7 +77,8 @@ class Netlink:
             out[name] = Link(
                 name=name,
                 kind=kind,
-                up=bool(msg["flags"] & 1),
+                up=bool(msg["flags"] & IFF_UP),
+                carrier=bool(msg["flags"] & IFF_LOWER_UP),
                 alias=msg.get("ifalias") or None,
                 group=msg.get("group") or 0,
                 tun_type=TUN_TYPES.get(data.get("IFLA_TUN_TYPE")) if data is not None else None,
@@ -103,6 +105,15 @@ class Netlink:
             if msg["family"] == socket.AF_INET and dst and msg["ifindex"] in index:
                 out.add((index[msg["ifindex"]], ipaddress.IPv4Address(dst)))
         return frozenset(out)
+
+    def carrier(self, name: str) -> bool:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            (msg,) = self.ipr.link("get", ifname=name)
+        except NetlinkError:
+            return False
+        return bool(msg["flags"] & IFF_LOWER_UP)
 
     # --- writes --------------------------------------------------------------------
 

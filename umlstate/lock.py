@@ -1,8 +1,9 @@
 """One lock per topology, held by every run that may change the host.
 
-flock(2) on ``<run_dir>/lock``: released by the kernel when the holder dies,
+flock(2) on ``<state_dir>/lock``: released by the kernel when the holder dies,
 so a killed run never leaves the topology locked. The holder writes its pid
-into the file so that a waiting run can name it.
+into the file so that a waiting run can name it. It lives in state_dir, which
+stays root's, not in run_dir, which may belong to the switch's user.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from umlstate.errors import LockBusy
 
 
 class TopologyLock:
-    def __init__(self, run_dir: str, timeout: float) -> None:
-        self.path = Path(run_dir) / "lock"
+    def __init__(self, state_dir: str, timeout: float) -> None:
+        self.path = Path(state_dir) / "lock"
         self.timeout = timeout
         self.fd: int | None = None
 

@@ -4,21 +4,29 @@ Second stage of the pipeline: runs inside the target namespace (the CLI
 entered it) and reads only what the topology names or umlstate owns: the
 users and groups it refers to, the tun node, its sysctls, tun links and
 uplinks (over netlink: /sys/class/net follows the sysfs mount, not setns),
-their IPv4 addresses, proxy entries, and the records under ``state_dir``.
+their IPv4 addresses, proxy entries, the records under ``state_dir``, the
+switch and guest processes (psutil), and the programs, disk images and
+kernel features the topology needs.
 """
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
+import shutil
 import stat
+import subprocess
+from pathlib import Path
 
-from umlstate import records
+import psutil
+
+from umlstate import commands, mconsole, records
 from umlstate.kernel import Netlink
 from umlstate.model import Topology
 from umlstate.planner import DEFAULT_TUN
-from umlstate.snapshot import HostGroup, Records, Snapshot, TunNode
+from umlstate.snapshot import GuestState, HostGroup, Proc, Records, Snapshot, SwitchState, TunNode
 
 TUN_MAJOR, TUN_MINOR = 10, 200
 ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planner warns
@@ -29,6 +37,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
     uplinks = {s.proxy_arp.uplink for s in topology.subnets if s.proxy_arp}
     links, index = netlink.links({t.name for t in topology.taps} | uplinks)
     ours = {n for n, link in links.items() if link.kind == "tun"} | uplinks
+    programs = _programs(topology)
     return Snapshot(
         netns=netns,
         users=_users(topology),
@@ -39,7 +48,125 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         addresses=netlink.addresses(index, {n for n in ours if n in links}),
         proxies=netlink.proxies(index),
         records=recs,
+        switches=_switches(topology),
+        guests=_guests(topology),
+        programs=programs,
+        files=_files(topology),
+        transports={path: kernel_transports(path) for name in {g.kernel for g in topology.guests}
+                    if (path := programs.get(name)) is not None},
     )
+
+
+def _programs(t: Topology) -> dict[str, str | None]:
+    names = {sw.kind for sw in t.switches} | {g.kernel for g in t.guests}
+    if any(g.disk.base for g in t.guests):
+        names.add("uml_mkcow")
+    out: dict[str, str | None] = {}
+    for name in sorted(names):
+        if "/" in name:
+            out[name] = name if os.access(name, os.X_OK) else None
+        else:
+            out[name] = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin:/sbin:/bin")
+    return out
+
+
+def _files(t: Topology) -> dict[str, bool]:
+    paths = {p for g in t.guests for p in (g.disk.base, g.disk.image, t.cow_of(g)) if p}
+    return {p: os.path.exists(p) for p in sorted(paths)}
+
+
+@functools.lru_cache(maxsize=8)
+def _transports_of(path: str, _mtime: float) -> frozenset[str]:
+    try:
+        config = subprocess.run([path, "--showconfig"], capture_output=True, text=True, timeout=10,
+                                check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    enabled = {line.split("=")[0] for line in config.splitlines() if line.endswith("=y")}
+    return frozenset(t for t, option in commands.TRANSPORT_CONFIG.items() if option in enabled)
+
+
+def kernel_transports(path: str) -> frozenset[str]:
+    """The network transports built into a UML kernel (linux.uml --showconfig), cached per binary."""
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return frozenset()
+    return _transports_of(path, mtime)
+
+
+def _proc(p: psutil.Process) -> Proc | None:
+    try:
+        with p.oneshot():
+            return Proc(p.pid, p.uids().real, tuple(p.cmdline()), p.create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+
+
+def _switches(t: Topology) -> dict[str, SwitchState]:
+    """Switch processes, recognised by the socket they serve (ours: under run_dir or declared)."""
+    sockets = {t.socket_of(sw): sw.name for sw in t.switches}
+    found: dict[str, SwitchState] = {}
+    run_dir = t.run_dir.rstrip("/") + "/"
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] not in ("uml_switch", "vde_switch"):
+            continue
+        proc = _proc(p)
+        if proc is None:
+            continue
+        socket = next((proc.argv[i + 1] for i, a in enumerate(proc.argv[:-1]) if a in ("-unix", "-s", "--sock")),
+                      None)
+        if socket is None:
+            continue
+        if socket in sockets:
+            found[sockets[socket]] = SwitchState(proc, os.path.exists(socket))
+        elif socket.startswith(run_dir) and socket.endswith(".ctl"):  # ours, no longer in the topology
+            found[Path(socket).name[:-4]] = SwitchState(proc, os.path.exists(socket))
+    for socket, name in sockets.items():
+        found.setdefault(name, SwitchState(None, os.path.exists(socket)))
+    return found
+
+
+def _guests(t: Topology) -> dict[str, GuestState]:
+    """Guests by their pid file, checked against the live process (a pid may be reused)."""
+    uml_dir = Path(t.uml_dir)
+    names = {g.name for g in t.guests}
+    if uml_dir.is_dir():
+        names |= {d.name for d in uml_dir.iterdir() if d.is_dir()}
+    found: dict[str, GuestState] = {}
+    for name in sorted(names):
+        folder = uml_dir / name
+        proc = _guest_proc(folder, name, t.uml_dir)
+        if proc is None:
+            found[name] = GuestState(None, stale=folder.exists())
+        else:
+            found[name] = GuestState(proc, answers=mconsole.answers(str(folder / "mconsole")))
+    return found
+
+
+def _guest_proc(folder: Path, name: str, uml_dir: str) -> Proc | None:
+    wanted = (f"umid={name}", f"uml_dir={uml_dir}")
+    try:
+        pid_file = folder / "pid"
+        pid = int(pid_file.read_text().strip())
+        written = pid_file.stat().st_mtime
+        p = psutil.Process(pid)
+        proc = _proc(p)
+        # The pid must run this guest and must predate its pid file: otherwise it was reused.
+        if proc is not None and all(w in proc.argv for w in wanted) and proc.started <= written + 1:
+            return proc
+    except (OSError, ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
+        pass
+    # Booting guests write their pid file late: find the main process by its argv.
+    matches = {}
+    for p in psutil.process_iter(["cmdline"]):
+        argv = p.info["cmdline"] or []
+        if all(w in argv for w in wanted):
+            matches[p.pid] = p
+    for p in matches.values():
+        if p.ppid() not in matches:
+            return _proc(p)
+    return None
 
 
 def _users(t: Topology) -> dict[str, int | None]:

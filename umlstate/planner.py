@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from umlstate import actions as A
-from umlstate.model import Host, Topology
+from umlstate import commands
+from umlstate.model import Guest, Host, Topology
 from umlstate.snapshot import Snapshot
 
 DEFAULT_TUN = "/dev/net/tun"
@@ -68,6 +69,7 @@ class _Builder:
     origin: Snapshot
     s: Snapshot
     actions: list[A.Action] = field(default_factory=list)
+    restarted_switches: set[str] = field(default_factory=set)
     conflicts: list[Conflict] = field(default_factory=list)
     blockers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -90,6 +92,8 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
     _addresses(desired, b)
     _link_up(desired, b)
     _proxies(desired, b)
+    _switches(desired, b)
+    _guests(desired, b)
     _warnings(desired, b)
     return Plan(
         topology=topology.name,
@@ -148,12 +152,14 @@ def _owns_link(t: Topology, s: Snapshot, name: str) -> bool:
 def _preflight(t: Topology, b: _Builder) -> None:
     s = b.s
     creating = {g.name for g in t.host.groups}
-    users: dict[str, str] = {}
+    users: dict[str, str] = {g.user: f"user of guest {g.name}" for g in t.guests}
     for tap in t.taps:
         users.setdefault(tap.owner, f"owner of tap {tap.name}")
     for group in t.host.groups:
         for member in group.members:
             users.setdefault(member, f"member of group {group.name}")
+    for sw in t.switches:
+        users.setdefault(sw.user, f"user of switch {sw.name}")
     for user, role in sorted(users.items()):
         if s.uid(user) is None:
             b.blockers.append(f"user {user} ({role}) does not exist; create it (adduser {user}) "
@@ -177,12 +183,51 @@ def _preflight(t: Topology, b: _Builder) -> None:
             where = f"network namespace {s.netns}" if s.netns else "the host"
             b.blockers.append(f"uplink interface {uplink} does not exist in {where}; "
                               "fix proxy_arp.uplink or create the interface")
+    for sw in t.switches:
+        users.setdefault(sw.user, f"user of switch {sw.name}")
+        if s.programs.get(sw.kind, "") is None:
+            b.blockers.append(f"{sw.kind} (switch {sw.name}) is not installed: "
+                              f"apt-get install {commands.PROGRAM_PACKAGES[sw.kind]}")
+    for guest in t.guests:
+        _preflight_guest(t, guest, b)
     if t.taps and t.host.tun is None and s.tun is not None and not s.tun.is_tun:
         b.blockers.append(f"no tun device at {s.tun.path}: load the module (modprobe tun) or declare "
                           "host.tun so that umlstate makes the node")
 
 
+def _preflight_guest(t: Topology, guest: Guest, b: _Builder) -> None:
+    s = b.s
+    if guest.name in s.records.held:
+        return
+    kernel = s.programs.get(guest.kernel, "")
+    if kernel is None:
+        package = commands.PROGRAM_PACKAGES.get(guest.kernel)
+        fix = f"apt-get install {package}" if package else "fix the kernel path"
+        b.blockers.append(f"kernel {guest.kernel} of guest {guest.name} is not found: {fix}")
+    for path in (guest.disk.base, guest.disk.image):
+        if path is not None and not s.files.get(path, True):
+            b.blockers.append(f"disk image {path} of guest {guest.name} does not exist")
+    cow = t.cow_of(guest)
+    if cow and not s.files.get(cow, True) and s.programs.get("uml_mkcow", "") is None:
+        b.blockers.append(f"uml_mkcow is needed to create {cow}: apt-get install uml-utilities")
+    built_in = s.transports.get(kernel or guest.kernel)
+    if built_in is not None:
+        for transport in sorted(commands.transports_needed(t, guest) - built_in):
+            b.blockers.append(f"kernel {kernel} lacks the {transport} transport that guest {guest.name} needs "
+                              f"({commands.TRANSPORT_CONFIG[transport]} is not set)")
+
+
 def _remove_unwanted(t: Topology, b: _Builder) -> None:
+    # Processes first: a guest leaves before its switch, a switch before its tap.
+    wanted_guests = {g.name for g in t.guests}
+    for name, state in sorted(b.s.guests.items()):
+        if name not in wanted_guests and state.proc is not None:
+            b.add(A.StopGuest("no longer in the topology", name, state.proc))
+    wanted_switches = {sw.name for sw in t.switches}
+    for name, sw_state in sorted(b.s.switches.items()):
+        if name not in wanted_switches and sw_state.proc is not None:
+            b.add(A.StopSwitch("no longer in the topology", name, sw_state.proc, _socket_arg(sw_state.proc.argv)))
+
     wanted_proxy = wanted_proxies(t)
     for uplink, address in sorted(b.s.records.proxies):
         entry = (uplink, ipaddress.IPv4Address(address))
@@ -190,16 +235,9 @@ def _remove_unwanted(t: Topology, b: _Builder) -> None:
             b.add(A.RemoveProxy("no longer in the topology", uplink, entry[1]))
 
     wanted_taps = {tap.name for tap in t.taps}
-    addresses = wanted_addresses(t)
     for name in sorted(b.s.links):
-        if not _owns_link(t, b.s, name):
-            continue
-        if name not in wanted_taps:
+        if _owns_link(t, b.s, name) and name not in wanted_taps:
             b.add(A.DeleteTap("no longer in the topology", name, t.link_group))
-            continue
-        for extra in sorted(b.s.addresses.get(name, frozenset())):
-            if extra != addresses.get(name):
-                b.add(A.RemoveAddress("not in the topology", name, extra))
 
     for key in sorted(b.s.records.sysctl_originals):
         if key not in t.host.sysctl:
@@ -310,6 +348,7 @@ def _taps(t: Topology, b: _Builder, adopt: bool) -> None:
             why = [w for w, bad in (("a tun, not a tap", not link.is_tap), ("has packet information", link.pi),
                                     ("not persistent", not link.persist),
                                     (f"has group {link.tun_group}, wanted none", stuck_group)) if bad]
+            _stop_switch_on(t, tap.name, b, "its tap is being replaced")
             b.add(A.ReplaceTap(f"{', '.join(why)}: the kernel cannot change that in place", create))
             continue
         want_uid = b.s.uid(tap.owner)
@@ -320,6 +359,7 @@ def _taps(t: Topology, b: _Builder, adopt: bool) -> None:
         if link.tun_group != want_gid:
             drift.append(f"group drifted from {_id(link.tun_group)} to {tap.group or 'none'}")
         if drift:
+            _stop_switch_on(t, tap.name, b, "its tap's owner is being fixed")
             b.add(A.FixTap("; ".join(drift), tap.name, tap.owner, tap.group))
 
 
@@ -328,9 +368,16 @@ def _id(value: int | None) -> str:
 
 
 def _addresses(t: Topology, b: _Builder) -> None:
-    for name, address in sorted(wanted_addresses(t).items()):
-        if _owns_link(t, b.s, name) and address not in b.s.addresses.get(name, frozenset()):
-            b.add(A.AddAddress("missing", name, address))
+    """After the taps step, so that a tap adopted or replaced in this plan is covered too."""
+    wanted = wanted_addresses(t)
+    for tap in sorted(t.taps, key=lambda x: x.name):
+        if not _owns_link(t, b.s, tap.name):
+            continue
+        current = b.s.addresses.get(tap.name, frozenset())
+        for extra in sorted(current - {wanted[tap.name]} if tap.name in wanted else current):
+            b.add(A.RemoveAddress("not in the topology", tap.name, extra))
+        if tap.name in wanted and wanted[tap.name] not in current:
+            b.add(A.AddAddress("missing", tap.name, wanted[tap.name]))
 
 
 def _link_up(t: Topology, b: _Builder) -> None:
@@ -351,8 +398,88 @@ def _warnings(t: Topology, b: _Builder) -> None:
         b.warnings.append("proxy ARP is configured but net.ipv4.ip_forward is not 1: the kernel only answers "
                           "proxy entries and forwards to the guests when forwarding is on; "
                           "add net.ipv4.ip_forward: 1 under host.sysctl")
+    tun = t.host.tun
+    if tun is not None and tun.mode is not None:
+        mode = tun.mode_bits() or 0
+        members = {m for g in t.host.groups if g.name == tun.group for m in g.members}
+        if tun.group and (group := b.s.groups.get(tun.group)) is not None:
+            members |= group.members
+        for sw in t.switches:
+            if sw.tap and sw.user not in ("root", "0") and not mode & 0o006 \
+                    and not (mode & 0o060 and sw.user in members):
+                b.warnings.append(f"switch {sw.name} runs as {sw.user}, who cannot open {tun.path} (mode {tun.mode}, "
+                                  f"group {tun.group or 'unchanged'}): add {sw.user} to the tun group")
     if b.s.netns:
         for key in sorted(t.host.sysctl):
             if not key.startswith("net."):
                 b.warnings.append(f"sysctl {key} is not per network namespace: it changes the whole host, "
                                   f"not only {b.s.netns}")
+
+
+def _socket_arg(argv: tuple[str, ...]) -> str:
+    for flag in ("-unix", "-s", "--sock"):
+        if flag in argv[:-1]:
+            return argv[argv.index(flag) + 1]
+    return ""
+
+
+def _stop_switch_on(t: Topology, tap: str, b: _Builder, why: str) -> None:
+    """A switch holds its tap open (EBUSY): stop it; the switch step starts it again."""
+    for sw in t.switches:
+        state = b.s.switches.get(sw.name)
+        if sw.tap == tap and state is not None and state.proc is not None:
+            b.add(A.StopSwitch(why, sw.name, state.proc, t.socket_of(sw)))
+
+
+def _switches(t: Topology, b: _Builder) -> None:
+    for sw in sorted(t.switches, key=lambda x: x.name):
+        if b.s.programs.get(sw.kind, "") is None:  # not installed: a preflight error says so
+            continue
+        argv = commands.switch_argv(t, sw, commands.resolved(b.s.programs, sw.kind))
+        start = A.StartSwitch("not running", sw.name, argv, sw.user, t.socket_of(sw), sw.tap)
+        state = b.s.switches.get(sw.name)
+        uid = b.s.uid(sw.user)
+        if state is None or state.proc is None:
+            b.add(start)
+            b.restarted_switches.add(sw.name)
+        elif state.proc.argv != argv or (uid is not None and state.proc.uid != uid) or _detached(sw.tap, b):
+            why = ("command line changed" if state.proc.argv != argv
+                   else f"runs as uid {state.proc.uid}, not {sw.user}" if uid is not None and state.proc.uid != uid
+                   else f"running but not attached to tap {sw.tap} (no carrier; see its log)")
+            b.add(A.ReplaceSwitch(why, A.StopSwitch(why, sw.name, state.proc, _socket_arg(state.proc.argv)),
+                                  start))
+            b.restarted_switches.add(sw.name)
+
+
+def _guests(t: Topology, b: _Builder) -> None:
+    for guest in sorted(t.guests, key=lambda g: g.name):
+        if guest.name in b.s.records.held or b.s.programs.get(guest.kernel, "") is None:
+            continue
+        kernel = commands.resolved(b.s.programs, guest.kernel)
+        argv = commands.guest_argv(t, guest, kernel)
+        state = b.s.guests.get(guest.name)
+        reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
+        start = A.StartGuest(reason, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)
+        if state is None or state.proc is None:
+            b.add(start)
+            continue
+        restarted = sorted(n.switch for n in guest.nics if n.switch in b.restarted_switches)
+        uid = b.s.uid(guest.user)
+        if state.proc.argv != argv:
+            why = "command line changed"
+        elif uid is not None and state.proc.uid != uid:
+            why = f"runs as uid {state.proc.uid}, not {guest.user}"
+        elif restarted:
+            why = f"switch {', '.join(x or '' for x in restarted)} restarted: the guest must reconnect"
+        else:
+            continue
+        b.add(A.ReplaceGuest(why, A.StopGuest(why, guest.name, state.proc),
+                             A.StartGuest(why, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)))
+
+
+def _detached(tap: str | None, b: _Builder) -> bool:
+    """A switch that runs while its tap, up since before this plan, has no carrier: it failed to attach."""
+    if tap is None:
+        return False
+    before, now = b.origin.links.get(tap), b.s.links.get(tap)
+    return before is not None and now is not None and before.up and now.up and not now.carrier

@@ -52,6 +52,7 @@ class Link:
     tun_group: int | None = None
     persist: bool = False
     pi: bool = False
+    carrier: bool = False  # IFF_LOWER_UP: for a tap, a process (switch, guest) is attached
 
     @property
     def is_tap(self) -> bool:
@@ -73,6 +74,30 @@ class Records:
     tun_created: bool = False
     tun_original: tuple[int, int] | None = None  # (mode, gid) before umlstate changed it
     pending_taps: frozenset[str] = frozenset()  # taps being created when a run stopped
+    held: frozenset[str] = frozenset()  # guests stopped by `umlstate stop`: apply leaves them down
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A host process umlstate identified as one of its switches or guests."""
+
+    pid: int
+    uid: int
+    argv: tuple[str, ...]
+    started: float  # seconds since the epoch: tells a live pid from a reused one
+
+
+@dataclass(frozen=True)
+class SwitchState:
+    proc: Proc | None
+    socket_exists: bool = False
+
+
+@dataclass(frozen=True)
+class GuestState:
+    proc: Proc | None  # the main process, whose pid UML writes to <uml_dir>/<umid>/pid
+    answers: bool = False  # mconsole answered `version`
+    stale: bool = False  # a pid file or umid folder left by a crash or a reboot
 
 
 @dataclass(frozen=True)
@@ -86,6 +111,11 @@ class Snapshot:
     addresses: Mapping[str, frozenset[IPv4Interface]] = field(default_factory=dict)
     proxies: frozenset[tuple[str, IPv4Address]] = frozenset()
     records: Records = Records()
+    switches: Mapping[str, SwitchState] = field(default_factory=dict)
+    guests: Mapping[str, GuestState] = field(default_factory=dict)
+    programs: Mapping[str, str | None] = field(default_factory=dict)  # name -> resolved path, None: missing
+    files: Mapping[str, bool] = field(default_factory=dict)  # disk images and the like: exist?
+    transports: Mapping[str, frozenset[str]] = field(default_factory=dict)  # kernel path -> built-in transports
 
     def uid(self, user: str) -> int | None:
         return int(user) if user.isdigit() else self.users.get(user)
@@ -144,6 +174,13 @@ def from_json(data: Mapping[str, Any]) -> Snapshot:
         addresses={name: frozenset(IPv4Interface(a) for a in addrs)
                    for name, addrs in data.get("addresses", {}).items()},
         proxies=frozenset((dev, IPv4Address(addr)) for dev, addr in data.get("proxies", ())),
+        switches={name: SwitchState(_proc(sw.get("proc")), sw.get("socket_exists", False))
+                  for name, sw in data.get("switches", {}).items()},
+        guests={name: GuestState(_proc(g.get("proc")), g.get("answers", False), g.get("stale", False))
+                for name, g in data.get("guests", {}).items()},
+        programs=dict(data.get("programs", {})),
+        files=dict(data.get("files", {})),
+        transports={k: frozenset(v) for k, v in data.get("transports", {}).items()},
         records=Records(
             sysctl_originals=dict(rec.get("sysctl_originals", {})),
             proxies=frozenset((d, a) for d, a in rec.get("proxies", ())),
@@ -152,5 +189,12 @@ def from_json(data: Mapping[str, Any]) -> Snapshot:
             tun_created=rec.get("tun_created", False),
             tun_original=(rec["tun_original"][0], rec["tun_original"][1]) if rec.get("tun_original") else None,
             pending_taps=frozenset(rec.get("pending_taps", ())),
+            held=frozenset(rec.get("held", ())),
         ),
     )
+
+
+def _proc(data: Mapping[str, Any] | None) -> Proc | None:
+    if data is None:
+        return None
+    return Proc(data["pid"], data["uid"], tuple(data["argv"]), data.get("started", 0.0))

@@ -1,0 +1,247 @@
+"""The seed's scenario end to end: real kernels, real uml_switch, real guests.
+
+A "host" namespace whose eth0 is a veth to a "lan" namespace in the same /16
+as the guests' /24, like the seed's 172.16.0.0/16 LAN and 172.16.99.0/24
+guests. The LAN reaches the guests through proxy ARP and forwarding; the
+switch and the guests run as nobody. Everything is made per test and removed
+afterwards, also on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import Netns, make_netns, needs_root, remove_netns, sh, umlstate
+
+from umlstate.guestimage import build
+
+pytestmark = [needs_root, pytest.mark.slow]
+
+TOPOLOGY = """\
+name: {name}
+host:
+  run_dir: {tmp}/run
+  state_dir: {tmp}/state
+  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
+  groups:
+    - {{name: {group}, members: [nobody]}}
+  sysctl:
+    net.ipv4.ip_forward: 1
+subnets:
+  - name: guests
+    cidr: 172.16.99.0/24
+    gateway: 172.16.99.254
+    proxy_arp: {{uplink: eth0}}
+taps:
+  - {{name: uml0, owner: nobody, group: {group}, subnet: guests}}
+switches:
+  - {{name: sw0, tap: uml0, user: nobody}}
+guests:
+  - name: web
+    user: nobody
+    mem: {web_mem}
+    disk: {{base: {image}}}
+    args: [umlstate.ping=172.16.99.2]
+    nics: [{{switch: sw0, address: 172.16.99.1}}]
+  - name: db
+    user: nobody
+    mem: 64M
+    disk: {{base: {image}}}
+    nics: [{{switch: sw0, address: 172.16.99.2}}]
+"""
+
+
+@pytest.fixture(scope="session")
+def image() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="umlstate-test-image-", dir="/tmp"))
+    folder.chmod(0o755)
+    try:
+        yield build(folder / "base.img")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class Farm:
+    def __init__(self, host: Netns, lan: Netns, tmp: Path, image: Path, group: str) -> None:
+        self.host, self.lan, self.tmp, self.image, self.group = host, lan, tmp, image, group
+        self.name = "f" + secrets.token_hex(3)
+        self.path = tmp / "topology.yaml"
+        self.write()
+
+    def write(self, web_mem: str = "64M") -> None:
+        self.path.write_text(TOPOLOGY.format(name=self.name, tmp=self.tmp, group=self.group, image=self.image,
+                                             web_mem=web_mem))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return umlstate(*args, netns=self.host.name)
+
+    def cli(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(command, str(self.path), *args)
+
+    def lan_ping(self, address: str, seconds: float = 20) -> str:
+        """Ping from the LAN until an answer comes; return ping's output."""
+        deadline = time.monotonic() + seconds
+        while True:
+            result = self.lan.run("ping", "-c1", "-W1", address, check=False)
+            if result.returncode == 0 or time.monotonic() > deadline:
+                return result.stdout
+            time.sleep(0.2)
+
+    def guest_pid(self, guest: str) -> int:
+        return int((self.tmp / "run" / "uml" / guest / "pid").read_text())
+
+    def switch_pid(self) -> int:
+        socket = str(self.tmp / "run" / "sw0.ctl")
+        (pid,) = [p.pid for p in psutil.process_iter(["name", "cmdline", "status"])
+                  if p.info["name"] == "uml_switch" and socket in (p.info["cmdline"] or [])
+                  and p.info["status"] != psutil.STATUS_ZOMBIE]
+        return pid
+
+    def processes(self) -> list[int]:
+        """Live (not zombie) switch and guest processes of this farm."""
+        found = []
+        for p in psutil.process_iter(["name", "cmdline", "status"]):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.info["name"] in ("linux.uml", "uml_switch") \
+                    and str(self.tmp) in " ".join(p.info["cmdline"] or []):
+                found.append(p.pid)
+        return found
+
+    def log(self, name: str) -> str:
+        return (self.tmp / "state" / "logs" / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def farm(tmp_path: Path, image: Path) -> Iterator[Farm]:
+    host, lan = make_netns(), make_netns("umlstate-test-lan-")
+    group = "umlst-" + secrets.token_hex(3)
+    try:
+        host.ip("link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan.name)
+        host.ip("addr", "add", "172.16.0.1/16", "dev", "eth0")
+        host.ip("link", "set", "eth0", "up")
+        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lan0")
+        lan.ip("link", "set", "lan0", "up")
+        yield Farm(host, lan, tmp_path, image, group)
+    finally:
+        remove_netns(host)  # ends only the processes inside the namespaces made here
+        remove_netns(lan)
+        sh("groupdel", group, check=False)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def ttl(ping_output: str) -> int:
+    match = re.search(r"ttl=(\d+)", ping_output)
+    assert match, f"no answer: {ping_output}"
+    return int(match[1])
+
+
+def test_the_lan_reaches_every_guest_and_guests_reach_each_other(farm: Farm) -> None:
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stderr
+    # Through proxy ARP on eth0 and forwarding: the host is one hop, so 64 - 1.
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63
+    assert ttl(farm.lan_ping("172.16.99.2")) == 63
+    deadline = time.monotonic() + 30
+    while "umlstate-guest: ping 172.16.99.2 ok" not in farm.log("web") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "umlstate-guest: ping 172.16.99.2 ok" in farm.log("web"), farm.log("web")[-500:]
+
+    plan = farm.cli("plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout
+    ps = psutil.Process(farm.guest_pid("web"))
+    assert ps.uids().real == 65534, "guests run as nobody"
+    assert psutil.Process(farm.switch_pid()).uids().real == 65534
+    cow = farm.tmp / "state" / "web.cow"
+    assert oct(cow.stat().st_mode & 0o777) == "0o600" and cow.stat().st_uid == 65534
+
+    # A foreign process in the host namespace must survive everything below.
+    foreign = subprocess.Popen(["ip", "netns", "exec", farm.host.name, "sleep", "600"])
+    try:
+        destroyed = farm.cli("destroy", "--yes")
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert foreign.poll() is None, "destroy must not touch a process it did not start"
+        assert not farm.processes(), "destroy leaves no switch or guest running"
+        assert "uml0" not in farm.host.ip("link", "show").stdout
+        assert farm.host.ip("neigh", "show", "proxy").stdout.strip() == ""
+        assert not any((farm.tmp / "run" / "uml").iterdir())
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
+def test_a_killed_switch_and_guest_are_named_and_restored(farm: Farm) -> None:
+    assert farm.cli("apply", "--yes").returncode == 0
+    os.kill(farm.switch_pid(), signal.SIGKILL)
+    os.killpg(farm.guest_pid("web"), signal.SIGKILL)
+    time.sleep(0.3)
+
+    plan = farm.cli("plan", "--detailed-exitcode")
+    assert plan.returncode == 2
+    assert "+ switch sw0" in plan.stdout and "not running" in plan.stdout
+    assert "+ guest web" in plan.stdout
+    assert "-/+ guest db" in plan.stdout and "switch sw0 restarted" in plan.stdout
+
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stderr
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63
+    assert ttl(farm.lan_ping("172.16.99.2")) == 63
+    assert farm.cli("plan", "--detailed-exitcode").returncode == 0
+    assert farm.cli("destroy", "--yes").returncode == 0
+
+
+def test_stop_leaves_no_umid_folder_and_start_brings_the_guest_back(farm: Farm) -> None:
+    assert farm.cli("apply", "--yes").returncode == 0
+    pid = farm.guest_pid("web")
+    stopped = farm.run("stop", str(farm.path), "web")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped (cad)" in stopped.stdout, "a clean stop goes through mconsole cad"
+    assert not alive(pid)
+    assert not (farm.tmp / "run" / "uml" / "web").exists()
+    # Held down: a cron apply must not undo the operator's stop.
+    assert farm.cli("plan", "--detailed-exitcode").returncode == 0
+
+    started = farm.run("start", str(farm.path), "web")
+    assert started.returncode == 0, started.stderr
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63
+    assert farm.cli("destroy", "--yes").returncode == 0
+
+
+def test_a_changed_mem_replaces_the_guest(farm: Farm) -> None:
+    assert farm.cli("apply", "--yes").returncode == 0
+    old = farm.guest_pid("web")
+    farm.write(web_mem="96M")
+    plan = farm.cli("plan")
+    assert "-/+ guest web" in plan.stdout and "-mem=64M +mem=96M" in plan.stdout, plan.stdout
+    assert "guest db" not in plan.stdout
+    assert farm.cli("apply", "--yes").returncode == 0
+    assert farm.guest_pid("web") != old
+    assert "mem=96M" in psutil.Process(farm.guest_pid("web")).cmdline()
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63
+    assert farm.cli("destroy", "--yes").returncode == 0
+
+
+def test_a_guest_that_dies_at_boot_shows_its_log(farm: Farm) -> None:
+    farm.path.write_text(farm.path.read_text().replace(f"base: {farm.image}", f"image: {farm.tmp}/empty.img", 1))
+    (farm.tmp / "empty.img").write_bytes(b"\0" * 1024 * 1024)
+    result = farm.cli("apply", "--yes")
+    assert result.returncode == 1
+    assert "guest web exited right after it started" in result.stderr
+    assert "    | " in result.stderr, "the end of the guest's log is shown"
+    assert "Traceback" not in result.stderr
+    farm.cli("destroy", "--yes")

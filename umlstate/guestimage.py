@@ -1,0 +1,79 @@
+"""A tiny guest image (busybox and an init), for the tests and the demo.
+
+Not part of the reconciling pipeline: it makes the kind of disk a user would
+bring, in milliseconds, with ``mkfs.ext2 -d``. Its init does what a guest
+managed by umlstate should do: mount /proc, set ctrl-alt-del to 0 (otherwise
+mconsole ``cad`` reboots the guest, since UML re-executes itself), configure
+each NIC from ``umlstate.eth<i>=`` and the default route from
+``umlstate.gw=`` on /proc/cmdline, and power off on SIGINT, which is what the
+kernel sends init on ``cad`` once ctrl-alt-del is 0. For tests, each
+``umlstate.ping=ADDR`` word makes it ping that neighbour and log the result.
+
+    python -m umlstate.guestimage /srv/uml/base.img
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+INIT = """#!/bin/sh
+# umlstate guest init: network from /proc/cmdline, clean power-off on cad.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+echo 0 > /proc/sys/kernel/ctrl-alt-del
+gw=""
+peers=""
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        umlstate.gw=*) gw="${word#*=}" ;;
+        umlstate.ping=*) peers="$peers ${word#*=}" ;;
+        umlstate.eth*=*) key="${word%%=*}"; dev="${key#umlstate.}"
+                         ip link set "$dev" up && ip addr add "${word#*=}" dev "$dev" ;;
+    esac
+done
+ip link set lo up
+[ -n "$gw" ] && ip route add default via "$gw"
+echo "umlstate-guest: ready: $(ip -4 -o addr show | grep -v ' lo ' | awk '{print $2, $4}' | tr '\\n' ' ')"
+for peer in $peers; do  # tests: check a neighbour, and say so on the console (the log)
+    ( for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+          ping -c1 -W1 "$peer" >/dev/null 2>&1 && { echo "umlstate-guest: ping $peer ok"; exit 0; }
+          sleep 1
+      done; echo "umlstate-guest: ping $peer failed" ) &
+done
+trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM
+while :; do sleep 3600 & wait $!; done
+"""
+APPLETS = ("sh", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps")
+
+
+def build(out: Path, size_mb: int = 8) -> Path:
+    """Write an ext2 image with busybox and the init above to ``out``."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        raise SystemExit("busybox is not installed: apt-get install busybox-static")
+    mkfs = shutil.which("mkfs.ext2") or "/usr/sbin/mkfs.ext2"
+    with tempfile.TemporaryDirectory(prefix="umlstate-image-") as tmp:
+        root = Path(tmp)
+        for folder in ("bin", "sbin", "proc", "sys", "dev", "etc", "tmp", "root"):
+            (root / folder).mkdir()
+        shutil.copy2(busybox, root / "bin" / "busybox")
+        for applet in APPLETS:
+            (root / "bin" / applet).symlink_to("busybox")
+        init = root / "sbin" / "init"
+        init.write_text(INIT)
+        init.chmod(0o755)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
+        subprocess.run([mkfs, "-q", "-F", "-d", str(root), "-b", "1024", str(out), f"{size_mb}M"],
+                       check=True, capture_output=True)
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m umlstate.guestimage OUT.img")
+    print(build(Path(sys.argv[1])))
