@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -374,7 +375,7 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
     path = resolve_topology(topology)
     session = Session(opts, load_file(path))
     snapshot, p = _plan(session)
-    rows = compute(session.topology, snapshot, p)
+    rows = compute(session.topology, snapshot, p, now=time.time())
     if as_json:
         click.echo(render.dumps({"format_version": render.FORMAT_VERSION,
                                  "resources": [r.to_json() for r in rows]}), nl=False)

@@ -29,7 +29,18 @@ class Row:
         return {"kind": self.kind, "target": self.target, "state": self.state, "detail": self.detail}
 
 
-def status(topology: Topology, observed: Snapshot, plan: Plan) -> list[Row]:
+def _uptime(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0) -> list[Row]:
+    """One row per resource; ``now`` (seconds since the epoch) dates process uptimes."""
     t, s = topology, observed
     wanted: list[tuple[str, str, str]] = []  # kind, target, detail when ok
     if t.host.tun:
@@ -42,12 +53,26 @@ def status(topology: Topology, observed: Snapshot, plan: Plan) -> list[Row]:
         wanted.append(("sysctl", key, f"= {value}"))
     for tap in sorted(t.taps, key=lambda x: x.name):
         link = s.links.get(tap.name)
-        state = "up" if link and link.up else "down"
-        wanted.append(("tap", tap.name, f"owner {tap.owner}, {state}"))
+        admin = "up" if link and link.up else "down"
+        wanted.append(("tap", tap.name, f"owner {tap.owner}, {admin}"))
     for name, iface in sorted(wanted_addresses(t).items()):
         wanted.append(("address", f"{name} {iface}", ""))
     for uplink, address in sorted(wanted_proxies(t)):
         wanted.append(("proxy-neigh", f"{uplink} {address}", ""))
+    for sw in sorted(t.switches, key=lambda x: x.name):
+        proc = s.switches[sw.name].proc if sw.name in s.switches else None
+        up = f"pid {proc.pid}, up {_uptime(now - proc.started)}, " if proc else ""
+        wanted.append(("switch", sw.name, f"{up}{sw.kind} on {sw.tap or 'no tap'}"))
+    for guest in sorted(t.guests, key=lambda g: g.name):
+        state = s.guests.get(guest.name)
+        if guest.name in s.records.held:
+            running = state is not None and state.proc is not None
+            wanted.append(("guest", guest.name, "held down by `umlstate stop`" + (" (but running)" if running else "")))
+            continue
+        proc = state.proc if state else None
+        up = f"pid {proc.pid}, up {_uptime(now - proc.started)}, " if proc else ""
+        answering = "" if state is None or state.answers or proc is None else ", mconsole not answering"
+        wanted.append(("guest", guest.name, f"{up}{guest.mem}{answering}"))
 
     by_target: dict[tuple[str, str], list[str]] = {}
     missing: set[tuple[str, str]] = set()

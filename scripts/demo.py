@@ -1,0 +1,142 @@
+"""The demo: the seed's scenario on this machine, in namespaces made for it.
+
+Run by scripts/demo (which installs what is needed first). It builds a tiny
+guest image, makes a "umlstate-demo" host namespace whose eth0 is a veth to a
+"umlstate-demo-lan" namespace (the LAN), adapts topology.example.yaml through
+a small overlay (the guest's user, the image, folders under /tmp), and runs
+umlstate plan, apply and status inside the host namespace; the LAN then pings
+the guest through proxy ARP. `--down` takes it all away again. The root
+network namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST_NS, LAN_NS = "umlstate-demo", "umlstate-demo-lan"
+WORK = Path("/tmp/umlstate-demo")
+TOPOLOGY = WORK / "topology.yaml"
+USER = "nobody"
+GROUP = "umldemo"
+
+BOLD, DIM, RESET = ("\x1b[1m", "\x1b[2m", "\x1b[0m") if sys.stdout.isatty() else ("", "", "")
+
+
+def step(n: int, total: int, text: str) -> None:
+    print(f"\n{BOLD}==> [{n}/{total}] {text}{RESET}", flush=True)
+
+
+def run(*cmd: str, check: bool = True, show: bool = True) -> subprocess.CompletedProcess[str]:
+    if show:
+        print(f"{DIM}$ {' '.join(cmd)}{RESET}", flush=True)
+    result = subprocess.run(list(cmd), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    if show:
+        sys.stdout.write(result.stdout)
+    if check and result.returncode != 0:
+        raise SystemExit(f"demo: `{' '.join(cmd)}` failed with exit code {result.returncode}")
+    return result
+
+
+def umlstate(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(str(ROOT / ".venv" / "bin" / "umlstate"), "--netns", HOST_NS, *args, check=check)
+
+
+def overlay(example: dict[str, Any], image: Path) -> dict[str, Any]:
+    """The example, adapted to this machine; every change is printed."""
+    t = dict(example)
+    host = dict(t.get("host", {}))
+    host.update(run_dir=str(WORK / "run"), state_dir=str(WORK / "state"))
+    host["tun"] = {**host.get("tun", {}), "path": str(WORK / "dev" / "tun"), "group": GROUP}
+    host["groups"] = [{"name": GROUP, "members": [USER]}]
+    t["host"] = host
+    t["taps"] = [{**tap, "owner": USER, "group": GROUP} for tap in t.get("taps", [])]
+    t["switches"] = [{**sw, "user": USER} for sw in t.get("switches", [])]
+    t["guests"] = [{**g, "user": USER, "mem": "64M", "disk": {"base": str(image)}} for g in t.get("guests", [])]
+    return t
+
+
+def up() -> None:
+    total = 7
+    step(1, total, "Building the demo guest image (busybox + an init that reads umlstate.eth0= from /proc/cmdline)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    WORK.chmod(0o755)  # the guest's user must reach its image and folders
+    image = WORK / "base.img"
+    run(str(ROOT / ".venv" / "bin" / "python"), "-m", "umlstate.guestimage", str(image))
+
+    step(2, total, f"Making the network: namespace {HOST_NS} (the host) with eth0 <-> lan0 in {LAN_NS} (the LAN)")
+    existing = run("ip", "netns", "list", show=False).stdout.split()
+    if HOST_NS not in existing:
+        run("ip", "netns", "add", HOST_NS)
+        run("ip", "netns", "add", LAN_NS)
+        run("ip", "-n", HOST_NS, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", LAN_NS)
+        run("ip", "-n", HOST_NS, "addr", "add", "172.16.0.1/16", "dev", "eth0")
+        run("ip", "-n", LAN_NS, "addr", "add", "172.16.0.2/16", "dev", "lan0")
+        for ns, dev in ((HOST_NS, "eth0"), (HOST_NS, "lo"), (LAN_NS, "lan0"), (LAN_NS, "lo")):
+            run("ip", "-n", ns, "link", "set", dev, "up")
+    else:
+        print(f"{HOST_NS} exists already: the demo runs again on it (apply is idempotent).")
+
+    step(3, total, "Adapting topology.example.yaml to this machine (an overlay; the example stays as it is)")
+    example = yaml.safe_load((ROOT / "topology.example.yaml").read_text())
+    TOPOLOGY.write_text(yaml.safe_dump(overlay(example, image), sort_keys=False))
+    print(f"user dupont -> {USER}; group umlusers -> {GROUP}; base image -> {image};\n"
+          f"run_dir, state_dir and the tun node under {WORK}; mem -> 64M. Written to {TOPOLOGY}")
+    run(str(ROOT / ".venv" / "bin" / "umlstate"), "validate", str(TOPOLOGY))
+
+    step(4, total, "umlstate plan: what apply would change (nothing has changed yet)")
+    umlstate("plan", str(TOPOLOGY), check=False)
+
+    step(5, total, "umlstate apply --yes: tun node, group, sysctl, tap, address, proxy ARP, switch, guest")
+    if not umlstate("apply", str(TOPOLOGY), "--yes").stdout.strip():
+        print("(nothing to do: the host already matches the topology; an unattended run prints nothing)")
+
+    step(6, total, "From the LAN, ping the guest 172.16.99.1 (proxy ARP on eth0, forwarding: ttl 63 = one hop)")
+    deadline = time.monotonic() + 30
+    while run("ip", "netns", "exec", LAN_NS, "ping", "-c1", "-W1", "172.16.99.1", show=False,
+              check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit("demo: the guest did not answer within 30s; see "
+                             f"{WORK}/state/logs/web.log")
+        time.sleep(0.3)
+    run("ip", "netns", "exec", LAN_NS, "ping", "-c3", "172.16.99.1")
+
+    step(7, total, "umlstate status: every resource and its state")
+    umlstate("status", str(TOPOLOGY), check=False)
+
+    print(f"\n{BOLD}The demo is up.{RESET} Try, for example:\n"
+          f"  {ROOT}/.venv/bin/umlstate --netns {HOST_NS} stop {TOPOLOGY} web\n"
+          f"  {ROOT}/.venv/bin/umlstate --netns {HOST_NS} plan {TOPOLOGY}\n"
+          f"To take it all down (guest, switch, tap, group, namespaces, {WORK}):\n"
+          f"  {BOLD}sudo {ROOT}/scripts/demo --down{RESET}")
+
+
+def down() -> None:
+    existing = run("ip", "netns", "list", show=False).stdout.split()
+    if HOST_NS in existing and TOPOLOGY.exists():
+        print("==> umlstate destroy: guest, switch, tap, proxy entries, group; sysctl and tun node restored")
+        umlstate("destroy", str(TOPOLOGY), "--yes", check=False)
+    for ns in (HOST_NS, LAN_NS):
+        if ns in existing:
+            run("ip", "netns", "del", ns)
+    shutil.rmtree(WORK, ignore_errors=True)
+    print("The demo is gone.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--down", action="store_true", help="tear the demo down")
+    args = parser.parse_args()
+    down() if args.down else up()
+
+
+if __name__ == "__main__":
+    main()
