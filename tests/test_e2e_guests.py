@@ -46,7 +46,7 @@ subnets:
 taps:
   - {{name: uml0, owner: nobody, group: {group}, subnet: guests}}
 switches:
-  - {{name: sw0, tap: uml0, user: nobody}}
+  - {{name: sw0, kind: {kind}, tap: uml0, user: nobody}}
 guests:
   - name: web
     user: nobody
@@ -79,9 +79,9 @@ class Farm:
         self.path = tmp / "topology.yaml"
         self.write()
 
-    def write(self, web_mem: str = "64M") -> None:
+    def write(self, web_mem: str = "64M", kind: str = "uml_switch") -> None:
         self.path.write_text(TOPOLOGY.format(name=self.name, tmp=self.tmp, group=self.group, image=self.image,
-                                             web_mem=web_mem))
+                                             web_mem=web_mem, kind=kind))
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return umlstate(*args, netns=self.host.name)
@@ -112,7 +112,8 @@ class Farm:
         """Live (not zombie) switch and guest processes of this farm."""
         found = []
         for p in psutil.process_iter(["name", "cmdline", "status"]):
-            if p.info["status"] != psutil.STATUS_ZOMBIE and p.info["name"] in ("linux.uml", "uml_switch") \
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.info["name"] in ("linux.uml", "uml_switch",
+                                                                                "vde_switch") \
                     and str(self.tmp) in " ".join(p.info["cmdline"] or []):
                 found.append(p.pid)
         return found
@@ -192,17 +193,20 @@ def test_a_killed_switch_and_guest_are_named_and_restored(farm: Farm) -> None:
     time.sleep(0.3)
 
     plan = farm.cli("plan", "--detailed-exitcode")
-    assert plan.returncode == 2
-    assert "+ switch sw0" in plan.stdout and "not running" in plan.stdout
-    assert "+ guest web" in plan.stdout
-    assert "-/+ guest db" in plan.stdout and "switch sw0 restarted" in plan.stdout
+    shown = plan.stdout + plan.stderr
+    assert plan.returncode == 2, shown
+    assert "+ switch sw0" in plan.stdout and "not running" in plan.stdout, shown
+    assert "+ guest web" in plan.stdout, shown
+    assert "-/+ guest db" in plan.stdout and "switch sw0 restarted" in plan.stdout, shown
 
     applied = farm.cli("apply", "--yes")
-    assert applied.returncode == 0, applied.stderr
-    assert ttl(farm.lan_ping("172.16.99.1")) == 63
-    assert ttl(farm.lan_ping("172.16.99.2")) == 63
-    assert farm.cli("plan", "--detailed-exitcode").returncode == 0
-    assert farm.cli("destroy", "--yes").returncode == 0
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63, farm.log("web")[-800:]
+    assert ttl(farm.lan_ping("172.16.99.2")) == 63, farm.log("db")[-800:]
+    again = farm.cli("plan", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr
+    destroyed = farm.cli("destroy", "--yes")
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
 
 
 def test_stop_leaves_no_umid_folder_and_start_brings_the_guest_back(farm: Farm) -> None:
@@ -245,3 +249,14 @@ def test_a_guest_that_dies_at_boot_shows_its_log(farm: Farm) -> None:
     assert "    | " in result.stderr, "the end of the guest's log is shown"
     assert "Traceback" not in result.stderr
     farm.cli("destroy", "--yes")
+
+
+def test_a_vde_switch_farm_works_the_same_way(farm: Farm) -> None:
+    farm.write(kind="vde_switch")
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stderr
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63
+    assert ttl(farm.lan_ping("172.16.99.2")) == 63
+    assert farm.cli("plan", "--detailed-exitcode").returncode == 0
+    assert farm.cli("destroy", "--yes").returncode == 0
+    assert not farm.processes()

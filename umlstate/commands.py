@@ -32,7 +32,7 @@ def mac_of(topology: Topology, guest: Guest, index: int) -> str:
 
 
 def switch_argv(topology: Topology, switch: Switch, program: str) -> tuple[str, ...]:
-    """uml_switch -unix SOCKET [-hub] [-tap TAP]; vde_switch -s SOCKET [-x] [-t TAP]."""
+    """uml_switch -unix SOCKET [-hub] [-tap TAP]; vde_switch -d -s SOCKET [-x] [-t TAP]."""
     socket = topology.socket_of(switch)
     if switch.kind == "uml_switch":
         argv = [program, "-unix", socket]
@@ -41,7 +41,8 @@ def switch_argv(topology: Topology, switch: Switch, program: str) -> tuple[str, 
         if switch.tap:
             argv += ["-tap", switch.tap]
     else:
-        argv = [program, "-s", socket]
+        # -d: in the foreground, vde_switch reads a console on stdin and exits on its EOF.
+        argv = [program, "-d", "-s", socket]
         if switch.hub:
             argv.append("-x")
         if switch.tap:
