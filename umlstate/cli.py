@@ -304,8 +304,9 @@ def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
             click.echo(render.plan_text(p, colour=_colour()), nl=False)
         _confirm(p, yes, "destroy" if destroy else "apply")
         crash = os.environ.get("UMLSTATE_TEST_CRASH_AFTER")
-        result = Executor(session.topology, session.netlink,
-                          crash_after=int(crash) if crash else None).apply(p, snapshot)
+        progress = sys.stderr.isatty() and session.opts.log_format == "console"
+        result = Executor(session.topology, session.netlink, crash_after=int(crash) if crash else None,
+                          progress=progress).apply(p, snapshot)
         _after, again = _plan(session, destroy=destroy)
         if again.actions or again.conflicts:
             left = "\n".join(f"  {a.kind} {a.target}: wanted {a.detail}; observed: {a.reason}"

@@ -16,6 +16,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -97,12 +98,14 @@ def check_programs(plan: Plan) -> list[HostError]:
 
 
 class Executor:
-    def __init__(self, topology: Topology, netlink: Netlink, *, crash_after: int | None = None) -> None:
+    def __init__(self, topology: Topology, netlink: Netlink, *, crash_after: int | None = None,
+                 progress: bool = False) -> None:
         self.t = topology
         self.nl = netlink
         self.tun_path = topology.host.tun.path if topology.host.tun else DEFAULT_TUN
         # Test hook (UMLSTATE_TEST_CRASH_AFTER): die like kill -9 after k actions.
         self.crash_after = crash_after
+        self.progress = progress  # a live line on the terminal while guests boot
         self._handlers: dict[type[A.Action], Callable[[Any], object]] = {
             A.CreateTunNode: self._create_tun_node,
             A.FixTunNode: self._fix_tun_node,
@@ -288,11 +291,8 @@ class Executor:
         self._ensure_dirs()
         if a.cow and a.base and not os.path.exists(a.cow):
             self._make_cow(a.cow, a.base, a.user)
-        umid = Path(self.t.uml_dir) / a.name
-        if umid.exists():  # stale: the snapshot saw no live guest behind it
-            for child in umid.iterdir():
-                child.unlink(missing_ok=True)
-            umid.rmdir()
+        # Stale if present: the snapshot saw no live guest behind it.
+        processes.remove_umid_dir(Path(self.t.uml_dir) / a.name)
         log_path = self._log_path(a.name)
         offset = log_path.stat().st_size if log_path.exists() else 0
         pid = processes.spawn(a.argv, a.user, log_path, tun_path=self.tun_path)
@@ -332,13 +332,21 @@ class Executor:
                     answered[name] = time.monotonic()
                 if name in answered and ("as init process" in output
                                          or time.monotonic() - answered[name] > BOOT_GRACE):
+                    if self.progress:
+                        sys.stderr.write("\r\x1b[K")
                     log.info("guest ready", guest=name, pid=boot.proc.pid)
                     del waiting[name]
             if waiting and time.monotonic() > deadline:
                 raise ActionError(f"guest(s) {', '.join(sorted(waiting))} did not answer mconsole within "
                                   f"{BOOT_TIMEOUT:g}s (UMLSTATE_BOOT_TIMEOUT)")
             if waiting:
+                if self.progress:
+                    took = time.monotonic() - deadline + BOOT_TIMEOUT
+                    sys.stderr.write(f"\r  booting {', '.join(sorted(waiting))} ... {took:.1f}s \x1b[K")
+                    sys.stderr.flush()
                 time.sleep(0.1)
+        if self.progress and self._booting:
+            sys.stderr.write("\r\x1b[K")
         self._booting.clear()
 
     def stop_guest(self, name: str, proc: Proc) -> str:

@@ -158,11 +158,16 @@ def stop_guest(proc: Proc, mconsole_path: str, umid_dir: Path, *, cad_wait: floa
     else:
         raise ActionError(f"guest pid {proc.pid} survived cad, halt, SIGTERM and SIGKILL")
     # A clean shutdown removes the umid folder; after a signal it is left: remove it.
-    if umid_dir.exists():
+    remove_umid_dir(umid_dir)
+    return how
+
+
+def remove_umid_dir(umid_dir: Path) -> None:
+    """UML's per-guest folder (pid file, mconsole socket), once its guest is gone."""
+    if umid_dir.is_dir():
         for child in umid_dir.iterdir():
             child.unlink(missing_ok=True)
         umid_dir.rmdir()
-    return how
 
 
 def _mconsole_quiet(path: str, text: str) -> None:
