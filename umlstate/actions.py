@@ -40,6 +40,16 @@ class Action:
                 "detail": self.detail, "reason": self.reason}
 
 
+class _Named:
+    """For actions whose target is the name of what they act on."""
+
+    name: str
+
+    @property
+    def target(self) -> str:
+        return self.name
+
+
 def _mode(mode: int | None) -> str:
     return "unchanged" if mode is None else f"{mode:04o}"
 
@@ -148,14 +158,10 @@ class DeleteTunNode(Action):
 
 
 @dataclass(frozen=True)
-class CreateGroup(Action):
+class CreateGroup(_Named, Action):
     op: ClassVar[Op] = "create"
     kind: ClassVar[Kind] = "group"
     name: str
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -215,14 +221,10 @@ class RemoveGroupMember(Action):
 
 
 @dataclass(frozen=True)
-class DeleteGroup(Action):
+class DeleteGroup(_Named, Action):
     op: ClassVar[Op] = "delete"
     kind: ClassVar[Kind] = "group"
     name: str
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -291,7 +293,7 @@ class RestoreSysctl(Action):
 
 
 @dataclass(frozen=True)
-class CreateTap(Action):
+class CreateTap(_Named, Action):
     op: ClassVar[Op] = "create"
     kind: ClassVar[Kind] = "tap"
     name: str
@@ -299,10 +301,6 @@ class CreateTap(Action):
     group: str | None
     alias: str
     link_group: int
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -318,7 +316,7 @@ class CreateTap(Action):
 
 
 @dataclass(frozen=True)
-class FixTap(Action):
+class FixTap(_Named, Action):
     """Change owner/group in place (TUNSETOWNER/TUNSETGROUP on an attached fd)."""
 
     op: ClassVar[Op] = "update"
@@ -326,10 +324,6 @@ class FixTap(Action):
     name: str
     owner: str
     group: str | None
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -342,7 +336,7 @@ class FixTap(Action):
 
 
 @dataclass(frozen=True)
-class MarkTap(Action):
+class MarkTap(_Named, Action):
     """Put umlstate's mark on a tap: one it adopts, or one a crashed run made."""
 
     op: ClassVar[Op] = "update"
@@ -350,10 +344,6 @@ class MarkTap(Action):
     name: str
     alias: str
     link_group: int
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -365,14 +355,10 @@ class MarkTap(Action):
 
 
 @dataclass(frozen=True)
-class SetLinkUp(Action):
+class SetLinkUp(_Named, Action):
     op: ClassVar[Op] = "update"
     kind: ClassVar[Kind] = "tap"
     name: str
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -383,15 +369,11 @@ class SetLinkUp(Action):
 
 
 @dataclass(frozen=True)
-class DeleteTap(Action):
+class DeleteTap(_Named, Action):
     op: ClassVar[Op] = "delete"
     kind: ClassVar[Kind] = "tap"
     name: str
     link_group: int
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -514,7 +496,7 @@ class RemoveProxy(Action):
 
 
 @dataclass(frozen=True)
-class StartSwitch(Action):
+class StartSwitch(_Named, Action):
     op: ClassVar[Op] = "create"
     kind: ClassVar[Kind] = "switch"
     name: str
@@ -522,10 +504,6 @@ class StartSwitch(Action):
     user: str
     socket: str
     tap: str | None
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -538,16 +516,12 @@ class StartSwitch(Action):
 
 
 @dataclass(frozen=True)
-class StopSwitch(Action):
+class StopSwitch(_Named, Action):
     op: ClassVar[Op] = "delete"
     kind: ClassVar[Kind] = "switch"
     name: str
     proc: Proc
     socket: str
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -578,7 +552,7 @@ class ReplaceSwitch(Action):
 
 
 @dataclass(frozen=True)
-class StartGuest(Action):
+class StartGuest(_Named, Action):
     op: ClassVar[Op] = "create"
     kind: ClassVar[Kind] = "guest"
     name: str
@@ -586,10 +560,6 @@ class StartGuest(Action):
     user: str
     cow: str | None
     base: str | None
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
@@ -603,15 +573,11 @@ class StartGuest(Action):
 
 
 @dataclass(frozen=True)
-class StopGuest(Action):
+class StopGuest(_Named, Action):
     op: ClassVar[Op] = "delete"
     kind: ClassVar[Kind] = "guest"
     name: str
     proc: Proc
-
-    @property
-    def target(self) -> str:
-        return self.name
 
     @property
     def detail(self) -> str:
