@@ -33,6 +33,8 @@ from umlstate.errors import (
 )
 from umlstate.loader import load_file
 from umlstate.model import Topology
+from umlstate.planner import Plan
+from umlstate.snapshot import Snapshot
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,7 +121,7 @@ class Session:
             netns.enter(opts.netns)
         self.netlink = Netlink()
 
-    def observe(self) -> Any:
+    def observe(self) -> Snapshot:
         from umlstate.observe import observe
 
         return observe(self.topology, self.netlink, self.opts.netns)
@@ -132,7 +134,7 @@ class Session:
             yield
 
 
-def _plan(session: Session, *, adopt: bool = False, destroy: bool = False) -> tuple[Any, Any]:
+def _plan(session: Session, *, adopt: bool = False, destroy: bool = False) -> tuple[Snapshot, Plan]:
     from umlstate.planner import plan
 
     snapshot = session.observe()
@@ -260,7 +262,7 @@ def _load_target(given: str | None, opts: Options) -> tuple[Topology, dict[str, 
     return load_file(path), None
 
 
-def _confirm(p: Any, yes: bool, what: str) -> None:
+def _confirm(yes: bool, what: str) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
@@ -269,7 +271,7 @@ def _confirm(p: Any, yes: bool, what: str) -> None:
         raise UmlstateError(f"{what} cancelled; nothing was changed")
 
 
-def _preflight(p: Any, adopt: bool) -> None:
+def _preflight(p: Plan) -> None:
     from umlstate.executor import check_programs
 
     problems = [HostError(b) for b in p.blockers] + check_programs(p)
@@ -294,7 +296,7 @@ def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
         snapshot, p = _plan(session, adopt=adopt, destroy=destroy)
         if saved is not None and saved["plan"]["fingerprint"] != p.fingerprint:
             raise StalePlanError("the host changed since this plan was saved; run `umlstate plan --out` again")
-        _preflight(p, adopt)
+        _preflight(p)
         if not p.actions:
             if sys.stdout.isatty():
                 click.echo(render.plan_text(p, colour=_colour()), nl=False)
@@ -302,7 +304,7 @@ def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
             return
         if not yes or sys.stdout.isatty():
             click.echo(render.plan_text(p, colour=_colour()), nl=False)
-        _confirm(p, yes, "destroy" if destroy else "apply")
+        _confirm(yes, "destroy" if destroy else "apply")
         crash = os.environ.get("UMLSTATE_TEST_CRASH_AFTER")
         progress = sys.stderr.isatty() and session.opts.log_format == "console"
         result = Executor(session.topology, session.netlink, crash_after=int(crash) if crash else None,
@@ -451,7 +453,7 @@ def start(opts: Options, args: tuple[str, ...]) -> None:
         _hold(session, guest, False)
         snapshot = session.observe()
         p = plan(session.topology, snapshot)
-        _preflight(p, adopt=False)
+        _preflight(p)
         state = snapshot.guests.get(guest)
         if not p.actions and state is not None and state.proc is not None:
             click.echo(f"guest {guest} is already running (pid {state.proc.pid}).")
