@@ -46,8 +46,10 @@ def _root_state() -> dict[str, Any]:
         "proxies": sh("ip", "neigh", "show", "proxy").stdout,
         "sysctls": {k: Path(f"/proc/sys/net/ipv4/{k}").read_text().strip()
                     for k in ("ip_forward", "conf/all/proxy_arp")},
-        "netns": sorted(n for n in sh("ip", "netns", "list").stdout.split() if n.startswith("umlstate-test-")),
     }
+
+
+MADE: set[str] = set()  # the namespaces this test session made
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,6 +64,10 @@ def root_namespace_unchanged() -> Iterator[None]:
     changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
     if changed:
         pytest.fail(f"the tests changed the ROOT network namespace: {changed}", pytrace=False)
+    # Only ours: another test run on the machine may have namespaces of its own.
+    left = MADE & set(sh("ip", "netns", "list").stdout.split())
+    if left:
+        pytest.fail(f"the tests left network namespaces behind: {sorted(left)}", pytrace=False)
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Netns:
 
 def make_netns(prefix: str = "umlstate-test-") -> Netns:
     ns = Netns(prefix + secrets.token_hex(4))
+    MADE.add(ns.name)
     sh("ip", "netns", "add", ns.name)
     ns.ip("link", "set", "lo", "up")
     return ns
