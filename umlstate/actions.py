@@ -77,7 +77,7 @@ class CreateTunNode(Action):
         gid = s.gid(self.group) if self.group else 0
         node = TunNode(self.path, exists=True, is_tun=True, mode=self.mode if self.mode is not None else 0o600,
                        gid=gid)
-        return replace(s, tun=node, records=replace(s.records, tun_created=True))
+        return replace(s, tun=node, records=replace(s.records, tun_created=True, tun_path=self.path))
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class FixTunNode(Action):
         original = s.records.tun_original
         if original is None and s.tun.mode is not None and s.tun.gid is not None:
             original = (s.tun.mode, s.tun.gid)
-        return replace(s, tun=node, records=replace(s.records, tun_original=original))
+        return replace(s, tun=node, records=replace(s.records, tun_original=original, tun_path=self.path))
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class RestoreTunNode(Action):
     def simulate(self, s: Snapshot) -> Snapshot:
         assert s.tun is not None
         return replace(s, tun=replace(s.tun, mode=self.mode, gid=self.gid),
-                       records=replace(s.records, tun_original=None))
+                       records=replace(s.records, tun_original=None, tun_path=None))
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class DeleteTunNode(Action):
 
     def simulate(self, s: Snapshot) -> Snapshot:
         return replace(s, tun=TunNode(self.path, exists=False),
-                       records=replace(s.records, tun_created=False, tun_original=None))
+                       records=replace(s.records, tun_created=False, tun_original=None, tun_path=None))
 
 
 # --- groups ----------------------------------------------------------------------

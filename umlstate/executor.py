@@ -371,6 +371,7 @@ def _union(a: Records, b: Records, pending_taps: set[str]) -> Records:
         groups_created=a.groups_created | b.groups_created,
         members_added=a.members_added | b.members_added,
         tun_created=a.tun_created or b.tun_created,
+        tun_path=a.tun_path or b.tun_path,
         tun_original=a.tun_original or b.tun_original,
         pending_taps=a.pending_taps | pending_taps,
         held=b.held,

@@ -42,7 +42,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         netns=netns,
         users=_users(topology),
         groups=_groups(topology, recs),
-        tun=read_tun_node(topology.host.tun.path if topology.host.tun else DEFAULT_TUN),
+        tun=read_tun_node(topology.host.tun.path if topology.host.tun else recs.tun_path or DEFAULT_TUN),
         sysctls={key: read_sysctl(key) for key in sorted(_sysctl_keys(topology, recs))},
         links=links,
         addresses=netlink.addresses(index, {n for n in ours if n in links}),

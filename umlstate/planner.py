@@ -258,7 +258,8 @@ def _remove_unwanted(t: Topology, b: _Builder) -> None:
             b.add(A.DeleteGroup("no longer in the topology", group))
 
     tun = b.s.tun
-    if t.host.tun is None and tun is not None and tun.exists:
+    # Only the node the records speak of: never /dev/net/tun because a path left the topology.
+    if t.host.tun is None and tun is not None and tun.exists and tun.path == b.s.records.tun_path:
         if b.s.records.tun_created:
             b.add(A.DeleteTunNode("no longer in the topology", tun.path))
         elif b.s.records.tun_original is not None:

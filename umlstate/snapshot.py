@@ -73,6 +73,7 @@ class Records:
     members_added: frozenset[tuple[str, str]] = frozenset()  # (group, user)
     tun_created: bool = False
     tun_original: tuple[int, int] | None = None  # (mode, gid) before umlstate changed it
+    tun_path: str | None = None  # the node tun_created and tun_original speak of
     pending_taps: frozenset[str] = frozenset()  # taps being created when a run stopped
     held: frozenset[str] = frozenset()  # guests stopped by `umlstate stop`: apply leaves them down
 
@@ -187,6 +188,7 @@ def from_json(data: Mapping[str, Any]) -> Snapshot:
             groups_created=frozenset(rec.get("groups_created", ())),
             members_added=frozenset((g, u) for g, u in rec.get("members_added", ())),
             tun_created=rec.get("tun_created", False),
+            tun_path=rec.get("tun_path"),
             tun_original=(rec["tun_original"][0], rec["tun_original"][1]) if rec.get("tun_original") else None,
             pending_taps=frozenset(rec.get("pending_taps", ())),
             held=frozenset(rec.get("held", ())),
