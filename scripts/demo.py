@@ -116,7 +116,7 @@ def up() -> None:
           f"  {ROOT}/.venv/bin/umlstate --netns {HOST_NS} stop {TOPOLOGY} web\n"
           f"  {ROOT}/.venv/bin/umlstate --netns {HOST_NS} plan {TOPOLOGY}\n"
           f"To take it all down (guest, switch, tap, group, namespaces, {WORK}):\n"
-          f"  {BOLD}sudo {ROOT}/scripts/demo --down{RESET}")
+          f"  {BOLD}{ROOT}/scripts/demo --down{RESET}")
 
 
 def down() -> None:
