@@ -286,7 +286,8 @@ def _preflight(p: Plan) -> None:
 
 
 def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
-              saved: dict[str, Any] | None = None) -> None:
+              saved: dict[str, Any] | None = None) -> Snapshot:
+    """One pass: plan, preflight, apply, verify. Returns the snapshot it ended with."""
     import structlog
 
     from umlstate.executor import Executor
@@ -301,7 +302,7 @@ def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
             if sys.stdout.isatty():
                 click.echo(render.plan_text(p, colour=_colour()), nl=False)
             log.debug("run", result="in sync", actions=0)
-            return
+            return snapshot
         if not yes or sys.stdout.isatty():
             click.echo(render.plan_text(p, colour=_colour()), nl=False)
         _confirm(yes, "destroy" if destroy else "apply")
@@ -309,7 +310,7 @@ def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
         progress = sys.stderr.isatty() and session.opts.log_format == "console"
         result = Executor(session.topology, session.netlink, crash_after=int(crash) if crash else None,
                           progress=progress).apply(p, snapshot)
-        _after, again = _plan(session, destroy=destroy)
+        after, again = _plan(session, destroy=destroy)
         if again.actions or again.conflicts:
             left = "\n".join(f"  {a.kind} {a.target}: wanted {a.detail}; observed: {a.reason}"
                              for a in again.actions)
@@ -321,6 +322,7 @@ def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
         verb = "Destroy" if destroy else "Apply"
         click.echo(f"{verb} complete: {s['add']} added, {s['change']} changed, {s['destroy']} destroyed "
                    f"in {result.seconds:.2f}s; verified.")
+        return after
 
 
 @cli.command()
@@ -386,6 +388,40 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
         click.echo(render.status_text(rows, colour=_colour()), nl=False)
     if p.blockers or any(r.state != "ok" for r in rows):
         sys.exit(errors.EXIT_CHANGES)
+
+
+@cli.command()
+@topology_arg
+@click.option("--resync", type=float, default=300.0, show_default=True, metavar="SECONDS",
+              help="Full resync period, a backstop to events.")
+@click.pass_obj
+@run_safely
+def watch(opts: Options, topology: str | None, resync: float) -> None:
+    """Stay running and repair drift as it happens (netlink events, process exits).
+
+    Each repair is a full apply pass under the topology's lock. Exits 0 on SIGTERM.
+
+    \b
+    Example:
+      umlstate --netns lab --log-format json watch topology.yaml
+    """
+    import structlog
+
+    from umlstate.watch import Watcher
+
+    path = resolve_topology(topology)
+    _check_file_safety(path)
+    session = Session(opts, load_file(path))
+    log = structlog.get_logger("umlstate")
+
+    def reconcile() -> Snapshot | None:
+        try:
+            return _converge(session, yes=True, adopt=False, destroy=False)
+        except UmlstateError as exc:  # keep watching: the next event or resync tries again
+            log.error("watch pass failed", error=str(exc))
+            return None
+
+    sys.exit(Watcher(reconcile, resync=resync).run())
 
 
 def _hold(session: Session, guest: str, held: bool) -> None:

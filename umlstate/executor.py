@@ -167,7 +167,7 @@ class Executor:
                 self._maybe_crash(len(result.done))
             i += max(batch, 1)
         self._wait_booted()
-        records.save(self.t.state_dir, replace(final.records, pending_taps=frozenset()))
+        records.save(self.t.state_dir, replace(final.records, pending_taps=frozenset(), boot_id=observed.boot_id))
         result.seconds = time.monotonic() - start
         return result
 
@@ -375,6 +375,7 @@ def _union(a: Records, b: Records, pending_taps: set[str]) -> Records:
         tun_original=a.tun_original or b.tun_original,
         pending_taps=a.pending_taps | pending_taps,
         held=b.held,
+        boot_id=a.boot_id,
     )
 
 

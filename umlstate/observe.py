@@ -38,8 +38,12 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
     links, index = netlink.links({t.name for t in topology.taps} | uplinks)
     ours = {n for n, link in links.items() if link.kind == "tun"} | uplinks
     programs = _programs(topology)
+    boot_id = read_boot_id()
+    # After a reboot every pid file from before is stale, whatever pid it names.
+    rebooted = recs.boot_id is not None and recs.boot_id != boot_id
     return Snapshot(
         netns=netns,
+        boot_id=boot_id,
         users=_users(topology),
         groups=_groups(topology, recs),
         tun=read_tun_node(topology.host.tun.path if topology.host.tun else recs.tun_path or DEFAULT_TUN),
@@ -49,7 +53,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         proxies=netlink.proxies(index),
         records=recs,
         switches=_switches(topology),
-        guests=_guests(topology),
+        guests=_guests(topology, trust_pid_files=not rebooted),
         programs=programs,
         files=_files(topology),
         transports={path: kernel_transports(path) for name in {g.kernel for g in topology.guests}
@@ -127,7 +131,14 @@ def _switches(t: Topology) -> dict[str, SwitchState]:
     return found
 
 
-def _guests(t: Topology) -> dict[str, GuestState]:
+def read_boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _guests(t: Topology, trust_pid_files: bool = True) -> dict[str, GuestState]:
     """Guests by their pid file, checked against the live process (a pid may be reused)."""
     uml_dir = Path(t.uml_dir)
     names = {g.name for g in t.guests}
@@ -136,7 +147,7 @@ def _guests(t: Topology) -> dict[str, GuestState]:
     found: dict[str, GuestState] = {}
     for name in sorted(names):
         folder = uml_dir / name
-        proc = _guest_proc(folder, name, t.uml_dir)
+        proc = _guest_proc(folder, name, t.uml_dir, trust_pid_files)
         if proc is None:
             found[name] = GuestState(None, stale=folder.exists())
         else:
@@ -144,9 +155,11 @@ def _guests(t: Topology) -> dict[str, GuestState]:
     return found
 
 
-def _guest_proc(folder: Path, name: str, uml_dir: str) -> Proc | None:
+def _guest_proc(folder: Path, name: str, uml_dir: str, trust_pid_file: bool) -> Proc | None:
     wanted = (f"umid={name}", f"uml_dir={uml_dir}")
     try:
+        if not trust_pid_file:
+            raise ValueError("pid file from another boot")
         pid_file = folder / "pid"
         pid = int(pid_file.read_text().strip())
         written = pid_file.stat().st_mtime

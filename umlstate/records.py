@@ -43,6 +43,7 @@ def load(state_dir: str) -> Records:
         tun_original=(data["tun_original"][0], data["tun_original"][1]) if data.get("tun_original") else None,
         pending_taps=frozenset(data.get("pending_taps", ())),
         held=frozenset(data.get("held", ())),
+        boot_id=data.get("boot_id"),
     )
 
 
@@ -58,6 +59,7 @@ def save(state_dir: str, records: Records) -> None:
         "tun_original": list(records.tun_original) if records.tun_original else None,
         "pending_taps": sorted(records.pending_taps),
         "held": sorted(records.held),
+        "boot_id": records.boot_id,
     }
     folder = Path(state_dir)
     folder.mkdir(parents=True, exist_ok=True, mode=0o755)

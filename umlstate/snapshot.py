@@ -76,6 +76,7 @@ class Records:
     tun_path: str | None = None  # the node tun_created and tun_original speak of
     pending_taps: frozenset[str] = frozenset()  # taps being created when a run stopped
     held: frozenset[str] = frozenset()  # guests stopped by `umlstate stop`: apply leaves them down
+    boot_id: str | None = None  # the boot the last apply ran in: pid files from another boot are stale
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class GuestState:
 @dataclass(frozen=True)
 class Snapshot:
     netns: str | None = None
+    boot_id: str | None = None
     users: Mapping[str, int | None] = field(default_factory=dict)  # name -> uid, None: unknown
     groups: Mapping[str, HostGroup | None] = field(default_factory=dict)  # None: no such group
     tun: TunNode | None = None
@@ -163,6 +165,7 @@ def from_json(data: Mapping[str, Any]) -> Snapshot:
     rec = data.get("records", {})
     return Snapshot(
         netns=data.get("netns"),
+        boot_id=data.get("boot_id"),
         users=dict(data.get("users", {})),
         groups={
             name: HostGroup(name, g["gid"], frozenset(g.get("members", ()))) if g is not None else None
@@ -192,6 +195,7 @@ def from_json(data: Mapping[str, Any]) -> Snapshot:
             tun_original=(rec["tun_original"][0], rec["tun_original"][1]) if rec.get("tun_original") else None,
             pending_taps=frozenset(rec.get("pending_taps", ())),
             held=frozenset(rec.get("held", ())),
+            boot_id=rec.get("boot_id"),
         ),
     )
 
