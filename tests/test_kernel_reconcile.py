@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+
 from conftest import ROOT, Netns, needs_root, sh, umlstate
 
 pytestmark = [needs_root, pytest.mark.kernel]

@@ -1,0 +1,155 @@
+"""The farm: a host and a LAN namespace, a real uml_switch and real guests as nobody.
+
+Shared by the end-to-end and reliability tests (registered in conftest as a
+pytest plugin). A "host" namespace whose eth0 is a veth to a "lan" namespace
+in the same /16 as the guests' /24, like the seed's 172.16.0.0/16 LAN and
+172.16.99.0/24 guests; everything is made per test and removed afterwards,
+also on failure.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from umlstate.guestimage import build
+
+from conftest import Netns, make_netns, remove_netns, sh, umlstate
+
+TOPOLOGY = """\
+name: {name}
+host:
+  run_dir: {tmp}/run
+  state_dir: {tmp}/state
+  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
+  groups:
+    - {{name: {group}, members: [nobody]}}
+  sysctl:
+    net.ipv4.ip_forward: 1
+subnets:
+  - name: guests
+    cidr: 172.16.99.0/24
+    gateway: 172.16.99.254
+    proxy_arp: {{uplink: eth0}}
+taps:
+  - {{name: uml0, owner: nobody, group: {group}, subnet: guests}}
+switches:
+  - {{name: sw0, kind: {kind}, tap: uml0, user: nobody}}
+guests:
+  - name: web
+    user: nobody
+    mem: {web_mem}
+    disk: {{base: {image}}}
+    args: [umlstate.ping=172.16.99.2]
+    nics: [{{switch: sw0, address: 172.16.99.1}}]
+  - name: db
+    user: nobody
+    mem: 64M
+    disk: {{base: {image}}}
+    nics: [{{switch: sw0, address: 172.16.99.2}}]
+"""
+
+
+@pytest.fixture(scope="session")
+def image() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="umlstate-test-image-", dir="/tmp"))
+    folder.chmod(0o755)
+    try:
+        yield build(folder / "base.img")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class Farm:
+    def __init__(self, host: Netns, lan: Netns, tmp: Path, image: Path, group: str) -> None:
+        self.host, self.lan, self.tmp, self.image, self.group = host, lan, tmp, image, group
+        self.name = "f" + secrets.token_hex(3)
+        self.path = tmp / "topology.yaml"
+        self.write()
+
+    def write(self, web_mem: str = "64M", kind: str = "uml_switch") -> None:
+        self.path.write_text(TOPOLOGY.format(name=self.name, tmp=self.tmp, group=self.group, image=self.image,
+                                             web_mem=web_mem, kind=kind))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return umlstate(*args, netns=self.host.name)
+
+    def cli(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(command, str(self.path), *args)
+
+    def lan_ping(self, address: str, seconds: float = 20) -> str:
+        """Ping from the LAN until an answer comes; return ping's output."""
+        deadline = time.monotonic() + seconds
+        while True:
+            result = self.lan.run("ping", "-c1", "-W1", address, check=False)
+            if result.returncode == 0 or time.monotonic() > deadline:
+                return result.stdout
+            time.sleep(0.2)
+
+    def guest_pid(self, guest: str) -> int:
+        return int((self.tmp / "run" / "uml" / guest / "pid").read_text())
+
+    def switch_pid(self) -> int:
+        socket = str(self.tmp / "run" / "sw0.ctl")
+        (pid,) = [p.pid for p in psutil.process_iter(["name", "cmdline", "status"])
+                  if p.info["name"] == "uml_switch" and socket in (p.info["cmdline"] or [])
+                  and p.info["status"] != psutil.STATUS_ZOMBIE]
+        return pid
+
+    def process_table(self) -> dict[int, tuple[str, list[str], int]]:
+        """Live (not zombie) switch and guest processes of this farm: pid -> (name, argv, ppid).
+
+        Read in one pass: UML's helper processes come and go between two looks.
+        """
+        found = {}
+        for p in psutil.process_iter(["name", "cmdline", "status", "ppid"]):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.info["name"] in ("linux.uml", "uml_switch",
+                                                                                "vde_switch") \
+                    and str(self.tmp) in " ".join(p.info["cmdline"] or []):
+                found[p.pid] = (p.info["name"], p.info["cmdline"] or [], p.info["ppid"])
+        return found
+
+    def processes(self) -> list[int]:
+        return sorted(self.process_table())
+
+    def log(self, name: str) -> str:
+        return (self.tmp / "state" / "logs" / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def farm(tmp_path: Path, image: Path) -> Iterator[Farm]:
+    host, lan = make_netns(), make_netns("umlstate-test-lan-")
+    group = "umlst-" + secrets.token_hex(3)
+    try:
+        host.ip("link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan.name)
+        host.ip("addr", "add", "172.16.0.1/16", "dev", "eth0")
+        host.ip("link", "set", "eth0", "up")
+        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lan0")
+        lan.ip("link", "set", "lan0", "up")
+        yield Farm(host, lan, tmp_path, image, group)
+    finally:
+        remove_netns(host)  # ends only the processes inside the namespaces made here
+        remove_netns(lan)
+        sh("groupdel", group, check=False)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def ttl(ping_output: str) -> int:
+    match = re.search(r"ttl=(\d+)", ping_output)
+    assert match, f"no answer: {ping_output}"
+    return int(match[1])
