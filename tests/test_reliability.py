@@ -215,7 +215,7 @@ def test_preflight_names_every_missing_thing_and_changes_nothing(host_with_uplin
 name: bad
 host: {{run_dir: {tmp_path}/run, state_dir: {tmp_path}/state, sysctl: {{net.ipv4.ip_forward: 1}}}}
 subnets: [{{name: a, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth9}}}}]
-taps: [{{name: uml0, owner: nosuchuser, subnet: a}}]
+taps: [{{name: uml0, owner: nosuchuser, group: nosuchgroup, subnet: a}}]
 switches: [{{name: sw0, tap: uml0, user: nobody}}]
 guests:
   - {{name: web, user: nobody, mem: 64M, kernel: /opt/uml/linux, disk: {{base: {tmp_path}/nothing.img}},
@@ -225,7 +225,8 @@ guests:
     before = (ns.ip("-d", "link", "show").stdout, ns.sysctl("net.ipv4.ip_forward"))
     result = umlstate("apply", str(path), "--yes", netns=ns.name)
     assert result.returncode == 1
-    for expected in ("nothing was changed", "user nosuchuser", "uplink interface eth9 does not exist",
+    for expected in ("nothing was changed", "user nosuchuser", "group nosuchgroup",
+                     "uplink interface eth9 does not exist",
                      "kernel /opt/uml/linux of guest web is not found", f"disk image {tmp_path}/nothing.img"):
         assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -254,3 +255,22 @@ def test_the_package_never_runs_a_shell() -> None:
                     assert func.attr not in ("system", "popen", "execl", "execlp", "spawnl"), \
                         f"{source.name}:{node.lineno} calls os.{func.attr}"
 
+
+
+@pytest.mark.slow
+def test_a_reference_to_a_deleted_tap_while_guests_run_is_refused_and_loses_nothing(farm: Farm) -> None:
+    assert farm.cli("apply", "--yes").returncode == 0
+    running = farm.processes()
+    edited = farm.path.read_text().replace("taps:\n  - {name: uml0, owner: nobody, group: " + farm.group
+                                            + ", subnet: guests}\n", "taps: []\n")
+    assert edited != farm.path.read_text()
+    farm.path.write_text(edited)
+    result = farm.cli("apply", "--yes")
+    assert result.returncode == 65
+    assert "switch sw0 refers to tap 'uml0', which is not defined" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert farm.processes() == running, "nothing is stopped"
+    assert "uml0" in farm.host.ip("link", "show").stdout
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63
+    farm.write()
+    assert farm.cli("destroy", "--yes").returncode == 0
