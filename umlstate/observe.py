@@ -145,9 +145,14 @@ def _guests(t: Topology, trust_pid_files: bool = True) -> dict[str, GuestState]:
     if uml_dir.is_dir():
         names |= {d.name for d in uml_dir.iterdir() if d.is_dir()}
     found: dict[str, GuestState] = {}
+    scan: dict[str, dict[int, psutil.Process]] | None = None  # one pass over all processes, when needed
     for name in sorted(names):
         folder = uml_dir / name
-        proc = _guest_proc(folder, name, t.uml_dir, trust_pid_files)
+        proc = _from_pid_file(folder, name, t.uml_dir) if trust_pid_files else None
+        if proc is None:
+            if scan is None:
+                scan = _scan_guests(t.uml_dir)
+            proc = _main_process(scan.get(name, {}))
         if proc is None:
             found[name] = GuestState(None, stale=folder.exists())
         else:
@@ -155,11 +160,9 @@ def _guests(t: Topology, trust_pid_files: bool = True) -> dict[str, GuestState]:
     return found
 
 
-def _guest_proc(folder: Path, name: str, uml_dir: str, trust_pid_file: bool) -> Proc | None:
+def _from_pid_file(folder: Path, name: str, uml_dir: str) -> Proc | None:
     wanted = (f"umid={name}", f"uml_dir={uml_dir}")
     try:
-        if not trust_pid_file:
-            raise ValueError("pid file from another boot")
         pid_file = folder / "pid"
         pid = int(pid_file.read_text().strip())
         written = pid_file.stat().st_mtime
@@ -170,15 +173,34 @@ def _guest_proc(folder: Path, name: str, uml_dir: str, trust_pid_file: bool) -> 
             return proc
     except (OSError, ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
         pass
-    # Booting guests write their pid file late: find the main process by its argv.
-    matches = {}
+    return None
+
+
+def _scan_guests(uml_dir: str) -> dict[str, dict[int, psutil.Process]]:
+    """umid -> the processes of that guest, for guests whose pid file is missing or stale.
+
+    A booting guest writes its pid file late, and after a reboot none is
+    trusted: then the argv (umid=, uml_dir=) is what identifies a guest.
+    """
+    marker = f"uml_dir={uml_dir}"
+    found: dict[str, dict[int, psutil.Process]] = {}
     for p in psutil.process_iter(["cmdline"]):
         argv = p.info["cmdline"] or []
-        if all(w in argv for w in wanted):
-            matches[p.pid] = p
-    for p in matches.values():
-        if p.ppid() not in matches:
-            return _proc(p)
+        if marker in argv:
+            umid = next((a[5:] for a in argv if a.startswith("umid=")), None)
+            if umid:
+                found.setdefault(umid, {})[p.pid] = p
+    return found
+
+
+def _main_process(processes: dict[int, psutil.Process]) -> Proc | None:
+    """A UML guest is several host processes; the main one's parent is none of them."""
+    for p in processes.values():
+        try:
+            if p.ppid() not in processes:
+                return _proc(p)
+        except psutil.NoSuchProcess:
+            continue
     return None
 
 
