@@ -1,0 +1,334 @@
+"""umlstate's benchmark: side by side with ip -batch and a one-process-per-step script.
+
+    python -m benchmarks [--sizes 10,100,1000] [--repeat 3] [--guests 1,2,4] [--out FILE]
+
+Everything happens in namespaces it makes (umlstate-test-bench-*) and removes,
+also on failure; the root namespace is never touched. Contenders alternate
+(A B A B ...) and medians are reported, since a shared machine is noisy.
+
+Measured, for N taps each with an owner, an address, link up, and one proxy
+entry per tap on a veth uplink:
+  - `umlstate apply --yes` from an empty namespace (the whole process, as a user runs it);
+  - `ip -batch` doing the same operations (the practical limit);
+  - a shell script with one `ip` process per step (what people write by hand);
+  - no-op `umlstate plan` on the converged namespace, and `umlstate destroy`;
+  - one `ip link del group` of N taps (what destroy is compared with);
+  - peak memory (max RSS) of plan and apply;
+and for a farm of k real guests: apply until every guest answers ping from a
+LAN namespace, against booting the same guests one after the other; and watch
+mode's repair time for a deleted tap and a killed switch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from umlstate.guestimage import build
+
+PY = sys.executable
+OWNER = 65534
+
+
+def sh(*cmd: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, input=stdin)
+
+
+@contextmanager
+def namespace(prefix: str = "umlstate-test-bench-") -> Iterator[str]:
+    name = prefix + secrets.token_hex(3)
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        for _ in range(2):
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                with suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.2)
+        sh("ip", "netns", "del", name, check=False)
+
+
+def timed(cmd: list[str]) -> tuple[float, int, int]:
+    """Run a command; return (seconds, exit code, peak RSS in KiB of that process)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 2):
+        err = proc.stderr.read().decode()[-800:] if proc.stderr else ""
+        raise SystemExit(f"benchmark: {' '.join(cmd[:6])}... exited {proc.returncode}:\n{err}")
+    return seconds, proc.returncode, usage.ru_maxrss
+
+
+def taps_topology(n: int, folder: Path) -> Path:
+    subnets = "\n".join(
+        f"  - {{name: s{i}, cidr: 10.{i // 250}.{i % 250}.0/24, gateway: 10.{i // 250}.{i % 250}.1, "
+        f"proxy_arp: {{uplink: eth0}}}}" for i in range(n))
+    taps = "\n".join(f"  - {{name: t{i}, owner: nobody, subnet: s{i}}}" for i in range(n))
+    guests = "\n".join(
+        f"  - {{name: g{i}, user: nobody, mem: 64M, disk: {{image: /nonexistent}}, "
+        f"nics: [{{tap: t{i}, address: 10.{i // 250}.{i % 250}.2}}]}}" for i in range(n))
+    path = folder / f"taps-{n}.yaml"
+    path.write_text(f"name: bench\nhost: {{run_dir: {folder}/run-{n}, state_dir: {folder}/state-{n}}}\n"
+                    f"subnets:\n{subnets}\ntaps:\n{taps}\nguests:\n{guests}\n")
+    return path
+
+
+def hold_guests(topology: Path, ns: str, n: int) -> None:
+    """The guests only give the proxy entries their addresses: hold them down, as `umlstate stop` does."""
+    state = Path(str(topology).replace(f"taps-{n}.yaml", f"state-{n}"))
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "state.json").write_text(json.dumps({"held": [f"g{i}" for i in range(n)]}))
+
+
+def ip_batch_script(n: int) -> str:
+    lines = []
+    for i in range(n):
+        net = f"10.{i // 250}.{i % 250}"
+        lines += [f"tuntap add dev t{i} mode tap user {OWNER}", f"addr add {net}.1/24 dev t{i}",
+                  f"link set t{i} up", f"neigh add proxy {net}.2 dev eth0"]
+    return "\n".join(lines) + "\n"
+
+
+def uplink(ns: str) -> None:
+    sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer")
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+
+
+def bench_taps(n: int, repeat: int, folder: Path) -> dict[str, Any]:
+    topology = taps_topology(n, folder)
+    batch = folder / f"batch-{n}.txt"
+    batch.write_text(ip_batch_script(n))
+    script = folder / f"script-{n}.sh"
+    script.write_text("set -e\n" + "".join(f"ip {line}\n" for line in ip_batch_script(n).splitlines()))
+    raw: dict[str, list[float]] = {k: [] for k in ("umlstate_apply", "ip_batch", "shell_script", "noop_plan",
+                                                  "umlstate_destroy", "group_delete", "apply_rss_kib",
+                                                  "plan_rss_kib")}
+    umlstate = [PY, "-m", "umlstate"]
+    for _ in range(repeat):
+        # A: umlstate apply, no-op plan, destroy
+        with namespace() as ns:
+            uplink(ns)
+            hold_guests(topology, ns, n)
+            seconds, _, rss = timed([*umlstate, "--netns", ns, "apply", str(topology), "--yes"])
+            raw["umlstate_apply"].append(seconds)
+            raw["apply_rss_kib"].append(rss)
+            seconds, code, rss = timed([*umlstate, "--netns", ns, "plan", str(topology), "--detailed-exitcode"])
+            assert code == 0, "the no-op plan must be empty"
+            raw["noop_plan"].append(seconds)
+            raw["plan_rss_kib"].append(rss)
+            raw["umlstate_destroy"].append(timed([*umlstate, "--netns", ns, "destroy", str(topology), "--yes"])[0])
+            shutil.rmtree(folder / f"state-{n}", ignore_errors=True)
+        # B: ip -batch, then one delete by link group
+        with namespace() as ns:
+            uplink(ns)
+            raw["ip_batch"].append(timed(["ip", "-n", ns, "-batch", str(batch)])[0])
+            # Into one link group, untimed, to time the one delete that destroy is compared with.
+            sh("ip", "-n", ns, "-batch", "-", stdin="".join(f"link set t{i} group 4242\n" for i in range(n)))
+            raw["group_delete"].append(timed(["ip", "-n", ns, "link", "del", "group", "4242"])[0])
+        # C: the hand-written script
+        with namespace() as ns:
+            uplink(ns)
+            raw["shell_script"].append(timed(["ip", "netns", "exec", ns, "sh", str(script)])[0])
+    return {"n": n, "raw": raw, "median": {k: statistics.median(v) for k, v in raw.items()}}
+
+
+FARM = """\
+name: farm
+host:
+  run_dir: {folder}/run
+  state_dir: {folder}/state
+  tun: {{path: {folder}/dev/tun, mode: "0660", group: {group}}}
+  groups: [{{name: {group}, members: [nobody]}}]
+  sysctl: {{net.ipv4.ip_forward: 1}}
+subnets:
+  - {{name: guests, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth0}}}}
+taps: [{{name: uml0, owner: nobody, group: {group}, subnet: guests}}]
+switches: [{{name: sw0, tap: uml0, user: nobody}}]
+guests:
+{guests}
+"""
+
+
+def farm_topology(k: int, folder: Path, image: Path, group: str) -> Path:
+    guests = "\n".join(f"  - {{name: g{i}, user: nobody, mem: 64M, disk: {{base: {image}}}, "
+                       f"nics: [{{switch: sw0, address: 172.16.99.{i + 1}}}]}}" for i in range(k))
+    path = folder / f"farm-{k}.yaml"
+    path.write_text(FARM.format(folder=folder, group=group, guests=guests))
+    return path
+
+
+@contextmanager
+def lan_pair() -> Iterator[tuple[str, str]]:
+    with namespace() as host, namespace("umlstate-test-bench-lan-") as lan:
+        sh("ip", "-n", host, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan)
+        sh("ip", "-n", host, "addr", "add", "172.16.0.1/16", "dev", "eth0")
+        sh("ip", "-n", host, "link", "set", "eth0", "up")
+        sh("ip", "-n", lan, "addr", "add", "172.16.0.2/16", "dev", "lan0")
+        sh("ip", "-n", lan, "link", "set", "lan0", "up")
+        yield host, lan
+
+
+def until_pings(lan: str, addresses: list[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for address in addresses:
+        while sh("ip", "netns", "exec", lan, "ping", "-c1", "-W0.2", address, check=False).returncode:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"benchmark: {address} did not answer within {timeout}s")
+
+
+def bench_farm(k: int, repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
+    raw: dict[str, list[float]] = {"parallel_apply": [], "one_after_another": []}
+    addresses = [f"172.16.99.{i + 1}" for i in range(k)]
+    for r in range(repeat):
+        for mode in ("parallel_apply", "one_after_another"):
+            run = folder / f"farm-{k}-{mode}-{r}"
+            run.mkdir()
+            run.chmod(0o755)
+            with lan_pair() as (host, lan):
+                start = time.perf_counter()
+                if mode == "parallel_apply":
+                    timed([PY, "-m", "umlstate", "--netns", host, "apply", str(farm_topology(k, run, image, group)),
+                           "--yes"])
+                    until_pings(lan, addresses)
+                else:
+                    for j in range(1, k + 1):  # one more guest per run, each waited for before the next
+                        timed([PY, "-m", "umlstate", "--netns", host, "apply",
+                               str(farm_topology(j, run, image, group)), "--yes"])
+                        until_pings(lan, addresses[:j])
+                raw[mode].append(time.perf_counter() - start)
+                timed([PY, "-m", "umlstate", "--netns", host, "destroy", str(farm_topology(k, run, image, group)),
+                       "--yes"])
+    return {"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
+
+
+def bench_watch(repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
+    raw: dict[str, list[float]] = {"deleted_tap": [], "killed_switch": []}
+    run = folder / "watch"
+    run.mkdir()
+    run.chmod(0o755)
+    with lan_pair() as (host, _lan):
+        topology = farm_topology(1, run, image, group)
+        timed([PY, "-m", "umlstate", "--netns", host, "apply", str(topology), "--yes"])
+        watcher = subprocess.Popen([PY, "-m", "umlstate", "--netns", host, "watch", str(topology)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2)
+            socket = str(run / "run" / "sw0.ctl")
+            for _ in range(repeat):
+                sh("ip", "-n", host, "link", "del", "uml0")
+                start = time.perf_counter()
+                while "uml0" not in sh("ip", "-n", host, "link", "show").stdout:
+                    time.sleep(0.005)
+                raw["deleted_tap"].append(time.perf_counter() - start)
+                time.sleep(3)  # let the pass that follows settle (switch and guest reconnect)
+                old = _switch_pid(socket)
+                os.kill(old, signal.SIGKILL)
+                start = time.perf_counter()
+                while _switch_pid(socket, default=old) == old:
+                    time.sleep(0.005)
+                raw["killed_switch"].append(time.perf_counter() - start)
+                time.sleep(3)
+        finally:
+            watcher.terminate()
+            watcher.wait(10)
+        timed([PY, "-m", "umlstate", "--netns", host, "destroy", str(topology), "--yes"])
+    return {"raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
+
+
+def _switch_pid(socket: str, default: int = 0) -> int:
+    for p in psutil.process_iter(["name", "cmdline", "status"]):
+        if p.info["name"] == "uml_switch" and socket in (p.info["cmdline"] or []) \
+                and p.info["status"] != psutil.STATUS_ZOMBIE:
+            return p.pid
+    return default
+
+
+def table(results: dict[str, Any]) -> str:
+    out = ["| N taps | umlstate apply | ip -batch | ratio | script (1 ip/step) | no-op plan | destroy | "
+           "group delete | ratio | apply RSS | plan RSS |", "|" + "---|" * 11]
+    for r in results["taps"]:
+        m = r["median"]
+        out.append(f"| {r['n']} | {m['umlstate_apply']:.3f} s | {m['ip_batch']:.3f} s | "
+                   f"{m['umlstate_apply'] / m['ip_batch']:.1f}x | {m['shell_script']:.2f} s | "
+                   f"{m['noop_plan']:.3f} s | {m['umlstate_destroy']:.3f} s | {m['group_delete']:.3f} s | "
+                   f"{m['umlstate_destroy'] / m['group_delete']:.1f}x | {m['apply_rss_kib'] / 1024:.0f} MB | "
+                   f"{m['plan_rss_kib'] / 1024:.0f} MB |")
+    taps = {r["n"]: r["median"] for r in results["taps"]}
+    if 10 in taps and 1000 in taps:
+        out.append(f"\nno-op plan at N=1000 / N=10: {taps[1000]['noop_plan'] / taps[10]['noop_plan']:.2f}x")
+    if results.get("farm"):
+        out += ["", "| guests | umlstate apply, all ping | one after another | ratio to 1 guest |", "|---|---|---|---|"]
+        one = results["farm"][0]["median"]["parallel_apply"]
+        for r in results["farm"]:
+            m = r["median"]
+            out.append(f"| {r['k']} | {m['parallel_apply']:.2f} s | {m['one_after_another']:.2f} s | "
+                       f"{m['parallel_apply'] / one:.2f}x |")
+    if results.get("watch"):
+        w = results["watch"]["median"]
+        out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--guests", default="1,2,4", help="farm sizes; empty to skip")
+    parser.add_argument("--no-watch", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/latest.json")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("benchmark: run as root (it makes network namespaces)")
+    folder = Path(tempfile.mkdtemp(prefix="umlstate-bench-", dir="/tmp"))
+    folder.chmod(0o755)
+    group = "umlbench" + secrets.token_hex(2)
+    try:
+        results: dict[str, Any] = {
+            "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+            "taps": [], "farm": [], "watch": None,
+        }
+        step: Callable[[str], None] = lambda text: print(f"-- {text}", file=sys.stderr, flush=True)  # noqa: E731
+        for n in [int(x) for x in args.sizes.split(",") if x]:
+            step(f"{n} taps x {args.repeat}")
+            results["taps"].append(bench_taps(n, args.repeat, folder))
+        if args.guests or not args.no_watch:
+            image = build(folder / "base.img")
+            for k in [int(x) for x in args.guests.split(",") if x]:
+                step(f"farm of {k} guest(s) x {args.repeat}")
+                results["farm"].append(bench_farm(k, args.repeat, folder, image, group))
+            if not args.no_watch:
+                step("watch repair")
+                results["watch"] = bench_watch(args.repeat, folder, image, group)
+        print(table(results))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"\nraw figures: {out}", file=sys.stderr)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        sh("groupdel", group, check=False)
+
+
+if __name__ == "__main__":
+    main()
