@@ -41,6 +41,8 @@ log = structlog.get_logger("umlstate")
 PACKAGES = {"groupadd": "passwd", "groupdel": "passwd", "gpasswd": "passwd", "uml_mkcow": "uml-utilities"}
 BOOT_TIMEOUT = float(os.environ.get("UMLSTATE_BOOT_TIMEOUT", "90"))
 BOOT_GRACE = 3.0
+# Actions that are one netlink request each: queued and sent in bulk (kernel.Batch).
+BATCHED = (A.MarkTap, A.SetLinkUp, A.DeleteTap, A.AddAddress, A.RemoveAddress, A.AddProxy, A.RemoveProxy)
 
 
 @dataclass
@@ -135,6 +137,7 @@ class Executor:
             A.ReplaceGuest: self._replace_guest,
         }
         self._booting: dict[str, Booting] = {}
+        self.batch = kernel.Batch()
         self._dirs_ready = False
 
     def apply(self, plan: Plan, observed: Snapshot) -> Result:
@@ -147,29 +150,81 @@ class Executor:
         records.save(self.t.state_dir, _union(observed.records, final.records, creating))
         result = Result()
         actions = list(plan.actions)
+        queued: list[A.Action] = []  # sent with the batch; done once the kernel acked them
         i = 0
         while i < len(actions):
-            batch = self._group_delete(actions[i:], observed)
             current = actions[i]
+            whole_group = self._group_delete(actions[i:], observed)
             try:
-                if batch:
+                if whole_group:
+                    self._flush(queued, result, actions[i:])
                     self.nl.delete_group(self.t.link_group)
+                elif isinstance(current, BATCHED):
+                    self._queue(current)
+                    queued.append(current)
+                elif isinstance(current, A.CreateTap):
+                    if any(isinstance(q, A.DeleteTap) for q in queued):
+                        self._flush(queued, result, actions[i:])  # a tap may be made again under its name
+                    kernel.create_tap(self.tun_path, current.name, _uid(current.owner), _gid(current.group))
+                    self.batch.set_link(current, current.name, alias=current.alias, group=current.link_group)
+                    queued.append(current)
                 else:
+                    self._flush(queued, result, actions[i:])
                     self._handlers[type(current)](current)
             except (ActionError, HostError, OSError) as exc:
                 cause = str(exc) if not isinstance(exc, OSError) else exc.strerror or str(exc)
                 log.error("action failed", op=current.op, kind=current.kind, target=current.target, error=cause)
                 raise ApplyFailed(cause, result.done, current, actions[i + 1:]) from None
-            for done in actions[i:i + max(batch, 1)]:
-                log.info("action", op=done.op, kind=done.kind, target=done.target, detail=done.detail,
-                         reason=done.reason)
-                result.done.append(done)
-                self._maybe_crash(len(result.done))
-            i += max(batch, 1)
+            if not isinstance(current, (*BATCHED, A.CreateTap)) or whole_group:
+                for done in actions[i:i + max(whole_group, 1)]:
+                    self._done(done, result)
+            i += max(whole_group, 1)
+        self._flush(queued, result, [])
         self._wait_booted()
         records.save(self.t.state_dir, replace(final.records, pending_taps=frozenset(), boot_id=observed.boot_id))
         result.seconds = time.monotonic() - start
         return result
+
+    def _queue(self, a: A.Action) -> None:
+        b = self.batch
+        if isinstance(a, A.MarkTap):
+            b.set_link(a, a.name, alias=a.alias, group=a.link_group)
+        elif isinstance(a, A.SetLinkUp):
+            b.set_link(a, a.name, up=True)
+        elif isinstance(a, A.DeleteTap):
+            b.delete_link(a, a.name)
+        elif isinstance(a, (A.AddAddress, A.RemoveAddress)):
+            b.address(a, a.ifname, a.address, add=isinstance(a, A.AddAddress))
+        elif isinstance(a, (A.AddProxy, A.RemoveProxy)):
+            b.proxy(a, a.uplink, a.address, add=isinstance(a, A.AddProxy))
+
+    def _flush(self, queued: list[A.Action], result: Result, rest: list[A.Action]) -> None:
+        """Send the queued requests; record each acked action; fail on the first that was refused."""
+        if not queued:
+            return
+        limit = None
+        if self.crash_after is not None:  # the test hook stops at the exact action count
+            limit = max(0, self.crash_after - len(result.done))
+        outcomes = self.batch.send(limit)
+        failed: list[tuple[A.Action, int]] = []
+        for label, code in outcomes:
+            assert isinstance(label, A.Action)
+            if code:
+                failed.append((label, code))
+            else:
+                self._done(label, result)
+        queued.clear()
+        if failed:
+            action, code = failed[0]
+            cause = f"{action.detail}: {os.strerror(code)}"
+            log.error("action failed", op=action.op, kind=action.kind, target=action.target, error=cause)
+            raise ApplyFailed(cause, result.done, action, [a for a, _ in failed[1:]] + rest)
+
+    def _done(self, action: A.Action, result: Result) -> None:
+        log.info("action", op=action.op, kind=action.kind, target=action.target, detail=action.detail,
+                 reason=action.reason)
+        result.done.append(action)
+        self._maybe_crash(len(result.done))
 
     def _group_delete(self, rest: list[A.Action], observed: Snapshot) -> int:
         """How many leading DeleteTaps one delete-by-group can carry out (0: none).

@@ -300,3 +300,110 @@ def _set_owner(fd: int, name: str, uid: int, gid: int | None) -> None:
             fcntl.ioctl(fd, TUNSETGROUP, gid)
     except OSError as exc:
         raise ActionError(f"tap {name}: setting owner {uid}/group {gid}: {exc.strerror}") from None
+
+
+# --- batched writes: many requests sent together, their acks collected once ---------------
+
+
+class Batch:
+    """Netlink change requests sent in bulk on one socket of this namespace.
+
+    One request and one wait per change costs a round trip each (~0.3 ms in
+    pyroute2's request path); a thousand taps need four thousand. Here each
+    request is still built by pyroute2's message classes, but they go out
+    back to back and the kernel's acks are read afterwards, matched to their
+    request by sequence number. The kernel handles them in order, as if sent
+    one by one.
+    """
+
+    def __init__(self) -> None:
+        self._messages: list[bytes] = []
+        self.labels: list[object] = []
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def _add(self, msg: Any, kind: int, flags: int, label: object) -> None:
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+
+        msg["header"]["type"] = kind
+        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
+        msg["header"]["sequence_number"] = len(self._messages) + 1
+        msg.encode()
+        self._messages.append(bytes(msg.data))
+        self.labels.append(label)
+
+    def set_link(self, label: object, name: str, *, alias: str | None = None, group: int | None = None,
+                 up: bool = False) -> None:
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        msg = ifinfmsg()
+        msg["index"] = _index(name)
+        if up:
+            msg["flags"] = msg["change"] = IFF_UP
+        attrs: list[tuple[str, object]] = []
+        if alias is not None:
+            attrs.append(("IFLA_IFALIAS", alias))
+        if group is not None:
+            attrs.append(("IFLA_GROUP", group))
+        msg["attrs"] = attrs
+        self._add(msg, RTM_NEWLINK, 0, label)
+
+    def delete_link(self, label: object, name: str) -> None:
+        from pyroute2.netlink.rtnl import RTM_DELLINK
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        msg = ifinfmsg()
+        msg["index"] = _index(name)
+        self._add(msg, RTM_DELLINK, 0, label)
+
+    def address(self, label: object, name: str, address: ipaddress.IPv4Interface, *, add: bool) -> None:
+        from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
+        from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+        msg = ifaddrmsg()
+        msg["family"] = socket.AF_INET
+        msg["prefixlen"] = address.network.prefixlen
+        msg["index"] = _index(name)
+        msg["attrs"] = [("IFA_LOCAL", str(address.ip)), ("IFA_ADDRESS", str(address.ip))]
+        if add:
+            msg["attrs"].append(("IFA_BROADCAST", str(address.network.broadcast_address)))
+        self._add(msg, RTM_NEWADDR if add else RTM_DELADDR, NLM_F_CREATE | NLM_F_EXCL if add else 0, label)
+
+    def proxy(self, label: object, uplink: str, address: ipaddress.IPv4Address, *, add: bool) -> None:
+        from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
+        from pyroute2.netlink.rtnl import RTM_DELNEIGH, RTM_NEWNEIGH
+        from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+        msg = ndmsg()
+        msg["family"] = socket.AF_INET
+        msg["ifindex"] = _index(uplink)
+        msg["flags"] = NTF_PROXY
+        msg["attrs"] = [("NDA_DST", str(address))]
+        self._add(msg, RTM_NEWNEIGH if add else RTM_DELNEIGH, NLM_F_CREATE | NLM_F_EXCL if add else 0, label)
+
+    def send(self, limit: int | None = None) -> list[tuple[object, int]]:
+        """Send the first ``limit`` (default: all) requests; return (label, errno) for each, 0 when it took."""
+        messages = self._messages[:limit] if limit is not None else self._messages
+        results: dict[int, int] = {}
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+            # Bounded windows, so the acks of one window never overflow the receive buffer.
+            for start in range(0, len(messages), 256):
+                window = messages[start:start + 256]
+                sock.sendall(b"".join(window))
+                while len(results) < start + len(window):
+                    buf = sock.recv(1 << 20)
+                    offset = 0
+                    while offset + _NLMSG.size <= len(buf):
+                        length, kind, _flags, seq, _pid = _NLMSG.unpack_from(buf, offset)
+                        if kind == NLMSG_ERROR:
+                            (code,) = struct.unpack_from("=i", buf, offset + _NLMSG.size)
+                            results[seq] = -code
+                        offset += (length + 3) & ~3
+        out = [(self.labels[i], results.get(i + 1, errno.EIO)) for i in range(len(messages))]
+        self._messages.clear()
+        self.labels.clear()
+        return out

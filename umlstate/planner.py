@@ -109,8 +109,8 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
 
 def _nothing_wanted(t: Topology) -> Topology:
     """The same topology (name, folders) with no resources: what destroy plans towards."""
-    host = Host(run_dir=t.host.run_dir, state_dir=t.host.state_dir)
-    return t.model_copy(update={"host": host, "subnets": (), "taps": (), "switches": (), "guests": ()})
+    # A new model, not model_copy: a copy would carry the original's cached name index.
+    return Topology(name=t.name, host=Host(run_dir=t.host.run_dir, state_dir=t.host.state_dir))
 
 
 # --- what the topology wants, derived --------------------------------------------

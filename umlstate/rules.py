@@ -172,11 +172,20 @@ def _subnets(t: Topology) -> Iterator[Problem]:
             which = "network" if gw == net.network_address else "broadcast"
             yield Problem(("subnets", i, "gateway"),
                           f"gateway {gw} is the {which} address of subnet {subnet.name} ({net})")
-    for i, a in enumerate(t.subnets):
-        for b in t.subnets[:i]:
-            if a.cidr.overlaps(b.cidr):
-                yield Problem(("subnets", i, "cidr"),
-                              f"subnet {a.name} ({a.cidr}) overlaps subnet {b.name} ({b.cidr})")
+    # Sorted by start, a network overlaps an earlier one only if it starts before
+    # the furthest end seen so far: one pass instead of comparing every pair.
+    order = sorted(range(len(t.subnets)), key=lambda i: (int(t.subnets[i].cidr.network_address), i))
+    reach: tuple[int, int] | None = None  # (last address, index) of the widest network so far
+    for i in order:
+        net = t.subnets[i].cidr
+        if reach is not None and int(net.network_address) <= reach[0]:
+            first, second = sorted((i, reach[1]))
+            a, b = t.subnets[second], t.subnets[first]
+            yield Problem(("subnets", second, "cidr"),
+                          f"subnet {a.name} ({a.cidr}) overlaps subnet {b.name} ({b.cidr})")
+        end = int(net.broadcast_address)
+        if reach is None or end > reach[0]:
+            reach = (end, i)
 
 
 def _addresses(t: Topology) -> Iterator[Problem]:
