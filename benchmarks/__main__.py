@@ -68,14 +68,18 @@ def namespace(prefix: str = "umlstate-test-bench-") -> Iterator[str]:
 
 def timed(cmd: list[str]) -> tuple[float, int, int]:
     """Run a command; return (seconds, exit code, peak RSS in KiB of that process)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0, 2):
-        err = proc.stderr.read().decode()[-800:] if proc.stderr else ""
-        raise SystemExit(f"benchmark: {' '.join(cmd[:6])}... exited {proc.returncode}:\n{err}")
+    # stderr to a file, not a pipe: nothing reads a pipe while wait4() waits, and
+    # a 1000-tap apply logs more than a pipe holds.
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode not in (0, 2):
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-800:]
+            raise SystemExit(f"benchmark: {' '.join(cmd[:6])}... exited {proc.returncode}:\n{tail}")
     return seconds, proc.returncode, usage.ru_maxrss
 
 

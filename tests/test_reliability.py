@@ -40,7 +40,9 @@ def wait_for(predicate: object, seconds: float, what: str) -> float:
 def watcher(farm: Farm) -> Iterator[subprocess.Popen[str]]:
     cmd = [sys.executable, "-m", "umlstate", "--netns", farm.host.name, "--log-format", "json",
            "watch", str(farm.path), "--resync", "600"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Logs to a file: a pipe nobody reads while the test runs would fill and block the watcher.
+    log = open(farm.tmp / "watch.log", "w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         yield proc
     finally:
@@ -50,6 +52,7 @@ def watcher(farm: Farm) -> Iterator[subprocess.Popen[str]]:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        log.close()
 
 
 @pytest.mark.slow
@@ -76,8 +79,8 @@ def test_watch_repairs_a_deleted_tap_a_removed_proxy_and_a_killed_switch(farm: F
 
     watcher.send_signal(signal.SIGTERM)
     assert watcher.wait(10) == 0, "watch exits 0 on SIGTERM"
-    events = [json.loads(line) for line in watcher.stderr.read().splitlines() if line.startswith("{")] \
-        if watcher.stderr else []
+    events = [json.loads(line) for line in (farm.tmp / "watch.log").read_text().splitlines()
+              if line.startswith("{")]
     assert any(e.get("event") == "watch stopped" for e in events)
     assert farm.cli("destroy", "--yes").returncode == 0
 
@@ -121,7 +124,7 @@ def test_concurrent_applies_are_serialised_and_never_double_a_process(farm: Farm
     cmd = [sys.executable, "-m", "umlstate", "--netns", farm.host.name, "--lock-timeout", "1", "apply",
            str(farm.path), "--yes"]
     runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    results = [(r.wait(120), r.stderr.read() if r.stderr else "") for r in runs]
+    results = [(r.wait(), err) for r in runs for _, err in [r.communicate(timeout=120)]]
     codes = sorted(code for code, _ in results)
     assert set(codes) <= {0, 75}, results
     assert 0 in codes
