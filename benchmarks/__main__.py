@@ -22,6 +22,7 @@ mode's repair time for a deleted tap and a killed switch.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -313,18 +314,39 @@ def main() -> None:
             "taps": [], "farm": [], "watch": None,
         }
         step: Callable[[str], None] = lambda text: print(f"-- {text}", file=sys.stderr, flush=True)  # noqa: E731
+        results["errors"] = []
+
+        def section(name: str, run: Callable[[], Any]) -> Any:
+            """A failed section is reported, with the guests' logs kept, and the others still run."""
+            step(name)
+            try:
+                return run()
+            except SystemExit as exc:
+                kept = Path(args.out).parent / "failure-logs" / name.replace(" ", "-")
+                for log in folder.glob("**/logs/*.log"):
+                    target = kept / log.relative_to(folder)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(log, target)
+                results["errors"].append({"section": name, "error": str(exc), "logs": str(kept)})
+                print(f"benchmark: {name} failed (logs kept in {kept}): {exc}", file=sys.stderr)
+                return None
+
         for n in [int(x) for x in args.sizes.split(",") if x]:
-            step(f"{n} taps x {args.repeat}")
-            results["taps"].append(bench_taps(n, args.repeat, folder))
+            found = section(f"{n} taps x {args.repeat}", functools.partial(bench_taps, n, args.repeat, folder))
+            if found:
+                results["taps"].append(found)
         if args.guests or not args.no_watch:
             image = build(folder / "base.img")
             for k in [int(x) for x in args.guests.split(",") if x]:
-                step(f"farm of {k} guest(s) x {args.repeat}")
-                results["farm"].append(bench_farm(k, args.repeat, folder, image, group))
+                found = section(f"farm of {k} guests x {args.repeat}",
+                                functools.partial(bench_farm, k, args.repeat, folder, image, group))
+                if found:
+                    results["farm"].append(found)
             if not args.no_watch:
-                step("watch repair")
-                results["watch"] = bench_watch(args.repeat, folder, image, group)
+                results["watch"] = section("watch repair", lambda: bench_watch(args.repeat, folder, image, group))
         print(table(results))
+        for error in results["errors"]:
+            print(f"\nFAILED: {error['section']}: {error['error'][:300]} (logs: {error['logs']})")
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")

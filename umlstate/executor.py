@@ -151,6 +151,7 @@ class Executor:
         result = Result()
         actions = list(plan.actions)
         queued: list[A.Action] = []  # sent with the batch; done once the kernel acked them
+        deleting = False  # the queue holds a tap deletion
         i = 0
         while i < len(actions):
             current = actions[i]
@@ -158,18 +159,22 @@ class Executor:
             try:
                 if whole_group:
                     self._flush(queued, result, actions[i:])
+                    deleting = False
                     self.nl.delete_group(self.t.link_group)
                 elif isinstance(current, BATCHED):
                     self._queue(current)
                     queued.append(current)
+                    deleting = deleting or isinstance(current, A.DeleteTap)
                 elif isinstance(current, A.CreateTap):
-                    if any(isinstance(q, A.DeleteTap) for q in queued):
-                        self._flush(queued, result, actions[i:])  # a tap may be made again under its name
+                    if deleting:  # a tap may be made again under a name being deleted
+                        self._flush(queued, result, actions[i:])
+                        deleting = False
                     kernel.create_tap(self.tun_path, current.name, _uid(current.owner), _gid(current.group))
                     self.batch.set_link(current, current.name, alias=current.alias, group=current.link_group)
                     queued.append(current)
                 else:
                     self._flush(queued, result, actions[i:])
+                    deleting = False
                     self._handlers[type(current)](current)
             except (ActionError, HostError, OSError) as exc:
                 cause = str(exc) if not isinstance(exc, OSError) else exc.strerror or str(exc)
@@ -232,12 +237,14 @@ class Executor:
         Only when they remove every link of umlstate's group: the group then
         holds nothing else that a bulk delete could take with it.
         """
+        if not isinstance(rest[0], A.DeleteTap):
+            return 0
         n = 0
         while n < len(rest) and isinstance(rest[n], A.DeleteTap):
             n += 1
-        names = {a.target for a in rest[:n]}
-        in_group = {name for name, link in observed.links.items() if link.group == self.t.link_group}
-        return n if n > 1 and names == in_group else 0
+        group = self.t.link_group
+        in_group = {name for name, link in observed.links.items() if link.group == group}
+        return n if n > 1 and {a.target for a in rest[:n]} == in_group else 0
 
     def _maybe_crash(self, done: int) -> None:
         if self.crash_after is not None and done >= self.crash_after:

@@ -220,7 +220,7 @@ class Topology(_Model):
         """The ifalias that marks a link as created by this topology."""
         return f"umlstate:{self.name}"
 
-    @property
+    @functools.cached_property
     def link_group(self) -> int:
         """A link group derived from the name, so teardown deletes all taps at once.
 
