@@ -424,6 +424,26 @@ def watch(opts: Options, topology: str | None, resync: float) -> None:
     sys.exit(Watcher(reconcile, resync=resync).run())
 
 
+@cli.command()
+@topology_arg
+@click.option("--format", "fmt", type=click.Choice(["dot", "mermaid"]), default="dot", show_default=True)
+@run_safely
+def graph(topology: str | None, fmt: str) -> None:
+    """Draw the topology: subnets, taps, switches, guests, the uplink.
+
+    Reads only the file; the host is not looked at.
+
+    \b
+    Example:
+      umlstate graph topology.yaml | dot -Tsvg > topology.svg
+      umlstate graph --format mermaid topology.yaml >> NOTES.md
+    """
+    from umlstate import graph as draw
+
+    t = load_file(resolve_topology(topology))
+    click.echo(draw.dot(t) if fmt == "dot" else draw.mermaid(t), nl=False)
+
+
 def _hold(session: Session, guest: str, held: bool) -> None:
     from dataclasses import replace
 
