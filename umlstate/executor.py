@@ -119,16 +119,8 @@ class Executor:
             A.RemoveGroupMember: lambda a: self._run("gpasswd", "-d", a.user, a.group),
             A.SetSysctl: lambda a: _write_sysctl(a.key, a.value),
             A.RestoreSysctl: lambda a: _write_sysctl(a.key, a.value),
-            A.CreateTap: self._create_tap,
-            A.ReplaceTap: self._replace_tap,
+            # Taps and the netlink-only actions have no handler here: apply() sends them in bulk.
             A.FixTap: lambda a: kernel.fix_tap(self.tun_path, a.name, _uid(a.owner), _gid(a.group)),
-            A.MarkTap: lambda a: self.nl.mark(a.name, a.alias, a.link_group),
-            A.SetLinkUp: lambda a: self.nl.set_up(a.name),
-            A.DeleteTap: lambda a: self.nl.delete_link(a.name),
-            A.AddAddress: lambda a: self.nl.add_address(a.ifname, a.address),
-            A.RemoveAddress: lambda a: self.nl.remove_address(a.ifname, a.address),
-            A.AddProxy: lambda a: self.nl.add_proxy(a.uplink, a.address),
-            A.RemoveProxy: lambda a: self.nl.remove_proxy(a.uplink, a.address),
             A.StartSwitch: self._start_switch,
             A.StopSwitch: lambda a: processes.stop_switch(a.proc, a.socket),
             A.ReplaceSwitch: self._replace_switch,
@@ -152,10 +144,11 @@ class Executor:
         actions = list(plan.actions)
         queued: list[A.Action] = []  # sent with the batch; done once the kernel acked them
         deleting = False  # the queue holds a tap deletion
+        in_group = {name for name, link in observed.links.items() if link.group == self.t.link_group}
         i = 0
         while i < len(actions):
             current = actions[i]
-            whole_group = self._group_delete(actions[i:], observed)
+            whole_group = self._group_delete(actions[i:], in_group)
             try:
                 if whole_group:
                     self._flush(queued, result, actions[i:])
@@ -165,12 +158,11 @@ class Executor:
                     self._queue(current)
                     queued.append(current)
                     deleting = deleting or isinstance(current, A.DeleteTap)
-                elif isinstance(current, A.CreateTap):
-                    if deleting:  # a tap may be made again under a name being deleted
+                elif isinstance(current, (A.CreateTap, A.ReplaceTap)):
+                    if deleting or isinstance(current, A.ReplaceTap):  # its name must be free first
                         self._flush(queued, result, actions[i:])
                         deleting = False
-                    kernel.create_tap(self.tun_path, current.name, _uid(current.owner), _gid(current.group))
-                    self.batch.set_link(current, current.name, alias=current.alias, group=current.link_group)
+                    self._make_tap(current)
                     queued.append(current)
                 else:
                     self._flush(queued, result, actions[i:])
@@ -180,7 +172,7 @@ class Executor:
                 cause = str(exc) if not isinstance(exc, OSError) else exc.strerror or str(exc)
                 log.error("action failed", op=current.op, kind=current.kind, target=current.target, error=cause)
                 raise ApplyFailed(cause, result.done, current, actions[i + 1:]) from None
-            if not isinstance(current, (*BATCHED, A.CreateTap)) or whole_group:
+            if not isinstance(current, (*BATCHED, A.CreateTap, A.ReplaceTap)) or whole_group:
                 for done in actions[i:i + max(whole_group, 1)]:
                     self._done(done, result)
             i += max(whole_group, 1)
@@ -231,7 +223,18 @@ class Executor:
         result.done.append(action)
         self._maybe_crash(len(result.done))
 
-    def _group_delete(self, rest: list[A.Action], observed: Snapshot) -> int:
+    def _make_tap(self, a: A.CreateTap | A.ReplaceTap) -> None:
+        """ioctls now; the mark (ifalias, link group) queued, acked under this action's name."""
+        create = a.create if isinstance(a, A.ReplaceTap) else a
+        if isinstance(a, A.ReplaceTap):  # the old tap goes first, at once: the ioctl needs its name
+            self.batch.delete_link(a, create.name)
+            (_, code), = self.batch.send()
+            if code:
+                raise ActionError(f"delete {create.name}: {os.strerror(code)}")
+        kernel.create_tap(self.tun_path, create.name, _uid(create.owner), _gid(create.group))
+        self.batch.set_link(a, create.name, alias=create.alias, group=create.link_group)
+
+    def _group_delete(self, rest: list[A.Action], in_group: set[str]) -> int:
         """How many leading DeleteTaps one delete-by-group can carry out (0: none).
 
         Only when they remove every link of umlstate's group: the group then
@@ -242,8 +245,6 @@ class Executor:
         n = 0
         while n < len(rest) and isinstance(rest[n], A.DeleteTap):
             n += 1
-        group = self.t.link_group
-        in_group = {name for name, link in observed.links.items() if link.group == group}
         return n if n > 1 and {a.target for a in rest[:n]} == in_group else 0
 
     def _maybe_crash(self, done: int) -> None:
@@ -274,14 +275,6 @@ class Executor:
         st = os.lstat(a.path)
         if stat.S_ISCHR(st.st_mode):  # never unlink anything but the node we made
             os.unlink(a.path)
-
-    def _create_tap(self, a: A.CreateTap) -> None:
-        kernel.create_tap(self.tun_path, a.name, _uid(a.owner), _gid(a.group))
-        self.nl.mark(a.name, a.alias, a.link_group)
-
-    def _replace_tap(self, a: A.ReplaceTap) -> None:
-        self.nl.delete_link(a.create.name)
-        self._create_tap(a.create)
 
     # --- processes -------------------------------------------------------------------
 

@@ -101,36 +101,11 @@ class Netlink:
             return False
         return bool(msg["flags"] & IFF_LOWER_UP)
 
-    # --- writes --------------------------------------------------------------------
-
-    def mark(self, name: str, alias: str, group: int) -> None:
-        self._call(f"mark {name}", self.ipr.link, "set", ifname=name, ifalias=alias, group=group)
-
-    def set_up(self, name: str) -> None:
-        self._call(f"set {name} up", self.ipr.link, "set", ifname=name, state="up")
-
-    def delete_link(self, name: str) -> None:
-        self._call(f"delete {name}", self.ipr.link, "del", ifname=name)
+    # --- writes (the rest go in bulk: Batch) ---------------------------------------
 
     def delete_group(self, group: int) -> None:
         """One RTM_DELLINK for a whole link group: ~1000x cheaper than one by one."""
         self._call(f"delete link group {group}", self.ipr.link, "del", group=group)
-
-    def add_address(self, name: str, address: ipaddress.IPv4Interface) -> None:
-        self._call(f"add {address} to {name}", self.ipr.addr, "add", index=_index(name),
-                   address=str(address.ip), prefixlen=address.network.prefixlen)
-
-    def remove_address(self, name: str, address: ipaddress.IPv4Interface) -> None:
-        self._call(f"remove {address} from {name}", self.ipr.addr, "del", index=_index(name),
-                   address=str(address.ip), prefixlen=address.network.prefixlen)
-
-    def add_proxy(self, uplink: str, address: ipaddress.IPv4Address) -> None:
-        self._call(f"add proxy {address} on {uplink}", self.ipr.neigh, "add", dst=str(address),
-                   ifindex=_index(uplink), flags=NTF_PROXY)
-
-    def remove_proxy(self, uplink: str, address: ipaddress.IPv4Address) -> None:
-        self._call(f"remove proxy {address} on {uplink}", self.ipr.neigh, "del", dst=str(address),
-                   ifindex=_index(uplink), flags=NTF_PROXY)
 
     @staticmethod
     def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
