@@ -19,14 +19,12 @@ LogFormat = Literal["console", "json"]
 
 def configure(fmt: LogFormat, verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
-    processors: list[structlog.types.Processor] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True) if fmt == "json" else _drop_nothing,
-    ]
+    processors: list[structlog.types.Processor] = [structlog.processors.add_log_level]
     if fmt == "json":
-        processors.append(structlog.processors.JSONRenderer(sort_keys=True))
+        processors += [structlog.processors.TimeStamper(fmt="iso", utc=True),
+                       structlog.processors.JSONRenderer(sort_keys=True)]
     else:
-        processors.append(_human)
+        processors += [_drop_said_elsewhere, _human]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -36,22 +34,35 @@ def configure(fmt: LogFormat, verbose: bool) -> None:
 
 
 SYMBOLS = {"create": "+", "update": "~", "delete": "-", "replace": "-/+"}
+# For people, the CLI's own closing line already says these; log shippers get them in JSON.
+SAID_ELSEWHERE = {"run", "action failed"}
+PHRASES = {
+    "guest ready": "    guest {guest} ready (pid {pid})",
+    "guest stopped": "    guest {guest} stopped by {by} (pid {pid})",
+    "watch started": "watching; full resync every {resync_seconds:g}s",
+    "watch stopping": "stopping on {signal}",
+    "watch stopped": "stopped watching",
+}
+
+
+def _drop_said_elsewhere(_logger: object, _name: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    if event.get("event") in SAID_ELSEWHERE:
+        raise structlog.DropEvent
+    return event
 
 
 def _human(_logger: object, _name: str, event: structlog.types.EventDict) -> str:
-    """One short line per event, in the plan's own symbols: `  + tap uml0  done`."""
+    """One short line per event, in the plan's own symbols: `  + tap uml0: ...  done`."""
     level = event.pop("level", "info")
     name = event.pop("event", "")
     if name == "action":
         symbol = SYMBOLS.get(str(event.get("op")), "*")
         return f"{symbol:>3} {event.get('kind')} {event.get('target')}: {event.get('detail')}  done"
-    if name == "run":
-        return (f"run {event.get('result')}: {event.get('added', 0)} added, {event.get('changed', 0)} changed, "
-                f"{event.get('destroyed', 0)} destroyed in {event.get('seconds', 0)}s")
-    extras = " ".join(f"{k}={v}" for k, v in event.items() if k != "timestamp")
+    if name in PHRASES:
+        try:
+            return PHRASES[name].format(**event)
+        except (KeyError, ValueError):
+            pass
+    extras = " ".join(f"{k}={v}" for k, v in event.items())
     prefix = "" if level == "info" else f"{level}: "
     return f"{prefix}{name} {extras}".rstrip()
-
-
-def _drop_nothing(_logger: object, _name: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
-    return event
