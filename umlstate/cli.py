@@ -247,6 +247,7 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
 def _load_target(given: str | None, opts: Options) -> tuple[Topology, dict[str, Any] | None]:
     """A topology file, or a plan file saved by `plan --out`."""
     path = resolve_topology(given)
+    _check_file_safety(path)  # a saved plan carries its topology: the same rule holds
     if path.endswith(".json"):
         try:
             data = json.loads(Path(path).read_text())
@@ -258,7 +259,6 @@ def _load_target(given: str | None, opts: Options) -> tuple[Topology, dict[str, 
                 raise StalePlanError(f"{path} was planned for network namespace {saved_netns}, "
                                      f"not {opts.netns}; pass --netns {saved_netns}")
             return Topology.model_validate(data["topology_document"]), data
-    _check_file_safety(path)
     return load_file(path), None
 
 
@@ -500,22 +500,15 @@ def start(opts: Options, args: tuple[str, ...]) -> None:
     Example:
       umlstate --netns lab start topology.yaml web
     """
-    from umlstate.executor import Executor
-    from umlstate.planner import plan
-
     topology, guest = _topology_and_guest(args)
     session = _one_guest(opts, topology, guest)
     with session.locked():
         _hold(session, guest, False)
-        snapshot = session.observe()
-        p = plan(session.topology, snapshot)
-        _preflight(p)
-        state = snapshot.guests.get(guest)
-        if not p.actions and state is not None and state.proc is not None:
-            click.echo(f"guest {guest} is already running (pid {state.proc.pid}).")
-            return
-        Executor(session.topology, session.netlink).apply(p, snapshot)
-        click.echo(f"guest {guest} started; {len(p.actions)} action(s) applied.")
+    # Then an ordinary apply pass, verified like any other (it takes the lock again).
+    after = _converge(session, yes=True, adopt=False, destroy=False)
+    state = after.guests.get(guest)
+    pid = f" (pid {state.proc.pid})" if state is not None and state.proc is not None else ""
+    click.echo(f"guest {guest} is running{pid}.")
 
 
 def _topology_and_guest(args: tuple[str, ...]) -> tuple[str | None, str]:
