@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
+from umlstate import commands
 from umlstate.snapshot import GuestState, HostGroup, Link, Proc, Snapshot, SwitchState, TunNode
 
 Op = Literal["create", "update", "delete", "replace"]
@@ -521,14 +522,17 @@ class StopSwitch(_Named, Action):
     kind: ClassVar[Kind] = "switch"
     name: str
     proc: Proc
-    socket: str
+
+    @property
+    def socket(self) -> str:
+        return commands.socket_in(self.proc.argv) or ""
 
     @property
     def detail(self) -> str:
         return f"stop pid {self.proc.pid} (SIGTERM), remove {self.socket}"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        s = _carrier(s, _tap_arg(self.proc.argv), False)
+        s = _carrier(s, commands.tap_in(self.proc.argv), False)
         return replace(s, switches={**s.switches, self.name: SwitchState(None)})
 
 
@@ -613,13 +617,6 @@ def argv_diff(old: tuple[str, ...], new: tuple[str, ...]) -> str:
     if not removed and not added:
         return "same command line, restarted"
     return " ".join([*(f"-{w}" for w in removed), *(f"+{w}" for w in added)])
-
-
-def _tap_arg(argv: tuple[str, ...]) -> str | None:
-    for flag in ("-tap", "-t"):
-        if flag in argv[:-1]:
-            return argv[argv.index(flag) + 1]
-    return None
 
 
 def _carrier(s: Snapshot, tap: str | None, on: bool) -> Snapshot:

@@ -50,6 +50,23 @@ def switch_argv(topology: Topology, switch: Switch, program: str) -> tuple[str, 
     return tuple(argv)
 
 
+def socket_in(argv: tuple[str, ...] | list[str]) -> str | None:
+    """The socket a switch's argv serves (uml_switch -unix, vde_switch -s), as switch_argv writes it."""
+    return _value_after(argv, ("-unix", "-s", "--sock"))
+
+
+def tap_in(argv: tuple[str, ...] | list[str]) -> str | None:
+    """The tap a switch's argv plugs into (uml_switch -tap, vde_switch -t)."""
+    return _value_after(argv, ("-tap", "-t"))
+
+
+def _value_after(argv: tuple[str, ...] | list[str], flags: tuple[str, ...]) -> str | None:
+    for i, word in enumerate(argv[:-1]):
+        if word in flags:
+            return argv[i + 1]
+    return None
+
+
 def nic_transport(topology: Topology, nic: Nic, mac: str) -> tuple[str, str]:
     """(transport, the value of ethN=) for one NIC; the only place that knows the syntax."""
     if nic.tap is not None:

@@ -118,8 +118,7 @@ def _switches(t: Topology) -> dict[str, SwitchState]:
         proc = _proc(p)
         if proc is None:
             continue
-        socket = next((proc.argv[i + 1] for i, a in enumerate(proc.argv[:-1]) if a in ("-unix", "-s", "--sock")),
-                      None)
+        socket = commands.socket_in(proc.argv)
         if socket is None:
             continue
         if socket in sockets:

@@ -184,7 +184,6 @@ def _preflight(t: Topology, b: _Builder) -> None:
             b.blockers.append(f"uplink interface {uplink} does not exist in {where}; "
                               "fix proxy_arp.uplink or create the interface")
     for sw in t.switches:
-        users.setdefault(sw.user, f"user of switch {sw.name}")
         if s.programs.get(sw.kind, "") is None:
             b.blockers.append(f"{sw.kind} (switch {sw.name}) is not installed: "
                               f"apt-get install {commands.PROGRAM_PACKAGES[sw.kind]}")
@@ -226,7 +225,7 @@ def _remove_unwanted(t: Topology, b: _Builder) -> None:
     wanted_switches = {sw.name for sw in t.switches}
     for name, sw_state in sorted(b.s.switches.items()):
         if name not in wanted_switches and sw_state.proc is not None:
-            b.add(A.StopSwitch("no longer in the topology", name, sw_state.proc, _socket_arg(sw_state.proc.argv)))
+            b.add(A.StopSwitch("no longer in the topology", name, sw_state.proc))
 
     wanted_proxy = wanted_proxies(t)
     for uplink, address in sorted(b.s.records.proxies):
@@ -417,19 +416,12 @@ def _warnings(t: Topology, b: _Builder) -> None:
                                   f"not only {b.s.netns}")
 
 
-def _socket_arg(argv: tuple[str, ...]) -> str:
-    for flag in ("-unix", "-s", "--sock"):
-        if flag in argv[:-1]:
-            return argv[argv.index(flag) + 1]
-    return ""
-
-
 def _stop_switch_on(t: Topology, tap: str, b: _Builder, why: str) -> None:
     """A switch holds its tap open (EBUSY): stop it; the switch step starts it again."""
     for sw in t.switches:
         state = b.s.switches.get(sw.name)
         if sw.tap == tap and state is not None and state.proc is not None:
-            b.add(A.StopSwitch(why, sw.name, state.proc, t.socket_of(sw)))
+            b.add(A.StopSwitch(why, sw.name, state.proc))
 
 
 def _switches(t: Topology, b: _Builder) -> None:
@@ -447,8 +439,7 @@ def _switches(t: Topology, b: _Builder) -> None:
             why = ("command line changed" if state.proc.argv != argv
                    else f"runs as uid {state.proc.uid}, not {sw.user}" if uid is not None and state.proc.uid != uid
                    else f"running but not attached to tap {sw.tap} (no carrier; see its log)")
-            b.add(A.ReplaceSwitch(why, A.StopSwitch(why, sw.name, state.proc, _socket_arg(state.proc.argv)),
-                                  start))
+            b.add(A.ReplaceSwitch(why, A.StopSwitch(why, sw.name, state.proc), start))
             b.restarted_switches.add(sw.name)
 
 
