@@ -327,7 +327,7 @@ class Executor:
         deadline = time.monotonic() + 5
         daemonizes = "-d" in a.argv  # its first process exits at once: only the deadline counts
         while not socket.exists() or (a.tap and not self.nl.carrier(a.tap)):
-            if (not daemonizes and not _alive(pid)) or time.monotonic() > deadline:
+            if (not daemonizes and not processes.alive(Proc(pid, 0, a.argv, 0.0))) or time.monotonic() > deadline:
                 what = f"attach to tap {a.tap}" if socket.exists() else f"create its socket {a.socket}"
                 raise ActionError(f"switch {a.name} did not {what}; the end of its log "
                                   f"({self._log_path(a.name)}):\n" + processes.log_tail(self._log_path(a.name))
@@ -467,13 +467,6 @@ def _has_pw(uid: int) -> bool:
     except KeyError:
         return False
     return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _hint(log_path: Path) -> str:

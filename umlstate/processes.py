@@ -102,14 +102,22 @@ def current(proc: Proc) -> psutil.Process | None:
         return None
 
 
+def alive(proc: Proc) -> bool:
+    """Still running: not exited, not a zombie, and not a reused pid."""
+    p = current(proc)
+    try:
+        return p is not None and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_gone(proc: Proc, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        p = current(proc)
-        if p is None or p.status() == psutil.STATUS_ZOMBIE:
+        if not alive(proc):
             return True
         time.sleep(0.05)
-    return current(proc) is None
+    return not alive(proc)
 
 
 def _signal_group(proc: Proc, sig: signal.Signals) -> None:

@@ -28,6 +28,7 @@ from types import FrameType
 
 import structlog
 
+from umlstate import processes
 from umlstate.snapshot import Proc, Snapshot
 
 log = structlog.get_logger("umlstate")
@@ -96,7 +97,7 @@ class Watcher:
                 _drain(events, DEBOUNCE)
                 return "netlink event"
             self._reap()
-            gone = [p for p in self.known if not _alive(p)]
+            gone = [p for p in self.known if not processes.alive(p)]
             if gone:
                 return f"process {gone[0].pid} exited"
         return "stop"
@@ -122,12 +123,3 @@ def _drain(events: socket.socket, quiet: float) -> None:
         ready, _, _ = select.select([events], [], [], quiet)
         if not ready:
             return
-
-
-def _alive(proc: Proc) -> bool:
-    try:
-        with open(f"/proc/{proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"  # a zombie has exited
