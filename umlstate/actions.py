@@ -505,6 +505,7 @@ class StartSwitch(_Named, Action):
     user: str
     socket: str
     tap: str | None
+    daemonizes: bool = False  # its first process exits at once: only the socket tells it started
 
     @property
     def detail(self) -> str:

@@ -31,6 +31,11 @@ def mac_of(topology: Topology, guest: Guest, index: int) -> str:
     return nic.mac or derived_mac(topology.name, guest.name, index)
 
 
+def daemonizes(switch: Switch) -> bool:
+    """Whether the switch's first process exits at once, leaving a daemon (see switch_argv)."""
+    return switch.kind == "vde_switch"
+
+
 def switch_argv(topology: Topology, switch: Switch, program: str) -> tuple[str, ...]:
     """uml_switch -unix SOCKET [-hub] [-tap TAP]; vde_switch -d -s SOCKET [-x] [-t TAP]."""
     socket = topology.socket_of(switch)

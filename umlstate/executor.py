@@ -325,9 +325,8 @@ class Executor:
         socket.unlink(missing_ok=True)  # left by a dead switch: the snapshot saw none running
         pid = processes.spawn(a.argv, a.user, self._log_path(a.name), tun_path=self.tun_path)
         deadline = time.monotonic() + 5
-        daemonizes = "-d" in a.argv  # its first process exits at once: only the deadline counts
         while not socket.exists() or (a.tap and not self.nl.carrier(a.tap)):
-            if (not daemonizes and not processes.alive(Proc(pid, 0, a.argv, 0.0))) or time.monotonic() > deadline:
+            if (not a.daemonizes and not processes.alive(Proc(pid, 0, a.argv, 0.0))) or time.monotonic() > deadline:
                 what = f"attach to tap {a.tap}" if socket.exists() else f"create its socket {a.socket}"
                 raise ActionError(f"switch {a.name} did not {what}; the end of its log "
                                   f"({self._log_path(a.name)}):\n" + processes.log_tail(self._log_path(a.name))

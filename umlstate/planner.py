@@ -429,7 +429,8 @@ def _switches(t: Topology, b: _Builder) -> None:
         if b.s.programs.get(sw.kind, "") is None:  # not installed: a preflight error says so
             continue
         argv = commands.switch_argv(t, sw, commands.resolved(b.s.programs, sw.kind))
-        start = A.StartSwitch("not running", sw.name, argv, sw.user, t.socket_of(sw), sw.tap)
+        start = A.StartSwitch("not running", sw.name, argv, sw.user, t.socket_of(sw), sw.tap,
+                              commands.daemonizes(sw))
         state = b.s.switches.get(sw.name)
         uid = b.s.uid(sw.user)
         if state is None or state.proc is None:
