@@ -328,9 +328,8 @@ class Executor:
         while not socket.exists() or (a.tap and not self.nl.carrier(a.tap)):
             if (not a.daemonizes and not processes.alive(Proc(pid, 0, a.argv, 0.0))) or time.monotonic() > deadline:
                 what = f"attach to tap {a.tap}" if socket.exists() else f"create its socket {a.socket}"
-                raise ActionError(f"switch {a.name} did not {what}; the end of its log "
-                                  f"({self._log_path(a.name)}):\n" + processes.log_tail(self._log_path(a.name))
-                                  + _hint(self._log_path(a.name)))
+                raise ActionError(f"switch {a.name} did not {what}; "
+                                  + processes.failure_report(self._log_path(a.name)))
             time.sleep(0.02)
 
     def _replace_switch(self, a: A.ReplaceSwitch) -> None:
@@ -379,9 +378,9 @@ class Executor:
         while waiting:
             for name, boot in list(waiting.items()):
                 output = boot.output()
-                if processes.current(boot.proc) is None or "Kernel panic" in output:
-                    raise ActionError(f"guest {name} exited right after it started; the end of its log "
-                                      f"({boot.log}):\n" + processes.log_tail(boot.log) + _hint(boot.log))
+                if not processes.alive(boot.proc) or "Kernel panic" in output:
+                    raise ActionError(f"guest {name} exited right after it started; "
+                                      + processes.failure_report(boot.log))
                 if name not in answered and mconsole.answers(f"{self.t.uml_dir}/{name}/mconsole", timeout=0.2):
                     answered[name] = time.monotonic()
                 if name in answered and ("as init process" in output
@@ -391,8 +390,10 @@ class Executor:
                     log.info("guest ready", guest=name, pid=boot.proc.pid)
                     del waiting[name]
             if waiting and time.monotonic() > deadline:
+                name, boot = sorted(waiting.items())[0]
                 raise ActionError(f"guest(s) {', '.join(sorted(waiting))} did not answer mconsole within "
-                                  f"{BOOT_TIMEOUT:g}s (UMLSTATE_BOOT_TIMEOUT)")
+                                  f"{BOOT_TIMEOUT:g}s (UMLSTATE_BOOT_TIMEOUT); guest {name}: "
+                                  + processes.failure_report(boot.log))
             if waiting:
                 if self.progress:
                     took = time.monotonic() - deadline + BOOT_TIMEOUT
@@ -466,20 +467,6 @@ def _has_pw(uid: int) -> bool:
     except KeyError:
         return False
     return True
-
-
-def _hint(log_path: Path) -> str:
-    """What a failed boot's log usually means."""
-    text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    if "deadlocked on memory" in text or "Out of memory" in text:
-        return "\n  hint: mem is too small for this guest; UML needs at least 64M"
-    if "Failed to open /dev/net/tun" in text or "open tun" in text.lower():
-        return "\n  hint: the process's user cannot open the tun device; declare host.tun with a group it is in"
-    if "bind: Permission denied" in text:
-        return "\n  hint: the process's user cannot create its socket in run_dir"
-    if "VFS: Unable to mount root" in text:
-        return "\n  hint: the disk image is not a file system the kernel can mount as root"
-    return ""
 
 
 def _unreachable(folder: str, uid: int) -> str:

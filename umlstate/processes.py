@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import re
 import signal
 import subprocess
 import time
@@ -34,6 +35,16 @@ DEFAULT_TUN = "/dev/net/tun"
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RUN_MARK = "--- umlstate: "
+STACK_FRAME = re.compile(r"^(<\d>)?\s*\[<[0-9a-f]+>\]")  # with or without a printk level
+HINTS = (
+    (("deadlocked on memory", "Out of memory", "Too few physical memory", "Failed to allocate"),
+     "mem is too small for this guest; UML needs at least 64M"),
+    (("Failed to open /dev/net/tun", "open tun"),
+     "the process's user cannot open the tun device; declare host.tun with a group it is in"),
+    (("bind: Permission denied",), "the process's user cannot create its socket in run_dir"),
+    (("VFS: Unable to mount root",), "the disk image is not a file system the kernel can mount as root"),
+)
 
 
 def spawn(argv: tuple[str, ...], user: str, log_path: Path, *, tun_path: str = DEFAULT_TUN,
@@ -49,7 +60,7 @@ def spawn(argv: tuple[str, ...], user: str, log_path: Path, *, tun_path: str = D
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         os.fchown(fd, uid, gid)
-        os.write(fd, f"--- umlstate: {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(argv)}\n".encode())
+        os.write(fd, f"{RUN_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(argv)}\n".encode())
         env = {"PATH": SAFE_PATH, "HOME": entry.pw_dir or "/", "USER": entry.pw_name, "LOGNAME": entry.pw_name,
                "TMPDIR": "/tmp"}
         proc = subprocess.Popen(
@@ -185,9 +196,27 @@ def _mconsole_quiet(path: str, text: str) -> None:
         log.debug("mconsole did not take the command", command=text, error=str(exc))
 
 
-def log_tail(path: Path, lines: int = 8) -> str:
+def failure_report(path: Path, lines: int = 8) -> str:
+    """The end of a process's log from its latest start, and what it usually means.
+
+    Logs are appended across starts (each begins with RUN_MARK), so only the
+    latest run is read: an old panic must not explain a new failure. Kernel
+    stack frames are left out, since they push the one line that matters
+    ("Kernel panic - not syncing: ...") out of view.
+    """
     try:
-        text = path.read_text(errors="replace").splitlines()
+        text = path.read_text(errors="replace")
     except OSError:
-        return "(no log)"
-    return "\n".join("    | " + line for line in text[-lines:])
+        return f"(no log at {path})"
+    run = text[text.rfind(RUN_MARK):] if RUN_MARK in text else text
+    kept = [line for line in run.splitlines()[1:] if line.strip() and not STACK_FRAME.match(line)]
+    tail = kept[-lines:]
+    panic = next((line for line in kept if "Kernel panic" in line), None)
+    if panic and panic not in tail:
+        tail = [panic, "...", *tail[2:]]
+    report = f"the end of its log ({path}):\n" + "\n".join("    | " + line for line in tail or ["(empty)"])
+    for needles, hint in HINTS:
+        if any(needle.lower() in run.lower() for needle in needles):
+            report += f"\n  hint: {hint}"
+            break
+    return report
