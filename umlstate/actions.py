@@ -18,6 +18,19 @@ from umlstate.snapshot import GuestState, HostGroup, Link, Proc, Snapshot, Switc
 Op = Literal["create", "update", "delete", "replace"]
 Kind = Literal["tun-device", "group", "sysctl", "tap", "address", "proxy-neigh", "switch", "guest"]
 
+# What carrying out each kind of change takes, for the message a run without
+# it gets before it changes anything (rather than EPERM at its first step).
+PRIVILEGE: dict[Kind, str] = {
+    "tun-device": "making a device node and setting its group needs root (CAP_MKNOD, CAP_CHOWN)",
+    "group": "editing /etc/group needs root",
+    "sysctl": "writing /proc/sys/net needs root",
+    "tap": "persistent taps need CAP_NET_ADMIN",
+    "address": "addresses need CAP_NET_ADMIN",
+    "proxy-neigh": "proxy ARP entries need CAP_NET_ADMIN",
+    "switch": "starting or signalling a process as its declared user needs root (CAP_SETUID, CAP_KILL)",
+    "guest": "starting or signalling a process as its declared user needs root (CAP_SETUID, CAP_KILL)",
+}
+
 
 @dataclass(frozen=True)
 class Action:

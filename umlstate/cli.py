@@ -22,6 +22,7 @@ import click
 
 from umlstate import __version__, errors, render
 from umlstate import log as logsetup
+from umlstate.actions import PRIVILEGE, Kind
 from umlstate.errors import (
     ConflictError,
     HostError,
@@ -89,9 +90,8 @@ def resolve_topology(given: str | None) -> str:
     for candidate in TOPOLOGY_DEFAULTS:
         if Path(candidate).exists():
             return candidate
-    raise errors.TopologyError([errors.Diagnostic(1, 1, "no topology given and none found; pass a path, set "
-                                                        "UMLSTATE_TOPOLOGY, or create ./topology.yaml",
-                                                  "topology.yaml")])
+    raise errors.UsageError("no topology given, and none of " + ", ".join(TOPOLOGY_DEFAULTS) + " exists\n"
+                            "  to fix: pass a path (umlstate status lab.yaml) or set UMLSTATE_TOPOLOGY")
 
 
 def _check_file_safety(path: str) -> None:
@@ -285,6 +285,37 @@ def _preflight(p: Plan) -> None:
                             + "\n".join(lines) + f"\n  {hint}")
 
 
+def _not_root(command: str, needs: list[str]) -> HostError:
+    """Why ``command`` cannot run as this user, before it changes anything."""
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        who = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        who = f"uid {uid}"
+    argv = " ".join(sys.argv[1:]) or command
+    return HostError(f"{command} must run as root, and this is {who}; nothing was changed.\n"
+                     + "\n".join(f"  {line}" for line in needs),
+                     f"sudo umlstate {argv}")
+
+
+def _require_root(command: str, p: Plan) -> None:
+    """A plan's changes, grouped by kind, each with what it needs that this user lacks."""
+    if os.geteuid() == 0 or not p.actions:
+        return
+    by_kind: dict[Kind, list[str]] = {}
+    for a in p.actions:
+        targets = by_kind.setdefault(a.kind, [])
+        if a.target not in targets:
+            targets.append(a.target)
+    needs = []
+    for kind, targets in by_kind.items():
+        more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+        needs.append(f"{kind} {targets[0]}{more}: {PRIVILEGE[kind]}")
+    raise _not_root(command, needs)
+
+
 def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
               saved: dict[str, Any] | None = None) -> Snapshot:
     """One pass: plan, preflight, apply, verify. Returns the snapshot it ended with."""
@@ -293,6 +324,11 @@ def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
     from umlstate.executor import Executor
 
     log = structlog.get_logger("umlstate")
+    if os.geteuid() != 0:
+        # The lock and every change need root; an in-sync host needs neither.
+        snapshot, p = _plan(session, adopt=adopt, destroy=destroy)
+        _require_root("destroy" if destroy else "apply", p)
+        return snapshot
     with session.locked():
         snapshot, p = _plan(session, adopt=adopt, destroy=destroy)
         if saved is not None and saved["plan"]["fingerprint"] != p.fingerprint:
@@ -479,6 +515,9 @@ def stop(opts: Options, args: tuple[str, ...]) -> None:
 
     topology, guest = _topology_and_guest(args)
     session = _one_guest(opts, topology, guest)
+    if os.geteuid() != 0:
+        raise _not_root("stop", [f"guest {guest}: recording that it stays down writes {session.topology.state_dir}, "
+                                 "which is root's; " + PRIVILEGE["guest"]])
     with session.locked():
         state = session.observe().guests.get(guest)
         _hold(session, guest, True)
@@ -502,6 +541,9 @@ def start(opts: Options, args: tuple[str, ...]) -> None:
     """
     topology, guest = _topology_and_guest(args)
     session = _one_guest(opts, topology, guest)
+    if os.geteuid() != 0:
+        raise _not_root("start", [f"guest {guest}: forgetting that it stays down writes "
+                                  f"{session.topology.state_dir}, which is root's; " + PRIVILEGE["guest"]])
     with session.locked():
         _hold(session, guest, False)
     # Then an ordinary apply pass, verified like any other (it takes the lock again).

@@ -35,6 +35,12 @@ class UmlstateError(Exception):
     exit_code = EXIT_FAILED
 
 
+class UsageError(UmlstateError):
+    """The command line does not say enough to run (no topology given, none found)."""
+
+    exit_code = EXIT_USAGE
+
+
 class TopologyError(UmlstateError):
     """The topology file is unreadable or invalid (user input)."""
 

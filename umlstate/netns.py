@@ -8,6 +8,7 @@ missing namespace unless told not to, and umlstate must never create one.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 from umlstate.errors import HostError
@@ -27,13 +28,15 @@ def enter(name: str) -> None:
         raise HostError(f"network namespace {name} does not exist (umlstate never creates one)",
                         f"ip netns add {name}, or check the spelling: ip netns list") from None
     except PermissionError:
-        raise HostError(f"cannot open network namespace {name}: permission denied",
-                        "run umlstate as root") from None
+        raise HostError(f"entering network namespace {name} needs root, and this is uid {os.geteuid()}",
+                        "run umlstate as root (sudo)") from None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
-            fix = "run umlstate as root" if err == 1 else ""
-            raise HostError(f"cannot enter network namespace {name}: {os.strerror(err)}", fix)
+            if err == errno.EPERM:
+                raise HostError(f"entering network namespace {name} needs root (CAP_SYS_ADMIN), and this is "
+                                f"uid {os.geteuid()}", "run umlstate as root (sudo)")
+            raise HostError(f"cannot enter network namespace {name}: {os.strerror(err)}")
     finally:
         os.close(fd)

@@ -29,6 +29,9 @@ def load(state_dir: str) -> Records:
         data: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         return Records()
+    except PermissionError:
+        raise HostError(f"reading umlstate's records {path} needs root (it is {_mode(path)})",
+                        f"run umlstate as root, or, for monitoring as another user, chmod 0644 {path}") from None
     except (OSError, ValueError) as exc:
         raise HostError(f"cannot read umlstate's records {path}: {exc}",
                         "restore the file from a backup, or move it away to forget what umlstate owns "
@@ -65,6 +68,9 @@ def save(state_dir: str, records: Records) -> None:
     folder.mkdir(parents=True, exist_ok=True, mode=0o755)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state.", suffix=".tmp")
     try:
+        # World-readable, so `status` and `plan` work for a monitoring user;
+        # nothing in it is secret, and only root may change it.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
             f.write("\n")
@@ -74,3 +80,11 @@ def save(state_dir: str, records: Records) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return "unreadable"
+    return f"mode {st.st_mode & 0o777:04o}, owner uid {st.st_uid}"

@@ -1,0 +1,120 @@
+"""What an operator meets at a prompt: running without root, no topology, a failed boot's log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from umlstate.processes import RUN_MARK, failure_report
+
+from conftest import ROOT, Netns, needs_root, umlstate
+
+TAPS = """\
+name: nr
+host: {{run_dir: {tmp}/run, state_dir: {tmp}/state, sysctl: {{net.ipv4.ip_forward: 1}}}}
+subnets: [{{name: a, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth0}}}}]
+taps: [{{name: uml0, owner: nobody, subnet: a}}, {{name: uml1, owner: nobody}}, {{name: uml2, owner: nobody}}]
+"""
+
+
+# The venv's interpreter may live under /root (pyenv), which nobody cannot
+# enter; Debian's python3 of the same minor version runs the venv's packages.
+SYSTEM_PYTHON = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+USER_PATH = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+
+
+def as_nobody(ns: Netns, *args: str) -> tuple[int, str, str]:
+    """The CLI as user nobody, already inside ``ns`` (so without --netns: no root namespace is at stake)."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip(f"{SYSTEM_PYTHON} is missing: no interpreter that user nobody can run")
+    result = ns.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                    "env", "NO_COLOR=1", "PYTHONDONTWRITEBYTECODE=1", f"PYTHONPATH={USER_PATH}",
+                    SYSTEM_PYTHON, "-m", "umlstate", *args, check=False)
+    if "No module named" in result.stderr:
+        pytest.fail(f"user nobody cannot import umlstate from {USER_PATH}: {result.stderr}")
+    return result.returncode, result.stdout, result.stderr
+
+
+@needs_root
+def test_apply_as_a_user_names_what_needs_root_and_changes_nothing(host_with_uplink: Netns, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(TAPS.format(tmp=tmp_path))
+    path.chmod(0o644)
+    code, _out, err = as_nobody(host_with_uplink, "apply", str(path), "--yes")
+    assert code == 1, err
+    assert "apply must run as root, and this is nobody (uid 65534); nothing was changed." in err
+    assert "tap uml0 and 2 more: persistent taps need CAP_NET_ADMIN" in err
+    assert "sysctl net.ipv4.ip_forward: writing /proc/sys/net needs root" in err
+    assert "proxy-neigh eth0 172.16.99.1" not in err  # the subnet has no guests: no proxy entry is planned
+    assert f"to fix: sudo umlstate apply {path} --yes" in err
+    assert "Traceback" not in err and "Errno" not in err
+    assert host_with_uplink.json("link", "show", "type", "tun") == []
+    assert not (tmp_path / "state").exists(), "not even the lock was taken"
+
+
+@needs_root
+def test_status_works_for_a_monitoring_user_after_a_root_apply(host_with_uplink: Netns, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(TAPS.format(tmp=tmp_path))
+    path.chmod(0o644)
+    ns = host_with_uplink.name
+    assert umlstate("apply", str(path), "--yes", netns=ns).returncode == 0
+    code, out, err = as_nobody(host_with_uplink, "status", str(path), "--json")
+    assert code == 0, err
+    assert {r["state"] for r in json.loads(out)["resources"]} == {"ok"}
+    # An in-sync host needs nothing: apply as a user then is a no-op, not a refusal.
+    code, out, err = as_nobody(host_with_uplink, "apply", str(path), "--yes")
+    assert (code, out, err) == (0, "", "")
+    assert umlstate("destroy", str(path), "--yes", netns=ns).returncode == 0
+
+
+@needs_root
+def test_entering_a_namespace_as_a_user_says_it_needs_root(netns: Netns, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(TAPS.format(tmp=tmp_path))
+    code, _out, err = as_nobody(netns, "--netns", netns.name, "plan", str(path))
+    assert code == 1
+    assert err == (f"umlstate: entering network namespace {netns.name} needs root (CAP_SYS_ADMIN), and this is "
+                   "uid 65534\n  to fix: run umlstate as root (sudo)\n")
+
+
+def test_no_topology_anywhere_is_a_usage_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "UMLSTATE_TOPOLOGY"}
+    result = subprocess.run([sys.executable, "-m", "umlstate", "status"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, check=False)
+    if Path("/etc/umlstate/topology.yaml").exists():
+        return  # this machine has a default topology; the error cannot happen here
+    assert result.returncode == 64
+    assert result.stderr.startswith("umlstate: no topology given, and none of ./topology.yaml, "
+                                    "/etc/umlstate/topology.yaml exists\n  to fix: pass a path")
+
+
+def test_a_failure_report_reads_only_the_latest_start_and_skips_stack_frames(tmp_path: Path) -> None:
+    log = tmp_path / "web.log"
+    frames = "".join(f" [<6006{i:04x}>] ? some_function+0x0/0x16\n" for i in range(30))
+    log.write_text(
+        f"{RUN_MARK}2026-11-24 10:00:00 starting linux.uml mem=32M\n"
+        "Kernel panic - not syncing: System is deadlocked on memory\n" + frames +
+        f"{RUN_MARK}2026-11-24 10:05:00 starting linux.uml mem=64M\n"
+        "Core identification\n" + "".join(f"boot line {i}\n" for i in range(12)) +
+        "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,0)\n" + frames)
+    report = failure_report(log)
+    lines = report.splitlines()
+    assert lines[0] == f"the end of its log ({log}):"
+    assert lines[1:-2] == [f"    | boot line {i}" for i in range(5, 12)]
+    assert lines[-2] == "    | Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,0)"
+    assert "[<" not in report, "stack frames are left out"
+    assert "deadlocked" not in report and "mem is too small" not in report, "an older start explains nothing"
+    assert lines[-1] == "  hint: the disk image is not a file system the kernel can mount as root"
+
+
+def test_a_failure_report_of_an_empty_or_missing_log(tmp_path: Path) -> None:
+    assert failure_report(tmp_path / "none.log") == f"(no log at {tmp_path / 'none.log'})"
+    (tmp_path / "empty.log").write_text(f"{RUN_MARK}2026-11-24 starting uml_switch\n")
+    assert failure_report(tmp_path / "empty.log").endswith("    | (empty)")
