@@ -192,17 +192,20 @@ def validate(topology: str | None) -> None:
 
 
 @cli.command()
+@click.option("--format", "fmt", type=click.Choice(["json", "markdown"]), default="json", show_default=True,
+              help="The JSON Schema, or the field-by-field reference the README shows.")
 @run_safely
-def schema() -> None:
-    """Print the topology's JSON Schema (for editors and CI).
+def schema(fmt: str) -> None:
+    """Print the topology's JSON Schema (for editors and CI), or its reference.
 
     \b
     Example:
       umlstate schema > topology.schema.json
+      umlstate schema --format markdown > topology-reference.md
     """
-    from umlstate.schema import topology_schema
+    from umlstate.schema import reference_markdown, topology_schema
 
-    click.echo(json.dumps(topology_schema(), indent=2))
+    click.echo(json.dumps(topology_schema(), indent=2) if fmt == "json" else reference_markdown(), nl=fmt == "json")
 
 
 @cli.command("plan")

@@ -87,8 +87,8 @@ class TunDevice(_Model):
 class Group(_Model):
     """A host group, e.g. the users allowed to open the tun node."""
 
-    name: Annotated[str, Field(pattern=USER_RE)]
-    members: tuple[UserRef, ...] = ()
+    name: Annotated[str, Field(pattern=USER_RE, description="Group name (groupadd when missing).")]
+    members: tuple[UserRef, ...] = Field((), description="Users added to it; others already in it are left.")
 
 
 class Host(_Model):
@@ -96,8 +96,8 @@ class Host(_Model):
 
     run_dir: str | None = Field(None, description="Default /run/umlstate/<name>: sockets, pid files, uml_dir.")
     state_dir: str | None = Field(None, description="Default /var/lib/umlstate/<name>: COW files, logs, records.")
-    tun: TunDevice | None = None
-    groups: tuple[Group, ...] = ()
+    tun: TunDevice | None = Field(None, description="The tun node; left alone when omitted.")
+    groups: tuple[Group, ...] = Field((), description="Host groups and members umlstate makes sure of.")
     sysctl: dict[Annotated[str, Field(pattern=SYSCTL_KEY_RE)], SysctlValue] = Field(
         default_factory=dict, description="Keys under /proc/sys, dotted: net.ipv4.ip_forward."
     )
@@ -110,12 +110,14 @@ class ProxyArp(_Model):
 
 
 class Subnet(_Model):
-    name: ObjectName
+    """A guests' network, served by the host through one tap."""
+
+    name: ObjectName = Field(description="Referred to by taps[].subnet.")
     cidr: ipaddress.IPv4Network = Field(description="The guests' network, e.g. 172.16.99.0/24.")
     gateway: ipaddress.IPv4Address | None = Field(
         None, description="The host's address on the tap serving this subnet."
     )
-    proxy_arp: ProxyArp | None = None
+    proxy_arp: ProxyArp | None = Field(None, description="Make the guests reachable from the LAN.")
 
     @field_validator("cidr", mode="before")
     @classmethod
@@ -129,6 +131,8 @@ class Subnet(_Model):
 
 
 class Tap(_Model):
+    """A persistent tap owned by a user, as tunctl makes it."""
+
     name: str = Field(description="Linux interface name, at most 15 bytes.")
     owner: UserRef = Field(description="User name or uid that may attach (tunctl -u).")
     group: GroupRef | None = Field(None, description="Group that may attach (tunctl -g).")
@@ -136,8 +140,10 @@ class Tap(_Model):
 
 
 class Switch(_Model):
-    name: ObjectName
-    kind: Literal["uml_switch", "vde_switch"] = "uml_switch"
+    """A virtual switch process that guests plug into, run by a user."""
+
+    name: ObjectName = Field(description="Referred to by guests[].nics[].switch.")
+    kind: Literal["uml_switch", "vde_switch"] = Field("uml_switch", description="The switch program.")
     tap: str | None = Field(None, description="The switch is plugged into this tap.")
     user: UserRef = Field(description="The switch process runs as this user.")
     socket: str | None = Field(None, description="Default <run_dir>/<name>.ctl.")
@@ -145,15 +151,21 @@ class Switch(_Model):
 
 
 class Disk(_Model):
+    """The guest's root disk (ubd0): a shared base with a private COW file, or an image."""
+
     base: str | None = Field(None, description="Read-only base image, shared through a COW file.")
     cow: str | None = Field(None, description="Default <state_dir>/<guest>.cow.")
     image: str | None = Field(None, description="A private image used directly (ubd0=IMAGE).")
 
 
 class Nic(_Model):
-    switch: str | None = None
-    tap: str | None = None
-    address: ipaddress.IPv4Address | None = None
+    """One guest network interface, eth<i> in the order listed."""
+
+    switch: str | None = Field(None, description="Plug into this switch (exactly one of switch, tap).")
+    tap: str | None = Field(None, description="Or use this tap alone (UML's tuntap transport).")
+    address: ipaddress.IPv4Address | None = Field(
+        None, description="Told to the guest (umlstate.eth<i>=); must lie inside the NIC's subnet."
+    )
     mac: str | None = Field(None, description="Unicast MAC; a stable one is derived when omitted.")
 
     @field_validator("mac")
@@ -172,13 +184,15 @@ class Nic(_Model):
 
 
 class Guest(_Model):
+    """A User-Mode-Linux guest: one linux.uml process tree."""
+
     name: ObjectName = Field(description="Also the umid: mconsole is <run_dir>/uml/<name>/mconsole.")
     user: UserRef = Field(description="The guest process runs as this user.")
     kernel: str = Field("linux.uml", description="Path, or a name on PATH.")
     mem: Annotated[str, BeforeValidator(_scalar_to_str)] = Field(
         pattern=MEM_RE, description="Memory size as UML reads it: 64M, 1G."
     )
-    disk: Disk
+    disk: Disk = Field(description="Exactly one of base or image.")
     args: tuple[str, ...] = Field((), description="Extra kernel command line words.")
 
     @field_validator("mem", mode="before")
@@ -188,18 +202,18 @@ class Guest(_Model):
         if isinstance(value, str) and not re.fullmatch(MEM_RE, value):
             raise ValueError(f"mem {value!r} is not a size UML accepts: a number with K, M or G, e.g. 64M or 1G")
         return value
-    nics: tuple[Nic, ...] = ()
+    nics: tuple[Nic, ...] = Field((), description="Network interfaces, eth0 first.")
 
 
 class Topology(_Model):
     """A whole host: what umlstate makes the kernel and processes look like."""
 
     name: str = Field(pattern=NAME_RE, description="Marks what umlstate owns; [a-z0-9-]{1,12}.")
-    host: Host = Field(default_factory=Host)
-    subnets: tuple[Subnet, ...] = ()
-    taps: tuple[Tap, ...] = ()
-    switches: tuple[Switch, ...] = ()
-    guests: tuple[Guest, ...] = ()
+    host: Host = Field(default_factory=Host, description="Host-wide settings.")
+    subnets: tuple[Subnet, ...] = Field((), description="Guest networks.")
+    taps: tuple[Tap, ...] = Field((), description="Persistent taps.")
+    switches: tuple[Switch, ...] = Field((), description="Switch processes.")
+    guests: tuple[Guest, ...] = Field((), description="UML guests.")
 
     # Resolved defaults: the one place that says where things live.
 
