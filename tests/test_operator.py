@@ -118,3 +118,27 @@ def test_a_failure_report_of_an_empty_or_missing_log(tmp_path: Path) -> None:
     assert failure_report(tmp_path / "none.log") == f"(no log at {tmp_path / 'none.log'})"
     (tmp_path / "empty.log").write_text(f"{RUN_MARK}2026-11-24 starting uml_switch\n")
     assert failure_report(tmp_path / "empty.log").endswith("    | (empty)")
+
+
+def test_a_cow_file_is_checked_against_its_base_as_uml_would(tmp_path: Path) -> None:
+    """uml_mkcow's header records the base's mtime and size; a newer base strands the COW file."""
+    from umlstate.guestimage import build
+    from umlstate.loader import load_file
+    from umlstate.observe import _cows
+
+    base = build(tmp_path / "base.img")
+    cow = tmp_path / "web.cow"
+    subprocess.run(["uml_mkcow", str(cow), str(base)], check=True, capture_output=True)
+    path = tmp_path / "t.yaml"
+    path.write_text(f"""\
+name: cow
+host: {{state_dir: {tmp_path}}}
+guests: [{{name: web, user: nobody, mem: 64M, disk: {{base: {base}}}}}]
+""")
+    topology = load_file(path)
+    made = int(base.stat().st_mtime)
+    assert _cows(topology)[str(cow)].matches
+    os.utime(base, (made + 60, made + 60))
+    header = _cows(topology)[str(cow)]
+    assert not header.matches
+    assert (header.base_mtime, header.base_size, header.now_mtime) == (made, base.stat().st_size, made + 60)

@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from umlstate import commands, mconsole, records
 from umlstate.kernel import Netlink
 from umlstate.model import Topology
 from umlstate.planner import DEFAULT_TUN
-from umlstate.snapshot import GuestState, HostGroup, Proc, Records, Snapshot, SwitchState, TunNode
+from umlstate.snapshot import CowFile, GuestState, HostGroup, Proc, Records, Snapshot, SwitchState, TunNode
 
 TUN_MAJOR, TUN_MINOR = 10, 200
 ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planner warns
@@ -56,6 +57,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         guests=_guests(topology, trust_pid_files=not rebooted),
         programs=programs,
         files=_files(topology),
+        cows=_cows(topology),
         transports={path: kernel_transports(path) for name in {g.kernel for g in topology.guests}
                     if (path := programs.get(name)) is not None},
     )
@@ -77,6 +79,33 @@ def _programs(t: Topology) -> dict[str, str | None]:
 def _files(t: Topology) -> dict[str, bool]:
     paths = {p for g in t.guests for p in (g.disk.base, g.disk.image, t.cow_of(g)) if p}
     return {p: os.path.exists(p) for p in sorted(paths)}
+
+
+COW_HEADER = struct.Struct(">IIIQ")  # magic, version, base mtime, base size (cow_user.c, v3, big-endian)
+COW_MAGIC, COW_VERSION = 0x4F4F4F4D, 3
+
+
+def _cows(t: Topology) -> dict[str, CowFile]:
+    """Each existing COW file's record of its base, beside the base as it is now."""
+    found: dict[str, CowFile] = {}
+    for g in t.guests:
+        cow = t.cow_of(g)
+        if cow is None or g.disk.base is None:
+            continue
+        try:
+            with open(cow, "rb") as f:
+                magic, version, mtime, size = COW_HEADER.unpack(f.read(COW_HEADER.size))
+        except (OSError, struct.error):
+            continue
+        if magic != COW_MAGIC or version != COW_VERSION:
+            continue  # older layouts: let UML judge them
+        try:
+            st = os.stat(g.disk.base)
+            now: tuple[int | None, int | None] = (int(st.st_mtime), st.st_size)
+        except OSError:
+            now = (None, None)
+        found[cow] = CowFile(mtime, size, *now)
+    return found
 
 
 @functools.lru_cache(maxsize=8)

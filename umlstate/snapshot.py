@@ -103,6 +103,26 @@ class GuestState:
 
 
 @dataclass(frozen=True)
+class CowFile:
+    """A COW file's header beside its base image as it is now.
+
+    UML records the base's mtime and size in the COW header and refuses to
+    open the pair when either changed ("mtime mismatch ... of COW header vs
+    backing file", then EINVAL): an updated base image strands every COW
+    file made from it.
+    """
+
+    base_mtime: int  # as the header recorded it
+    base_size: int
+    now_mtime: int | None  # the base as it is; None: missing
+    now_size: int | None
+
+    @property
+    def matches(self) -> bool:
+        return (self.now_mtime, self.now_size) in ((None, None), (self.base_mtime, self.base_size))
+
+
+@dataclass(frozen=True)
 class Snapshot:
     netns: str | None = None
     boot_id: str | None = None
@@ -118,6 +138,7 @@ class Snapshot:
     guests: Mapping[str, GuestState] = field(default_factory=dict)
     programs: Mapping[str, str | None] = field(default_factory=dict)  # name -> resolved path, None: missing
     files: Mapping[str, bool] = field(default_factory=dict)  # disk images and the like: exist?
+    cows: Mapping[str, CowFile] = field(default_factory=dict)  # existing COW file path -> its header
     transports: Mapping[str, frozenset[str]] = field(default_factory=dict)  # kernel path -> built-in transports
 
     def uid(self, user: str) -> int | None:
@@ -184,6 +205,7 @@ def from_json(data: Mapping[str, Any]) -> Snapshot:
                 for name, g in data.get("guests", {}).items()},
         programs=dict(data.get("programs", {})),
         files=dict(data.get("files", {})),
+        cows={path: CowFile(**c) for path, c in data.get("cows", {}).items()},
         transports={k: frozenset(v) for k, v in data.get("transports", {}).items()},
         records=Records(
             sysctl_originals=dict(rec.get("sysctl_originals", {})),
