@@ -82,7 +82,9 @@ def test_stop_leaves_no_umid_folder_and_start_brings_the_guest_back(farm: Farm) 
     pid = farm.guest_pid("web")
     stopped = farm.run("stop", str(farm.path), "web")
     assert stopped.returncode == 0, stopped.stderr
-    assert "stopped (cad)" in stopped.stdout, "a clean stop goes through mconsole cad"
+    assert "guest web stopped by cad" in stopped.stderr, "a clean stop goes through mconsole cad"
+    assert "warning" not in stopped.stderr
+    assert stopped.stdout == "Guest web stays down until `umlstate start web`; apply, cron and watch leave it so.\n"
     assert not alive(pid)
     assert not (farm.tmp / "run" / "uml" / "web").exists()
     # Held down: a cron apply must not undo the operator's stop.

@@ -422,9 +422,10 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
     rows = compute(session.topology, snapshot, p, now=time.time())
     if as_json:
         click.echo(render.dumps({"format_version": render.FORMAT_VERSION,
-                                 "resources": [r.to_json() for r in rows]}), nl=False)
+                                 "resources": [r.to_json() for r in rows],
+                                 "errors": list(p.blockers), "warnings": list(p.warnings)}), nl=False)
     else:
-        click.echo(render.status_text(rows, colour=_colour()), nl=False)
+        click.echo(render.status_text(rows, p, colour=_colour()), nl=False)
     if p.blockers or any(r.state != "ok" for r in rows):
         sys.exit(errors.EXIT_CHANGES)
 
@@ -525,10 +526,10 @@ def stop(opts: Options, args: tuple[str, ...]) -> None:
         state = session.observe().guests.get(guest)
         _hold(session, guest, True)
         if state is None or state.proc is None:
-            click.echo(f"guest {guest} is not running; it stays down until `umlstate start {guest}`.")
+            click.echo(f"Guest {guest} was not running; it stays down until `umlstate start {guest}`.")
             return
-        how = Executor(session.topology, session.netlink).stop_guest(guest, state.proc)
-        click.echo(f"guest {guest} stopped ({how}); it stays down until `umlstate start {guest}`.")
+        Executor(session.topology, session.netlink).stop_guest(guest, state.proc)  # logs how it went
+        click.echo(f"Guest {guest} stays down until `umlstate start {guest}`; apply, cron and watch leave it so.")
 
 
 @cli.command()
@@ -553,7 +554,7 @@ def start(opts: Options, args: tuple[str, ...]) -> None:
     after = _converge(session, yes=True, adopt=False, destroy=False)
     state = after.guests.get(guest)
     pid = f" (pid {state.proc.pid})" if state is not None and state.proc is not None else ""
-    click.echo(f"guest {guest} is running{pid}.")
+    click.echo(f"Guest {guest} is running{pid}; apply keeps it so again.")
 
 
 def _topology_and_guest(args: tuple[str, ...]) -> tuple[str | None, str]:

@@ -50,6 +50,7 @@ class Plan:
     warnings: tuple[str, ...] = ()
     fingerprint: str = ""
     mode: Literal["apply", "destroy"] = "apply"
+    held: tuple[str, ...] = ()  # guests `umlstate stop` keeps down: the plan leaves them so
 
     @property
     def summary(self) -> dict[str, int]:
@@ -105,6 +106,7 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
         warnings=tuple(b.warnings),
         fingerprint=observed.fingerprint(),
         mode="destroy" if destroy else "apply",
+        held=() if destroy else tuple(sorted(g.name for g in topology.guests if g.name in observed.records.held)),
     )
 
 
@@ -153,18 +155,17 @@ def _owns_link(t: Topology, s: Snapshot, name: str) -> bool:
 def _preflight(t: Topology, b: _Builder) -> None:
     s = b.s
     creating = {g.name for g in t.host.groups}
-    users: dict[str, str] = {g.user: f"user of guest {g.name}" for g in t.guests}
-    for tap in t.taps:
-        users.setdefault(tap.owner, f"owner of tap {tap.name}")
-    for group in t.host.groups:
-        for member in group.members:
-            users.setdefault(member, f"member of group {group.name}")
-    for sw in t.switches:
-        users.setdefault(sw.user, f"user of switch {sw.name}")
-    for user, role in sorted(users.items()):
+    users: dict[str, list[str]] = {}
+    for user, role in [*((g.user, f"guest {g.name}") for g in t.guests),
+                       *((sw.user, f"switch {sw.name}") for sw in t.switches),
+                       *((tap.owner, f"owner of tap {tap.name}") for tap in t.taps),
+                       *((m, f"member of group {g.name}") for g in t.host.groups for m in g.members)]:
+        users.setdefault(user, []).append(role)
+    for user, roles in sorted(users.items()):
         if s.uid(user) is None:
-            b.blockers.append(f"user {user} ({role}) does not exist; create it (adduser {user}) "
-                              "or change the topology")
+            more = f" and {len(roles) - 3} more" if len(roles) > 3 else ""
+            b.blockers.append(f"user {user} ({', '.join(roles[:3])}{more}) does not exist; "
+                              f"create it (adduser {user}) or change the topology")
     groups: dict[str, str] = {}
     for tap in t.taps:
         if tap.group:
@@ -428,7 +429,7 @@ def _warnings(t: Topology, b: _Builder) -> None:
         if tun.group and (group := b.s.groups.get(tun.group)) is not None:
             members |= group.members
         for sw in t.switches:
-            if sw.tap and sw.user not in ("root", "0") and not mode & 0o006 \
+            if sw.tap and sw.user not in ("root", "0") and b.s.uid(sw.user) is not None and not mode & 0o006 \
                     and not (mode & 0o060 and sw.user in members):
                 b.warnings.append(f"switch {sw.name} runs as {sw.user}, who cannot open {tun.path} (mode {tun.mode}, "
                                   f"group {tun.group or 'unchanged'}): add {sw.user} to the tun group")

@@ -22,20 +22,24 @@ def _paint(text: str, code: str, colour: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if colour else text
 
 
+def _problems(plan: Plan, colour: bool, *, conflicts: bool = True) -> list[str]:
+    """A plan's errors, conflicts and warnings, one paragraph each, then a blank line."""
+    lines = [_paint("error: ", "31;1", colour) + blocker for blocker in plan.blockers]
+    if conflicts:
+        lines += [_paint("conflict: ", "31;1", colour) + f"{c.kind} {c.target}: {c.detail}" for c in plan.conflicts]
+    lines += [_paint("warning: ", "33;1", colour) + warning for warning in plan.warnings]
+    return [*lines, ""] if lines else []
+
+
 def plan_text(plan: Plan, *, colour: bool = False) -> str:
-    lines: list[str] = []
     where = f" in network namespace {plan.netns}" if plan.netns else ""
-    for blocker in plan.blockers:
-        lines.append(_paint("error: ", "31;1", colour) + blocker)
-    for conflict in plan.conflicts:
-        lines.append(_paint("conflict: ", "31;1", colour) + f"{conflict.kind} {conflict.target}: {conflict.detail}")
-    for warning in plan.warnings:
-        lines.append(_paint("warning: ", "33;1", colour) + warning)
-    if lines:
-        lines.append("")
+    lines = _problems(plan, colour)
+    held = [f"Guest {name} stays down: `umlstate stop` holds it until `umlstate start {name}`."
+            for name in plan.held]
     if not plan.actions:
         if not plan.conflicts and not plan.blockers:
             lines.append(f"No changes. The host{where} matches topology {plan.topology}.")
+            lines += held
         return "\n".join(lines) + "\n"
     verb = "destroy" if plan.mode == "destroy" else "apply"
     lines.append(f"umlstate will {verb} topology {plan.topology}{where}:")
@@ -48,6 +52,7 @@ def plan_text(plan: Plan, *, colour: bool = False) -> str:
     s = plan.summary
     lines.append("")
     lines.append(f"Plan: {s['add']} to add, {s['change']} to change, {s['destroy']} to destroy.")
+    lines += held
     return "\n".join(lines) + "\n"
 
 
@@ -73,9 +78,11 @@ def dumps(data: dict[str, Any]) -> str:
 STATE_COLOURS = {"ok": "32", "missing": "33", "drifted": "33", "conflict": "31"}
 
 
-def status_text(rows: list[Any], *, colour: bool = False) -> str:
+def status_text(rows: list[Any], plan: Plan, *, colour: bool = False) -> str:
+    """The table, then what the plan found that no row can say (conflicts already have their rows)."""
+    problems = _problems(plan, colour, conflicts=False)
     if not rows:
-        return "The topology declares no resources.\n"
+        return "The topology declares no resources.\n" + "\n".join(["", *problems]).rstrip("\n") + "\n"
     kind_w = max(len(r.kind) for r in rows)
     target_w = max(len(r.target) for r in rows)
     lines = []
@@ -85,4 +92,6 @@ def status_text(rows: list[Any], *, colour: bool = False) -> str:
     bad = sum(r.state != "ok" for r in rows)
     lines.append("")
     lines.append(f"{len(rows) - bad} of {len(rows)} resources ok." if bad else f"All {len(rows)} resources ok.")
+    if problems:
+        lines += ["", *problems[:-1]]
     return "\n".join(lines) + "\n"
