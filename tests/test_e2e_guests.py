@@ -96,6 +96,21 @@ def test_stop_leaves_no_umid_folder_and_start_brings_the_guest_back(farm: Farm) 
     assert farm.cli("destroy", "--yes").returncode == 0
 
 
+def test_a_guest_whose_init_keeps_ctrl_alt_del_is_halted_and_named(farm: Farm) -> None:
+    """The seed's pitfall: cad reboots such a guest; stop falls back to halt and says why."""
+    farm.path.write_text(farm.path.read_text().replace("args: [umlstate.ping=172.16.99.2]",
+                                                       "args: [umlstate.ping=172.16.99.2, umlstate.cad=reboot]"))
+    assert farm.cli("apply", "--yes").returncode == 0
+    pid = farm.guest_pid("web")
+    stopped = farm.run("stop", str(farm.path), "web")
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"guest web stopped by halt (pid {pid})" in stopped.stderr
+    assert ("warning: guest web did not power off on mconsole cad; its init should set "
+            "/proc/sys/kernel/ctrl-alt-del to 0 and power off on SIGINT") in stopped.stderr
+    assert not alive(pid)
+    assert farm.cli("destroy", "--yes").returncode == 0
+
+
 def test_a_changed_mem_replaces_the_guest(farm: Farm) -> None:
     assert farm.cli("apply", "--yes").returncode == 0
     old = farm.guest_pid("web")

@@ -408,6 +408,9 @@ class Executor:
         umid = Path(self.t.uml_dir) / name
         how = processes.stop_guest(proc, str(umid / "mconsole"), umid)
         log.info("guest stopped", guest=name, pid=proc.pid, by=how)
+        if how not in ("cad", "already gone"):
+            # Usually an init that leaves ctrl-alt-del at 1: cad then reboots the guest.
+            log.warning("cad ignored", guest=name)
         return how
 
     def _run(self, program: str, *args: str) -> None:

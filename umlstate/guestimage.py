@@ -7,7 +7,8 @@ mconsole ``cad`` reboots the guest, since UML re-executes itself), configure
 each NIC from ``umlstate.eth<i>=`` and the default route from
 ``umlstate.gw=`` on /proc/cmdline, and power off on SIGINT, which is what the
 kernel sends init on ``cad`` once ctrl-alt-del is 0. For tests, each
-``umlstate.ping=ADDR`` word makes it ping that neighbour and log the result.
+``umlstate.ping=ADDR`` word makes it ping that neighbour and log the result,
+and ``umlstate.cad=reboot`` leaves ctrl-alt-del alone, as a careless init would.
 
     python -m umlstate.guestimage /srv/uml/base.img
 """
@@ -24,7 +25,7 @@ INIT = """#!/bin/sh
 # umlstate guest init: network from /proc/cmdline, clean power-off on cad.
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-echo 0 > /proc/sys/kernel/ctrl-alt-del
+grep -q 'umlstate.cad=reboot' /proc/cmdline || echo 0 > /proc/sys/kernel/ctrl-alt-del
 gw=""
 peers=""
 for word in $(cat /proc/cmdline); do

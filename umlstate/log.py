@@ -39,6 +39,8 @@ SAID_ELSEWHERE = {"run", "action failed"}
 PHRASES = {
     "guest ready": "    guest {guest} ready (pid {pid})",
     "guest stopped": "    guest {guest} stopped by {by} (pid {pid})",
+    "cad ignored": ("warning: guest {guest} did not power off on mconsole cad; its init should set "
+                    "/proc/sys/kernel/ctrl-alt-del to 0 and power off on SIGINT (README: Troubleshooting)"),
     "watch started": "watching; full resync every {resync_seconds:g}s",
     "watch stopping": "stopping on {signal}",
     "watch stopped": "stopped watching",
