@@ -229,7 +229,10 @@ def _attach(tun_path: str, name: str) -> int:
     try:
         fd = os.open(tun_path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        raise ActionError(f"cannot open the tun device {tun_path}: {exc.strerror}") from None
+        why = {errno.ENODEV: "; the kernel has no tun driver: modprobe tun (CONFIG_TUN)",
+               errno.ENXIO: "; the kernel has no tun driver: modprobe tun (CONFIG_TUN)",
+               errno.ENOENT: "; declare host.tun so that umlstate makes the node (c 10 200)"}.get(exc.errno or 0, "")
+        raise ActionError(f"cannot open the tun device {tun_path}: {exc.strerror}{why}") from None
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
     except OSError as exc:
