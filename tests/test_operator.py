@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -142,3 +143,19 @@ guests: [{{name: web, user: nobody, mem: 64M, disk: {{base: {base}}}}}]
     header = _cows(topology)[str(cow)]
     assert not header.matches
     assert (header.base_mtime, header.base_size, header.now_mtime) == (made, base.stat().st_size, made + 60)
+
+
+@needs_root
+def test_a_tun_node_without_its_driver_says_modprobe_tun(tmp_path: Path) -> None:
+    """What a kernel without tun looks like: a char node whose misc minor has no driver (ENODEV)."""
+    from umlstate.errors import ActionError
+    from umlstate.kernel import create_tap
+
+    if "251" in (line.split()[0] for line in Path("/proc/misc").read_text().splitlines()):
+        pytest.skip("misc minor 251 has a driver on this machine")
+    node = tmp_path / "tun"
+    os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(10, 251))  # no driver registers misc minor 251
+    with pytest.raises(ActionError) as failed:
+        create_tap(str(node), "uml0", 0, None)  # fails at open(), before any tap is made
+    assert str(failed.value) == (f"cannot open the tun device {node}: No such device; "
+                                 "the kernel has no tun driver: modprobe tun (CONFIG_TUN)")
