@@ -12,7 +12,10 @@ network namespace is never touched.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +68,11 @@ def overlay(example: dict[str, Any], image: Path) -> dict[str, Any]:
 
 
 def up() -> None:
+    if HOST_NS in run("ip", "netns", "list", show=False).stdout.split():
+        # A demo is a known starting point: an earlier one may have a guest
+        # stopped, or a COW file made from the image this run rebuilds.
+        print(f"{BOLD}An earlier demo is up: taking it down first.{RESET}")
+        down()
     total = 7
     step(1, total, "Building the demo guest image (busybox + an init that reads umlstate.eth0= from /proc/cmdline)")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -73,17 +81,15 @@ def up() -> None:
     run(str(ROOT / ".venv" / "bin" / "python"), "-m", "umlstate.guestimage", str(image))
 
     step(2, total, f"Making the network: namespace {HOST_NS} (the host) with eth0 <-> lan0 in {LAN_NS} (the LAN)")
-    existing = run("ip", "netns", "list", show=False).stdout.split()
-    if HOST_NS not in existing:
-        run("ip", "netns", "add", HOST_NS)
-        run("ip", "netns", "add", LAN_NS)
-        run("ip", "-n", HOST_NS, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", LAN_NS)
-        run("ip", "-n", HOST_NS, "addr", "add", "172.16.0.1/16", "dev", "eth0")
-        run("ip", "-n", LAN_NS, "addr", "add", "172.16.0.2/16", "dev", "lan0")
-        for ns, dev in ((HOST_NS, "eth0"), (HOST_NS, "lo"), (LAN_NS, "lan0"), (LAN_NS, "lo")):
-            run("ip", "-n", ns, "link", "set", dev, "up")
-    else:
-        print(f"{HOST_NS} exists already: the demo runs again on it (apply is idempotent).")
+    if LAN_NS in run("ip", "netns", "list", show=False).stdout.split():
+        run("ip", "netns", "del", LAN_NS)  # left by an interrupted demo
+    run("ip", "netns", "add", HOST_NS)
+    run("ip", "netns", "add", LAN_NS)
+    run("ip", "-n", HOST_NS, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", LAN_NS)
+    run("ip", "-n", HOST_NS, "addr", "add", "172.16.0.1/16", "dev", "eth0")
+    run("ip", "-n", LAN_NS, "addr", "add", "172.16.0.2/16", "dev", "lan0")
+    for ns, dev in ((HOST_NS, "eth0"), (HOST_NS, "lo"), (LAN_NS, "lan0"), (LAN_NS, "lo")):
+        run("ip", "-n", ns, "link", "set", dev, "up")
 
     step(3, total, "Adapting topology.example.yaml to this machine (an overlay; the example stays as it is)")
     example = yaml.safe_load((ROOT / "topology.example.yaml").read_text())
@@ -96,8 +102,7 @@ def up() -> None:
     umlstate("plan", str(TOPOLOGY), check=False)
 
     step(5, total, "umlstate apply --yes: tun node, group, sysctl, tap, address, proxy ARP, switch, guest")
-    if not umlstate("apply", str(TOPOLOGY), "--yes").stdout.strip():
-        print("(nothing to do: the host already matches the topology; an unattended run prints nothing)")
+    umlstate("apply", str(TOPOLOGY), "--yes")
 
     step(6, total, "From the LAN, ping the guest 172.16.99.1 (proxy ARP on eth0, forwarding: ttl 63 = one hop)")
     deadline = time.monotonic() + 30
@@ -112,11 +117,18 @@ def up() -> None:
     step(7, total, "umlstate status: every resource and its state")
     umlstate("status", str(TOPOLOGY), check=False)
 
-    print(f"\n{BOLD}The demo is up.{RESET} Try, for example:\n"
-          f"  {ROOT}/.venv/bin/umlstate --netns {HOST_NS} stop {TOPOLOGY} web\n"
-          f"  {ROOT}/.venv/bin/umlstate --netns {HOST_NS} plan {TOPOLOGY}\n"
-          f"To take it all down (guest, switch, tap, group, namespaces, {WORK}):\n"
-          f"  {BOLD}{ROOT}/scripts/demo --down{RESET}")
+    exe = ROOT / ".venv" / "bin" / "umlstate"
+    print(f"""
+{BOLD}The demo is up.{RESET} Try it by hand (paste the first two lines into a root shell):
+  export UMLSTATE_TOPOLOGY={TOPOLOGY}
+  alias umlstate='{exe} --netns {HOST_NS}'
+  umlstate status                    # every resource and its state
+  umlstate graph --format mermaid    # the topology as a picture
+  umlstate stop web                  # mconsole cad; it stays down, even across applies
+  umlstate start web
+  ip netns exec {LAN_NS} ping 172.16.99.1
+To take it all down (guest, switch, tap, group, namespaces, {WORK}):
+  {BOLD}{ROOT}/scripts/demo --down{RESET}""")
 
 
 def down() -> None:
@@ -126,6 +138,11 @@ def down() -> None:
         umlstate("destroy", str(TOPOLOGY), "--yes", check=False)
     for ns in (HOST_NS, LAN_NS):
         if ns in existing:
+            # Anything still inside (destroy failed, or was never reached) is
+            # the demo's own: the demo made these namespaces.
+            for pid in run("ip", "netns", "pids", ns, show=False, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
             run("ip", "netns", "del", ns)
     shutil.rmtree(WORK, ignore_errors=True)
     print("The demo is gone.")
