@@ -171,7 +171,7 @@ DRIFTS = {
     "proxy removed": (["ip", "neigh", "del", "proxy", "172.16.99.2", "dev", "eth0"],
                       "+ proxy-neigh eth0 172.16.99.2"),
     "forwarding off": (["sysctl", "-qw", "net.ipv4.ip_forward=0"], "~ sysctl net.ipv4.ip_forward"),
-    "tap owner": (["tunctl", "-f", "{tmp}/dev/tun", "-u", "0", "-t", "uml2"], "owner drifted from 0 to nobody"),
+    "tap owner": (["tunctl", "-f", "{tmp}/dev/tun", "-u", "0", "-t", "uml2"], "owner is root (0), wanted nobody"),
     "tap group set": (["tunctl", "-f", "{tmp}/dev/tun", "-u", "0", "-g", "0", "-t", "uml1"],
                       "-/+ tap uml1"),  # a group cannot be cleared in place: replaced
     "tun node mode": (["chmod", "0666", "{tmp}/dev/tun"], "chmod 0660"),

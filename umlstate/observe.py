@@ -11,6 +11,7 @@ kernel features the topology needs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import grp
 import os
@@ -19,7 +20,9 @@ import shutil
 import stat
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -42,6 +45,9 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
     boot_id = read_boot_id()
     # After a reboot every pid file from before is stale, whatever pid it names.
     rebooted = recs.boot_id is not None and recs.boot_id != boot_id
+    switches = _switches(topology)
+    guests = _guests(topology, trust_pid_files=not rebooted)
+    procs = [sw.proc for sw in switches.values() if sw.proc] + [g.proc for g in guests.values() if g.proc]
     return Snapshot(
         netns=netns,
         boot_id=boot_id,
@@ -53,14 +59,25 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         addresses=netlink.addresses(index, {n for n in ours if n in links}),
         proxies=netlink.proxies(index),
         records=recs,
-        switches=_switches(topology),
-        guests=_guests(topology, trust_pid_files=not rebooted),
+        switches=switches,
+        guests=guests,
         programs=programs,
         files=_files(topology),
         cows=_cows(topology),
         transports={path: kernel_transports(path) for name in {g.kernel for g in topology.guests}
                     if (path := programs.get(name)) is not None},
+        user_names=_names({link.owner for link in links.values()} | {p.uid for p in procs}, pwd.getpwuid),
+        group_names=_names({link.tun_group for link in links.values()}, grp.getgrgid),
     )
+
+
+def _names(ids: set[int | None], lookup: Callable[[int], Any]) -> dict[int, str]:
+    """uid or gid -> name, for the ids that have one (messages say "nobody (65534)")."""
+    found: dict[int, str] = {}
+    for i in sorted(x for x in ids if x is not None):
+        with contextlib.suppress(KeyError):
+            found[i] = lookup(i)[0]
+    return found
 
 
 def _programs(t: Topology) -> dict[str, str | None]:

@@ -15,6 +15,7 @@ Destroy is the plan towards a topology that wants nothing.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -369,9 +370,10 @@ def _taps(t: Topology, b: _Builder, adopt: bool) -> None:
         link = b.s.links[tap.name]
         stuck_group = tap.group is None and link.tun_group is not None
         if not link.is_tap or link.pi or not link.persist or stuck_group:
+            group_now = _id(link.tun_group, b.s.group_names)
             why = [w for w, bad in (("a tun, not a tap", not link.is_tap), ("has packet information", link.pi),
                                     ("not persistent", not link.persist),
-                                    (f"has group {link.tun_group}, wanted none", stuck_group)) if bad]
+                                    (f"has group {group_now}, wanted none", stuck_group)) if bad]
             _stop_switch_on(t, tap.name, b, "its tap is being replaced")
             b.add(A.ReplaceTap(f"{', '.join(why)}: the kernel cannot change that in place", create))
             continue
@@ -379,16 +381,19 @@ def _taps(t: Topology, b: _Builder, adopt: bool) -> None:
         want_gid = b.s.gid(tap.group) if tap.group else None
         drift = []
         if want_uid is not None and link.owner != want_uid:  # an unknown user is a preflight error
-            drift.append(f"owner drifted from {_id(link.owner)} to {tap.owner}")
+            drift.append(f"owner is {_id(link.owner, b.s.user_names)}, wanted {tap.owner}")
         if link.tun_group != want_gid:
-            drift.append(f"group drifted from {_id(link.tun_group)} to {tap.group or 'none'}")
+            drift.append(f"group is {_id(link.tun_group, b.s.group_names)}, wanted {tap.group or 'none'}")
         if drift:
             _stop_switch_on(t, tap.name, b, "its tap's owner is being fixed")
             b.add(A.FixTap("; ".join(drift), tap.name, tap.owner, tap.group))
 
 
-def _id(value: int | None) -> str:
-    return "none" if value is None else str(value)
+def _id(value: int | None, names: Mapping[int, str]) -> str:
+    """A uid or gid as people know it: its name, with the number when there is one."""
+    if value is None:
+        return "none"
+    return f"{names[value]} ({value})" if value in names else str(value)
 
 
 def _addresses(t: Topology, b: _Builder) -> None:

@@ -139,6 +139,8 @@ class Snapshot:
     programs: Mapping[str, str | None] = field(default_factory=dict)  # name -> resolved path, None: missing
     files: Mapping[str, bool] = field(default_factory=dict)  # disk images and the like: exist?
     cows: Mapping[str, CowFile] = field(default_factory=dict)  # existing COW file path -> its header
+    user_names: Mapping[int, str] = field(default_factory=dict)  # uids seen on taps and processes -> names
+    group_names: Mapping[int, str] = field(default_factory=dict)  # gids seen on taps -> names
     transports: Mapping[str, frozenset[str]] = field(default_factory=dict)  # kernel path -> built-in transports
 
     def uid(self, user: str) -> int | None:
@@ -206,6 +208,8 @@ def from_json(data: Mapping[str, Any]) -> Snapshot:
         programs=dict(data.get("programs", {})),
         files=dict(data.get("files", {})),
         cows={path: CowFile(**c) for path, c in data.get("cows", {}).items()},
+        user_names={int(uid): name for uid, name in data.get("user_names", {}).items()},
+        group_names={int(gid): name for gid, name in data.get("group_names", {}).items()},
         transports={k: frozenset(v) for k, v in data.get("transports", {}).items()},
         records=Records(
             sysctl_originals=dict(rec.get("sysctl_originals", {})),
