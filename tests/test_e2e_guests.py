@@ -148,7 +148,7 @@ def test_a_guest_with_too_little_memory_shows_the_panic_and_what_it_means(farm: 
     assert ("    | Too few physical memory! Needed=" in result.stderr
             or "Kernel panic - not syncing: Failed to allocate" in result.stderr), result.stderr
     assert "[<" not in result.stderr, "kernel stack frames are left out of the report"
-    assert "hint: mem is too small for this guest; UML needs at least 64M" in result.stderr
+    assert "hint: the guest ran out of memory: raise mem (a UML 6.1 guest needs 64M at the very least)" in result.stderr
     # db was still booting when web failed; before its init runs, a guest ignores cad
     # and destroy waits out cad's bound. Let it finish booting first.
     farm.lan_ping("172.16.99.2")

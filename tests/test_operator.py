@@ -159,3 +159,12 @@ def test_a_tun_node_without_its_driver_says_modprobe_tun(tmp_path: Path) -> None
         create_tap(str(node), "uml0", 0, None)  # fails at open(), before any tap is made
     assert str(failed.value) == (f"cannot open the tun device {node}: No such device; "
                                  "the kernel has no tun driver: modprobe tun (CONFIG_TUN)")
+
+
+def test_a_root_device_that_cannot_be_opened_for_lack_of_memory_is_not_blamed_on_the_image(tmp_path: Path) -> None:
+    """Seen in the benchmark: ENOMEM opening ubda, then the generic 'Unable to mount root' panic."""
+    log = tmp_path / "g0.log"
+    log.write_text(f"{RUN_MARK}2026-11-24 starting linux.uml mem=64M\n"
+                   'VFS: Cannot open root device "98:0" or unknown-block(98,0): error -12\n'
+                   "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,0)\n")
+    assert failure_report(log).endswith("hint: the guest ran out of memory: raise mem (a UML 6.1 guest needs 64M at the very least)")

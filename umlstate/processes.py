@@ -37,13 +37,14 @@ MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RUN_MARK = "--- umlstate: "
 STACK_FRAME = re.compile(r"^(<\d>)?\s*\[<[0-9a-f]+>\]")  # with or without a printk level
-HINTS = (
-    (("deadlocked on memory", "Out of memory", "Too few physical memory", "Failed to allocate"),
-     "mem is too small for this guest; UML needs at least 64M"),
-    (("Failed to open /dev/net/tun", "open tun"),
+HINTS = (  # what a log usually means, first match wins
+    (re.compile(r"deadlocked on memory|Out of memory|Too few physical memory|Failed to allocate"
+                r"|Cannot open root device .* error -12"),  # ENOMEM while opening the disk, too
+     "the guest ran out of memory: raise mem (a UML 6.1 guest needs 64M at the very least)"),
+    (re.compile(r"Failed to open /dev/net/tun|open tun", re.IGNORECASE),
      "the process's user cannot open the tun device; declare host.tun with a group it is in"),
-    (("bind: Permission denied",), "the process's user cannot create its socket in run_dir"),
-    (("VFS: Unable to mount root",), "the disk image is not a file system the kernel can mount as root"),
+    (re.compile(r"bind: Permission denied"), "the process's user cannot create its socket in run_dir"),
+    (re.compile(r"VFS: Unable to mount root"), "the disk image is not a file system the kernel can mount as root"),
 )
 
 
@@ -215,8 +216,8 @@ def failure_report(path: Path, lines: int = 8) -> str:
     if panic and panic not in tail:
         tail = [panic, "...", *tail[2:]]
     report = f"the end of its log ({path}):\n" + "\n".join("    | " + line for line in tail or ["(empty)"])
-    for needles, hint in HINTS:
-        if any(needle.lower() in run.lower() for needle in needles):
+    for pattern, hint in HINTS:
+        if pattern.search(run):
             report += f"\n  hint: {hint}"
             break
     return report
