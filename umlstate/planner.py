@@ -212,27 +212,34 @@ def _preflight_guest(t: Topology, guest: Guest, b: _Builder) -> None:
     cow = t.cow_of(guest)
     if cow and not s.files.get(cow, True) and s.programs.get("uml_mkcow", "") is None:
         b.blockers.append(f"uml_mkcow is needed to create {cow}: apt-get install uml-utilities")
-    header = s.cows.get(cow) if cow else None
-    if header is not None and not header.matches:
-        state = s.guests.get(guest.name)
-        running = state is not None and state.proc is not None
-        changed = "; ".join(f"{what} was {was}, is {now}" for what, was, now in (
-            ("modified", _utc(header.base_mtime), _utc(header.now_mtime)),
-            ("size", header.base_size, header.now_size)) if was != now)
-        problem = f"guest {guest.name}'s COW file {cow} was made from an earlier {guest.disk.base} ({changed})"
-        keep = ("put the old base back" if header.now_size != header.base_size else
-                f"put the old base back, or only its time: touch -d @{header.base_mtime} {guest.disk.base}")
-        fix = (f"move {cow} away to boot afresh from the new base (the guest's own changes in it are lost), "
-               f"or, to keep them, {keep}")
-        if running:
-            b.warnings.append(f"{problem}: it runs now, but UML will refuse to boot it again\n  to fix: {fix}")
-        else:
-            b.blockers.append(f"{problem}, and UML refuses to boot from the pair\n  to fix: {fix}")
+    if cow:
+        _stale_cow(guest, cow, b)
     built_in = s.transports.get(kernel or guest.kernel)
     if built_in is not None:
         for transport in sorted(commands.transports_needed(t, guest) - built_in):
             b.blockers.append(f"kernel {kernel} lacks the {transport} transport that guest {guest.name} needs "
                               f"({commands.TRANSPORT_CONFIG[transport]} is not set)")
+
+
+def _stale_cow(guest: Guest, cow: str, b: _Builder) -> None:
+    """A COW file made from an earlier base: UML refuses the pair, so say so before it does."""
+    header = b.s.cows.get(cow)
+    if header is None or header.matches:
+        return
+    state = b.s.guests.get(guest.name)
+    running = state is not None and state.proc is not None
+    changed = "; ".join(f"{what} was {was}, is {now}" for what, was, now in (
+        ("modified", _utc(header.base_mtime), _utc(header.now_mtime)),
+        ("size", header.base_size, header.now_size)) if was != now)
+    problem = f"guest {guest.name}'s COW file {cow} was made from an earlier {guest.disk.base} ({changed})"
+    keep = ("put the old base back" if header.now_size != header.base_size else
+            f"put the old base back, or only its time: touch -d @{header.base_mtime} {guest.disk.base}")
+    fix = (f"move {cow} away to boot afresh from the new base (the guest's own changes in it are lost), "
+           f"or, to keep them, {keep}")
+    if running:
+        b.warnings.append(f"{problem}: it runs now, but UML will refuse to boot it again\n  to fix: {fix}")
+    else:
+        b.blockers.append(f"{problem}, and UML refuses to boot from the pair\n  to fix: {fix}")
 
 
 def _utc(epoch: int | None) -> str:
