@@ -168,3 +168,22 @@ def test_a_root_device_that_cannot_be_opened_for_lack_of_memory_is_not_blamed_on
                    'VFS: Cannot open root device "98:0" or unknown-block(98,0): error -12\n'
                    "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,0)\n")
     assert failure_report(log).endswith("hint: the guest ran out of memory: raise mem (a UML 6.1 guest needs 64M at the very least)")
+
+
+@needs_root
+def test_stop_and_start_as_a_user_say_they_need_root(netns: Netns, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(f"""\
+name: nr
+host: {{run_dir: {tmp_path}/run, state_dir: {tmp_path}/state}}
+guests: [{{name: web, user: nobody, mem: 64M, disk: {{image: {tmp_path}/disk.img}}}}]
+""")
+    path.chmod(0o644)
+    for command in ("stop", "start"):
+        code, _out, err = as_nobody(netns, command, str(path), "web")
+        assert code == 1, err
+        assert err.startswith(f"umlstate: {command} must run as root, and this is nobody (uid 65534); "
+                              "nothing was changed.\n"
+                              f"  guest web: whether it stays down is recorded in {tmp_path}/state, which is root's")
+        assert f"to fix: sudo umlstate {command} {path} web" in err
+    assert not (tmp_path / "state").exists()

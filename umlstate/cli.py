@@ -494,12 +494,17 @@ def _hold(session: Session, guest: str, held: bool) -> None:
                  replace(recs, held=recs.held | {guest} if held else recs.held - {guest}))
 
 
-def _one_guest(opts: Options, topology: str | None, guest: str) -> Session:
+def _one_guest(opts: Options, command: str, args: tuple[str, ...]) -> tuple[Session, str]:
+    """The session and guest of `stop` / `start`, which record the hold in root's state_dir."""
+    topology, guest = _topology_and_guest(args)
     t = load_file(resolve_topology(topology))
     if t.guest(guest) is None:
         known = ", ".join(g.name for g in t.guests) or "none"
         raise click.UsageError(f"no guest {guest!r} in topology {t.name} (guests: {known})")
-    return Session(opts, t)
+    if os.geteuid() != 0:
+        raise _not_root(command, [f"guest {guest}: whether it stays down is recorded in {t.state_dir}, "
+                                  "which is root's; " + PRIVILEGE["guest"]])
+    return Session(opts, t), guest
 
 
 @cli.command()
@@ -517,11 +522,7 @@ def stop(opts: Options, args: tuple[str, ...]) -> None:
     """
     from umlstate.executor import Executor
 
-    topology, guest = _topology_and_guest(args)
-    session = _one_guest(opts, topology, guest)
-    if os.geteuid() != 0:
-        raise _not_root("stop", [f"guest {guest}: recording that it stays down writes {session.topology.state_dir}, "
-                                 "which is root's; " + PRIVILEGE["guest"]])
+    session, guest = _one_guest(opts, "stop", args)
     with session.locked():
         state = session.observe().guests.get(guest)
         _hold(session, guest, True)
@@ -543,11 +544,7 @@ def start(opts: Options, args: tuple[str, ...]) -> None:
     Example:
       umlstate --netns lab start topology.yaml web
     """
-    topology, guest = _topology_and_guest(args)
-    session = _one_guest(opts, topology, guest)
-    if os.geteuid() != 0:
-        raise _not_root("start", [f"guest {guest}: forgetting that it stays down writes "
-                                  f"{session.topology.state_dir}, which is root's; " + PRIVILEGE["guest"]])
+    session, guest = _one_guest(opts, "start", args)
     with session.locked():
         _hold(session, guest, False)
     # Then an ordinary apply pass, verified like any other (it takes the lock again).
