@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from umlstate.loader import load_file
-from umlstate.planner import plan
-from umlstate.render import plan_text
-from umlstate.snapshot import from_json
+from umlstate.cli.render import plan_text
+from umlstate.model.loader import load_file
+from umlstate.model.snapshot import from_json
+from umlstate.plan.planner import plan
 
 CASES = sorted(p for p in (Path(__file__).parent.parent / "fixtures" / "cases").iterdir() if p.is_dir())
 

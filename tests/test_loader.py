@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from umlstate.errors import TopologyError
-from umlstate.loader import load_bytes, load_file
-from umlstate.model import Topology
+from umlstate.model.loader import load_bytes, load_file
+from umlstate.model.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 INVALID = sorted((ROOT / "fixtures" / "invalid").glob("*.yaml"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from umlstate.processes import RUN_MARK, failure_report
+from umlstate.host.processes import RUN_MARK, failure_report
 
 from conftest import ROOT, Netns, needs_root, umlstate
 
@@ -124,8 +124,8 @@ def test_a_failure_report_of_an_empty_or_missing_log(tmp_path: Path) -> None:
 def test_a_cow_file_is_checked_against_its_base_as_uml_would(tmp_path: Path) -> None:
     """uml_mkcow's header records the base's mtime and size; a newer base strands the COW file."""
     from umlstate.guestimage import build
-    from umlstate.loader import load_file
-    from umlstate.observe import _cows
+    from umlstate.model.loader import load_file
+    from umlstate.observe.observe import _cows
 
     base = build(tmp_path / "base.img")
     cow = tmp_path / "web.cow"
@@ -149,7 +149,7 @@ guests: [{{name: web, user: nobody, mem: 64M, disk: {{base: {base}}}}}]
 def test_a_tun_node_without_its_driver_says_modprobe_tun(tmp_path: Path) -> None:
     """What a kernel without tun looks like: a char node whose misc minor has no driver (ENODEV)."""
     from umlstate.errors import ActionError
-    from umlstate.kernel import create_tap
+    from umlstate.host.tun import create_tap
 
     if "251" in (line.split()[0] for line in Path("/proc/misc").read_text().splitlines()):
         pytest.skip("misc minor 251 has a driver on this machine")

@@ -12,10 +12,10 @@ import ipaddress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from umlstate import rules
-from umlstate.model import Disk, Group, Guest, Host, Nic, ProxyArp, Subnet, Tap, Topology, TunDevice
-from umlstate.planner import plan
-from umlstate.snapshot import HostGroup, Link, Records, Snapshot, TunNode
+from umlstate.model import rules
+from umlstate.model.snapshot import HostGroup, Link, Records, Snapshot, TunNode
+from umlstate.model.topology import Disk, Group, Guest, Host, Nic, ProxyArp, Subnet, Tap, Topology, TunDevice
+from umlstate.plan.planner import plan
 
 TAP_NAMES = ["uml0", "uml1", "uml2", "uml3"]
 USERS = {"root": 0, "dupont": 1000}

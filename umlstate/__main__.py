@@ -1,5 +1,5 @@
 """``python -m umlstate``: the same entry point as the console script."""
 
-from umlstate.cli import main
+from umlstate.cli.main import main
 
 main()

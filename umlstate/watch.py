@@ -13,23 +13,28 @@ lock, taken per pass so that cron runs and people are never starved:
 
 Triggers are debounced, so a burst of events (an `ip link del` emits several)
 costs one pass; the events caused by its own changes cost one more, empty
-pass. SIGTERM and SIGINT end it cleanly, between passes.
+pass. The debounce is bounded (MAX_DEBOUNCE): a flood of events, which any
+guest's user can cause, delays a pass by at most that, and never moves the
+resync deadline. An overflowing event socket (ENOBUFS) means events were lost:
+resync at once. SIGTERM and SIGINT end it cleanly, between passes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
 import socket
 import time
-from collections.abc import Callable
 from types import FrameType
 
 import structlog
 
-from umlstate import processes
-from umlstate.snapshot import Proc, Snapshot
+from umlstate.errors import UmlstateError
+from umlstate.host import processes
+from umlstate.model.snapshot import Proc
+from umlstate.reconcile import Reconciler
 
 log = structlog.get_logger("umlstate")
 
@@ -37,14 +42,14 @@ log = structlog.get_logger("umlstate")
 RTMGRP_LINK = 0x1
 RTMGRP_NEIGH = 0x4
 RTMGRP_IPV4_IFADDR = 0x10
-DEBOUNCE = 0.15
+DEBOUNCE = 0.15  # quiet time that ends a burst
+MAX_DEBOUNCE = 2.0  # a burst that never ends still gets its pass this soon
 PROCESS_POLL = 0.5
 
 
 class Watcher:
-    def __init__(self, reconcile: Callable[[], Snapshot | None], resync: float = 300.0) -> None:
-        """``reconcile`` runs one pass and returns the snapshot it ended with (None on failure)."""
-        self.reconcile = reconcile
+    def __init__(self, service: Reconciler, resync: float = 300.0) -> None:
+        self.service = service
         self.resync = resync
         self.stopping = False
         self.known: list[Proc] = []
@@ -77,8 +82,11 @@ class Watcher:
 
     def _pass(self, reason: str) -> None:
         start = time.monotonic()
-        snapshot = self.reconcile()
-        if snapshot is not None:
+        try:
+            snapshot = self.service.converge().after
+        except UmlstateError as exc:  # keep watching: the next event or resync tries again
+            log.error("watch pass failed", error=str(exc))
+        else:
             procs = [s.proc for s in snapshot.switches.values()] + [g.proc for g in snapshot.guests.values()]
             self.known = [p for p in procs if p is not None]
         log.debug("watch pass", reason=reason, seconds=round(time.monotonic() - start, 3))
@@ -94,8 +102,8 @@ class Watcher:
             except InterruptedError:
                 continue
             if ready:
-                _drain(events, DEBOUNCE)
-                return "netlink event"
+                lost = _drain(events, DEBOUNCE, min(MAX_DEBOUNCE, max(0.0, until - time.monotonic())))
+                return "events lost (ENOBUFS): resync" if lost else "netlink event"
             self._reap()
             gone = [p for p in self.known if not processes.alive(p)]
             if gone:
@@ -112,14 +120,28 @@ class Watcher:
             pass
 
 
-def _drain(events: socket.socket, quiet: float) -> None:
-    """Swallow a burst of events until the socket has been quiet for ``quiet`` seconds."""
+def _drain(events: socket.socket, quiet: float, longest: float) -> bool:
+    """Swallow a burst of events until ``quiet`` seconds pass without one, or ``longest`` in all.
+
+    Returns whether the kernel dropped events (ENOBUFS): the pass must not
+    trust that it saw every change, which a full pass never does anyway.
+    """
+    deadline = time.monotonic() + longest
+    lost = False
     while True:
         try:
             while events.recv(1 << 16):
                 pass
         except BlockingIOError:
             pass
-        ready, _, _ = select.select([events], [], [], quiet)
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            lost = True
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return lost
+        ready, _, _ = select.select([events], [], [], min(quiet, left))
         if not ready:
-            return
+            return lost

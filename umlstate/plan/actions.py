@@ -12,8 +12,8 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
-from umlstate import commands
-from umlstate.snapshot import GuestState, HostGroup, Link, Proc, Snapshot, SwitchState, TunNode
+from umlstate.model.snapshot import GuestState, HostGroup, Link, Proc, Snapshot, SwitchState, TunNode
+from umlstate.plan import cmdline
 
 Op = Literal["create", "update", "delete", "replace"]
 Kind = Literal["tun-device", "group", "sysctl", "tap", "address", "proxy-neigh", "switch", "guest"]
@@ -539,14 +539,14 @@ class StopSwitch(_Named, Action):
 
     @property
     def socket(self) -> str:
-        return commands.socket_in(self.proc.argv) or ""
+        return cmdline.socket_in(self.proc.argv) or ""
 
     @property
     def detail(self) -> str:
         return f"stop pid {self.proc.pid} (SIGTERM), remove {self.socket}"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        s = _carrier(s, commands.tap_in(self.proc.argv), False)
+        s = _carrier(s, cmdline.tap_in(self.proc.argv), False)
         return replace(s, switches={**s.switches, self.name: SwitchState(None)})
 
 

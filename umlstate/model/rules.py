@@ -9,11 +9,11 @@ stop at the first problem: the user sees everything at once.
 from __future__ import annotations
 
 import ipaddress
-import os
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from umlstate.model import Topology, is_valid_ifname
+from umlstate.model.topology import Topology, is_valid_ifname
 
 Loc = tuple[str | int, ...]
 
@@ -137,10 +137,10 @@ def _paths(t: Topology) -> Iterator[Problem]:
         if "/" in guest.kernel:
             candidates.append((("guests", g, "kernel"), guest.kernel, f"guest {guest.name} kernel"))
     for loc, path, what in candidates:
-        if path is not None and not os.path.isabs(path):
+        if path is not None and not posixpath.isabs(path):
             yield Problem(loc, f"{what} {path!r} is a relative path; give an absolute one, "
                                "since umlstate runs from cron and timers in any folder")
-        elif path is not None and os.path.normpath(path) != path.rstrip("/") and path != "/":
+        elif path is not None and posixpath.normpath(path) != path.rstrip("/") and path != "/":
             yield Problem(loc, f"{what} {path!r} is not a normalised path (remove '..', '.', '//')")
 
     for i, sw in enumerate(t.switches):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from umlstate.model import Topology
-from umlstate.planner import Plan, wanted_addresses, wanted_proxies
-from umlstate.snapshot import Snapshot
+from umlstate.model.snapshot import Snapshot
+from umlstate.model.topology import Topology
+from umlstate.plan.planner import Plan, wanted_addresses, wanted_proxies
 
 State = Literal["ok", "missing", "drifted", "conflict"]
 

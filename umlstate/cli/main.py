@@ -12,30 +12,28 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from umlstate import __version__, errors, render
-from umlstate import log as logsetup
-from umlstate.actions import PRIVILEGE, Kind
+from umlstate import __version__, errors
+from umlstate.cli import log as logsetup
+from umlstate.cli import render
 from umlstate.errors import (
-    ConflictError,
     HostError,
     InternalError,
-    PreflightError,
     StalePlanError,
     UmlstateError,
-    VerificationError,
 )
-from umlstate.loader import load_file
-from umlstate.model import Topology
-from umlstate.planner import Plan
-from umlstate.snapshot import Snapshot
+from umlstate.model.loader import load_file
+from umlstate.model.topology import Topology
+from umlstate.plan.planner import Plan
+
+if TYPE_CHECKING:
+    from umlstate.reconcile import Outcome, Reconciler
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,38 +105,12 @@ def _check_file_safety(path: str) -> None:
                         f"chmod o-w {path}")
 
 
-class Session:
-    """One run of a host-changing or host-reading command: namespace entered, netlink open."""
+def _reconciler(opts: Options, topology: Topology) -> Reconciler:
+    """The service every host-reading command goes through (imported late: validate stays fast)."""
+    from umlstate.reconcile import Reconciler, Settings
 
-    def __init__(self, opts: Options, topology: Topology) -> None:
-        from umlstate.kernel import Netlink
-
-        self.opts = opts
-        self.topology = topology
-        if opts.netns:
-            from umlstate import netns
-
-            netns.enter(opts.netns)
-        self.netlink = Netlink()
-
-    def observe(self) -> Snapshot:
-        from umlstate.observe import observe
-
-        return observe(self.topology, self.netlink, self.opts.netns)
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        from umlstate.lock import TopologyLock
-
-        with TopologyLock(self.topology.state_dir, self.opts.lock_timeout):
-            yield
-
-
-def _plan(session: Session, *, adopt: bool = False, destroy: bool = False) -> tuple[Snapshot, Plan]:
-    from umlstate.planner import plan
-
-    snapshot = session.observe()
-    return snapshot, plan(session.topology, snapshot, adopt=adopt, destroy=destroy)
+    progress = sys.stderr.isatty() and opts.log_format == "console"
+    return Reconciler(topology, Settings(opts.netns, opts.lock_timeout, progress, " ".join(sys.argv[1:])))
 
 
 def _colour() -> bool:
@@ -203,7 +175,7 @@ def schema(fmt: str) -> None:
       umlstate schema > topology.schema.json
       umlstate schema --format markdown > topology-reference.md
     """
-    from umlstate.schema import reference_markdown, topology_schema
+    from umlstate.model.schema import reference_markdown, topology_schema
 
     click.echo(json.dumps(topology_schema(), indent=2) if fmt == "json" else reference_markdown(), nl=fmt == "json")
 
@@ -228,8 +200,7 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
     """
     path = resolve_topology(topology)
     t = load_file(path)
-    session = Session(opts, t)
-    _snapshot, p = _plan(session, adopt=adopt, destroy=destroy)
+    _snapshot, p = _reconciler(opts, t).plan(adopt=adopt, destroy=destroy)
     if as_json:
         click.echo(render.dumps(render.plan_json(p)), nl=False)
     else:
@@ -274,94 +245,25 @@ def _confirm(yes: bool, what: str) -> None:
         raise UmlstateError(f"{what} cancelled; nothing was changed")
 
 
-def _preflight(p: Plan) -> None:
-    from umlstate.executor import check_programs
-
-    problems = [HostError(b) for b in p.blockers] + check_programs(p)
-    if problems:
-        raise PreflightError(problems)
-    if p.conflicts:
-        lines = [f"  - {c.kind} {c.target}: {c.detail}" for c in p.conflicts]
-        hint = "rerun with --adopt to take over the adoptable ones" if any(c.adoptable for c in p.conflicts) \
-            else "remove or rename them by hand"
-        raise ConflictError("foreign objects stand where the topology wants its own; nothing was changed:\n"
-                            + "\n".join(lines) + f"\n  {hint}")
-
-
-def _not_root(command: str, needs: list[str]) -> HostError:
-    """Why ``command`` cannot run as this user, before it changes anything."""
-    import pwd
-
-    uid = os.geteuid()
-    try:
-        who = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        who = f"uid {uid}"
-    argv = " ".join(sys.argv[1:]) or command
-    return HostError(f"{command} must run as root, and this is {who}; nothing was changed.\n"
-                     + "\n".join(f"  {line}" for line in needs),
-                     f"sudo umlstate {argv}")
-
-
-def _require_root(command: str, p: Plan) -> None:
-    """A plan's changes, grouped by kind, each with what it needs that this user lacks."""
-    if os.geteuid() == 0 or not p.actions:
-        return
-    by_kind: dict[Kind, list[str]] = {}
-    for a in p.actions:
-        targets = by_kind.setdefault(a.kind, [])
-        if a.target not in targets:
-            targets.append(a.target)
-    needs = []
-    for kind, targets in by_kind.items():
-        more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
-        needs.append(f"{kind} {targets[0]}{more}: {PRIVILEGE[kind]}")
-    raise _not_root(command, needs)
-
-
-def _converge(session: Session, *, yes: bool, adopt: bool, destroy: bool,
-              saved: dict[str, Any] | None = None) -> Snapshot:
-    """One pass: plan, preflight, apply, verify. Returns the snapshot it ended with."""
-    import structlog
-
-    from umlstate.executor import Executor
-
-    log = structlog.get_logger("umlstate")
-    if os.geteuid() != 0:
-        # The lock and every change need root; an in-sync host needs neither.
-        snapshot, p = _plan(session, adopt=adopt, destroy=destroy)
-        _require_root("destroy" if destroy else "apply", p)
-        return snapshot
-    with session.locked():
-        snapshot, p = _plan(session, adopt=adopt, destroy=destroy)
-        if saved is not None and saved["plan"]["fingerprint"] != p.fingerprint:
-            raise StalePlanError("the host changed since this plan was saved; run `umlstate plan --out` again")
-        _preflight(p)
-        if not p.actions:
-            if sys.stdout.isatty():
-                click.echo(render.plan_text(p, colour=_colour()), nl=False)
-            log.debug("run", result="in sync", actions=0)
-            return snapshot
+def _converge(opts: Options, topology: Topology, *, yes: bool, adopt: bool = False, destroy: bool = False,
+              fingerprint: str | None = None) -> Outcome:
+    """One reconcile pass with this terminal's confirmation, then its closing line."""
+    def confirm(p: Plan) -> None:
         if not yes or sys.stdout.isatty():
             click.echo(render.plan_text(p, colour=_colour()), nl=False)
         _confirm(yes, "destroy" if destroy else "apply")
-        crash = os.environ.get("UMLSTATE_TEST_CRASH_AFTER")
-        progress = sys.stderr.isatty() and session.opts.log_format == "console"
-        result = Executor(session.topology, session.netlink, crash_after=int(crash) if crash else None,
-                          progress=progress).apply(p, snapshot)
-        after, again = _plan(session, destroy=destroy)
-        if again.actions or again.conflicts:
-            left = "\n".join(f"  {a.kind} {a.target}: wanted {a.detail}; observed: {a.reason}"
-                             for a in again.actions)
-            raise VerificationError(f"applied {len(result.done)} action(s), but the host still differs "
-                                    f"from the topology:\n{left}")
-        s = p.summary
-        log.info("run", result="converged", added=s["add"], changed=s["change"], destroyed=s["destroy"],
-                 seconds=round(result.seconds, 3))
-        verb = "Destroy" if destroy else "Apply"
-        click.echo(f"{verb} complete: {s['add']} added, {s['change']} changed, {s['destroy']} destroyed "
-                   f"in {result.seconds:.2f}s; verified.")
-        return after
+
+    outcome = _reconciler(opts, topology).converge(confirm=confirm, adopt=adopt, destroy=destroy,
+                                                   fingerprint=fingerprint)
+    if not outcome.changed:
+        if sys.stdout.isatty() and os.geteuid() == 0:
+            click.echo(render.plan_text(outcome.plan, colour=_colour()), nl=False)
+        return outcome
+    s = outcome.plan.summary
+    verb = "Destroy" if destroy else "Apply"
+    click.echo(f"{verb} complete: {s['add']} added, {s['change']} changed, {s['destroy']} destroyed "
+               f"in {outcome.seconds:.2f}s; verified.")
+    return outcome
 
 
 @cli.command()
@@ -382,7 +284,7 @@ def apply(opts: Options, target: str | None, yes: bool, adopt: bool) -> None:
     if saved is not None:
         adopt = adopt or bool(saved.get("adopt"))
         yes = True  # the saved plan was the confirmation
-    _converge(Session(opts, t), yes=yes, adopt=adopt, destroy=False, saved=saved)
+    _converge(opts, t, yes=yes, adopt=adopt, fingerprint=saved["plan"]["fingerprint"] if saved else None)
 
 
 @cli.command()
@@ -399,7 +301,7 @@ def destroy(opts: Options, topology: str | None, yes: bool) -> None:
     """
     path = resolve_topology(topology)
     _check_file_safety(path)
-    _converge(Session(opts, load_file(path)), yes=yes, adopt=False, destroy=True)
+    _converge(opts, load_file(path), yes=yes, destroy=True)
 
 
 @cli.command()
@@ -414,12 +316,12 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
     Example:
       umlstate --netns lab status
     """
-    from umlstate.status import status as compute
+    from umlstate.plan.status import status as compute
 
     path = resolve_topology(topology)
-    session = Session(opts, load_file(path))
-    snapshot, p = _plan(session)
-    rows = compute(session.topology, snapshot, p, now=time.time())
+    t = load_file(path)
+    snapshot, p = _reconciler(opts, t).plan()
+    rows = compute(t, snapshot, p, now=time.time())
     if as_json:
         click.echo(render.dumps({"format_version": render.FORMAT_VERSION,
                                  "resources": [r.to_json() for r in rows],
@@ -445,23 +347,11 @@ def watch(opts: Options, topology: str | None, resync: float) -> None:
     Example:
       umlstate --netns lab --log-format json watch topology.yaml
     """
-    import structlog
-
     from umlstate.watch import Watcher
 
     path = resolve_topology(topology)
     _check_file_safety(path)
-    session = Session(opts, load_file(path))
-    log = structlog.get_logger("umlstate")
-
-    def reconcile() -> Snapshot | None:
-        try:
-            return _converge(session, yes=True, adopt=False, destroy=False)
-        except UmlstateError as exc:  # keep watching: the next event or resync tries again
-            log.error("watch pass failed", error=str(exc))
-            return None
-
-    sys.exit(Watcher(reconcile, resync=resync).run())
+    sys.exit(Watcher(_reconciler(opts, load_file(path)), resync=resync).run())
 
 
 @cli.command()
@@ -478,33 +368,20 @@ def graph(topology: str | None, fmt: str) -> None:
       umlstate graph topology.yaml | dot -Tsvg > topology.svg
       umlstate graph --format mermaid topology.yaml >> NOTES.md
     """
-    from umlstate import graph as draw
+    from umlstate.cli import graph as draw
 
     t = load_file(resolve_topology(topology))
     click.echo(draw.dot(t) if fmt == "dot" else draw.mermaid(t), nl=False)
 
 
-def _hold(session: Session, guest: str, held: bool) -> None:
-    from dataclasses import replace
-
-    from umlstate import records
-
-    recs = records.load(session.topology.state_dir)
-    records.save(session.topology.state_dir,
-                 replace(recs, held=recs.held | {guest} if held else recs.held - {guest}))
-
-
-def _one_guest(opts: Options, command: str, args: tuple[str, ...]) -> tuple[Session, str]:
-    """The session and guest of `stop` / `start`, which record the hold in root's state_dir."""
+def _one_guest(opts: Options, args: tuple[str, ...]) -> tuple[Reconciler, str]:
+    """The service and guest of `stop` / `start`."""
     topology, guest = _topology_and_guest(args)
     t = load_file(resolve_topology(topology))
     if t.guest(guest) is None:
         known = ", ".join(g.name for g in t.guests) or "none"
         raise click.UsageError(f"no guest {guest!r} in topology {t.name} (guests: {known})")
-    if os.geteuid() != 0:
-        raise _not_root(command, [f"guest {guest}: whether it stays down is recorded in {t.state_dir}, "
-                                  "which is root's; " + PRIVILEGE["guest"]])
-    return Session(opts, t), guest
+    return _reconciler(opts, t), guest
 
 
 @cli.command()
@@ -520,17 +397,11 @@ def stop(opts: Options, args: tuple[str, ...]) -> None:
     Example:
       umlstate --netns lab stop topology.yaml web
     """
-    from umlstate.executor import Executor
-
-    session, guest = _one_guest(opts, "stop", args)
-    with session.locked():
-        state = session.observe().guests.get(guest)
-        _hold(session, guest, True)
-        if state is None or state.proc is None:
-            click.echo(f"Guest {guest} was not running; it stays down until `umlstate start {guest}`.")
-            return
-        Executor(session.topology, session.netlink).stop_guest(guest, state.proc)  # logs how it went
+    service, guest = _one_guest(opts, args)
+    if service.stop_guest(guest):
         click.echo(f"Guest {guest} stays down until `umlstate start {guest}`; apply, cron and watch leave it so.")
+    else:
+        click.echo(f"Guest {guest} was not running; it stays down until `umlstate start {guest}`.")
 
 
 @cli.command()
@@ -544,11 +415,8 @@ def start(opts: Options, args: tuple[str, ...]) -> None:
     Example:
       umlstate --netns lab start topology.yaml web
     """
-    session, guest = _one_guest(opts, "start", args)
-    with session.locked():
-        _hold(session, guest, False)
-    # Then an ordinary apply pass, verified like any other (it takes the lock again).
-    after = _converge(session, yes=True, adopt=False, destroy=False)
+    service, guest = _one_guest(opts, args)
+    after = service.start_guest(guest).after
     state = after.guests.get(guest)
     pid = f" (pid {state.proc.pid})" if state is not None and state.proc is not None else ""
     click.echo(f"Guest {guest} is running{pid}; apply keeps it so again.")

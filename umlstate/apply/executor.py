@@ -26,14 +26,14 @@ from typing import Any
 import psutil
 import structlog
 
-from umlstate import actions as A
-from umlstate import kernel, mconsole, processes, records
+from umlstate import mconsole
 from umlstate.errors import ActionError, HostError
-from umlstate.kernel import Netlink
-from umlstate.model import Topology
-from umlstate.observe import sysctl_path
-from umlstate.planner import DEFAULT_TUN, Plan
-from umlstate.snapshot import Proc, Records, Snapshot
+from umlstate.host import netlink, processes, records, sysctl, tun
+from umlstate.host.netlink import Netlink
+from umlstate.model.snapshot import Proc, Records, Snapshot
+from umlstate.model.topology import Topology
+from umlstate.plan import actions as A
+from umlstate.plan.planner import Plan
 
 log = structlog.get_logger("umlstate")
 
@@ -41,7 +41,7 @@ log = structlog.get_logger("umlstate")
 PACKAGES = {"groupadd": "passwd", "groupdel": "passwd", "gpasswd": "passwd", "uml_mkcow": "uml-utilities"}
 BOOT_TIMEOUT = float(os.environ.get("UMLSTATE_BOOT_TIMEOUT", "90"))
 BOOT_GRACE = 3.0
-# Actions that are one netlink request each: queued and sent in bulk (kernel.Batch).
+# Actions that are one netlink request each: queued and sent in bulk (netlink.Batch).
 BATCHED = (A.MarkTap, A.SetLinkUp, A.DeleteTap, A.AddAddress, A.RemoveAddress, A.AddProxy, A.RemoveProxy)
 
 
@@ -100,11 +100,11 @@ def check_programs(plan: Plan) -> list[HostError]:
 
 
 class Executor:
-    def __init__(self, topology: Topology, netlink: Netlink, *, crash_after: int | None = None,
+    def __init__(self, topology: Topology, nl: Netlink, *, crash_after: int | None = None,
                  progress: bool = False) -> None:
         self.t = topology
-        self.nl = netlink
-        self.tun_path = topology.host.tun.path if topology.host.tun else DEFAULT_TUN
+        self.nl = nl
+        self.tun_path = topology.tun_path
         # Test hook (UMLSTATE_TEST_CRASH_AFTER): die like kill -9 after k actions.
         self.crash_after = crash_after
         self.progress = progress  # a live line on the terminal while guests boot
@@ -117,10 +117,10 @@ class Executor:
             A.DeleteGroup: lambda a: self._run("groupdel", a.name),
             A.AddGroupMember: lambda a: self._run("gpasswd", "-a", a.user, a.group),
             A.RemoveGroupMember: lambda a: self._run("gpasswd", "-d", a.user, a.group),
-            A.SetSysctl: lambda a: _write_sysctl(a.key, a.value),
-            A.RestoreSysctl: lambda a: _write_sysctl(a.key, a.value),
+            A.SetSysctl: lambda a: sysctl.write(a.key, a.value),
+            A.RestoreSysctl: lambda a: sysctl.write(a.key, a.value),
             # Taps and the netlink-only actions have no handler here: apply() sends them in bulk.
-            A.FixTap: lambda a: kernel.fix_tap(self.tun_path, a.name, _uid(a.owner), _gid(a.group)),
+            A.FixTap: lambda a: tun.fix_tap(self.tun_path, a.name, _uid(a.owner), _gid(a.group)),
             A.StartSwitch: self._start_switch,
             A.StopSwitch: lambda a: processes.stop_switch(a.proc, a.socket),
             A.ReplaceSwitch: self._replace_switch,
@@ -129,7 +129,7 @@ class Executor:
             A.ReplaceGuest: self._replace_guest,
         }
         self._booting: dict[str, Booting] = {}
-        self.batch = kernel.Batch()
+        self.batch = netlink.Batch()
         self._dirs_ready = False
 
     def apply(self, plan: Plan, observed: Snapshot) -> Result:
@@ -231,7 +231,7 @@ class Executor:
             (_, code), = self.batch.send()
             if code:
                 raise ActionError(f"delete {create.name}: {os.strerror(code)}")
-        kernel.create_tap(self.tun_path, create.name, _uid(create.owner), _gid(create.group))
+        tun.create_tap(self.tun_path, create.name, _uid(create.owner), _gid(create.group))
         self.batch.set_link(a, create.name, alias=create.alias, group=create.link_group)
 
     def _group_delete(self, rest: list[A.Action], in_group: set[str]) -> int:
@@ -435,11 +435,6 @@ def _union(a: Records, b: Records, pending_taps: set[str]) -> Records:
         held=b.held,
         boot_id=a.boot_id,
     )
-
-
-def _write_sysctl(key: str, value: str) -> None:
-    with open(sysctl_path(key), "w") as f:
-        f.write(value + "\n")
 
 
 def _uid(user: str) -> int:

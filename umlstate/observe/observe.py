@@ -26,11 +26,12 @@ from typing import Any
 
 import psutil
 
-from umlstate import commands, mconsole, records
-from umlstate.kernel import Netlink
-from umlstate.model import Topology
-from umlstate.planner import DEFAULT_TUN
-from umlstate.snapshot import CowFile, GuestState, HostGroup, Proc, Records, Snapshot, SwitchState, TunNode
+from umlstate import mconsole
+from umlstate.host import records, sysctl
+from umlstate.host.netlink import Netlink
+from umlstate.model.snapshot import CowFile, GuestState, HostGroup, Proc, Records, Snapshot, SwitchState, TunNode
+from umlstate.model.topology import DEFAULT_TUN, Topology
+from umlstate.plan import cmdline
 
 TUN_MAJOR, TUN_MINOR = 10, 200
 ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planner warns
@@ -54,7 +55,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         users=_users(topology),
         groups=_groups(topology, recs),
         tun=read_tun_node(topology.host.tun.path if topology.host.tun else recs.tun_path or DEFAULT_TUN),
-        sysctls={key: read_sysctl(key) for key in sorted(_sysctl_keys(topology, recs))},
+        sysctls={key: sysctl.read(key) for key in sorted(_sysctl_keys(topology, recs))},
         links=links,
         addresses=netlink.addresses(index, {n for n in ours if n in links}),
         proxies=netlink.proxies(index),
@@ -133,7 +134,7 @@ def _transports_of(path: str, _mtime: float) -> frozenset[str]:
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
     enabled = {line.split("=")[0] for line in config.splitlines() if line.endswith("=y")}
-    return frozenset(t for t, option in commands.TRANSPORT_CONFIG.items() if option in enabled)
+    return frozenset(t for t, option in cmdline.TRANSPORT_CONFIG.items() if option in enabled)
 
 
 def kernel_transports(path: str) -> frozenset[str]:
@@ -164,7 +165,7 @@ def _switches(t: Topology) -> dict[str, SwitchState]:
         proc = _proc(p)
         if proc is None:
             continue
-        socket = commands.socket_in(proc.argv)
+        socket = cmdline.socket_in(proc.argv)
         if socket is None:
             continue
         if socket in sockets:
@@ -279,19 +280,6 @@ def _groups(t: Topology, recs: Records) -> dict[str, HostGroup | None]:
 
 def _sysctl_keys(t: Topology, recs: Records) -> set[str]:
     return set(t.host.sysctl) | set(recs.sysctl_originals) | set(ALWAYS_READ_SYSCTLS)
-
-
-def sysctl_path(key: str) -> str:
-    return "/proc/sys/" + key.replace(".", "/")
-
-
-def read_sysctl(key: str) -> str | None:
-    """The value with white space folded (``tcp_rmem`` separates with tabs)."""
-    try:
-        with open(sysctl_path(key)) as f:
-            return " ".join(f.read().split())
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
 
 
 def read_tun_node(path: str) -> TunNode:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from umlstate.errors import HostError
-from umlstate.snapshot import Records
+from umlstate.model.snapshot import Records
 
 FORMAT_VERSION = 1
 

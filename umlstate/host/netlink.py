@@ -1,22 +1,17 @@
-"""The kernel's network state, read and changed: rtnetlink and tun ioctls.
+"""The kernel's network state, read and changed over rtnetlink.
 
-Used by ``observe`` (reads) and ``executor`` (writes), always inside the
+Host layer. Used by observation (reads) and apply (writes), always inside the
 namespace the process already entered. Messages are built and read here with
 ``struct``: umlstate needs six fixed layouts, and a general library cost more
 than the work itself (pyroute2 0.9 takes 0.2 s to import and ~0.2 ms to encode
 each request; a 1000-tap apply sends 4000). The tests check every layout
-against pyroute2's encoder, byte for byte.
-
-Taps are made with ioctls on the tun node, not through a library's tuntap
-emulation: pyroute2's forks a helper per tap inside a namespace and, worse,
-silently re-attaches to an existing tap and resets its flags. Callers check
-existence first.
+against pyroute2's encoder, byte for byte. Taps themselves are made with
+ioctls: ``tun``.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import os
 import socket
@@ -24,15 +19,8 @@ import struct
 from collections.abc import Iterable, Iterator
 
 from umlstate.errors import ActionError
-from umlstate.snapshot import Link
+from umlstate.model.snapshot import Link
 
-# linux/if_tun.h
-TUNSETIFF = 0x400454CA
-TUNSETPERSIST = 0x400454CB
-TUNSETOWNER = 0x400454CC
-TUNSETGROUP = 0x400454CE
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 TUN_TYPES = {1: "tun", 2: "tap"}
 
@@ -294,61 +282,6 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link]:
         persist=bool(u8(data.get(IFLA_TUN_PERSIST))),
         pi=bool(u8(data.get(IFLA_TUN_PI))),
     )
-
-
-# --- tun ioctls ----------------------------------------------------------------------
-
-
-def _attach(tun_path: str, name: str) -> int:
-    """Open the tun node and attach to (or create) tap ``name``; return the fd."""
-    try:
-        fd = os.open(tun_path, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        why = {errno.ENODEV: "; the kernel has no tun driver: modprobe tun (CONFIG_TUN)",
-               errno.ENXIO: "; the kernel has no tun driver: modprobe tun (CONFIG_TUN)",
-               errno.ENOENT: "; declare host.tun so that umlstate makes the node (c 10 200)"}.get(exc.errno or 0, "")
-        raise ActionError(f"cannot open the tun device {tun_path}: {exc.strerror}{why}") from None
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno == errno.EBUSY:
-            raise ActionError(f"tap {name} is in use by a process (a switch or guest is attached); "
-                              "stop it first") from None
-        raise ActionError(f"TUNSETIFF {name}: {exc.strerror}") from None
-    return fd
-
-
-def create_tap(tun_path: str, name: str, uid: int, gid: int | None) -> None:
-    """tunctl -u UID [-g GID] -t NAME: a persistent tap without packet information."""
-    fd = _attach(tun_path, name)
-    try:
-        _set_owner(fd, name, uid, gid)
-        fcntl.ioctl(fd, TUNSETPERSIST, 1)
-    except OSError as exc:
-        raise ActionError(f"tap {name}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def fix_tap(tun_path: str, name: str, uid: int, gid: int | None) -> None:
-    """Change the owner and group of an existing persistent tap in place."""
-    fd = _attach(tun_path, name)
-    try:
-        _set_owner(fd, name, uid, gid)
-    finally:
-        os.close(fd)
-
-
-def _set_owner(fd: int, name: str, uid: int, gid: int | None) -> None:
-    try:
-        fcntl.ioctl(fd, TUNSETOWNER, uid)
-        # The kernel refuses (gid_t)-1: a group can be set but never cleared,
-        # so the planner replaces a tap whose group must go.
-        if gid is not None:
-            fcntl.ioctl(fd, TUNSETGROUP, gid)
-    except OSError as exc:
-        raise ActionError(f"tap {name}: setting owner {uid}/group {gid}: {exc.strerror}") from None
 
 
 # --- batched writes: many requests sent together, their acks collected once ---------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from umlstate.model import Topology
+from umlstate.model.topology import Topology
 
 SCHEMA_ID = "https://umlstate.invalid/schemas/topology.schema.json"
 

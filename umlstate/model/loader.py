@@ -20,9 +20,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from umlstate import rules
 from umlstate.errors import Diagnostic, TopologyError
-from umlstate.model import Topology
+from umlstate.model import rules
+from umlstate.model.topology import Topology
 
 Loc = tuple[str | int, ...]
 

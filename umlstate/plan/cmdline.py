@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from umlstate.model import Guest, Nic, Switch, Topology
+from umlstate.model.topology import Guest, Nic, Switch, Topology
 
 # CONFIG_ option that a kernel needs for each transport (from linux.uml --showconfig).
 TRANSPORT_CONFIG = {"daemon": "CONFIG_UML_NET_DAEMON", "vde": "CONFIG_UML_NET_VDE", "tuntap": "CONFIG_UML_NET_TUNTAP"}

@@ -22,6 +22,7 @@ MEM_RE = r"^[0-9]+[KkMmGg]?$"
 MODE_RE = r"^0?[0-7]{3}$"
 SYSCTL_KEY_RE = r"^[a-z0-9_-]+(\.[a-zA-Z0-9_-]+)+$"
 USER_RE = r"^([a-z_][a-z0-9_-]{0,31}\$?|[0-9]{1,10})$"
+DEFAULT_TUN = "/dev/net/tun"  # where UML, uml_switch and tunctl open the tun device
 
 
 def _scalar_to_str(value: Any) -> Any:
@@ -63,7 +64,7 @@ class _Model(BaseModel):
 class TunDevice(_Model):
     """The tun/tap character device 10:200 that taps are made through."""
 
-    path: str = Field("/dev/net/tun", description="Where the node lives; absolute.")
+    path: str = Field(DEFAULT_TUN, description="Where the node lives; absolute.")
     mode: str | None = Field(
         None,
         pattern=MODE_RE,
@@ -228,6 +229,11 @@ class Topology(_Model):
     @property
     def uml_dir(self) -> str:
         return f"{self.run_dir}/uml"
+
+    @property
+    def tun_path(self) -> str:
+        """The tun node taps are made through: the declared one, or the system's."""
+        return self.host.tun.path if self.host.tun else DEFAULT_TUN
 
     @property
     def alias(self) -> str:

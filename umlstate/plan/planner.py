@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from umlstate import actions as A
-from umlstate import commands
-from umlstate.model import Guest, Host, Topology
-from umlstate.snapshot import Snapshot
-
-DEFAULT_TUN = "/dev/net/tun"
+from umlstate.model.snapshot import Snapshot
+from umlstate.model.topology import Guest, Host, Topology
+from umlstate.plan import actions as A
+from umlstate.plan import cmdline
 
 
 @dataclass(frozen=True)
@@ -189,7 +187,7 @@ def _preflight(t: Topology, b: _Builder) -> None:
     for sw in t.switches:
         if s.programs.get(sw.kind, "") is None:
             b.blockers.append(f"{sw.kind} (switch {sw.name}) is not installed: "
-                              f"apt-get install {commands.PROGRAM_PACKAGES[sw.kind]}")
+                              f"apt-get install {cmdline.PROGRAM_PACKAGES[sw.kind]}")
     for guest in t.guests:
         _preflight_guest(t, guest, b)
     if t.taps and t.host.tun is None and s.tun is not None and not s.tun.is_tun:
@@ -203,7 +201,7 @@ def _preflight_guest(t: Topology, guest: Guest, b: _Builder) -> None:
         return
     kernel = s.programs.get(guest.kernel, "")
     if kernel is None:
-        package = commands.PROGRAM_PACKAGES.get(guest.kernel)
+        package = cmdline.PROGRAM_PACKAGES.get(guest.kernel)
         fix = f"apt-get install {package}" if package else "fix the kernel path"
         b.blockers.append(f"kernel {guest.kernel} of guest {guest.name} is not found: {fix}")
     for path in (guest.disk.base, guest.disk.image):
@@ -216,9 +214,9 @@ def _preflight_guest(t: Topology, guest: Guest, b: _Builder) -> None:
         _stale_cow(guest, cow, b)
     built_in = s.transports.get(kernel or guest.kernel)
     if built_in is not None:
-        for transport in sorted(commands.transports_needed(t, guest) - built_in):
+        for transport in sorted(cmdline.transports_needed(t, guest) - built_in):
             b.blockers.append(f"kernel {kernel} lacks the {transport} transport that guest {guest.name} needs "
-                              f"({commands.TRANSPORT_CONFIG[transport]} is not set)")
+                              f"({cmdline.TRANSPORT_CONFIG[transport]} is not set)")
 
 
 def _stale_cow(guest: Guest, cow: str, b: _Builder) -> None:
@@ -464,9 +462,9 @@ def _switches(t: Topology, b: _Builder) -> None:
     for sw in sorted(t.switches, key=lambda x: x.name):
         if b.s.programs.get(sw.kind, "") is None:  # not installed: a preflight error says so
             continue
-        argv = commands.switch_argv(t, sw, commands.resolved(b.s.programs, sw.kind))
+        argv = cmdline.switch_argv(t, sw, cmdline.resolved(b.s.programs, sw.kind))
         start = A.StartSwitch("not running", sw.name, argv, sw.user, t.socket_of(sw), sw.tap,
-                              commands.daemonizes(sw))
+                              cmdline.daemonizes(sw))
         state = b.s.switches.get(sw.name)
         uid = b.s.uid(sw.user)
         if state is None or state.proc is None:
@@ -484,8 +482,8 @@ def _guests(t: Topology, b: _Builder) -> None:
     for guest in sorted(t.guests, key=lambda g: g.name):
         if guest.name in b.s.records.held or b.s.programs.get(guest.kernel, "") is None:
             continue
-        kernel = commands.resolved(b.s.programs, guest.kernel)
-        argv = commands.guest_argv(t, guest, kernel)
+        kernel = cmdline.resolved(b.s.programs, guest.kernel)
+        argv = cmdline.guest_argv(t, guest, kernel)
         state = b.s.guests.get(guest.name)
         reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
         start = A.StartGuest(reason, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)

@@ -27,11 +27,11 @@ import structlog
 
 from umlstate import mconsole
 from umlstate.errors import ActionError
-from umlstate.snapshot import Proc
+from umlstate.model.snapshot import Proc
+from umlstate.model.topology import DEFAULT_TUN
 
 log = structlog.get_logger("umlstate")
 
-DEFAULT_TUN = "/dev/net/tun"
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from umlstate.model import Topology
+from umlstate.model.topology import Topology
 
 
 @dataclass(frozen=True)

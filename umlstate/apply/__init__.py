@@ -1,0 +1,1 @@
+"""Apply: carry out a plan's actions on the host, in order, stopping at the first failure."""

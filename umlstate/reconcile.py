@@ -1,0 +1,191 @@
+"""The reconcile service: observe, plan, apply, verify, as one typed call.
+
+The application layer between the commands and the pipeline. The CLI (plan,
+apply, destroy, status, start, stop) and ``watch`` both call it, so a pass
+from cron, from a person and from the watcher is the same pass. It enters
+the namespace, takes the topology's lock, refuses plans with errors or
+conflicts before any change, carries the plan out, then observes and plans
+again: anything left is a verification error (nmstate's verify). It prints
+nothing: what to show and how is the caller's; confirmation is a callback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import structlog
+
+from umlstate.apply.executor import Executor, check_programs
+from umlstate.errors import (
+    ConflictError,
+    HostError,
+    PreflightError,
+    StalePlanError,
+    VerificationError,
+)
+from umlstate.host import netns as netns_mod
+from umlstate.host import records
+from umlstate.host.lock import TopologyLock
+from umlstate.host.netlink import Netlink
+from umlstate.model.snapshot import Snapshot
+from umlstate.model.topology import Topology
+from umlstate.observe.observe import observe
+from umlstate.plan.actions import PRIVILEGE, Action, Kind
+from umlstate.plan.planner import Plan, plan
+
+log = structlog.get_logger("umlstate")
+
+Confirm = Callable[[Plan], None]  # shows the plan and raises to cancel; called only when there are changes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one pass did: the plan it carried out, the actions done, the host as it ended."""
+
+    plan: Plan
+    done: tuple[Action, ...]
+    seconds: float
+    after: Snapshot
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.done)
+
+
+@dataclass(frozen=True)
+class Settings:
+    netns: str | None = None
+    lock_timeout: float = 60.0
+    progress: bool = False  # a live line on the terminal while guests boot
+    command_line: str = ""  # how the user ran us, for the `sudo ...` hint of a run without root
+
+
+class Reconciler:
+    """One topology on one host (or namespace): every pass of every command goes through here."""
+
+    def __init__(self, topology: Topology, settings: Settings) -> None:
+        self.topology = topology
+        self.settings = settings
+        if settings.netns:
+            netns_mod.enter(settings.netns)
+        self.netlink = Netlink()
+
+    def observe(self) -> Snapshot:
+        return observe(self.topology, self.netlink, self.settings.netns)
+
+    def plan(self, *, adopt: bool = False, destroy: bool = False) -> tuple[Snapshot, Plan]:
+        snapshot = self.observe()
+        return snapshot, plan(self.topology, snapshot, adopt=adopt, destroy=destroy)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with TopologyLock(self.topology.state_dir, self.settings.lock_timeout):
+            yield
+
+    def converge(self, *, confirm: Confirm | None = None, adopt: bool = False, destroy: bool = False,
+                 fingerprint: str | None = None) -> Outcome:
+        """One pass: plan, refuse what must not run, apply, verify.
+
+        ``fingerprint``: a saved plan's; the pass refuses a host that changed since.
+        """
+        if os.geteuid() != 0:
+            # The lock and every change need root; an in-sync host needs neither.
+            snapshot, p = self.plan(adopt=adopt, destroy=destroy)
+            self._require_root("destroy" if destroy else "apply", p)
+            return Outcome(p, (), 0.0, snapshot)
+        with self.locked():
+            snapshot, p = self.plan(adopt=adopt, destroy=destroy)
+            if fingerprint is not None and fingerprint != p.fingerprint:
+                raise StalePlanError("the host changed since this plan was saved; run `umlstate plan --out` again")
+            _refuse(p)
+            if not p.actions:
+                log.debug("run", result="in sync", actions=0)
+                return Outcome(p, (), 0.0, snapshot)
+            if confirm is not None:
+                confirm(p)
+            crash = os.environ.get("UMLSTATE_TEST_CRASH_AFTER")
+            result = Executor(self.topology, self.netlink, crash_after=int(crash) if crash else None,
+                              progress=self.settings.progress).apply(p, snapshot)
+            after, again = self.plan(destroy=destroy)
+            if again.actions or again.conflicts:
+                left = "\n".join(f"  {a.kind} {a.target}: wanted {a.detail}; observed: {a.reason}"
+                                 for a in again.actions)
+                raise VerificationError(f"applied {len(result.done)} action(s), but the host still differs "
+                                        f"from the topology:\n{left}")
+            s = p.summary
+            log.info("run", result="converged", added=s["add"], changed=s["change"], destroyed=s["destroy"],
+                     seconds=round(result.seconds, 3))
+            return Outcome(p, tuple(result.done), result.seconds, after)
+
+    def hold(self, guest: str, held: bool) -> None:
+        """Record that `umlstate stop` keeps ``guest`` down (or no longer does); under the lock."""
+        recs = records.load(self.topology.state_dir)
+        records.save(self.topology.state_dir,
+                     replace(recs, held=recs.held | {guest} if held else recs.held - {guest}))
+
+    def stop_guest(self, guest: str) -> bool:
+        """Hold ``guest`` down and stop it cleanly; False when it was not running."""
+        self.require_root_for_guest("stop", guest)
+        with self.locked():
+            state = self.observe().guests.get(guest)
+            self.hold(guest, True)
+            if state is None or state.proc is None:
+                return False
+            Executor(self.topology, self.netlink).stop_guest(guest, state.proc)  # logs how it went
+            return True
+
+    def start_guest(self, guest: str) -> Outcome:
+        """Lift the hold, then an ordinary apply pass, verified like any other."""
+        self.require_root_for_guest("start", guest)
+        with self.locked():
+            self.hold(guest, False)
+        return self.converge()
+
+    def require_root_for_guest(self, command: str, guest: str) -> None:
+        if os.geteuid() != 0:
+            raise self._not_root(command, [f"guest {guest}: whether it stays down is recorded in "
+                                           f"{self.topology.state_dir}, which is root's; {PRIVILEGE['guest']}"])
+
+    def _require_root(self, command: str, p: Plan) -> None:
+        """A plan's changes, grouped by kind, each with what it needs that this user lacks."""
+        if not p.actions:
+            return
+        by_kind: dict[Kind, list[str]] = {}
+        for a in p.actions:
+            targets = by_kind.setdefault(a.kind, [])
+            if a.target not in targets:
+                targets.append(a.target)
+        needs = []
+        for kind, targets in by_kind.items():
+            more = f" and {len(targets) - 1} more" if len(targets) > 1 else ""
+            needs.append(f"{kind} {targets[0]}{more}: {PRIVILEGE[kind]}")
+        raise self._not_root(command, needs)
+
+    def _not_root(self, command: str, needs: list[str]) -> HostError:
+        """Why ``command`` cannot run as this user, before it changes anything."""
+        import pwd
+
+        uid = os.geteuid()
+        try:
+            who = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+        except KeyError:
+            who = f"uid {uid}"
+        return HostError(f"{command} must run as root, and this is {who}; nothing was changed.\n"
+                         + "\n".join(f"  {line}" for line in needs),
+                         f"sudo umlstate {self.settings.command_line or command}")
+
+
+def _refuse(p: Plan) -> None:
+    """Errors and conflicts stop a pass before its first change."""
+    problems = [HostError(b) for b in p.blockers] + check_programs(p)
+    if problems:
+        raise PreflightError(problems)
+    if p.conflicts:
+        lines = [f"  - {c.kind} {c.target}: {c.detail}" for c in p.conflicts]
+        hint = "rerun with --adopt to take over the adoptable ones" if any(c.adoptable for c in p.conflicts) \
+            else "remove or rename them by hand"
+        raise ConflictError("foreign objects stand where the topology wants its own; nothing was changed:\n"
+                            + "\n".join(lines) + f"\n  {hint}")
