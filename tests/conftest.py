@@ -30,6 +30,22 @@ pytest_plugins = ["farm"]  # the host + LAN + guests fixture, for end-to-end and
 IS_ROOT = os.geteuid() == 0
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="kernel tests need root (network namespaces, taps)")
+# Fixtures that make namespaces, taps, users or guests: a test using one needs root.
+ROOT_FIXTURES = {"netns", "host_with_uplink", "farm", "lab", "image"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs root `root`, so that `pytest -m "not root"` runs as anyone.
+
+    A test needs root when it asks for a root fixture or carries the needs_root skip; the mark
+    is added here rather than by hand so that no such test can be forgotten.
+    """
+    for item in items:
+        needs = ROOT_FIXTURES & set(getattr(item, "fixturenames", ()))
+        skips_without_root = any(m.name == "skipif" and "need root" in str(m.kwargs.get("reason", ""))
+                                 for m in item.iter_markers())
+        if needs or skips_without_root:
+            item.add_marker(pytest.mark.root)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

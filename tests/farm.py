@@ -9,6 +9,7 @@ also on failure.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -95,15 +97,21 @@ class Farm:
                 return result.stdout
             time.sleep(0.2)
 
+    def recorded(self, unit: str) -> dict[str, Any]:
+        """What root recorded when it started a switch or guest (its state.json entry)."""
+        records = json.loads((self.tmp / "state" / "state.json").read_text())
+        found: dict[str, Any] = records["processes"][unit]
+        return found
+
     def guest_pid(self, guest: str) -> int:
-        return int((self.tmp / "run" / "uml" / guest / "pid").read_text())
+        return int(self.recorded(f"guest-{guest}")["pid"])
 
     def switch_pid(self) -> int:
-        socket = str(self.tmp / "run" / "sw0.ctl")
-        (pid,) = [p.pid for p in psutil.process_iter(["name", "cmdline", "status"])
-                  if p.info["name"] == "uml_switch" and socket in (p.info["cmdline"] or [])
-                  and p.info["status"] != psutil.STATUS_ZOMBIE]
-        return pid
+        return int(self.recorded("switch-sw0")["pid"])
+
+    def user_dir(self) -> Path:
+        """run_dir/users/nobody: the one folder the guests' user may write in."""
+        return self.tmp / "run" / "users" / "nobody"
 
     def process_table(self) -> dict[int, tuple[str, list[str], int]]:
         """Live (not zombie) switch and guest processes of this farm: pid -> (name, argv, ppid).

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from umlstate.apply.executor import Executor, check_programs
+from umlstate.apply.executor import Executor
 from umlstate.errors import (
     ConflictError,
     HostError,
@@ -26,8 +26,8 @@ from umlstate.errors import (
     StalePlanError,
     VerificationError,
 )
+from umlstate.host import folders, records
 from umlstate.host import netns as netns_mod
-from umlstate.host import records
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
 from umlstate.model.snapshot import Snapshot
@@ -69,6 +69,8 @@ class Reconciler:
     def __init__(self, topology: Topology, settings: Settings) -> None:
         self.topology = topology
         self.settings = settings
+        if os.geteuid() == 0:
+            folders.check_trusted(topology)  # before anything is read from state_dir or done in run_dir
         if settings.netns:
             netns_mod.enter(settings.netns)
         self.netlink = Netlink()
@@ -180,7 +182,7 @@ class Reconciler:
 
 def _refuse(p: Plan) -> None:
     """Errors and conflicts stop a pass before its first change."""
-    problems = [HostError(b) for b in p.blockers] + check_programs(p)
+    problems = [HostError(b) for b in p.blockers]
     if problems:
         raise PreflightError(problems)
     if p.conflicts:

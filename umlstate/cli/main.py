@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from umlstate.errors import (
     StalePlanError,
     UmlstateError,
 )
-from umlstate.model.loader import load_file
+from umlstate.model.loader import load_document, load_file
 from umlstate.model.topology import Topology
 from umlstate.plan.planner import Plan
 
@@ -93,16 +94,33 @@ def resolve_topology(given: str | None) -> str:
 
 
 def _check_file_safety(path: str) -> None:
-    """As root, refuse a topology others can write: it decides what root runs."""
+    """As root, refuse a topology (or saved plan) anyone but root could write: it decides what root runs.
+
+    The file must be root's and not writable by group or others, and so must
+    every folder up to / (or sticky, like /tmp, above a root-owned one), for
+    the path as given and for where its links lead.
+    """
     if os.geteuid() != 0:
         return
+    from umlstate.host.safefs import check_trusted_folder
+
+    for folder in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
+        check_trusted_folder(folder, f"the folder of {path}")
     try:
         st = os.stat(path)
     except OSError:
-        return
-    if st.st_mode & 0o002:
-        raise HostError(f"{path} is writable by every user, and it decides what root runs",
-                        f"chmod o-w {path}")
+        return  # the loader says what is wrong with a missing file
+    if st.st_uid != 0 or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
+        raise HostError(f"{path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; whoever "
+                        "can write it decides what root runs, so only root may",
+                        f"chown root: {path} && chmod go-w {path}")
+
+
+def _load(given: str | None) -> tuple[str, Topology]:
+    """The topology file a command names (or the default one), refused as root unless only root can write it."""
+    path = resolve_topology(given)
+    _check_file_safety(path)
+    return path, load_file(path)
 
 
 def _reconciler(opts: Options, topology: Topology) -> Reconciler:
@@ -157,8 +175,7 @@ def validate(topology: str | None) -> None:
     Example:
       umlstate validate topology.yaml
     """
-    path = resolve_topology(topology)
-    t = load_file(path)
+    path, t = _load(topology)
     click.echo(f"{path}: valid topology {t.name}: {len(t.subnets)} subnet(s), {len(t.taps)} tap(s), "
                f"{len(t.switches)} switch(es), {len(t.guests)} guest(s)")
 
@@ -198,8 +215,7 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
       umlstate --netns lab plan topology.yaml
       umlstate --netns lab plan --json --detailed-exitcode
     """
-    path = resolve_topology(topology)
-    t = load_file(path)
+    path, t = _load(topology)
     _snapshot, p = _reconciler(opts, t).plan(adopt=adopt, destroy=destroy)
     if as_json:
         click.echo(render.dumps(render.plan_json(p)), nl=False)
@@ -232,7 +248,8 @@ def _load_target(given: str | None, opts: Options) -> tuple[Topology, dict[str, 
             if saved_netns != opts.netns:
                 raise StalePlanError(f"{path} was planned for network namespace {saved_netns}, "
                                      f"not {opts.netns}; pass --netns {saved_netns}")
-            return Topology.model_validate(data["topology_document"]), data
+            # The same model and rules as a topology file: a saved plan is one, with a plan attached.
+            return load_document(data["topology_document"], path), data
     return load_file(path), None
 
 
@@ -299,9 +316,7 @@ def destroy(opts: Options, topology: str | None, yes: bool) -> None:
     Example:
       umlstate --netns lab destroy topology.yaml --yes
     """
-    path = resolve_topology(topology)
-    _check_file_safety(path)
-    _converge(opts, load_file(path), yes=yes, destroy=True)
+    _converge(opts, _load(topology)[1], yes=yes, destroy=True)
 
 
 @cli.command()
@@ -318,8 +333,7 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
     """
     from umlstate.plan.status import status as compute
 
-    path = resolve_topology(topology)
-    t = load_file(path)
+    _path, t = _load(topology)
     snapshot, p = _reconciler(opts, t).plan()
     rows = compute(t, snapshot, p, now=time.time())
     if as_json:
@@ -349,9 +363,7 @@ def watch(opts: Options, topology: str | None, resync: float) -> None:
     """
     from umlstate.watch import Watcher
 
-    path = resolve_topology(topology)
-    _check_file_safety(path)
-    sys.exit(Watcher(_reconciler(opts, load_file(path)), resync=resync).run())
+    sys.exit(Watcher(_reconciler(opts, _load(topology)[1]), resync=resync).run())
 
 
 @cli.command()
@@ -370,14 +382,14 @@ def graph(topology: str | None, fmt: str) -> None:
     """
     from umlstate.cli import graph as draw
 
-    t = load_file(resolve_topology(topology))
+    _path, t = _load(topology)
     click.echo(draw.dot(t) if fmt == "dot" else draw.mermaid(t), nl=False)
 
 
 def _one_guest(opts: Options, args: tuple[str, ...]) -> tuple[Reconciler, str]:
     """The service and guest of `stop` / `start`."""
     topology, guest = _topology_and_guest(args)
-    t = load_file(resolve_topology(topology))
+    _path, t = _load(topology)
     if t.guest(guest) is None:
         known = ", ".join(g.name for g in t.guests) or "none"
         raise click.UsageError(f"no guest {guest!r} in topology {t.name} (guests: {known})")

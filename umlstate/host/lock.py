@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
 
-from umlstate.errors import LockBusy
+from umlstate.errors import HostError, LockBusy
 
 
 class TopologyLock:
@@ -25,7 +26,14 @@ class TopologyLock:
 
     def __enter__(self) -> TopologyLock:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # state_dir is checked to be root's before any run takes the lock; O_NOFOLLOW and the
+        # fstat still refuse a link or a FIFO that an older, laxer layout let someone plant.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise HostError(f"the lock {self.path} is not a regular file of this user's",
+                            f"remove it (rm {self.path}); umlstate makes a new one")
         deadline = time.monotonic() + self.timeout
         while True:
             try:

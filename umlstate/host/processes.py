@@ -1,32 +1,34 @@
-"""Switch and guest processes: spawning, identifying, stopping.
+"""Switch and guest processes: spawned into their own cgroup, known by what root recorded, ended whole.
 
-Used by the executor (start, stop, replace) and by `umlstate stop/start`.
-Processes run as their declared user (setgroups, setgid, setuid), in the
-namespace this process entered, in a new session, detached, with no shell,
-their output appended to ``<state_dir>/logs/<name>.log``.
+Host layer, used by apply (start, stop, replace, clear), observation (is the
+recorded process still the one we started?) and watch. A process runs as its
+declared user (setgroups, setgid, setuid), in the namespace this process
+entered, in a new session and in its own cgroup (``cgroups``; the session
+alone where no cgroup v2 is writable), with no shell, its output going to a
+root-owned log through the descriptor it inherits (``logs``).
 
-Only processes umlstate identified itself are ever signalled, and each one
-is checked again (pid, start time, argv) right before the signal, so a pid
-reused by another program is never hit.
+Identity is what root recorded at spawn (``identity``: pid, start time, uid,
+cgroup or session), never what a process says about itself: a look-alike of
+another user or program is not ours and is never signalled. A UML guest is
+several host processes: stopping one ends every process of its cgroup.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import pwd
-import re
 import signal
+import stat
 import subprocess
-import time
 from collections.abc import Callable
-from pathlib import Path
 
-import psutil
 import structlog
 
-from umlstate import mconsole
 from umlstate.errors import ActionError
+from umlstate.host import identity, mconsole
+from umlstate.host.cgroups import Cgroups
 from umlstate.model.snapshot import Proc
 from umlstate.model.topology import DEFAULT_TUN
 
@@ -35,49 +37,62 @@ log = structlog.get_logger("umlstate")
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-RUN_MARK = "--- umlstate: "
-STACK_FRAME = re.compile(r"^(<\d>)?\s*\[<[0-9a-f]+>\]")  # with or without a printk level
-HINTS = (  # what a log usually means, first match wins
-    (re.compile(r"deadlocked on memory|Out of memory|Too few physical memory|Failed to allocate"
-                r"|Cannot open root device .* error -12"),  # ENOMEM while opening the disk, too
-     "the guest ran out of memory: raise mem (a UML 6.1 guest needs 64M at the very least)"),
-    (re.compile(r"Failed to open /dev/net/tun|open tun", re.IGNORECASE),
-     "the process's user cannot open the tun device; declare host.tun with a group it is in"),
-    (re.compile(r"bind: Permission denied"), "the process's user cannot create its socket in run_dir"),
-    (re.compile(r"VFS: Unable to mount root"), "the disk image is not a file system the kernel can mount as root"),
-)
 
 
-def spawn(argv: tuple[str, ...], user: str, log_path: Path, *, tun_path: str = DEFAULT_TUN,
-          cwd: str = "/") -> int:
-    """Start ``argv`` as ``user``, detached; return its pid."""
+def unit_of(kind: str, name: str) -> str:
+    """The cgroup (and record key) of one switch or guest: ``guest-web``, ``switch-sw0``."""
+    return f"{kind}-{name}"
+
+
+def spawn(argv: tuple[str, ...], uid: int, log_fd: int, *, unit: str, cgroups: Cgroups | None,
+          tun_path: str = DEFAULT_TUN, stale_socket: str | None = None, hold_stdin: bool = False) -> Proc:
+    """Start ``argv`` as ``uid``, detached, in its own cgroup; return what identifies it.
+
+    ``stale_socket``: a socket path the program binds, removed first if a dead
+    run left it, by the child once it runs as the user (root never unlinks in
+    a user's folder by name). ``hold_stdin``: stdin is a pipe whose write end
+    the child holds too, so it never ends (vde_switch exits on stdin's EOF).
+    """
     try:
-        entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
-    except KeyError:
-        raise ActionError(f"user {user} does not exist") from None
-    uid, gid = entry.pw_uid, entry.pw_gid
-    groups = os.getgrouplist(entry.pw_name, gid)
-    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        entry = pwd.getpwuid(uid)
+        gid, home, name = entry.pw_gid, entry.pw_dir or "/", entry.pw_name
+        groups = os.getgrouplist(name, gid)
+    except KeyError:  # a bare uid: its own group number, no supplementary groups
+        gid, home, name, groups = uid, "/", str(uid), []
+    env = {"PATH": SAFE_PATH, "HOME": home, "USER": name, "LOGNAME": name, "TMPDIR": "/tmp"}
+    join = cgroups.join_function(unit) if cgroups is not None else None
+    stdin, keep = os.pipe() if hold_stdin else (subprocess.DEVNULL, -1)
     try:
-        os.fchown(fd, uid, gid)
-        os.write(fd, f"{RUN_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(argv)}\n".encode())
-        env = {"PATH": SAFE_PATH, "HOME": entry.pw_dir or "/", "USER": entry.pw_name, "LOGNAME": entry.pw_name,
-               "TMPDIR": "/tmp"}
-        proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-            close_fds=True, start_new_session=True, umask=0o077,
-            preexec_fn=_become(uid, gid, groups, tun_path),  # noqa: PLW1509 - spawned before any thread starts
+        child = subprocess.Popen(
+            list(argv), stdin=stdin, stdout=log_fd, stderr=subprocess.STDOUT, cwd="/", env=env,
+            close_fds=True, pass_fds=(keep,) if keep >= 0 else (), start_new_session=True, umask=0o077,
+            preexec_fn=_become(uid, gid, groups, tun_path, join, stale_socket),  # noqa: PLW1509 - no threads yet
         )
     except OSError as exc:
         raise ActionError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
     finally:
-        os.close(fd)
-    return proc.pid
+        if keep >= 0:
+            os.close(stdin)
+            os.close(keep)
+    # Recorded while it is our unreaped child: its pid cannot have been reused yet.
+    found = identity.record(child.pid, argv[0], cgroup=cgroups is not None)
+    if found is None:
+        return Proc(child.pid, uid, argv, 0.0)  # exited at once: the caller's readiness check says why
+    return proc_of(found, argv)
 
 
-def _become(uid: int, gid: int, groups: list[int], tun_path: str) -> Callable[[], None]:
-    """The child's last steps as root: its own view of /dev/net/tun, then drop privileges.
+def proc_of(found: identity.Identity, argv: tuple[str, ...]) -> Proc:
+    return Proc(found.pid, found.uid, argv, started_epoch(found.start), start=found.start, cgroup=found.cgroup,
+                sid=found.sid)
+
+
+def identity_of(proc: Proc) -> identity.Identity:
+    return identity.Identity(proc.pid, proc.start, proc.uid, proc.cgroup, proc.sid, proc.argv[0] if proc.argv else "")
+
+
+def _become(uid: int, gid: int, groups: list[int], tun_path: str, join: Callable[[], None] | None,  # noqa: PLR0917
+            stale_socket: str | None) -> Callable[[], None]:
+    """The child's last steps: its cgroup, its own view of /dev/net/tun, then the user's identity.
 
     uml_switch and UML's tuntap transport open /dev/net/tun by that fixed name.
     When the topology declares its node elsewhere, the child gets a private
@@ -88,6 +103,8 @@ def _become(uid: int, gid: int, groups: list[int], tun_path: str) -> Callable[[]
     bind = os.path.realpath(tun_path) != DEFAULT_TUN and os.path.exists(DEFAULT_TUN)
 
     def child() -> None:
+        if join is not None:
+            join()  # first: whatever happens next happens inside the cgroup
         if bind:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.unshare(CLONE_NEWNS) != 0:
@@ -99,125 +116,139 @@ def _become(uid: int, gid: int, groups: list[int], tun_path: str) -> Callable[[]
         os.setgroups(groups)
         os.setgid(gid)
         os.setuid(uid)
+        if stale_socket is not None:  # as the user now: only what the user could remove anyway
+            try:
+                if stat.S_ISSOCK(os.lstat(stale_socket).st_mode):
+                    os.unlink(stale_socket)
+            except OSError:
+                pass
 
     return child
 
 
-def current(proc: Proc) -> psutil.Process | None:
-    """The live process ``proc`` names, or None if it exited or its pid was reused."""
-    try:
-        p = psutil.Process(proc.pid)
-        if proc.started and abs(p.create_time() - proc.started) > 0.05:
-            return None
-        return p
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
+@functools.cache
+def _boot_epoch() -> float:
+    """When this boot began (btime of /proc/stat), to date start times given in ticks since boot."""
+    with open("/proc/stat", "rb") as f:
+        for line in f.read(1 << 16).splitlines():
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def started_epoch(ticks: int) -> float:
+    return _boot_epoch() + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def alive(proc: Proc) -> bool:
-    """Still running: not exited, not a zombie, and not a reused pid."""
-    p = current(proc)
-    try:
-        return p is not None and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+    """Still the process umlstate started: same pid, start time, uid and cgroup or session; not a zombie."""
+    if not proc.start:  # never recorded (it exited before it could be): nothing of ours runs under that pid
         return False
+    return identity.same(identity_of(proc))
 
 
-def wait_gone(proc: Proc, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not alive(proc):
-            return True
-        time.sleep(0.05)
-    return not alive(proc)
+def remaining(unit: str, cgroups: Cgroups | None, proc: Proc | None) -> list[int]:
+    """Every process still running in a switch's or guest's cgroup (or session, as a fallback)."""
+    if cgroups is not None:
+        return cgroups.pids(unit)
+    if proc is not None and proc.sid:
+        return identity.session_pids(proc.sid, proc.uid)
+    return []
 
 
-def _signal_group(proc: Proc, sig: signal.Signals) -> None:
-    """Signal the session umlstate started the process in (a UML guest is several processes)."""
-    p = current(proc)
-    if p is None:
+def end_all(unit: str, cgroups: Cgroups | None, proc: Proc | None, timeout: float = 5.0) -> None:
+    """SIGKILL whatever is left of a switch or guest: its whole cgroup, or the recorded session."""
+    if cgroups is not None:
+        if not cgroups.kill(unit, timeout):
+            raise ActionError(f"processes of {unit} survived cgroup.kill: {cgroups.pids(unit)}")
+        cgroups.remove(unit)
         return
-    try:
-        pgid = os.getpgid(proc.pid)
-        if pgid == proc.pid:  # it leads its own group, as spawn() made it
-            os.killpg(pgid, sig)
-        else:
-            os.kill(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+    if proc is None or not proc.sid:
+        return
+    for pid in identity.session_pids(proc.sid, proc.uid):
+        facts = identity.live(pid)
+        if facts is None:
+            continue
+        member = identity.Identity(pid, facts.start, facts.uid, None, facts.sid, "")
+        handle = identity.Handle.open(member)
+        if handle is not None:
+            with handle:
+                handle.signal(signal.SIGKILL)
 
 
-def stop_switch(proc: Proc, socket: str, timeout: float = 3.0) -> str:
-    if current(proc) is not None:
-        _signal_group(proc, signal.SIGTERM)
-        if not wait_gone(proc, timeout):
-            _signal_group(proc, signal.SIGKILL)
-            wait_gone(proc, timeout)
-    Path(socket).unlink(missing_ok=True)
-    return "stopped"
+def _signal_and_wait(proc: Proc, sig: signal.Signals, wait: float) -> bool:
+    """Signal the recorded process through a pidfd; True once it has exited (or was already gone)."""
+    handle = identity.Handle.open(identity_of(proc))
+    if handle is None:
+        return True
+    with handle:
+        handle.signal(sig)
+        return handle.wait(wait)
 
 
-def stop_guest(proc: Proc, mconsole_path: str, umid_dir: Path, *, cad_wait: float = 15.0,
-               halt_wait: float = 5.0, term_wait: float = 3.0) -> str:
-    """cad, wait; halt, wait; SIGTERM, wait; SIGKILL. Returns the step that worked."""
-    steps: list[tuple[str, Callable[[], None], float]] = [
-        ("cad", lambda: _mconsole_quiet(mconsole_path, "cad"), cad_wait),
-        ("halt", lambda: _mconsole_quiet(mconsole_path, "halt"), halt_wait),
-        ("SIGTERM", lambda: _signal_group(proc, signal.SIGTERM), term_wait),
-        ("SIGKILL", lambda: _signal_group(proc, signal.SIGKILL), term_wait),
-    ]
-    how = "already gone"
-    for name, act, wait in steps:
-        if current(proc) is None:
-            break
-        log.debug("stopping guest", pid=proc.pid, step=name)
-        act()
-        how = name
-        if wait_gone(proc, wait):
-            break
-    else:
-        raise ActionError(f"guest pid {proc.pid} survived cad, halt, SIGTERM and SIGKILL")
-    # A clean shutdown removes the umid folder; after a signal it is left: remove it.
-    remove_umid_dir(umid_dir)
+def stop_switch(proc: Proc, unit: str, cgroups: Cgroups | None, timeout: float = 3.0) -> str:
+    """SIGTERM, then SIGKILL, then whatever else its cgroup holds."""
+    how = "SIGTERM"
+    if not _signal_and_wait(proc, signal.SIGTERM, timeout):
+        how = "SIGKILL"
+        _signal_and_wait(proc, signal.SIGKILL, timeout)
+    end_all(unit, cgroups, proc)
     return how
 
 
-def remove_umid_dir(umid_dir: Path) -> None:
-    """UML's per-guest folder (pid file, mconsole socket), once its guest is gone."""
-    if umid_dir.is_dir():
-        for child in umid_dir.iterdir():
-            child.unlink(missing_ok=True)
-        umid_dir.rmdir()
+def stop_guest(proc: Proc, mconsole_path: str, unit: str, cgroups: Cgroups | None, *, cad_wait: float = 15.0,
+               halt_wait: float = 5.0, term_wait: float = 3.0) -> str:
+    """cad, wait; halt, wait; SIGTERM, wait; SIGKILL; then every process left in its cgroup.
+
+    Returns the step that ended the main process.
+    """
+    steps: list[tuple[str, Callable[[], bool], float]] = [
+        ("cad", lambda: _mconsole_quiet(mconsole_path, "cad", proc.uid), cad_wait),
+        ("halt", lambda: _mconsole_quiet(mconsole_path, "halt", proc.uid), halt_wait),
+        ("SIGTERM", lambda: _signal(proc, signal.SIGTERM), term_wait),
+        ("SIGKILL", lambda: _signal(proc, signal.SIGKILL), term_wait),
+    ]
+    how = "already gone"
+    for name, act, wait in steps:
+        if not alive(proc):
+            break
+        log.debug("stopping guest", pid=proc.pid, step=name)
+        if act():
+            how = name
+        if _wait_gone(proc, wait):
+            break
+    else:
+        raise ActionError(f"guest pid {proc.pid} survived cad, halt, SIGTERM and SIGKILL")
+    end_all(unit, cgroups, proc)  # the helpers of a UML guest outlive its main process
+    return how
 
 
-def _mconsole_quiet(path: str, text: str) -> None:
+def _signal(proc: Proc, sig: signal.Signals) -> bool:
+    handle = identity.Handle.open(identity_of(proc))
+    if handle is None:
+        return False
+    with handle:
+        return handle.signal(sig)
+
+
+def _wait_gone(proc: Proc, seconds: float) -> bool:
+    handle = identity.Handle.open(identity_of(proc))
+    if handle is None:
+        return True
+    with handle:
+        return handle.wait(seconds)
+
+
+def mconsole_path(proc: Proc, name: str) -> str | None:
+    """A guest's mconsole socket, from the uml_dir root gave it when it started it (never from the guest)."""
+    uml_dir = next((w[len("uml_dir="):] for w in proc.argv if w.startswith("uml_dir=")), None)
+    return f"{uml_dir}/{name}/mconsole" if uml_dir else None
+
+
+def _mconsole_quiet(path: str, text: str, owner: int) -> bool:
     try:
-        mconsole.command(path, text, timeout=1.0)
+        mconsole.command(path, text, owner=owner, timeout=1.0)
     except mconsole.MconsoleError as exc:
         log.debug("mconsole did not take the command", command=text, error=str(exc))
-
-
-def failure_report(path: Path, lines: int = 8) -> str:
-    """The end of a process's log from its latest start, and what it usually means.
-
-    Logs are appended across starts (each begins with RUN_MARK), so only the
-    latest run is read: an old panic must not explain a new failure. Kernel
-    stack frames are left out, since they push the one line that matters
-    ("Kernel panic - not syncing: ...") out of view.
-    """
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    run = text[text.rfind(RUN_MARK):] if RUN_MARK in text else text
-    kept = [line for line in run.splitlines()[1:] if line.strip() and not STACK_FRAME.match(line)]
-    tail = kept[-lines:]
-    panic = next((line for line in kept if "Kernel panic" in line), None)
-    if panic and panic not in tail:
-        tail = [panic, "...", *tail[2:]]
-    report = f"the end of its log ({path}):\n" + "\n".join("    | " + line for line in tail or ["(empty)"])
-    for pattern, hint in HINTS:
-        if pattern.search(run):
-            report += f"\n  hint: {hint}"
-            break
-    return report
+        return False
+    return True

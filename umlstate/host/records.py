@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+
+from pydantic import ValidationError
 
 from umlstate.errors import HostError
-from umlstate.model.snapshot import Records
+from umlstate.model.snapshot import Records, records_from_json, to_json
 
 FORMAT_VERSION = 1
+MAX_BYTES = 16 << 20  # far above a 1000-guest farm's records; a bound on what is parsed
 
 
 def path_of(state_dir: str) -> Path:
@@ -26,44 +29,35 @@ def path_of(state_dir: str) -> Path:
 def load(state_dir: str) -> Records:
     path = path_of(state_dir)
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return Records()
     except PermissionError:
         raise HostError(f"reading umlstate's records {path} needs root (it is {_mode(path)})",
                         f"run umlstate as root, or, for monitoring as another user, chmod 0644 {path}") from None
-    except (OSError, ValueError) as exc:
-        raise HostError(f"cannot read umlstate's records {path}: {exc}",
-                        "restore the file from a backup, or move it away to forget what umlstate owns "
-                        "(owned taps stay recognisable by their ifalias)") from None
-    return Records(
-        sysctl_originals=dict(data.get("sysctl_originals", {})),
-        proxies=frozenset((d, a) for d, a in data.get("proxies", ())),
-        groups_created=frozenset(data.get("groups_created", ())),
-        members_added=frozenset((g, u) for g, u in data.get("members_added", ())),
-        tun_created=bool(data.get("tun_created", False)),
-        tun_path=data.get("tun_path"),
-        tun_original=(data["tun_original"][0], data["tun_original"][1]) if data.get("tun_original") else None,
-        pending_taps=frozenset(data.get("pending_taps", ())),
-        held=frozenset(data.get("held", ())),
-        boot_id=data.get("boot_id"),
-    )
+    except OSError as exc:
+        raise _unreadable(path, exc.strerror or str(exc)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_size > MAX_BYTES:
+            raise _unreadable(path, f"not a root-owned regular file of at most {MAX_BYTES} bytes")
+        data = os.read(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return records_from_json(json.loads(data))
+    except (ValueError, ValidationError) as exc:
+        raise _unreadable(path, str(exc).splitlines()[0]) from None
+
+
+def _unreadable(path: Path, why: str) -> HostError:
+    return HostError(f"cannot read umlstate's records {path}: {why}",
+                     "restore the file from a backup, or move it away to forget what umlstate owns "
+                     "(owned taps stay recognisable by their ifalias)")
 
 
 def save(state_dir: str, records: Records) -> None:
-    data = {
-        "format_version": FORMAT_VERSION,
-        "sysctl_originals": dict(sorted(records.sysctl_originals.items())),
-        "proxies": sorted(records.proxies),
-        "groups_created": sorted(records.groups_created),
-        "members_added": sorted(records.members_added),
-        "tun_created": records.tun_created,
-        "tun_path": records.tun_path,
-        "tun_original": list(records.tun_original) if records.tun_original else None,
-        "pending_taps": sorted(records.pending_taps),
-        "held": sorted(records.held),
-        "boot_id": records.boot_id,
-    }
+    data = {"format_version": FORMAT_VERSION, **to_json(records)}
     folder = Path(state_dir)
     folder.mkdir(parents=True, exist_ok=True, mode=0o755)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state.", suffix=".tmp")
@@ -72,7 +66,7 @@ def save(state_dir: str, records: Records) -> None:
         # nothing in it is secret, and only root may change it.
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
+            json.dump(data, f, indent=1, sort_keys=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

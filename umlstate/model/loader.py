@@ -99,6 +99,15 @@ def load_text(text: str, file: str = "<topology>", doc: _Doc | None = None) -> T
     data = _compose(text, doc)
     if doc.problems:
         raise TopologyError(doc.problems)
+    return _validate(data, doc)
+
+
+def load_document(data: Any, file: str) -> Topology:
+    """A topology already parsed (a saved plan carries one): the same model and rules as a file."""
+    return _validate(data, _Doc(file))
+
+
+def _validate(data: Any, doc: _Doc) -> Topology:
     if not isinstance(data, dict):
         kind = "nothing" if data is None else type(data).__name__
         doc.error(doc.where(()), f"the top level must be a mapping with at least 'name', found {kind}")
@@ -108,12 +117,66 @@ def load_text(text: str, file: str = "<topology>", doc: _Doc | None = None) -> T
     except ValidationError as exc:
         for err in exc.errors():
             _report_pydantic(err, doc)
+        # One wrong object must not hide the other problems of the file: check the rules on
+        # what remains once the objects that did not parse are left out.
+        rest = _without_broken(data, exc.errors())
+        if rest is not None:
+            _check_rules(rest, doc)
         raise TopologyError(doc.problems) from None
-    for problem in rules.check(topology):
-        doc.error(doc.where(problem.loc), problem.message)
+    _check_rules(_Rest(topology, {}, set()), doc)
     if doc.problems:
         raise TopologyError(doc.problems)
     return topology
+
+
+@dataclass(frozen=True)
+class _Rest:
+    """What parsed of a file with broken objects: positions map back, references to the broken are moot."""
+
+    topology: Topology
+    index: dict[tuple[str | int, ...], list[int]]  # list path -> original index of each kept item
+    broken: set[str]  # names of the objects left out
+
+
+_LISTS: tuple[tuple[str | int, ...], ...] = (("subnets",), ("taps",), ("switches",), ("guests",), ("host", "groups"))
+
+
+def _without_broken(data: dict[str, Any], errors: list[ErrorDetails]) -> _Rest | None:
+    """The document without the list items that failed to parse; None when the failure is elsewhere."""
+    bad: dict[tuple[str | int, ...], set[int]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        where = next((path for path in _LISTS if loc[:len(path)] == path and len(loc) > len(path)
+                      and isinstance(loc[len(path)], int)), None)
+        if where is None:
+            return None
+        bad.setdefault(where, set()).add(int(loc[len(where)]))
+    pruned = dict(data)
+    index: dict[tuple[str | int, ...], list[int]] = {}
+    broken: set[str] = set()
+    for path, indices in bad.items():
+        parent = pruned if len(path) == 1 else dict(pruned.get("host") or {})
+        items = parent.get(str(path[-1])) or []
+        broken |= {str(items[i].get("name")) for i in indices if isinstance(items[i], dict)}
+        index[path] = [i for i in range(len(items)) if i not in indices]
+        parent[str(path[-1])] = [items[i] for i in index[path]]
+        if len(path) > 1:
+            pruned["host"] = parent
+    try:
+        return _Rest(Topology.model_validate(pruned), index, broken)
+    except ValidationError:
+        return None
+
+
+def _check_rules(rest: _Rest, doc: _Doc) -> None:
+    for problem in rules.check(rest.topology):
+        if any(f"{name!r}, which is not defined" in problem.message for name in rest.broken):
+            continue  # the broken object's own error says it all
+        loc = problem.loc
+        for path, kept in rest.index.items():
+            if loc[:len(path)] == path and len(loc) > len(path) and isinstance(loc[len(path)], int):
+                loc = (*path, kept[int(loc[len(path)])], *loc[len(path) + 1:])
+        doc.error(doc.where(loc), problem.message)
 
 
 def _compose(text: str, doc: _Doc) -> Any:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
+
 IPv4Interface = ipaddress.IPv4Interface
 IPv4Address = ipaddress.IPv4Address
 
@@ -60,6 +62,19 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Proc:
+    """A switch or guest process as root recorded it when it started it (host.identity)."""
+
+    pid: int
+    uid: int
+    argv: tuple[str, ...]  # as spawned: what the planner compares with the wanted command line
+    started: float  # seconds since the epoch, for uptimes
+    start: int = 0  # clock ticks since boot: with the pid, unique for the boot (0: never recorded)
+    cgroup: str | None = None  # its own cgroup; None where only its session marks it
+    sid: int = 0  # its session
+
+
+@dataclass(frozen=True)
 class Records:
     """What umlstate remembers it owns, from ``<state_dir>/state.json``.
 
@@ -76,30 +91,23 @@ class Records:
     tun_path: str | None = None  # the node tun_created and tun_original speak of
     pending_taps: frozenset[str] = frozenset()  # taps being created when a run stopped
     held: frozenset[str] = frozenset()  # guests stopped by `umlstate stop`: apply leaves them down
-    boot_id: str | None = None  # the boot the last apply ran in: pid files from another boot are stale
-
-
-@dataclass(frozen=True)
-class Proc:
-    """A host process umlstate identified as one of its switches or guests."""
-
-    pid: int
-    uid: int
-    argv: tuple[str, ...]
-    started: float  # seconds since the epoch: tells a live pid from a reused one
+    boot_id: str | None = None  # the boot the last apply ran in: processes recorded in another boot are gone
+    processes: Mapping[str, Proc] = field(default_factory=dict)  # unit (guest-web) -> what root recorded at spawn
 
 
 @dataclass(frozen=True)
 class SwitchState:
     proc: Proc | None
     socket_exists: bool = False
+    leftovers: int = 0  # processes still in its cgroup after the recorded one died
 
 
 @dataclass(frozen=True)
 class GuestState:
     proc: Proc | None  # the main process, whose pid UML writes to <uml_dir>/<umid>/pid
     answers: bool = False  # mconsole answered `version`
-    stale: bool = False  # a pid file or umid folder left by a crash or a reboot
+    stale: bool = False  # a umid folder left by a crash or a reboot
+    leftovers: int = 0  # processes still in its cgroup after the main one died: they hold its COW file
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,7 @@ class Snapshot:
 # JSON codec, for observed.json in golden tests and for saved plans.
 
 
-def to_json(snapshot: Snapshot) -> dict[str, Any]:
+def to_json(snapshot: Snapshot | Records) -> dict[str, Any]:
     def conv(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {f.name: conv(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -183,50 +191,17 @@ def dumps(snapshot: Snapshot) -> str:
 
 
 def from_json(data: Mapping[str, Any]) -> Snapshot:
-    """Build a snapshot from JSON; absent keys take their defaults (compact fixtures)."""
-    tun = data.get("tun")
-    rec = data.get("records", {})
-    return Snapshot(
-        netns=data.get("netns"),
-        boot_id=data.get("boot_id"),
-        users=dict(data.get("users", {})),
-        groups={
-            name: HostGroup(name, g["gid"], frozenset(g.get("members", ()))) if g is not None else None
-            for name, g in data.get("groups", {}).items()
-        },
-        tun=TunNode(**tun) if tun is not None else None,
-        sysctls=dict(data.get("sysctls", {})),
-        links={name: Link(name=name, **{k: v for k, v in link.items() if k != "name"})
-               for name, link in data.get("links", {}).items()},
-        addresses={name: frozenset(IPv4Interface(a) for a in addrs)
-                   for name, addrs in data.get("addresses", {}).items()},
-        proxies=frozenset((dev, IPv4Address(addr)) for dev, addr in data.get("proxies", ())),
-        switches={name: SwitchState(_proc(sw.get("proc")), sw.get("socket_exists", False))
-                  for name, sw in data.get("switches", {}).items()},
-        guests={name: GuestState(_proc(g.get("proc")), g.get("answers", False), g.get("stale", False))
-                for name, g in data.get("guests", {}).items()},
-        programs=dict(data.get("programs", {})),
-        files=dict(data.get("files", {})),
-        cows={path: CowFile(**c) for path, c in data.get("cows", {}).items()},
-        user_names={int(uid): name for uid, name in data.get("user_names", {}).items()},
-        group_names={int(gid): name for gid, name in data.get("group_names", {}).items()},
-        transports={k: frozenset(v) for k, v in data.get("transports", {}).items()},
-        records=Records(
-            sysctl_originals=dict(rec.get("sysctl_originals", {})),
-            proxies=frozenset((d, a) for d, a in rec.get("proxies", ())),
-            groups_created=frozenset(rec.get("groups_created", ())),
-            members_added=frozenset((g, u) for g, u in rec.get("members_added", ())),
-            tun_created=rec.get("tun_created", False),
-            tun_path=rec.get("tun_path"),
-            tun_original=(rec["tun_original"][0], rec["tun_original"][1]) if rec.get("tun_original") else None,
-            pending_taps=frozenset(rec.get("pending_taps", ())),
-            held=frozenset(rec.get("held", ())),
-            boot_id=rec.get("boot_id"),
-        ),
-    )
+    """Build a snapshot from JSON; absent keys take their defaults (compact fixtures); links and groups may
+    leave out the name their key already says."""
+    links = {name: {"name": name, **link} for name, link in data.get("links", {}).items()}
+    groups = {name: None if g is None else {"name": name, **g} for name, g in data.get("groups", {}).items()}
+    return _SNAPSHOT.validate_python({**data, "links": links, "groups": groups})
 
 
-def _proc(data: Mapping[str, Any] | None) -> Proc | None:
-    if data is None:
-        return None
-    return Proc(data["pid"], data["uid"], tuple(data["argv"]), data.get("started", 0.0))
+def records_from_json(data: Mapping[str, Any]) -> Records:
+    return _RECORDS.validate_python(data)
+
+
+# One codec each, derived from the types: a new field needs no edit here.
+_SNAPSHOT: TypeAdapter[Snapshot] = TypeAdapter(Snapshot)
+_RECORDS: TypeAdapter[Records] = TypeAdapter(Records)

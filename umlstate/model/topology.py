@@ -23,6 +23,7 @@ MODE_RE = r"^0?[0-7]{3}$"
 SYSCTL_KEY_RE = r"^[a-z0-9_-]+(\.[a-zA-Z0-9_-]+)+$"
 USER_RE = r"^([a-z_][a-z0-9_-]{0,31}\$?|[0-9]{1,10})$"
 DEFAULT_TUN = "/dev/net/tun"  # where UML, uml_switch and tunctl open the tun device
+USERS_DIR = "users"  # run_dir/users/<user>/: what each user's processes may write
 
 
 def _scalar_to_str(value: Any) -> Any:
@@ -95,7 +96,8 @@ class Group(_Model):
 class Host(_Model):
     """Host-wide settings: folders, the tun node, groups, sysctls."""
 
-    run_dir: str | None = Field(None, description="Default /run/umlstate/<name>: sockets, pid files, uml_dir.")
+    run_dir: str | None = Field(None, description="Default /run/umlstate/<name>: root's; each process user gets "
+                                                 "users/<user>/ in it for sockets and uml_dir.")
     state_dir: str | None = Field(None, description="Default /var/lib/umlstate/<name>: COW files, logs, records.")
     tun: TunDevice | None = Field(None, description="The tun node; left alone when omitted.")
     groups: tuple[Group, ...] = Field((), description="Host groups and members umlstate makes sure of.")
@@ -147,7 +149,7 @@ class Switch(_Model):
     kind: Literal["uml_switch", "vde_switch"] = Field("uml_switch", description="The switch program.")
     tap: str | None = Field(None, description="The switch is plugged into this tap.")
     user: UserRef = Field(description="The switch process runs as this user.")
-    socket: str | None = Field(None, description="Default <run_dir>/<name>.ctl.")
+    socket: str | None = Field(None, description="Default <run_dir>/users/<user>/<name>.ctl.")
     hub: bool = Field(False, description="Repeat every frame to every port (uml_switch -hub).")
 
 
@@ -187,11 +189,11 @@ class Nic(_Model):
 class Guest(_Model):
     """A User-Mode-Linux guest: one linux.uml process tree."""
 
-    name: ObjectName = Field(description="Also the umid: mconsole is <run_dir>/uml/<name>/mconsole.")
+    name: ObjectName = Field(description="Also the umid: mconsole is <run_dir>/users/<user>/uml/<name>/mconsole.")
     user: UserRef = Field(description="The guest process runs as this user.")
     kernel: str = Field("linux.uml", description="Path, or a name on PATH.")
     mem: Annotated[str, BeforeValidator(_scalar_to_str)] = Field(
-        pattern=MEM_RE, description="Memory size as UML reads it: 64M, 1G."
+        "128M", pattern=MEM_RE, description="Memory size as UML reads it: 64M, 1G."
     )
     disk: Disk = Field(description="Exactly one of base or image.")
     args: tuple[str, ...] = Field((), description="Extra kernel command line words.")
@@ -226,9 +228,17 @@ class Topology(_Model):
     def state_dir(self) -> str:
         return self.host.state_dir or f"/var/lib/umlstate/{self.name}"
 
-    @property
-    def uml_dir(self) -> str:
-        return f"{self.run_dir}/uml"
+    def user_dir(self, user: str) -> str:
+        """The one folder under run_dir a user's processes write in: their sockets and uml_dir.
+
+        The user owns it; run_dir and ``users/`` above it stay root's, so
+        nothing the user plants can redirect what root does elsewhere.
+        """
+        return f"{self.run_dir}/{USERS_DIR}/{user}"
+
+    def uml_dir_of(self, guest: Guest) -> str:
+        """UML's uml_dir for the guest: its umid folder (pid file, mconsole socket) goes below."""
+        return f"{self.user_dir(guest.user)}/uml"
 
     @property
     def tun_path(self) -> str:
@@ -253,10 +263,10 @@ class Topology(_Model):
         return 256 + h % (2**31 - 256)
 
     def socket_of(self, switch: Switch) -> str:
-        return switch.socket or f"{self.run_dir}/{switch.name}.ctl"
+        return switch.socket or f"{self.user_dir(switch.user)}/{switch.name}.ctl"
 
     def mconsole_of(self, guest: Guest) -> str:
-        return f"{self.uml_dir}/{guest.name}/mconsole"
+        return f"{self.uml_dir_of(guest)}/{guest.name}/mconsole"
 
     def cow_of(self, guest: Guest) -> str | None:
         if guest.disk.base is None:

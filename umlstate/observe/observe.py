@@ -5,33 +5,32 @@ entered it) and reads only what the topology names or umlstate owns: the
 users and groups it refers to, the tun node, its sysctls, tun links and
 uplinks (over netlink: /sys/class/net follows the sysfs mount, not setns),
 their IPv4 addresses, proxy entries, the records under ``state_dir``, the
-switch and guest processes (psutil), and the programs, disk images and
+switch and guest processes root recorded when it started them (and whatever
+is left in their cgroups), and the programs, disk images, COW headers and
 kernel features the topology needs.
+
+What a guest's user controls is read with bounds and never acted on: no
+pid file is trusted, no process is recognised by what its argv says, no
+kernel is run (its configuration is read from the file), every read of a
+COW header or mconsole reply is bounded in bytes and time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import grp
 import os
 import pwd
 import shutil
 import stat
-import struct
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import psutil
-
-from umlstate import mconsole
-from umlstate.host import records, sysctl
+from umlstate.host import cow, kconfig, mconsole, processes, records, sysctl
+from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.model.snapshot import CowFile, GuestState, HostGroup, Proc, Records, Snapshot, SwitchState, TunNode
 from umlstate.model.topology import DEFAULT_TUN, Topology
-from umlstate.plan import cmdline
 
 TUN_MAJOR, TUN_MINOR = 10, 200
 ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planner warns
@@ -42,12 +41,14 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
     uplinks = {s.proxy_arp.uplink for s in topology.subnets if s.proxy_arp}
     links, index = netlink.links({t.name for t in topology.taps} | uplinks)
     ours = {n for n, link in links.items() if link.kind == "tun"} | uplinks
-    programs = _programs(topology)
+    programs = _programs(topology, recs)
     boot_id = read_boot_id()
-    # After a reboot every pid file from before is stale, whatever pid it names.
+    # After a reboot every process recorded before is gone, whatever its pid names now.
     rebooted = recs.boot_id is not None and recs.boot_id != boot_id
-    switches = _switches(topology)
-    guests = _guests(topology, trust_pid_files=not rebooted)
+    recorded = {} if rebooted else dict(recs.processes)
+    cgroups = Cgroups.here(topology.name)
+    switches = _switches(topology, recorded, cgroups)
+    guests = _guests(topology, recorded, cgroups)
     procs = [sw.proc for sw in switches.values() if sw.proc] + [g.proc for g in guests.values() if g.proc]
     return Snapshot(
         netns=netns,
@@ -65,8 +66,8 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         programs=programs,
         files=_files(topology),
         cows=_cows(topology),
-        transports={path: kernel_transports(path) for name in {g.kernel for g in topology.guests}
-                    if (path := programs.get(name)) is not None},
+        transports={path: info.transports for name in {g.kernel for g in topology.guests}
+                    if (path := programs.get(name)) is not None and (info := kconfig.inspect(path)) is not None},
         user_names=_names({link.owner for link in links.values()} | {p.uid for p in procs}, pwd.getpwuid),
         group_names=_names({link.tun_group for link in links.values()}, grp.getgrgid),
     )
@@ -81,10 +82,10 @@ def _names(ids: set[int | None], lookup: Callable[[int], Any]) -> dict[int, str]
     return found
 
 
-def _programs(t: Topology) -> dict[str, str | None]:
+def _programs(t: Topology, recs: Records) -> dict[str, str | None]:
     names = {sw.kind for sw in t.switches} | {g.kernel for g in t.guests}
-    if any(g.disk.base for g in t.guests):
-        names.add("uml_mkcow")
+    if t.host.groups or recs.groups_created or recs.members_added:
+        names |= {"groupadd", "groupdel", "gpasswd"}
     out: dict[str, str | None] = {}
     for name in sorted(names):
         if "/" in name:
@@ -99,155 +100,72 @@ def _files(t: Topology) -> dict[str, bool]:
     return {p: os.path.exists(p) for p in sorted(paths)}
 
 
-COW_HEADER = struct.Struct(">IIIQ")  # magic, version, base mtime, base size (cow_user.c, v3, big-endian)
-COW_MAGIC, COW_VERSION = 0x4F4F4F4D, 3
-
-
 def _cows(t: Topology) -> dict[str, CowFile]:
     """Each existing COW file's record of its base, beside the base as it is now."""
     found: dict[str, CowFile] = {}
     for g in t.guests:
-        cow = t.cow_of(g)
-        if cow is None or g.disk.base is None:
+        path = t.cow_of(g)
+        if path is None or g.disk.base is None:
             continue
-        try:
-            with open(cow, "rb") as f:
-                magic, version, mtime, size = COW_HEADER.unpack(f.read(COW_HEADER.size))
-        except (OSError, struct.error):
-            continue
-        if magic != COW_MAGIC or version != COW_VERSION:
-            continue  # older layouts: let UML judge them
+        header = cow.read_header(path)  # bounded, never blocks: the file may be the guest user's
+        if header is None:
+            continue  # missing, or an older layout: let UML judge it
         try:
             st = os.stat(g.disk.base)
             now: tuple[int | None, int | None] = (int(st.st_mtime), st.st_size)
         except OSError:
             now = (None, None)
-        found[cow] = CowFile(mtime, size, *now)
+        found[path] = CowFile(header.base_mtime, header.base_size, *now)
     return found
 
 
-@functools.lru_cache(maxsize=8)
-def _transports_of(path: str, _mtime: float) -> frozenset[str]:
-    try:
-        config = subprocess.run([path, "--showconfig"], capture_output=True, text=True, timeout=10,
-                                check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return frozenset()
-    enabled = {line.split("=")[0] for line in config.splitlines() if line.endswith("=y")}
-    return frozenset(t for t, option in cmdline.TRANSPORT_CONFIG.items() if option in enabled)
+def _recorded(unit: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> tuple[Proc | None, int]:
+    """The recorded process if it still runs as started, else how many processes its cgroup still holds."""
+    proc = recorded.get(unit)
+    if proc is not None and processes.alive(proc):
+        return proc, 0
+    return None, len(processes.remaining(unit, cgroups, proc))
 
 
-def kernel_transports(path: str) -> frozenset[str]:
-    """The network transports built into a UML kernel (linux.uml --showconfig), cached per binary."""
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        return frozenset()
-    return _transports_of(path, mtime)
+def _units(kind: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> set[str]:
+    """Names of this kind that root recorded or that still have a cgroup: ours, in or out of the topology."""
+    prefix = processes.unit_of(kind, "")
+    units = set(recorded) | (set(cgroups.units()) if cgroups is not None else set())
+    return {u[len(prefix):] for u in units if u.startswith(prefix)}
 
 
-def _proc(p: psutil.Process) -> Proc | None:
-    try:
-        with p.oneshot():
-            return Proc(p.pid, p.uids().real, tuple(p.cmdline()), p.create_time())
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return None
-
-
-def _switches(t: Topology) -> dict[str, SwitchState]:
-    """Switch processes, recognised by the socket they serve (ours: under run_dir or declared)."""
-    sockets = {t.socket_of(sw): sw.name for sw in t.switches}
+def _switches(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> dict[str, SwitchState]:
     found: dict[str, SwitchState] = {}
-    run_dir = t.run_dir.rstrip("/") + "/"
-    for p in psutil.process_iter(["name"]):
-        if p.info["name"] not in ("uml_switch", "vde_switch"):
-            continue
-        proc = _proc(p)
-        if proc is None:
-            continue
-        socket = cmdline.socket_in(proc.argv)
-        if socket is None:
-            continue
-        if socket in sockets:
-            found[sockets[socket]] = SwitchState(proc, os.path.exists(socket))
-        elif socket.startswith(run_dir) and socket.endswith(".ctl"):  # ours, no longer in the topology
-            found[Path(socket).name[:-4]] = SwitchState(proc, os.path.exists(socket))
-    for socket, name in sockets.items():
-        found.setdefault(name, SwitchState(None, os.path.exists(socket)))
+    for name in sorted({sw.name for sw in t.switches} | _units("switch", recorded, cgroups)):
+        proc, leftovers = _recorded(processes.unit_of("switch", name), recorded, cgroups)
+        sw = t.switch(name)
+        socket = t.socket_of(sw) if sw is not None else None
+        found[name] = SwitchState(proc, socket is not None and os.path.exists(socket), leftovers)
     return found
 
 
 def read_boot_id() -> str | None:
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read(64).strip()
     except OSError:
         return None
 
 
-def _guests(t: Topology, trust_pid_files: bool = True) -> dict[str, GuestState]:
-    """Guests by their pid file, checked against the live process (a pid may be reused)."""
-    uml_dir = Path(t.uml_dir)
-    names = {g.name for g in t.guests}
-    if uml_dir.is_dir():
-        names |= {d.name for d in uml_dir.iterdir() if d.is_dir()}
+def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> dict[str, GuestState]:
     found: dict[str, GuestState] = {}
-    scan: dict[str, dict[int, psutil.Process]] | None = None  # one pass over all processes, when needed
-    for name in sorted(names):
-        folder = uml_dir / name
-        proc = _from_pid_file(folder, name, t.uml_dir) if trust_pid_files else None
-        if proc is None:
-            if scan is None:
-                scan = _scan_guests(t.uml_dir)
-            proc = _main_process(scan.get(name, {}))
-        if proc is None:
-            found[name] = GuestState(None, stale=folder.exists())
+    for name in sorted({g.name for g in t.guests} | _units("guest", recorded, cgroups)):
+        proc, leftovers = _recorded(processes.unit_of("guest", name), recorded, cgroups)
+        guest = t.guest(name)
+        if proc is not None:
+            # The socket sits in the user's folder: the client checks it is theirs, and bounds the reply.
+            path = processes.mconsole_path(proc, name)
+            found[name] = GuestState(proc, answers=path is not None and mconsole.answers(path, owner=proc.uid),
+                                     leftovers=leftovers)
         else:
-            found[name] = GuestState(proc, answers=mconsole.answers(str(folder / "mconsole")))
+            stale = guest is not None and os.path.lexists(f"{t.uml_dir_of(guest)}/{name}")
+            found[name] = GuestState(None, stale=stale, leftovers=leftovers)
     return found
-
-
-def _from_pid_file(folder: Path, name: str, uml_dir: str) -> Proc | None:
-    wanted = (f"umid={name}", f"uml_dir={uml_dir}")
-    try:
-        pid_file = folder / "pid"
-        pid = int(pid_file.read_text().strip())
-        written = pid_file.stat().st_mtime
-        p = psutil.Process(pid)
-        proc = _proc(p)
-        # The pid must run this guest and must predate its pid file: otherwise it was reused.
-        if proc is not None and all(w in proc.argv for w in wanted) and proc.started <= written + 1:
-            return proc
-    except (OSError, ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
-        pass
-    return None
-
-
-def _scan_guests(uml_dir: str) -> dict[str, dict[int, psutil.Process]]:
-    """umid -> the processes of that guest, for guests whose pid file is missing or stale.
-
-    A booting guest writes its pid file late, and after a reboot none is
-    trusted: then the argv (umid=, uml_dir=) is what identifies a guest.
-    """
-    marker = f"uml_dir={uml_dir}"
-    found: dict[str, dict[int, psutil.Process]] = {}
-    for p in psutil.process_iter(["cmdline"]):
-        argv = p.info["cmdline"] or []
-        if marker in argv:
-            umid = next((a[5:] for a in argv if a.startswith("umid=")), None)
-            if umid:
-                found.setdefault(umid, {})[p.pid] = p
-    return found
-
-
-def _main_process(processes: dict[int, psutil.Process]) -> Proc | None:
-    """A UML guest is several host processes; the main one's parent is none of them."""
-    for p in processes.values():
-        try:
-            if p.ppid() not in processes:
-                return _proc(p)
-        except psutil.NoSuchProcess:
-            continue
-    return None
 
 
 def _users(t: Topology) -> dict[str, int | None]:

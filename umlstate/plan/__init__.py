@@ -1,1 +1,2 @@
-"""The plan: pure functions from (topology, snapshot) to ordered actions, their command lines, and status rows. Imports nothing that touches the host (import-linter enforces it)."""
+"""The plan: pure functions from (topology, snapshot) to ordered actions, their command lines, and
+status rows. Imports nothing that touches the host (import-linter enforces it)."""

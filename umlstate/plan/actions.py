@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeAlias
 
 from umlstate.model.snapshot import GuestState, HostGroup, Link, Proc, Snapshot, SwitchState, TunNode
 from umlstate.plan import cmdline
@@ -232,6 +232,33 @@ class RemoveGroupMember(Action):
             groups[self.group] = replace(g, members=g.members - {self.user})
         added = s.records.members_added - {(self.group, self.user)}
         return replace(s, groups=groups, records=replace(s.records, members_added=added))
+
+
+@dataclass(frozen=True)
+class ForgetGroupMember(Action):
+    """A membership umlstate added, already gone from the host: only the record goes.
+
+    An action, not a silent edit of the planner's working snapshot, so that
+    apply saves the shorter record: otherwise a later run could remove a
+    membership someone else added after it.
+    """
+
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "group"
+    group: str
+    user: str
+
+    @property
+    def target(self) -> str:
+        return self.group
+
+    @property
+    def detail(self) -> str:
+        return f"forget member {self.user} (umlstate added it; it is gone already)"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        added = s.records.members_added - {(self.group, self.user)}
+        return replace(s, records=replace(s.records, members_added=added))
 
 
 @dataclass(frozen=True)
@@ -518,7 +545,7 @@ class StartSwitch(_Named, Action):
     user: str
     socket: str
     tap: str | None
-    daemonizes: bool = False  # its first process exits at once: only the socket tells it started
+    holds_stdin: bool = False  # vde_switch: a stdin that never ends keeps it in the foreground
 
     @property
     def detail(self) -> str:
@@ -538,12 +565,8 @@ class StopSwitch(_Named, Action):
     proc: Proc
 
     @property
-    def socket(self) -> str:
-        return cmdline.socket_in(self.proc.argv) or ""
-
-    @property
     def detail(self) -> str:
-        return f"stop pid {self.proc.pid} (SIGTERM), remove {self.socket}"
+        return f"stop pid {self.proc.pid} (SIGTERM) and whatever else runs in its cgroup"
 
     def simulate(self, s: Snapshot) -> Snapshot:
         s = _carrier(s, cmdline.tap_in(self.proc.argv), False)
@@ -599,7 +622,7 @@ class StopGuest(_Named, Action):
 
     @property
     def detail(self) -> str:
-        return f"stop pid {self.proc.pid}: mconsole cad, then halt, then signals"
+        return f"stop pid {self.proc.pid}: mconsole cad, then halt, then signals; then all its processes"
 
     def simulate(self, s: Snapshot) -> Snapshot:
         return replace(s, guests={**s.guests, self.name: GuestState(None)})
@@ -622,6 +645,55 @@ class ReplaceGuest(Action):
 
     def simulate(self, s: Snapshot) -> Snapshot:
         return self.start.simulate(self.stop.simulate(s))
+
+
+@dataclass(frozen=True)
+class EndSwitchLeftovers(_Named, Action):
+    """Processes left in a dead switch's cgroup: ended before it starts again."""
+
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "switch"
+    name: str
+    count: int
+
+    @property
+    def detail(self) -> str:
+        return f"end the {self.count} process(es) its dead run left in its cgroup"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        state = s.switches.get(self.name, SwitchState(None))
+        return replace(s, switches={**s.switches, self.name: replace(state, leftovers=0)})
+
+
+@dataclass(frozen=True)
+class EndGuestLeftovers(_Named, Action):
+    """A guest whose main process died (SIGKILL, the OOM killer) while its helpers live on, holding its COW file."""
+
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "guest"
+    name: str
+    count: int
+
+    @property
+    def detail(self) -> str:
+        return f"end the {self.count} helper process(es) of its dead run, which hold its disk"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        state = s.guests.get(self.name, GuestState(None))
+        return replace(s, guests={**s.guests, self.name: replace(state, leftovers=0)})
+
+
+# Every action there is: apply's dispatch matches on this union, and mypy
+# (assert_never) turns an action without a handler into a type error.
+AnyAction: TypeAlias = (
+    CreateTunNode | FixTunNode | RestoreTunNode | DeleteTunNode
+    | CreateGroup | AddGroupMember | RemoveGroupMember | ForgetGroupMember | DeleteGroup
+    | SetSysctl | RestoreSysctl
+    | CreateTap | FixTap | MarkTap | SetLinkUp | DeleteTap | ReplaceTap
+    | AddAddress | RemoveAddress | AddProxy | RemoveProxy
+    | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
+    | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers
+)
 
 
 def argv_diff(old: tuple[str, ...], new: tuple[str, ...]) -> str:

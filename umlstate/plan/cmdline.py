@@ -16,7 +16,8 @@ from umlstate.model.topology import Guest, Nic, Switch, Topology
 
 # CONFIG_ option that a kernel needs for each transport (from linux.uml --showconfig).
 TRANSPORT_CONFIG = {"daemon": "CONFIG_UML_NET_DAEMON", "vde": "CONFIG_UML_NET_VDE", "tuntap": "CONFIG_UML_NET_TUNTAP"}
-PROGRAM_PACKAGES = {"uml_switch": "uml-utilities", "vde_switch": "vde2", "uml_mkcow": "uml-utilities",
+PROGRAM_PACKAGES = {"uml_switch": "uml-utilities", "vde_switch": "vde2", "groupadd": "passwd", "groupdel": "passwd",
+                    "gpasswd": "passwd",
                     "linux.uml": "user-mode-linux"}
 
 
@@ -31,8 +32,8 @@ def mac_of(topology: Topology, guest: Guest, index: int) -> str:
     return nic.mac or derived_mac(topology.name, guest.name, index)
 
 
-def daemonizes(switch: Switch) -> bool:
-    """Whether the switch's first process exits at once, leaving a daemon (see switch_argv)."""
+def holds_stdin(switch: Switch) -> bool:
+    """Whether the switch must be given a stdin that never ends (see switch_argv)."""
     return switch.kind == "vde_switch"
 
 
@@ -46,8 +47,10 @@ def switch_argv(topology: Topology, switch: Switch, program: str) -> tuple[str, 
         if switch.tap:
             argv += ["-tap", switch.tap]
     else:
-        # -d: in the foreground, vde_switch reads a console on stdin and exits on its EOF.
-        argv = [program, "-d", "-s", socket]
+        # Not -d: a daemon leaves its session and the process umlstate started. In the foreground
+        # vde_switch reads a console on stdin and exits on its EOF, so apply gives it a pipe it
+        # holds both ends of (holds_stdin): a stdin that never ends.
+        argv = [program, "-s", socket]
         if switch.hub:
             argv.append("-x")
         if switch.tap:
@@ -86,7 +89,7 @@ def nic_transport(topology: Topology, nic: Nic, mac: str) -> tuple[str, str]:
 
 def guest_argv(topology: Topology, guest: Guest, kernel: str) -> tuple[str, ...]:
     """The whole command line, in a fixed order so that equal topologies give equal argv."""
-    argv = [kernel, f"umid={guest.name}", f"uml_dir={topology.uml_dir}", f"mem={guest.mem}"]
+    argv = [kernel, f"umid={guest.name}", f"uml_dir={topology.uml_dir_of(guest)}", f"mem={guest.mem}"]
     cow = topology.cow_of(guest)
     argv.append(f"ubd0={cow},{guest.disk.base}" if cow else f"ubd0={guest.disk.image}")
     # Consoles to stdout (the guest's log): no terminal is needed, none is opened.

@@ -43,7 +43,7 @@ class Conflict:
 class Plan:
     topology: str
     netns: str | None
-    actions: tuple[A.Action, ...]
+    actions: tuple[A.AnyAction, ...]
     conflicts: tuple[Conflict, ...] = ()
     blockers: tuple[str, ...] = ()  # host problems found in preflight: nothing may run
     warnings: tuple[str, ...] = ()
@@ -69,13 +69,13 @@ class Plan:
 class _Builder:
     origin: Snapshot
     s: Snapshot
-    actions: list[A.Action] = field(default_factory=list)
+    actions: list[A.AnyAction] = field(default_factory=list)
     restarted_switches: set[str] = field(default_factory=set)
     conflicts: list[Conflict] = field(default_factory=list)
     blockers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def add(self, action: A.Action) -> None:
+    def add(self, action: A.AnyAction) -> None:
         self.actions.append(action)
         self.s = action.simulate(self.s)
 
@@ -95,6 +95,7 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
     _proxies(desired, b)
     _switches(desired, b)
     _guests(desired, b)
+    _programs(b)
     _warnings(desired, b)
     return Plan(
         topology=topology.name,
@@ -208,8 +209,6 @@ def _preflight_guest(t: Topology, guest: Guest, b: _Builder) -> None:
         if path is not None and not s.files.get(path, True):
             b.blockers.append(f"disk image {path} of guest {guest.name} does not exist")
     cow = t.cow_of(guest)
-    if cow and not s.files.get(cow, True) and s.programs.get("uml_mkcow", "") is None:
-        b.blockers.append(f"uml_mkcow is needed to create {cow}: apt-get install uml-utilities")
     if cow:
         _stale_cow(guest, cow, b)
     built_in = s.transports.get(kernel or guest.kernel)
@@ -252,10 +251,12 @@ def _remove_unwanted(t: Topology, b: _Builder) -> None:
     for name, state in sorted(b.s.guests.items()):
         if name not in wanted_guests and state.proc is not None:
             b.add(A.StopGuest("no longer in the topology", name, state.proc))
+        _end_guest_leftovers(name, b)
     wanted_switches = {sw.name for sw in t.switches}
     for name, sw_state in sorted(b.s.switches.items()):
         if name not in wanted_switches and sw_state.proc is not None:
             b.add(A.StopSwitch("no longer in the topology", name, sw_state.proc))
+        _end_switch_leftovers(name, b)
 
     wanted_proxy = wanted_proxies(t)
     for uplink, address in sorted(b.s.records.proxies):
@@ -279,8 +280,8 @@ def _remove_unwanted(t: Topology, b: _Builder) -> None:
             observed = b.s.groups.get(group)
             if observed is not None and user in observed.members:
                 b.add(A.RemoveGroupMember("no longer in the topology", group, user))
-            else:  # gone already: only forget it
-                b.s = A.RemoveGroupMember("", group, user).simulate(b.s)
+            else:  # gone already: only the record goes, and apply must save that
+                b.add(A.ForgetGroupMember("gone from the group already", group, user))
     wanted_groups = {g.name for g in t.host.groups}
     for group in sorted(b.s.records.groups_created - wanted_groups):
         if b.s.groups.get(group) is not None:
@@ -427,6 +428,16 @@ def _proxies(t: Topology, b: _Builder) -> None:
             b.add(A.AddProxy("missing", uplink, address))
 
 
+def _programs(b: _Builder) -> None:
+    """The programs the chosen actions run, where observation found them missing."""
+    needed = {A.CreateGroup: "groupadd", A.DeleteGroup: "groupdel", A.AddGroupMember: "gpasswd",
+              A.RemoveGroupMember: "gpasswd"}
+    for program in sorted({needed[type(a)] for a in b.actions if type(a) in needed}):
+        if b.s.programs.get(program, "") is None:
+            b.blockers.append(f"program {program} is not installed: apt-get install "
+                              f"{cmdline.PROGRAM_PACKAGES[program]}")
+
+
 def _warnings(t: Topology, b: _Builder) -> None:
     if any(sn.proxy_arp for sn in t.subnets) and b.s.sysctls.get("net.ipv4.ip_forward") != "1":
         b.warnings.append("proxy ARP is configured but net.ipv4.ip_forward is not 1: the kernel only answers "
@@ -458,13 +469,26 @@ def _stop_switch_on(t: Topology, tap: str, b: _Builder, why: str) -> None:
             b.add(A.StopSwitch(why, sw.name, state.proc))
 
 
+def _end_switch_leftovers(name: str, b: _Builder) -> None:
+    state = b.s.switches.get(name)
+    if state is not None and state.proc is None and state.leftovers:
+        b.add(A.EndSwitchLeftovers("its recorded process died; these were left in its cgroup", name, state.leftovers))
+
+
+def _end_guest_leftovers(name: str, b: _Builder) -> None:
+    state = b.s.guests.get(name)
+    if state is not None and state.proc is None and state.leftovers:
+        b.add(A.EndGuestLeftovers("its main process died (SIGKILL, OOM); its helpers live on", name, state.leftovers))
+
+
 def _switches(t: Topology, b: _Builder) -> None:
     for sw in sorted(t.switches, key=lambda x: x.name):
+        _end_switch_leftovers(sw.name, b)
         if b.s.programs.get(sw.kind, "") is None:  # not installed: a preflight error says so
             continue
         argv = cmdline.switch_argv(t, sw, cmdline.resolved(b.s.programs, sw.kind))
         start = A.StartSwitch("not running", sw.name, argv, sw.user, t.socket_of(sw), sw.tap,
-                              cmdline.daemonizes(sw))
+                              cmdline.holds_stdin(sw))
         state = b.s.switches.get(sw.name)
         uid = b.s.uid(sw.user)
         if state is None or state.proc is None:
@@ -480,6 +504,7 @@ def _switches(t: Topology, b: _Builder) -> None:
 
 def _guests(t: Topology, b: _Builder) -> None:
     for guest in sorted(t.guests, key=lambda g: g.name):
+        _end_guest_leftovers(guest.name, b)
         if guest.name in b.s.records.held or b.s.programs.get(guest.kernel, "") is None:
             continue
         kernel = cmdline.resolved(b.s.programs, guest.kernel)

@@ -1,0 +1,53 @@
+"""Golden plans: one folder per scenario, one parametrized runner for them all.
+
+fixtures/cases/<scenario>/ holds topology.yaml, observed.json (a snapshot),
+optional options.json ({"adopt": true} / {"destroy": true}), and the expected
+plan as text (plan.txt) and as `plan --json` prints it (plan.json). A missing
+golden fails; UPDATE_GOLDEN=1 writes them all anew: review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from umlstate.cli.render import dumps, plan_json, plan_text
+from umlstate.model.loader import load_file
+from umlstate.model.snapshot import from_json
+from umlstate.plan.planner import plan
+
+CASES = sorted(p for p in (Path(__file__).resolve().parents[2] / "fixtures" / "cases").iterdir() if p.is_dir())
+
+
+def test_there_are_enough_scenarios() -> None:
+    assert len(CASES) >= 12
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_plan_matches_golden(case: Path) -> None:
+    topology = load_file(case / "topology.yaml")
+    observed = from_json(json.loads((case / "observed.json").read_text()))
+    options = json.loads((case / "options.json").read_text()) if (case / "options.json").exists() else {}
+    planned = plan(topology, observed, **options)
+    for golden, text in ((case / "plan.txt", plan_text(planned)), (case / "plan.json", dumps(plan_json(planned)))):
+        if os.environ.get("UPDATE_GOLDEN"):
+            golden.write_text(text)
+        assert golden.exists(), f"{golden} is missing: run UPDATE_GOLDEN=1 pytest {__file__} and review it"
+        assert text == golden.read_text()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_applying_the_plan_then_planning_again_is_empty(case: Path) -> None:
+    topology = load_file(case / "topology.yaml")
+    observed = from_json(json.loads((case / "observed.json").read_text()))
+    options = json.loads((case / "options.json").read_text()) if (case / "options.json").exists() else {}
+    first = plan(topology, observed, **options)
+    if first.blockers or (first.conflicts and not options.get("adopt")):
+        pytest.skip("apply refuses this plan")
+    simulated = observed
+    for action in first.actions:
+        simulated = action.simulate(simulated)
+    assert plan(topology, simulated, destroy=bool(options.get("destroy"))).actions == ()

@@ -1,0 +1,64 @@
+"""The scheduler, a pure function: which actions go to the kernel together, which alone, in what order."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from umlstate.apply.scheduler import Batch, GroupDelete, Single, schedule
+from umlstate.model.snapshot import Proc
+from umlstate.plan import actions as A
+
+GROUP = 4242
+
+
+def tap(name: str) -> A.CreateTap:
+    return A.CreateTap("missing", name, "dupont", None, "umlstate:lab", GROUP)
+
+
+def delete(name: str) -> A.DeleteTap:
+    return A.DeleteTap("gone", name, GROUP)
+
+
+def address(name: str) -> A.AddAddress:
+    return A.AddAddress("missing", name, ipaddress.IPv4Interface("172.16.99.254/24"))
+
+
+def test_netlink_changes_between_two_processes_form_one_batch_in_order() -> None:
+    start = A.StartSwitch("not running", "sw0", ("uml_switch",), "dupont", "/run/sw0.ctl", "uml0")
+    actions = (tap("uml0"), address("uml0"), A.SetLinkUp("down", "uml0"), start, A.SetLinkUp("down", "uml1"))
+    assert schedule(actions, frozenset()) == [Batch(actions[:3]), Single(start), Batch(actions[4:])]
+
+
+def test_a_tap_whose_name_a_queued_deletion_holds_starts_a_new_batch() -> None:
+    actions = (delete("uml0"), address("uml1"), tap("uml0"), tap("uml2"))
+    assert schedule(actions, frozenset({"uml0", "uml9"})) == [Batch(actions[:2]), Batch(actions[2:])]
+
+
+def test_deleting_every_link_of_the_group_is_one_request() -> None:
+    actions = (delete("uml0"), delete("uml1"), delete("uml2"))
+    assert schedule(actions, frozenset({"uml0", "uml1", "uml2"})) == [GroupDelete(actions)]
+
+
+def test_deleting_part_of_the_group_is_batched_one_by_one() -> None:
+    actions = (delete("uml0"), delete("uml1"))
+    assert schedule(actions, frozenset({"uml0", "uml1", "foreign"})) == [Batch(actions)]
+
+
+def test_a_single_deletion_never_takes_the_group_route() -> None:
+    actions = (delete("uml0"),)
+    assert schedule(actions, frozenset({"uml0"})) == [Batch(actions)]
+
+
+def test_every_action_appears_exactly_once_and_in_plan_order() -> None:
+    proc = Proc(1, 0, ("linux",), 0.0)
+    actions: tuple[A.AnyAction, ...] = (
+        A.StopGuest("gone", "web", proc), delete("uml0"), delete("uml1"), A.CreateGroup("missing", "umlusers"),
+        tap("uml0"), address("uml0"), A.SetSysctl("is 0", "net.ipv4.ip_forward", "1", "0"), tap("uml3"))
+    flat: list[A.AnyAction] = []
+    for step in schedule(actions, frozenset({"uml0", "uml1"})):
+        match step:
+            case Batch(actions=batch) | GroupDelete(actions=batch):
+                flat.extend(batch)
+            case Single(action=action):
+                flat.append(action)
+    assert tuple(flat) == actions

@@ -1,0 +1,85 @@
+"""The folders umlstate runs in: run_dir and state_dir root's, one folder per user inside run_dir.
+
+Host layer, on top of ``safefs``. Before any change, run_dir and state_dir
+are checked up to / (root's, not writable by group or others); then each
+user whose processes must write something (sockets, UML's uml_dir) gets
+``<run_dir>/users/<user>/``, owned by that user, and nothing else under
+run_dir is theirs. state_dir (records, logs, COW files by default) stays
+root's. Every later operation in a user's folder goes through descriptors:
+a link or a swapped folder the user plants is refused, never followed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from umlstate.host.safefs import Dir, UnsafePath, check_trusted_folder
+from umlstate.host.users import primary_gid, uid_of
+from umlstate.model.topology import USERS_DIR, Topology
+
+LOGS_DIR = "logs"
+
+
+def check_trusted(t: Topology) -> None:
+    """Refuse to run unless run_dir and state_dir (what exists of them) are root's alone, up to /."""
+    check_trusted_folder(t.run_dir, "run_dir")
+    check_trusted_folder(t.state_dir, "state_dir")
+
+
+def open_trusted(path: str, *, create: bool = False) -> Dir:
+    """A folder checked to be root's up to /; root's own links on the way are resolved first."""
+    check_trusted_folder(path, path)
+    return Dir.open(os.path.realpath(path), create=create)
+
+
+def open_folder(path: str) -> Dir:
+    """A folder that may be a user's: trusted ones as above, any other walked without following a link."""
+    try:
+        return open_trusted(path)
+    except UnsafePath:
+        return Dir.open(path)
+
+
+@dataclass
+class Folders:
+    """The open run_dir/users folder and state_dir/logs of one pass."""
+
+    users: Dir
+    logs: Dir
+
+    @classmethod
+    def prepare(cls, t: Topology) -> Folders:
+        """Make (or fix) every folder the topology's processes need; users get theirs, mode 0755."""
+        check_trusted(t)
+        with open_trusted(t.run_dir, create=True) as run:
+            users = run.sub(USERS_DIR, create=True, mode=0o755, uid=0, gid=0)
+        try:
+            for user in sorted({sw.user for sw in t.switches} | {g.user for g in t.guests}):
+                uid = uid_of(user)
+                # 0755: a guest of another user connects to a switch socket in here.
+                users.sub(user, create=True, mode=0o755, uid=uid, gid=primary_gid(uid)).close()
+            with open_trusted(t.state_dir, create=True) as state:
+                logs = state.sub(LOGS_DIR, create=True, mode=0o750, uid=0, gid=0)
+        except BaseException:
+            users.close()
+            raise
+        return cls(users, logs)
+
+    def clear_umid(self, user: str, guest: str) -> None:
+        """Remove a dead guest's umid folder (pid file, socket) from the user's uml_dir, through descriptors."""
+        if self.users.lstat(user) is None:
+            return
+        with self.users.sub(user) as home:
+            if home.lstat("uml") is None:
+                return
+            with home.sub("uml") as uml:
+                uml.remove_tree(guest)
+
+    def remove_user(self, user: str) -> None:
+        """A user's whole folder, once nothing of theirs runs (destroy)."""
+        self.users.remove_tree(user)
+
+    def close(self) -> None:
+        self.users.close()
+        self.logs.close()
