@@ -19,6 +19,10 @@ Loc = tuple[str | int, ...]
 
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
+# Folders of the system itself: umlstate makes users/ and logs/ in run_dir and state_dir and
+# removes what it made there; it must have folders of its own.
+SYSTEM_FOLDERS = frozenset({"/", "/run", "/var/run", "/var", "/var/lib", "/tmp", "/var/tmp", "/etc", "/usr", "/home",
+                            "/root", "/dev", "/proc", "/sys", "/srv", "/opt", "/boot", "/lib", "/bin", "/sbin"})
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,10 @@ def _paths(t: Topology) -> Iterator[Problem]:
                                f"guest {guest.name} disk {field}"))
         if "/" in guest.kernel:
             candidates.append((("guests", g, "kernel"), guest.kernel, f"guest {guest.name} kernel"))
+    for loc, path, what in candidates[:2]:
+        if path is not None and path.rstrip("/") in SYSTEM_FOLDERS | {""}:
+            yield Problem(loc, f"{what} {path!r} is a folder of the system; give umlstate one of its own "
+                               f"(the default is /{'run' if what == 'run_dir' else 'var/lib'}/umlstate/<name>)")
     for loc, path, what in candidates:
         if path is not None and not posixpath.isabs(path):
             yield Problem(loc, f"{what} {path!r} is a relative path; give an absolute one, "
