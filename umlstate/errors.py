@@ -7,6 +7,7 @@ to do. Anything else that escapes is a bug, and the CLI says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -27,6 +28,30 @@ class Diagnostic:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the plan found about the host: an error that stops apply, a conflict, or a warning.
+
+    The one shape for preflight errors, foreign objects in the way, warnings and
+    host errors: what it concerns (a resource kind and target, or "host"), the
+    problem, and what to do about it.
+    """
+
+    severity: Literal["error", "conflict", "warning"]
+    kind: str
+    target: str
+    problem: str
+    fix: str = ""
+    adoptable: bool = False  # a conflict that `--adopt` resolves
+
+    def __str__(self) -> str:
+        return f"{self.problem}\n  to fix: {self.fix}" if self.fix else self.problem
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "target": self.target, "problem": self.problem, "fix": self.fix,
+                **({"adoptable": self.adoptable} if self.severity == "conflict" else {})}
 
 
 class UmlstateError(Exception):
@@ -63,7 +88,7 @@ class HostError(UmlstateError):
 class PreflightError(UmlstateError):
     """Several host problems found before any change; nothing was changed."""
 
-    def __init__(self, problems: list[HostError]) -> None:
+    def __init__(self, problems: list[Finding]) -> None:
         self.problems = problems
         lines = ["nothing was changed; the host is not ready:"]
         lines += [f"  - {p}".replace("\n", "\n    ") for p in problems]

@@ -182,11 +182,10 @@ class Reconciler:
 
 def _refuse(p: Plan) -> None:
     """Errors and conflicts stop a pass before its first change."""
-    problems = [HostError(b) for b in p.blockers]
-    if problems:
-        raise PreflightError(problems)
+    if p.blockers:
+        raise PreflightError(list(p.blockers))
     if p.conflicts:
-        lines = [f"  - {c.kind} {c.target}: {c.detail}" for c in p.conflicts]
+        lines = [f"  - {c.kind} {c.target}: {c.problem}; {c.fix}" for c in p.conflicts]
         hint = "rerun with --adopt to take over the adoptable ones" if any(c.adoptable for c in p.conflicts) \
             else "remove or rename them by hand"
         raise ConflictError("foreign objects stand where the topology wants its own; nothing was changed:\n"

@@ -339,7 +339,8 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(render.dumps({"format_version": render.FORMAT_VERSION,
                                  "resources": [r.to_json() for r in rows],
-                                 "errors": list(p.blockers), "warnings": list(p.warnings)}), nl=False)
+                                 "errors": [f.to_json() for f in p.blockers],
+                                 "warnings": [f.to_json() for f in p.warnings]}), nl=False)
     else:
         click.echo(render.status_text(rows, p, colour=_colour()), nl=False)
     if p.blockers or any(r.state != "ok" for r in rows):

@@ -24,10 +24,10 @@ def _paint(text: str, code: str, colour: bool) -> str:
 
 def _problems(plan: Plan, colour: bool, *, conflicts: bool = True) -> list[str]:
     """A plan's errors, conflicts and warnings, one paragraph each, then a blank line."""
-    lines = [_paint("error: ", "31;1", colour) + blocker for blocker in plan.blockers]
+    lines = [_paint("error: ", "31;1", colour) + str(blocker) for blocker in plan.blockers]
     if conflicts:
-        lines += [_paint("conflict: ", "31;1", colour) + f"{c.kind} {c.target}: {c.detail}" for c in plan.conflicts]
-    lines += [_paint("warning: ", "33;1", colour) + warning for warning in plan.warnings]
+        lines += [_paint("conflict: ", "31;1", colour) + f"{c.kind} {c.target}: {c}" for c in plan.conflicts]
+    lines += [_paint("warning: ", "33;1", colour) + str(warning) for warning in plan.warnings]
     return [*lines, ""] if lines else []
 
 
@@ -65,8 +65,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "fingerprint": plan.fingerprint,
         "actions": [a.to_json() for a in plan.actions],
         "conflicts": [c.to_json() for c in plan.conflicts],
-        "errors": list(plan.blockers),
-        "warnings": list(plan.warnings),
+        "errors": [f.to_json() for f in plan.blockers],
+        "warnings": [f.to_json() for f in plan.warnings],
         "summary": plan.summary,
     }
 

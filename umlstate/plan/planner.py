@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from umlstate.errors import Finding
 from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Guest, Host, Topology
 from umlstate.plan import actions as A
@@ -27,26 +28,13 @@ from umlstate.plan import cmdline
 
 
 @dataclass(frozen=True)
-class Conflict:
-    """A foreign object stands where the topology wants its own."""
-
-    kind: A.Kind
-    target: str
-    detail: str
-    adoptable: bool
-
-    def to_json(self) -> dict[str, object]:
-        return {"kind": self.kind, "target": self.target, "detail": self.detail, "adoptable": self.adoptable}
-
-
-@dataclass(frozen=True)
 class Plan:
     topology: str
     netns: str | None
     actions: tuple[A.AnyAction, ...]
-    conflicts: tuple[Conflict, ...] = ()
-    blockers: tuple[str, ...] = ()  # host problems found in preflight: nothing may run
-    warnings: tuple[str, ...] = ()
+    conflicts: tuple[Finding, ...] = ()  # foreign objects where the topology wants its own
+    blockers: tuple[Finding, ...] = ()  # host problems found in preflight: nothing may run
+    warnings: tuple[Finding, ...] = ()
     fingerprint: str = ""
     mode: Literal["apply", "destroy"] = "apply"
     held: tuple[str, ...] = ()  # guests `umlstate stop` keeps down: the plan leaves them so
@@ -71,13 +59,22 @@ class _Builder:
     s: Snapshot
     actions: list[A.AnyAction] = field(default_factory=list)
     restarted_switches: set[str] = field(default_factory=set)
-    conflicts: list[Conflict] = field(default_factory=list)
-    blockers: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    conflicts: list[Finding] = field(default_factory=list)
+    blockers: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
 
     def add(self, action: A.AnyAction) -> None:
         self.actions.append(action)
         self.s = action.simulate(self.s)
+
+    def error(self, kind: str, target: str, problem: str, fix: str = "") -> None:
+        self.blockers.append(Finding("error", kind, target, problem, fix))
+
+    def warn(self, kind: str, target: str, problem: str, fix: str = "") -> None:
+        self.warnings.append(Finding("warning", kind, target, problem, fix))
+
+    def conflict(self, kind: A.Kind, target: str, problem: str, fix: str, *, adoptable: bool) -> None:
+        self.conflicts.append(Finding("conflict", kind, target, problem, fix, adoptable))
 
 
 def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy: bool = False) -> Plan:
@@ -164,8 +161,8 @@ def _preflight(t: Topology, b: _Builder) -> None:
     for user, roles in sorted(users.items()):
         if s.uid(user) is None:
             more = f" and {len(roles) - 3} more" if len(roles) > 3 else ""
-            b.blockers.append(f"user {user} ({', '.join(roles[:3])}{more}) does not exist; "
-                              f"create it (adduser {user}) or change the topology")
+            b.error("user", user, f"user {user} ({', '.join(roles[:3])}{more}) does not exist",
+                    f"create it (adduser {user}) or change the topology")
     groups: dict[str, str] = {}
     for tap in t.taps:
         if tap.group:
@@ -174,26 +171,26 @@ def _preflight(t: Topology, b: _Builder) -> None:
         groups.setdefault(t.host.tun.group, "group of the tun device")
     for group_name, role in sorted(groups.items()):
         if group_name not in creating and s.gid(group_name) is None:
-            b.blockers.append(f"group {group_name} ({role}) does not exist; list it under host.groups "
-                              f"or create it (addgroup {group_name})")
+            b.error("group", group_name, f"group {group_name} ({role}) does not exist",
+                    f"list it under host.groups or create it (addgroup {group_name})")
     for key in sorted(t.host.sysctl):
         if key in s.sysctls and s.sysctls[key] is None:
-            b.blockers.append(f"sysctl {key} does not exist on this kernel "
-                              f"(/proc/sys/{key.replace('.', '/')} is missing)")
+            b.error("sysctl", key, f"sysctl {key} does not exist on this kernel "
+                                   f"(/proc/sys/{key.replace('.', '/')} is missing)", "remove it from host.sysctl")
     for uplink in sorted({sn.proxy_arp.uplink for sn in t.subnets if sn.proxy_arp}):
         if uplink not in s.links:
             where = f"network namespace {s.netns}" if s.netns else "the host"
-            b.blockers.append(f"uplink interface {uplink} does not exist in {where}; "
-                              "fix proxy_arp.uplink or create the interface")
+            b.error("proxy-neigh", uplink, f"uplink interface {uplink} does not exist in {where}",
+                    "fix proxy_arp.uplink or create the interface")
     for sw in t.switches:
         if s.programs.get(sw.kind, "") is None:
-            b.blockers.append(f"{sw.kind} (switch {sw.name}) is not installed: "
-                              f"apt-get install {cmdline.PROGRAM_PACKAGES[sw.kind]}")
+            b.error("switch", sw.name, f"{sw.kind} (switch {sw.name}) is not installed",
+                    f"apt-get install {cmdline.PROGRAM_PACKAGES[sw.kind]}")
     for guest in t.guests:
         _preflight_guest(t, guest, b)
     if t.taps and t.host.tun is None and s.tun is not None and not s.tun.is_tun:
-        b.blockers.append(f"no tun device at {s.tun.path}: load the module (modprobe tun) or declare "
-                          "host.tun so that umlstate makes the node")
+        b.error("tun-device", s.tun.path, f"no tun device at {s.tun.path}",
+                "load the module (modprobe tun) or declare host.tun so that umlstate makes the node")
 
 
 def _preflight_guest(t: Topology, guest: Guest, b: _Builder) -> None:
@@ -204,18 +201,20 @@ def _preflight_guest(t: Topology, guest: Guest, b: _Builder) -> None:
     if kernel is None:
         package = cmdline.PROGRAM_PACKAGES.get(guest.kernel)
         fix = f"apt-get install {package}" if package else "fix the kernel path"
-        b.blockers.append(f"kernel {guest.kernel} of guest {guest.name} is not found: {fix}")
+        b.error("guest", guest.name, f"kernel {guest.kernel} of guest {guest.name} is not found", fix)
     for path in (guest.disk.base, guest.disk.image):
         if path is not None and not s.files.get(path, True):
-            b.blockers.append(f"disk image {path} of guest {guest.name} does not exist")
+            b.error("guest", guest.name, f"disk image {path} of guest {guest.name} does not exist",
+                    "fix the path, or make the image")
     cow = t.cow_of(guest)
     if cow:
         _stale_cow(guest, cow, b)
     built_in = s.transports.get(kernel or guest.kernel)
     if built_in is not None:
         for transport in sorted(cmdline.transports_needed(t, guest) - built_in):
-            b.blockers.append(f"kernel {kernel} lacks the {transport} transport that guest {guest.name} needs "
-                              f"({cmdline.TRANSPORT_CONFIG[transport]} is not set)")
+            b.error("guest", guest.name, f"kernel {kernel} lacks the {transport} transport that guest "
+                                         f"{guest.name} needs ({cmdline.TRANSPORT_CONFIG[transport]} is not set)",
+                    "use a kernel built with it")
 
 
 def _stale_cow(guest: Guest, cow: str, b: _Builder) -> None:
@@ -234,9 +233,9 @@ def _stale_cow(guest: Guest, cow: str, b: _Builder) -> None:
     fix = (f"move {cow} away to boot afresh from the new base (the guest's own changes in it are lost), "
            f"or, to keep them, {keep}")
     if running:
-        b.warnings.append(f"{problem}: it runs now, but UML will refuse to boot it again\n  to fix: {fix}")
+        b.warn("guest", guest.name, f"{problem}: it runs now, but UML will refuse to boot it again", fix)
     else:
-        b.blockers.append(f"{problem}, and UML refuses to boot from the pair\n  to fix: {fix}")
+        b.error("guest", guest.name, f"{problem}, and UML refuses to boot from the pair", fix)
 
 
 def _utc(epoch: int | None) -> str:
@@ -318,8 +317,8 @@ def _tun_node(t: Topology, b: _Builder) -> None:
         b.add(A.CreateTunNode("missing", want.path, mode, want.group))
         return
     if not node.is_tun:
-        b.conflicts.append(Conflict("tun-device", want.path, "the path exists but is not the character "
-                                                             "device 10:200; move it away", False))
+        b.conflict("tun-device", want.path, "the path exists but is not the character device 10:200",
+                   "move it away", adoptable=False)
         return
     drift = []
     if mode is not None and node.mode != mode:
@@ -356,16 +355,16 @@ def _taps(t: Topology, b: _Builder, adopt: bool) -> None:
             b.add(create)
             continue
         if link.kind != "tun":
-            b.conflicts.append(Conflict("tap", tap.name, f"a {link.kind or 'non-tun'} link named {tap.name} "
-                                                         "exists; rename or remove it by hand", False))
+            b.conflict("tap", tap.name, f"a {link.kind or 'non-tun'} link named {tap.name} exists",
+                       "rename or remove it by hand", adoptable=False)
             continue
         if not _owns_link(t, b.s, tap.name):
             if not adopt:
                 alias = link.alias or ""
                 owner = f"owned by topology {alias[9:]}" if alias.startswith("umlstate:") \
                     else "not created by umlstate"
-                b.conflicts.append(Conflict("tap", tap.name, f"a tap named {tap.name} exists, {owner}; "
-                                                             "rerun with --adopt to take it over", True))
+                b.conflict("tap", tap.name, f"a tap named {tap.name} exists, {owner}",
+                           "rerun with --adopt to take it over", adoptable=True)
                 continue
             b.add(A.MarkTap("adopted (--adopt)", tap.name, t.alias, t.link_group))
         elif link.alias != t.alias:
@@ -434,15 +433,15 @@ def _programs(b: _Builder) -> None:
               A.RemoveGroupMember: "gpasswd"}
     for program in sorted({needed[type(a)] for a in b.actions if type(a) in needed}):
         if b.s.programs.get(program, "") is None:
-            b.blockers.append(f"program {program} is not installed: apt-get install "
-                              f"{cmdline.PROGRAM_PACKAGES[program]}")
+            b.error("host", program, f"program {program} is not installed",
+                    f"apt-get install {cmdline.PROGRAM_PACKAGES[program]}")
 
 
 def _warnings(t: Topology, b: _Builder) -> None:
     if any(sn.proxy_arp for sn in t.subnets) and b.s.sysctls.get("net.ipv4.ip_forward") != "1":
-        b.warnings.append("proxy ARP is configured but net.ipv4.ip_forward is not 1: the kernel only answers "
-                          "proxy entries and forwards to the guests when forwarding is on; "
-                          "add net.ipv4.ip_forward: 1 under host.sysctl")
+        b.warn("sysctl", "net.ipv4.ip_forward", "proxy ARP is configured but net.ipv4.ip_forward is not 1: the "
+               "kernel only answers proxy entries and forwards to the guests when forwarding is on",
+               "add net.ipv4.ip_forward: 1 under host.sysctl")
     tun = t.host.tun
     if tun is not None and tun.mode is not None:
         mode = tun.mode_bits() or 0
@@ -452,13 +451,14 @@ def _warnings(t: Topology, b: _Builder) -> None:
         for sw in t.switches:
             if sw.tap and sw.user not in ("root", "0") and b.s.uid(sw.user) is not None and not mode & 0o006 \
                     and not (mode & 0o060 and sw.user in members):
-                b.warnings.append(f"switch {sw.name} runs as {sw.user}, who cannot open {tun.path} (mode {tun.mode}, "
-                                  f"group {tun.group or 'unchanged'}): add {sw.user} to the tun group")
+                b.warn("switch", sw.name, f"switch {sw.name} runs as {sw.user}, who cannot open {tun.path} "
+                                          f"(mode {tun.mode}, group {tun.group or 'unchanged'})",
+                       f"add {sw.user} to the tun group")
     if b.s.netns:
         for key in sorted(t.host.sysctl):
             if not key.startswith("net."):
-                b.warnings.append(f"sysctl {key} is not per network namespace: it changes the whole host, "
-                                  f"not only {b.s.netns}")
+                b.warn("sysctl", key, f"sysctl {key} is not per network namespace: it changes the whole host, "
+                                      f"not only {b.s.netns}")
 
 
 def _stop_switch_on(t: Topology, tap: str, b: _Builder, why: str) -> None:

@@ -81,7 +81,7 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         by_target.setdefault(resource, []).append(action.reason)
         if action.op == "create":
             missing.add(resource)
-    conflicts: dict[tuple[str, str], str] = {(c.kind, c.target): c.detail for c in plan.conflicts}
+    conflicts: dict[tuple[str, str], str] = {(c.kind, c.target): f"{c.problem}; {c.fix}" for c in plan.conflicts}
 
     rows = []
     for kind, target, ok_detail in wanted:
