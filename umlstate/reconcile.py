@@ -34,7 +34,8 @@ from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Topology
 from umlstate.observe.observe import observe
 from umlstate.plan.actions import PRIVILEGE, Action, Kind
-from umlstate.plan.planner import Plan, plan
+from umlstate.plan.planner import plan
+from umlstate.plan.result import Plan
 
 log = structlog.get_logger("umlstate")
 

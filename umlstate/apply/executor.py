@@ -36,7 +36,7 @@ from umlstate.model.snapshot import Proc, Records, Snapshot
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan.cmdline import PROGRAM_PACKAGES
-from umlstate.plan.planner import Plan
+from umlstate.plan.result import Plan
 
 log = structlog.get_logger("umlstate")
 

@@ -10,36 +10,29 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from umlstate import __version__, errors
+from umlstate.cli import files, render
 from umlstate.cli import log as logsetup
-from umlstate.cli import render
 from umlstate.errors import (
-    HostError,
     InternalError,
-    StalePlanError,
     UmlstateError,
 )
-from umlstate.model.loader import load_document, load_file
 from umlstate.model.topology import Topology
-from umlstate.plan.planner import Plan
+from umlstate.plan.result import Plan
 
 if TYPE_CHECKING:
     from umlstate.reconcile import Outcome, Reconciler
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-TOPOLOGY_DEFAULTS = ("./topology.yaml", "/etc/umlstate/topology.yaml")
-PLAN_FILE_KIND = "umlstate-plan"
 
 
 @dataclass
@@ -78,49 +71,6 @@ def run_safely(fn: F) -> F:
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper  # type: ignore[return-value]
-
-
-def resolve_topology(given: str | None) -> str:
-    if given:
-        return given
-    env = os.environ.get("UMLSTATE_TOPOLOGY")
-    if env:
-        return env
-    for candidate in TOPOLOGY_DEFAULTS:
-        if Path(candidate).exists():
-            return candidate
-    raise errors.UsageError("no topology given, and none of " + ", ".join(TOPOLOGY_DEFAULTS) + " exists\n"
-                            "  to fix: pass a path (umlstate status lab.yaml) or set UMLSTATE_TOPOLOGY")
-
-
-def _check_file_safety(path: str) -> None:
-    """As root, refuse a topology (or saved plan) anyone but root could write: it decides what root runs.
-
-    The file must be root's and not writable by group or others, and so must
-    every folder up to / (or sticky, like /tmp, above a root-owned one), for
-    the path as given and for where its links lead.
-    """
-    if os.geteuid() != 0:
-        return
-    from umlstate.host.safefs import check_trusted_folder
-
-    for folder in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
-        check_trusted_folder(folder, f"the folder of {path}")
-    try:
-        st = os.stat(path)
-    except OSError:
-        return  # the loader says what is wrong with a missing file
-    if st.st_uid != 0 or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
-        raise HostError(f"{path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; whoever "
-                        "can write it decides what root runs, so only root may",
-                        f"chown root: {path} && chmod go-w {path}")
-
-
-def _load(given: str | None) -> tuple[str, Topology]:
-    """The topology file a command names (or the default one), refused as root unless only root can write it."""
-    path = resolve_topology(given)
-    _check_file_safety(path)
-    return path, load_file(path)
 
 
 def _reconciler(opts: Options, topology: Topology) -> Reconciler:
@@ -175,7 +125,7 @@ def validate(topology: str | None) -> None:
     Example:
       umlstate validate topology.yaml
     """
-    path, t = _load(topology)
+    path, t = files.load_topology(topology)
     click.echo(f"{path}: valid topology {t.name}: {len(t.subnets)} subnet(s), {len(t.taps)} tap(s), "
                f"{len(t.switches)} switch(es), {len(t.guests)} guest(s)")
 
@@ -215,16 +165,15 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
       umlstate --netns lab plan topology.yaml
       umlstate --netns lab plan --json --detailed-exitcode
     """
-    path, t = _load(topology)
+    path, t = files.load_topology(topology)
     _snapshot, p = _reconciler(opts, t).plan(adopt=adopt, destroy=destroy)
     if as_json:
         click.echo(render.dumps(render.plan_json(p)), nl=False)
     else:
         click.echo(render.plan_text(p, colour=_colour()), nl=False)
     if out:
-        saved = {"kind": PLAN_FILE_KIND, "format_version": render.FORMAT_VERSION, "source": path,
-                 "adopt": adopt, "topology_document": t.model_dump(mode="json"), "plan": render.plan_json(p)}
-        Path(out).write_text(json.dumps(saved, indent=1) + "\n")
+        files.save_plan(out, files.SavedPlan(source=path, netns=p.netns, adopt=adopt, fingerprint=p.fingerprint,
+                                             topology_document=t.model_dump(mode="json"), plan=render.plan_json(p)))
         if not as_json:
             click.echo(f"Saved the plan to {out}; `umlstate apply {out}` carries it out while the host "
                        "is unchanged.")
@@ -232,25 +181,6 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
         sys.exit(errors.EXIT_FAILED)
     if detailed_exitcode and not p.in_sync:
         sys.exit(errors.EXIT_CHANGES)
-
-
-def _load_target(given: str | None, opts: Options) -> tuple[Topology, dict[str, Any] | None]:
-    """A topology file, or a plan file saved by `plan --out`."""
-    path = resolve_topology(given)
-    _check_file_safety(path)  # a saved plan carries its topology: the same rule holds
-    if path.endswith(".json"):
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise HostError(f"cannot read plan file {path}: {exc}") from None
-        if isinstance(data, dict) and data.get("kind") == PLAN_FILE_KIND:
-            saved_netns = data["plan"].get("netns")
-            if saved_netns != opts.netns:
-                raise StalePlanError(f"{path} was planned for network namespace {saved_netns}, "
-                                     f"not {opts.netns}; pass --netns {saved_netns}")
-            # The same model and rules as a topology file: a saved plan is one, with a plan attached.
-            return load_document(data["topology_document"], path), data
-    return load_file(path), None
 
 
 def _confirm(yes: bool, what: str) -> None:
@@ -297,11 +227,11 @@ def apply(opts: Options, target: str | None, yes: bool, adopt: bool) -> None:
       umlstate --netns lab apply topology.yaml --yes
       umlstate --netns lab plan --out lab.plan.json && umlstate --netns lab apply lab.plan.json
     """
-    t, saved = _load_target(target, opts)
+    t, saved = files.load_target(target, opts.netns)
     if saved is not None:
-        adopt = adopt or bool(saved.get("adopt"))
+        adopt = adopt or saved.adopt
         yes = True  # the saved plan was the confirmation
-    _converge(opts, t, yes=yes, adopt=adopt, fingerprint=saved["plan"]["fingerprint"] if saved else None)
+    _converge(opts, t, yes=yes, adopt=adopt, fingerprint=saved.fingerprint if saved else None)
 
 
 @cli.command()
@@ -316,7 +246,7 @@ def destroy(opts: Options, topology: str | None, yes: bool) -> None:
     Example:
       umlstate --netns lab destroy topology.yaml --yes
     """
-    _converge(opts, _load(topology)[1], yes=yes, destroy=True)
+    _converge(opts, files.load_topology(topology)[1], yes=yes, destroy=True)
 
 
 @cli.command()
@@ -333,7 +263,7 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
     """
     from umlstate.plan.status import status as compute
 
-    _path, t = _load(topology)
+    _path, t = files.load_topology(topology)
     snapshot, p = _reconciler(opts, t).plan()
     rows = compute(t, snapshot, p, now=time.time())
     if as_json:
@@ -364,7 +294,7 @@ def watch(opts: Options, topology: str | None, resync: float) -> None:
     """
     from umlstate.watch import Watcher
 
-    sys.exit(Watcher(_reconciler(opts, _load(topology)[1]), resync=resync).run())
+    sys.exit(Watcher(_reconciler(opts, files.load_topology(topology)[1]), resync=resync).run())
 
 
 @cli.command()
@@ -383,14 +313,14 @@ def graph(topology: str | None, fmt: str) -> None:
     """
     from umlstate.cli import graph as draw
 
-    _path, t = _load(topology)
+    _path, t = files.load_topology(topology)
     click.echo(draw.dot(t) if fmt == "dot" else draw.mermaid(t), nl=False)
 
 
 def _one_guest(opts: Options, args: tuple[str, ...]) -> tuple[Reconciler, str]:
     """The service and guest of `stop` / `start`."""
     topology, guest = _topology_and_guest(args)
-    _path, t = _load(topology)
+    _path, t = files.load_topology(topology)
     if t.guest(guest) is None:
         known = ", ".join(g.name for g in t.guests) or "none"
         raise click.UsageError(f"no guest {guest!r} in topology {t.name} (guests: {known})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from umlstate.plan.planner import Plan
+from umlstate.plan.result import Plan
 
 FORMAT_VERSION = 1
 SYMBOLS = {"create": "+", "update": "~", "delete": "-", "replace": "-/+"}

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Topology
-from umlstate.plan.planner import Plan, wanted_addresses, wanted_proxies
+from umlstate.plan.result import Plan
+from umlstate.plan.wanted import wanted_addresses, wanted_proxies
 
 State = Literal["ok", "missing", "drifted", "conflict"]
 

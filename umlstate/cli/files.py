@@ -1,0 +1,104 @@
+"""The files a command reads or writes: the topology (found, vetted, loaded) and saved plans.
+
+CLI layer. As root, a topology decides what root runs, so it is refused unless
+only root can write it (and its folders, up to /); a saved plan carries a
+topology, so the same holds for it, and its topology goes through the same
+model and rules as a file. The saved-plan format is one typed model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from umlstate import errors
+from umlstate.errors import HostError, StalePlanError
+from umlstate.host.safefs import UnsafePath, check_trusted_folder, read_bounded
+from umlstate.model.loader import load_document, load_file
+from umlstate.model.topology import Topology
+
+TOPOLOGY_DEFAULTS = ("./topology.yaml", "/etc/umlstate/topology.yaml")
+MAX_PLAN_BYTES = 16 << 20
+
+
+class SavedPlan(BaseModel):
+    """What `plan --out FILE` writes and `apply FILE` carries out while the host is unchanged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["umlstate-plan"] = "umlstate-plan"
+    format_version: Literal[1] = 1
+    source: str  # the topology file it was planned from
+    netns: str | None
+    adopt: bool
+    fingerprint: str  # of the observed host: apply refuses a host that changed since
+    topology_document: dict[str, Any]
+    plan: dict[str, Any]  # as `plan --json` prints it, for people and scripts
+
+
+def resolve_topology(given: str | None) -> str:
+    if given:
+        return given
+    env = os.environ.get("UMLSTATE_TOPOLOGY")
+    if env:
+        return env
+    for candidate in TOPOLOGY_DEFAULTS:
+        if Path(candidate).exists():
+            return candidate
+    raise errors.UsageError("no topology given, and none of " + ", ".join(TOPOLOGY_DEFAULTS) + " exists\n"
+                            "  to fix: pass a path (umlstate status lab.yaml) or set UMLSTATE_TOPOLOGY")
+
+
+def check_file_safety(path: str) -> None:
+    """As root, refuse a topology (or saved plan) anyone but root could write: it decides what root runs.
+
+    The file must be root's and not writable by group or others, and so must
+    every folder up to / (or sticky, like /tmp, above a root-owned one), for
+    the path as given and for where its links lead.
+    """
+    if os.geteuid() != 0:
+        return
+    for folder in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
+        check_trusted_folder(folder, f"the folder of {path}")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # the loader says what is wrong with a missing file
+    if st.st_uid != 0 or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
+        raise HostError(f"{path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; whoever "
+                        "can write it decides what root runs, so only root may",
+                        f"chown root: {path} && chmod go-w {path}")
+
+
+def load_topology(given: str | None) -> tuple[str, Topology]:
+    """The topology file a command names (or the default one), vetted as root, loaded and validated."""
+    path = resolve_topology(given)
+    check_file_safety(path)
+    return path, load_file(path)
+
+
+def load_target(given: str | None, netns: str | None) -> tuple[Topology, SavedPlan | None]:
+    """What `apply` was given: a topology file, or a plan file saved by `plan --out`."""
+    path = resolve_topology(given)
+    check_file_safety(path)
+    if not path.endswith(".json"):
+        return load_file(path), None
+    try:
+        saved = SavedPlan.model_validate(json.loads(read_bounded(path, MAX_PLAN_BYTES)))
+    except (OSError, UnsafePath, ValueError, ValidationError) as exc:
+        why = str(exc).splitlines()[0]
+        raise HostError(f"cannot read plan file {path}: {why}", "save it again with `umlstate plan --out`") from None
+    if saved.netns != netns:
+        raise StalePlanError(f"{path} was planned for network namespace {saved.netns}, "
+                             f"not {netns}; pass --netns {saved.netns}")
+    # The same model and rules as a topology file: a saved plan is one, with a plan attached.
+    return load_document(saved.topology_document, path), saved
+
+
+def save_plan(out: str, saved: SavedPlan) -> None:
+    Path(out).write_text(saved.model_dump_json(indent=1) + "\n")

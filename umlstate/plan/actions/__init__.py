@@ -1,0 +1,99 @@
+"""The actions a plan is made of: frozen dataclasses, one per kind of change.
+
+Each action knows its op, kind, target and a human detail, carries the reason
+the planner chose it, and can ``simulate`` its effect on a snapshot so the
+planner's later steps see the host as it will be. Carrying them out is the
+executor's job; nothing here touches the host.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from umlstate.plan.actions.base import PRIVILEGE, Action, Kind, Op
+from umlstate.plan.actions.host import (
+    AddGroupMember,
+    CreateGroup,
+    CreateTunNode,
+    DeleteGroup,
+    DeleteTunNode,
+    FixTunNode,
+    ForgetGroupMember,
+    RemoveGroupMember,
+    RestoreSysctl,
+    RestoreTunNode,
+    SetSysctl,
+)
+from umlstate.plan.actions.network import (
+    AddAddress,
+    AddProxy,
+    CreateTap,
+    DeleteTap,
+    FixTap,
+    MarkTap,
+    RemoveAddress,
+    RemoveProxy,
+    ReplaceTap,
+    SetLinkUp,
+)
+from umlstate.plan.actions.processes import (
+    EndGuestLeftovers,
+    EndSwitchLeftovers,
+    ReplaceGuest,
+    ReplaceSwitch,
+    StartGuest,
+    StartSwitch,
+    StopGuest,
+    StopSwitch,
+    argv_diff,
+)
+
+# Every action there is: apply's dispatch matches on this union, and mypy
+# (assert_never) turns an action without a handler into a type error.
+AnyAction: TypeAlias = (
+    CreateTunNode | FixTunNode | RestoreTunNode | DeleteTunNode
+    | CreateGroup | AddGroupMember | RemoveGroupMember | ForgetGroupMember | DeleteGroup
+    | SetSysctl | RestoreSysctl
+    | CreateTap | FixTap | MarkTap | SetLinkUp | DeleteTap | ReplaceTap
+    | AddAddress | RemoveAddress | AddProxy | RemoveProxy
+    | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
+    | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers
+)
+
+__all__ = [
+    "PRIVILEGE",
+    "Action",
+    "AddAddress",
+    "AddGroupMember",
+    "AddProxy",
+    "AnyAction",
+    "CreateGroup",
+    "CreateTap",
+    "CreateTunNode",
+    "DeleteGroup",
+    "DeleteTap",
+    "DeleteTunNode",
+    "EndGuestLeftovers",
+    "EndSwitchLeftovers",
+    "FixTap",
+    "FixTunNode",
+    "ForgetGroupMember",
+    "Kind",
+    "MarkTap",
+    "Op",
+    "RemoveAddress",
+    "RemoveGroupMember",
+    "RemoveProxy",
+    "ReplaceGuest",
+    "ReplaceSwitch",
+    "ReplaceTap",
+    "RestoreSysctl",
+    "RestoreTunNode",
+    "SetLinkUp",
+    "SetSysctl",
+    "StartGuest",
+    "StartSwitch",
+    "StopGuest",
+    "StopSwitch",
+    "argv_diff",
+]

@@ -1,0 +1,212 @@
+"""Actions on the kernel's network: taps, the gateway addresses on them, proxy ARP entries."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from umlstate.model.snapshot import Link, Snapshot
+from umlstate.plan.actions.base import Action, Kind, Op, _Named
+
+# --- taps ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateTap(_Named, Action):
+    op: ClassVar[Op] = "create"
+    kind: ClassVar[Kind] = "tap"
+    name: str
+    owner: str
+    group: str | None
+    alias: str
+    link_group: int
+
+    @property
+    def detail(self) -> str:
+        group = f", group {self.group}" if self.group else ""
+        return f"tunctl: owner {self.owner}{group}, persistent, no PI, alias {self.alias}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        link = Link(self.name, kind="tun", tun_type="tap", up=False, alias=self.alias, group=self.link_group,
+                    owner=s.uid(self.owner), tun_group=s.gid(self.group) if self.group else None,
+                    persist=True, pi=False)
+        return replace(s, links={**s.links, self.name: link},
+                       addresses={**s.addresses, self.name: frozenset()})
+
+
+@dataclass(frozen=True)
+class FixTap(_Named, Action):
+    """Change owner/group in place (TUNSETOWNER/TUNSETGROUP on an attached fd)."""
+
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "tap"
+    name: str
+    owner: str
+    group: str | None
+
+    @property
+    def detail(self) -> str:
+        return f"owner {self.owner}, group {self.group or 'none'}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        link = replace(s.links[self.name], owner=s.uid(self.owner),
+                       tun_group=s.gid(self.group) if self.group else None)
+        return replace(s, links={**s.links, self.name: link})
+
+
+@dataclass(frozen=True)
+class MarkTap(_Named, Action):
+    """Put umlstate's mark on a tap: one it adopts, or one a crashed run made."""
+
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "tap"
+    name: str
+    alias: str
+    link_group: int
+
+    @property
+    def detail(self) -> str:
+        return f"mark: alias {self.alias}, link group {self.link_group}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        link = replace(s.links[self.name], alias=self.alias, group=self.link_group)
+        return replace(s, links={**s.links, self.name: link})
+
+
+@dataclass(frozen=True)
+class SetLinkUp(_Named, Action):
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "tap"
+    name: str
+
+    @property
+    def detail(self) -> str:
+        return "link up"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, links={**s.links, self.name: replace(s.links[self.name], up=True)})
+
+
+@dataclass(frozen=True)
+class DeleteTap(_Named, Action):
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "tap"
+    name: str
+    link_group: int
+
+    @property
+    def detail(self) -> str:
+        return "ip link del"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        links = {k: v for k, v in s.links.items() if k != self.name}
+        addresses = {k: v for k, v in s.addresses.items() if k != self.name}
+        return replace(s, links=links, addresses=addresses,
+                       records=replace(s.records, pending_taps=s.records.pending_taps - {self.name}))
+
+
+@dataclass(frozen=True)
+class ReplaceTap(Action):
+    """A tap the kernel cannot fix in place (tun type, PI flag): delete and create."""
+
+    op: ClassVar[Op] = "replace"
+    kind: ClassVar[Kind] = "tap"
+    create: CreateTap
+
+    @property
+    def target(self) -> str:
+        return self.create.name
+
+    @property
+    def detail(self) -> str:
+        return self.create.detail
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        gone = DeleteTap(self.reason, self.create.name, self.create.link_group).simulate(s)
+        return self.create.simulate(gone)
+
+
+# --- addresses and proxy entries ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddAddress(Action):
+    op: ClassVar[Op] = "create"
+    kind: ClassVar[Kind] = "address"
+    ifname: str
+    address: ipaddress.IPv4Interface
+
+    @property
+    def target(self) -> str:
+        return f"{self.ifname} {self.address}"
+
+    @property
+    def detail(self) -> str:
+        return f"ip addr add {self.address} dev {self.ifname}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        current = s.addresses.get(self.ifname, frozenset())
+        return replace(s, addresses={**s.addresses, self.ifname: current | {self.address}})
+
+
+@dataclass(frozen=True)
+class RemoveAddress(Action):
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "address"
+    ifname: str
+    address: ipaddress.IPv4Interface
+
+    @property
+    def target(self) -> str:
+        return f"{self.ifname} {self.address}"
+
+    @property
+    def detail(self) -> str:
+        return f"ip addr del {self.address} dev {self.ifname}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        current = s.addresses.get(self.ifname, frozenset())
+        return replace(s, addresses={**s.addresses, self.ifname: current - {self.address}})
+
+
+@dataclass(frozen=True)
+class AddProxy(Action):
+    op: ClassVar[Op] = "create"
+    kind: ClassVar[Kind] = "proxy-neigh"
+    uplink: str
+    address: ipaddress.IPv4Address
+
+    @property
+    def target(self) -> str:
+        return f"{self.uplink} {self.address}"
+
+    @property
+    def detail(self) -> str:
+        return f"ip neigh add proxy {self.address} dev {self.uplink}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        owned = s.records.proxies | {(self.uplink, str(self.address))}
+        return replace(s, proxies=s.proxies | {(self.uplink, self.address)},
+                       records=replace(s.records, proxies=owned))
+
+
+@dataclass(frozen=True)
+class RemoveProxy(Action):
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "proxy-neigh"
+    uplink: str
+    address: ipaddress.IPv4Address
+
+    @property
+    def target(self) -> str:
+        return f"{self.uplink} {self.address}"
+
+    @property
+    def detail(self) -> str:
+        return f"ip neigh del proxy {self.address} dev {self.uplink}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        owned = s.records.proxies - {(self.uplink, str(self.address))}
+        return replace(s, proxies=s.proxies - {(self.uplink, self.address)},
+                       records=replace(s.records, proxies=owned))

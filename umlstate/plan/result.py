@@ -1,0 +1,66 @@
+"""What the planner returns (Plan) and what it builds it with (Builder).
+
+Pure, in the plan layer. The Builder keeps the working snapshot: every action
+is simulated on it as soon as it is chosen, so later steps see the host as
+the earlier actions will leave it. Findings (errors, conflicts, warnings)
+are collected beside the actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from umlstate.errors import Finding
+from umlstate.model.snapshot import Snapshot
+from umlstate.plan import actions as A
+
+
+@dataclass(frozen=True)
+class Plan:
+    topology: str
+    netns: str | None
+    actions: tuple[A.AnyAction, ...]
+    conflicts: tuple[Finding, ...] = ()  # foreign objects where the topology wants its own
+    blockers: tuple[Finding, ...] = ()  # host problems found in preflight: nothing may run
+    warnings: tuple[Finding, ...] = ()
+    fingerprint: str = ""
+    mode: Literal["apply", "destroy"] = "apply"
+    held: tuple[str, ...] = ()  # guests `umlstate stop` keeps down: the plan leaves them so
+
+    @property
+    def summary(self) -> dict[str, int]:
+        ops = [a.op for a in self.actions]
+        return {
+            "add": ops.count("create") + ops.count("replace"),
+            "change": ops.count("update"),
+            "destroy": ops.count("delete") + ops.count("replace"),
+        }
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.actions and not self.conflicts and not self.blockers
+
+
+@dataclass
+class Builder:
+    origin: Snapshot
+    s: Snapshot
+    actions: list[A.AnyAction] = field(default_factory=list)
+    restarted_switches: set[str] = field(default_factory=set)
+    conflicts: list[Finding] = field(default_factory=list)
+    blockers: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+
+    def add(self, action: A.AnyAction) -> None:
+        self.actions.append(action)
+        self.s = action.simulate(self.s)
+
+    def error(self, kind: str, target: str, problem: str, fix: str = "") -> None:
+        self.blockers.append(Finding("error", kind, target, problem, fix))
+
+    def warn(self, kind: str, target: str, problem: str, fix: str = "") -> None:
+        self.warnings.append(Finding("warning", kind, target, problem, fix))
+
+    def conflict(self, kind: A.Kind, target: str, problem: str, fix: str, *, adoptable: bool) -> None:
+        self.conflicts.append(Finding("conflict", kind, target, problem, fix, adoptable))
