@@ -42,22 +42,31 @@ subnets:
     cidr: 172.16.99.0/24
     gateway: 172.16.99.254
     proxy_arp: {{uplink: eth0}}
-taps:
-  - {{name: uml0, owner: nobody, group: {group}, subnet: guests}}
-switches:
-  - {{name: sw0, kind: {kind}, tap: uml0, user: nobody}}
-guests:
+{network}guests:
   - name: web
     user: nobody
+    kernel: {kernel}
     mem: {web_mem}
     disk: {{base: {image}}}
     args: [umlstate.ping=172.16.99.2]
     nics: [{{switch: sw0, address: 172.16.99.1}}]
   - name: db
     user: nobody
-    mem: 64M
+    kernel: {kernel}
+    mem: 96M
     disk: {{base: {image}}}
     nics: [{{switch: sw0, address: 172.16.99.2}}]
+"""
+# The seed's form (a switch process on a tap), and the form every kernel reaches (a Linux bridge).
+SWITCH_ON_TAP = """\
+taps:
+  - {{name: uml0, owner: nobody, group: {group}, subnet: guests}}
+switches:
+  - {{name: sw0, kind: {kind}, tap: uml0, user: nobody}}
+"""
+BRIDGE = """\
+switches:
+  - {name: sw0, kind: bridge, subnet: guests}
 """
 
 
@@ -78,9 +87,10 @@ class Farm:
         self.path = tmp / "topology.yaml"
         self.write()
 
-    def write(self, web_mem: str = "64M", kind: str = "uml_switch") -> None:
+    def write(self, web_mem: str = "96M", kind: str = "uml_switch", kernel: str = "linux.uml") -> None:
+        network = BRIDGE if kind == "bridge" else SWITCH_ON_TAP.format(kind=kind, group=self.group)
         self.path.write_text(TOPOLOGY.format(name=self.name, tmp=self.tmp, group=self.group, image=self.image,
-                                             web_mem=web_mem, kind=kind))
+                                             web_mem=web_mem, kernel=kernel, network=network))
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return umlstate(*args, netns=self.host.name)

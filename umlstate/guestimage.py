@@ -4,7 +4,7 @@ Not part of the reconciling pipeline: it makes the kind of disk a user would
 bring, in milliseconds, with ``mkfs.ext2 -d``. Its init does what a guest
 managed by umlstate should do: mount /proc, set ctrl-alt-del to 0 (otherwise
 mconsole ``cad`` reboots the guest, since UML re-executes itself), configure
-each NIC from ``umlstate.eth<i>=`` and the default route from
+each NIC from ``umlstate.eth<i>=`` or ``umlstate.vec<i>=`` and the default route from
 ``umlstate.gw=`` on /proc/cmdline, and power off on SIGINT, which is what the
 kernel sends init on ``cad`` once ctrl-alt-del is 0. For tests, each
 ``umlstate.ping=ADDR`` word makes it ping that neighbour and log the result,
@@ -32,7 +32,7 @@ for word in $(cat /proc/cmdline); do
     case "$word" in
         umlstate.gw=*) gw="${word#*=}" ;;
         umlstate.ping=*) peers="$peers ${word#*=}" ;;
-        umlstate.eth*=*) key="${word%%=*}"; dev="${key#umlstate.}"
+        umlstate.eth*=*|umlstate.vec*=*) key="${word%%=*}"; dev="${key#umlstate.}"
                          ip link set "$dev" up && ip addr add "${word#*=}" dev "$dev" ;;
     esac
 done

@@ -98,7 +98,7 @@ def test_a_cow_file_is_checked_against_its_base_as_uml_would(tmp_path: Path) -> 
     """uml_mkcow's header (and ours) records the base's mtime and size; a newer base strands the COW file."""
     from umlstate.guestimage import build
     from umlstate.model.loader import load_file
-    from umlstate.observe.observe import _cows
+    from umlstate.observe.observe import cows
 
     base = build(tmp_path / "base.img")
     cow = tmp_path / "web.cow"
@@ -111,9 +111,9 @@ guests: [{{name: web, user: nobody, mem: 64M, disk: {{base: {base}}}}}]
 """)
     topology = load_file(path)
     made = int(base.stat().st_mtime)
-    assert _cows(topology)[str(cow)].matches
+    assert cows(topology)[str(cow)].matches
     os.utime(base, (made + 60, made + 60))
-    header = _cows(topology)[str(cow)]
+    header = cows(topology)[str(cow)]
     assert not header.matches
     assert (header.base_mtime, header.base_size, header.now_mtime) == (made, base.stat().st_size, made + 60)
 

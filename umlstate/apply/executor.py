@@ -85,7 +85,7 @@ class Executor:
         for action in plan.actions:
             final = action.simulate(final)
         # Write-ahead: everything the plan creates is recorded before it exists.
-        creating = {a.target for a in plan.actions if isinstance(a, (A.CreateTap, A.ReplaceTap))}
+        creating = {a.target for a in plan.actions if isinstance(a, (A.CreateTap, A.ReplaceTap, A.CreateBridge))}
         self._save(_union(observed.records, final.records, creating))
         in_group = frozenset(name for name, link in observed.links.items() if link.group == self.t.link_group)
         steps = schedule(plan.actions, in_group)
@@ -165,18 +165,8 @@ class Executor:
             match action:
                 case A.CreateTap():
                     self._attempt(action, left, partial(self._make_tap, action, requests))
-                case A.MarkTap():
-                    requests.set_link(action, action.name, alias=action.alias, group=action.link_group)
-                case A.SetLinkUp():
-                    requests.set_link(action, action.name, up=True)
-                case A.DeleteTap():
-                    requests.delete_link(action, action.name)
-                case A.AddAddress() | A.RemoveAddress():
-                    requests.address(action, action.ifname, action.address, add=isinstance(action, A.AddAddress))
-                case A.AddProxy() | A.RemoveProxy():
-                    requests.proxy(action, action.uplink, action.address, add=isinstance(action, A.AddProxy))
                 case _:
-                    assert_never(action)
+                    self._queue(action, requests)
         limit = None
         if self.crash_after is not None:  # the test hook stops at the exact action count
             limit = max(0, self.crash_after - len(self.result.done))
@@ -227,8 +217,16 @@ class Executor:
                 self._send_now(A.DeleteTap(action.reason, action.create.name, action.create.link_group))
                 self._send_now(action.create)
             case (A.CreateTap() | A.MarkTap() | A.SetLinkUp() | A.DeleteTap() | A.AddAddress() | A.RemoveAddress()
-                  | A.AddProxy() | A.RemoveProxy()):
+                  | A.AddProxy() | A.RemoveProxy() | A.Enslave() | A.SetBridgeUp() | A.DeleteBridge()):
                 self._send_now(action)
+            case A.CreateBridge():
+                # Now, not batched: the taps enslaved later need its ifindex.
+                requests = netlink.Batch()
+                requests.create_bridge(action, action.name, group=action.link_group)
+                requests.mark_by_name(action, action.name, alias=action.alias)
+                for _label, code in requests.send():
+                    if code:
+                        raise ActionError(f"{action.detail}: {os.strerror(code)}")
             case A.StartSwitch():
                 self._start_switch(action)
             case A.StopSwitch():
@@ -256,20 +254,23 @@ class Executor:
         if isinstance(action, A.CreateTap):
             self._make_tap(action, requests)
         else:
-            self._send_one(action, requests)
+            self._queue(action, requests)
         for _label, code in requests.send():
             if code:
                 raise ActionError(f"{action.detail}: {os.strerror(code)}")
 
     @staticmethod
-    def _send_one(action: Batchable, requests: netlink.Batch) -> None:
+    def _queue(action: Batchable, requests: netlink.Batch) -> None:
+        """One request for a netlink action (a CreateTap's ioctls run before, in _make_tap)."""
         match action:
             case A.MarkTap():
                 requests.set_link(action, action.name, alias=action.alias, group=action.link_group)
-            case A.SetLinkUp():
+            case A.SetLinkUp() | A.SetBridgeUp():
                 requests.set_link(action, action.name, up=True)
-            case A.DeleteTap():
+            case A.DeleteTap() | A.DeleteBridge():
                 requests.delete_link(action, action.name)
+            case A.Enslave():
+                requests.enslave(action, action.name, action.bridge)
             case A.AddAddress() | A.RemoveAddress():
                 requests.address(action, action.ifname, action.address, add=isinstance(action, A.AddAddress))
             case A.AddProxy() | A.RemoveProxy():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from umlstate.model.topology import Topology
+from umlstate.model.topology import Topology, nic_tap_name
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,13 @@ def _nodes_and_edges(t: Topology) -> tuple[dict[str | None, list[_Node]], list[t
         if subnet is not None and subnet.proxy_arp is not None:
             edges.append((f"uplink_{subnet.proxy_arp.uplink}", f"tap_{tap.name}", "proxy ARP, forwarding"))
     for sw in t.switches:
+        if sw.is_bridge:
+            subnet = t.subnet(sw.subnet) if sw.subnet else None
+            lines = [f"bridge {sw.name}"] + ([f"{subnet.gateway} gateway"] if subnet and subnet.gateway else [])
+            groups.setdefault(sw.subnet, []).append(_Node(f"switch_{sw.name}", tuple(lines), "stack"))
+            if subnet is not None and subnet.proxy_arp is not None:
+                edges.append((f"uplink_{subnet.proxy_arp.uplink}", f"switch_{sw.name}", "proxy ARP, forwarding"))
+            continue
         groups.setdefault(subnet_of_tap(sw.tap), []).append(
             _Node(f"switch_{sw.name}", (f"{sw.kind} {sw.name}", f"user {sw.user}"), "stack"))
         if sw.tap:
@@ -52,7 +59,10 @@ def _nodes_and_edges(t: Topology) -> tuple[dict[str | None, list[_Node]], list[t
         groups.setdefault(home, []).append(_Node(f"guest_{guest.name}", label, "box"))
         for i, nic in enumerate(guest.nics):
             source = f"switch_{nic.switch}" if nic.switch else f"tap_{nic.tap}"
-            edges.append((source, f"guest_{guest.name}", f"eth{i}"))
+            bridge = t.switch(nic.switch) if nic.switch else None
+            via = f"NIC {i}, tap {nic_tap_name(guest.name, i)}" if bridge is not None and bridge.is_bridge \
+                else f"NIC {i}"
+            edges.append((source, f"guest_{guest.name}", via))
     return groups, edges
 
 

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from umlstate.plan.result import Plan
+from umlstate.plan.status import Row
 
 FORMAT_VERSION = 1
 SYMBOLS = {"create": "+", "update": "~", "delete": "-", "replace": "-/+"}
@@ -78,7 +79,7 @@ def dumps(data: dict[str, Any]) -> str:
 STATE_COLOURS = {"ok": "32", "missing": "33", "drifted": "33", "conflict": "31"}
 
 
-def status_text(rows: list[Any], plan: Plan, *, colour: bool = False) -> str:
+def status_text(rows: list[Row], plan: Plan, *, colour: bool = False) -> str:
     """The table, then what the plan found that no row can say (conflicts already have their rows)."""
     problems = _problems(plan, colour, conflicts=False)
     if not rows:

@@ -55,7 +55,7 @@ class Folders:
         with open_trusted(t.run_dir, create=True) as run:
             users = run.sub(USERS_DIR, create=True, mode=0o755, uid=0, gid=0)
         try:
-            for user in sorted({sw.user for sw in t.switches} | {g.user for g in t.guests}):
+            for user in sorted({sw.runs_as for sw in t.switch_processes} | {g.user for g in t.guests}):
                 uid = uid_of(user)
                 # 0755: a guest of another user connects to a switch socket in here.
                 users.sub(user, create=True, mode=0o755, uid=uid, gid=primary_gid(uid)).close()

@@ -11,6 +11,7 @@ ioctls: ``tun``.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -30,7 +31,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_EXT_MASK = 3, 18, 20, 27, 29
+IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_EXT_MASK = 3, 10, 18, 20, 27, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_TUN_OWNER, IFLA_TUN_GROUP, IFLA_TUN_TYPE, IFLA_TUN_PI, IFLA_TUN_PERSIST = 1, 2, 3, 4, 6
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
@@ -67,9 +68,19 @@ def _message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return _NLMSG.pack(_NLMSG.size + len(body), kind, flags, seq, 0) + body
 
 
-def link_request(index: int, *, alias: str | None = None, group: int | None = None, up: bool = False) -> bytes:
-    """ifinfomsg (+ IFLA_IFALIAS, IFLA_GROUP): the body of RTM_NEWLINK / RTM_DELLINK."""
+def link_request(index: int, *, alias: str | None = None, group: int | None = None, up: bool = False,
+                 master: int | None = None, name: str | None = None, kind: str | None = None) -> bytes:
+    """ifinfomsg (+ IFLA_IFALIAS, IFLA_GROUP, IFLA_MASTER, ...): the body of RTM_NEWLINK / RTM_DELLINK.
+
+    ``name`` (with index 0) addresses a link by name, or names a new one; ``kind`` makes one of that kind.
+    """
     body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP if up else 0, IFF_UP if up else 0)
+    if name is not None:
+        body += _nla(IFLA_IFNAME, name.encode() + b"\0")
+    if kind is not None:
+        body += _nla(IFLA_LINKINFO, _nla(IFLA_INFO_KIND, kind.encode()))
+    if master is not None:
+        body += _u32(IFLA_MASTER, master)
     if alias is not None:
         body += _nla(IFLA_IFALIAS, alias.encode() + b"\0")
     if group is not None:
@@ -170,18 +181,27 @@ class Netlink:
     # --- reads ---------------------------------------------------------------------
 
     def links(self, names: Iterable[str]) -> tuple[dict[str, Link], dict[int, str]]:
-        """Every tun link, plus the named ones whatever their kind; and index -> name of those."""
+        """Every tun link and bridge, plus the named ones whatever their kind; and index -> name of those."""
         out: dict[str, Link] = {}
         index: dict[int, str] = {}
-        for link_index, link in _dump_links(kind="tun"):
+        masters: dict[str, int] = {}
+
+        def keep(link_index: int, link: Link, master: int) -> None:
             out[link.name] = link
             index[link_index] = link.name
+            if master:
+                masters[link.name] = master
+
+        for kind in ("tun", "bridge"):
+            for found in _dump_links(kind=kind):
+                keep(*found)
         missing = set(names) - set(out)
         if missing:  # uplinks, and whatever else stands under a wanted tap's name: one more dump
-            for link_index, link in _dump_links(kind=None):
-                if link.name in missing:
-                    out[link.name] = link
-                    index[link_index] = link.name
+            for found in _dump_links(kind=None):
+                if found[1].name in missing:
+                    keep(*found)
+        for name, master in masters.items():  # a master umlstate did not dump is not one of its bridges
+            out[name] = dataclasses.replace(out[name], master=index.get(master, f"ifindex {master}"))
         return out, index
 
     def addresses(self, index: dict[int, str], names: set[str]) -> dict[str, frozenset[ipaddress.IPv4Interface]]:
@@ -244,14 +264,15 @@ def _index(name: str) -> int:
 # --- the tun link dump: the hot path of every observation -------------------------------
 
 
-def _dump_links(kind: str | None) -> Iterator[tuple[int, Link]]:
+def _dump_links(kind: str | None) -> Iterator[tuple[int, Link, int]]:
     """Links of one kind (or all); decode only what a Link holds (a 1000-tap host sends ~1.2 MB)."""
     for msg_kind, buf, start, end in _dump("link", RTM_GETLINK, link_dump_request(kind)):
         if msg_kind == RTM_NEWLINK:
             yield _decode_link(buf, start, end)
 
 
-def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link]:
+def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:
+    """(ifindex, the link, its master's ifindex or 0)."""
     _family, _type, index, flags, _change = _IFINFO.unpack_from(buf, start)
     attrs = _attrs(buf, start + _IFINFO.size, end)
 
@@ -281,7 +302,7 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link]:
         tun_group=None if group in (None, 0xFFFFFFFF) else group,
         persist=bool(u8(data.get(IFLA_TUN_PERSIST))),
         pi=bool(u8(data.get(IFLA_TUN_PI))),
-    )
+    ), u32(attrs.get(IFLA_MASTER)) or 0
 
 
 # --- batched writes: many requests sent together, their acks collected once ---------------
@@ -306,6 +327,17 @@ class Batch:
     def _add(self, kind: int, flags: int, body: bytes, label: object) -> None:
         self._messages.append(_message(kind, NLM_F_REQUEST | NLM_F_ACK | flags, len(self._messages) + 1, body))
         self.labels.append(label)
+
+    def create_bridge(self, label: object, name: str, *, group: int) -> None:
+        """ip link add NAME type bridge group GROUP; its mark (ifalias) follows by name, in the same batch."""
+        self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, link_request(0, name=name, kind="bridge", group=group), label)
+
+    def mark_by_name(self, label: object, name: str, *, alias: str) -> None:
+        """Set the ifalias of a link made earlier in this batch (its index is not known yet)."""
+        self._add(RTM_NEWLINK, 0, link_request(0, name=name, alias=alias), label)
+
+    def enslave(self, label: object, name: str, bridge: str) -> None:
+        self._add(RTM_NEWLINK, 0, link_request(_index(name), master=_index(bridge)), label)
 
     def set_link(self, label: object, name: str, *, alias: str | None = None, group: int | None = None,
                  up: bool = False) -> None:

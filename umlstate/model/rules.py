@@ -33,7 +33,8 @@ class Problem:
 
 def check(topology: Topology) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_unique_names, _references, _interfaces, _paths, _subnets, _addresses, _macs, _nics, _disks):
+    for rule in (_unique_names, _references, _switch_kinds, _interfaces, _paths, _subnets, _addresses, _macs,
+                 _nics, _disks):
         problems.extend(rule(topology))
     return problems
 
@@ -66,13 +67,19 @@ def _references(t: Topology) -> Iterator[Problem]:
             yield Problem(("taps", i, "subnet"), f"tap {tap.name} refers to subnet {tap.subnet!r}, "
                                                  f"which is not defined{_known(subnets)}")
     served: dict[str, str] = {}
-    for i, tap in enumerate(t.taps):
-        if tap.subnet in subnets:
-            if tap.subnet in served:
-                yield Problem(("taps", i, "subnet"), f"subnet {tap.subnet} is already served by tap "
-                                                     f"{served[tap.subnet]}; a subnet has one gateway tap")
+    servers: list[tuple[Loc, str, str | None]] = [(("taps", i, "subnet"), f"tap {x.name}", x.subnet)
+                                                  for i, x in enumerate(t.taps)]
+    servers += [(("switches", i, "subnet"), f"bridge {sw.name}", sw.subnet) for i, sw in enumerate(t.switches)
+                if sw.is_bridge]
+    for loc, who, subnet in servers:
+        if subnet is not None and subnet not in subnets and loc[0] == "switches":
+            yield Problem(loc, f"{who} refers to subnet {subnet!r}, which is not defined{_known(subnets)}")
+        elif subnet in subnets:
+            if subnet in served:
+                yield Problem(loc, f"subnet {subnet} is already served by {served[subnet]}; a subnet is served by "
+                                   "exactly one tap or bridge")
             else:
-                served[tap.subnet] = tap.name
+                served[subnet] = who
     for i, sw in enumerate(t.switches):
         if sw.tap is not None and sw.tap not in taps:
             yield Problem(("switches", i, "tap"), f"switch {sw.name} refers to tap {sw.tap!r}, "
@@ -97,6 +104,34 @@ def _references(t: Topology) -> Iterator[Problem]:
                               f"which is not defined{_known(taps)}")
 
 
+def _switch_kinds(t: Topology) -> Iterator[Problem]:
+    """A bridge is a kernel object: no process, user, socket or tap; a switch process needs its user."""
+    for i, sw in enumerate(t.switches):
+        if sw.is_bridge:
+            for field, value in (("user", sw.user), ("tap", sw.tap), ("socket", sw.socket)):
+                if value is not None:
+                    yield Problem(("switches", i, field), f"bridge {sw.name} has no {field}: it is a Linux bridge, "
+                                                          "not a process (each guest NIC gets its own tap on it)")
+            if sw.hub:
+                yield Problem(("switches", i, "hub"), f"bridge {sw.name} cannot be a hub")
+            if not is_valid_ifname(sw.name):
+                yield Problem(("switches", i, "name"), _ifname_message("bridge name", sw.name))
+        else:
+            if sw.user is None:
+                yield Problem(("switches", i), f"switch {sw.name} ({sw.kind}) needs 'user': the switch process "
+                                               "runs as that user")
+            if sw.subnet is not None:
+                yield Problem(("switches", i, "subnet"), f"switch {sw.name} is a {sw.kind}: a subnet is carried "
+                                                         "by its tap (taps[].subnet), or use kind: bridge")
+    for g, guest in enumerate(t.guests):
+        for n, nic in enumerate(guest.nics):
+            via = t.switch(nic.switch) if nic.switch else None
+            if via is not None and via.is_bridge and nic.transport == "legacy":
+                yield Problem(("guests", g, "nics", n, "transport"),
+                              f"guest {guest.name} NIC {n} is on bridge {via.name}, which UML reaches only through "
+                              "the vector transport; use transport: auto or vector")
+
+
 def _known(names: set[str]) -> str:
     return f" (defined: {', '.join(sorted(names))})" if names else " (none is defined)"
 
@@ -105,6 +140,18 @@ def _interfaces(t: Topology) -> Iterator[Problem]:
     for i, tap in enumerate(t.taps):
         if not is_valid_ifname(tap.name):
             yield Problem(("taps", i, "name"), _ifname_message("tap name", tap.name))
+    # Every interface umlstate makes has a name of its own: declared taps, bridges, the taps of bridge NICs.
+    made: dict[str, str] = {}
+    named: list[tuple[Loc, str, str]] = [(("taps", i, "name"), x.name, f"tap {x.name}") for i, x in enumerate(t.taps)]
+    named += [(("switches", i, "name"), b.name, f"bridge {b.name}") for i, b in enumerate(t.switches) if b.is_bridge]
+    positions = {g.name: i for i, g in enumerate(t.guests)}
+    named += [(("guests", positions[nt.guest], "nics", nt.nic), nt.name, f"the tap of guest {nt.guest} NIC {nt.nic}")
+              for nt in t.nic_taps()]
+    for where, name, who in named:
+        both_declared = who.startswith("tap ") and made.get(name, "").startswith("tap ")  # _unique_names says so
+        if name in made and not both_declared:
+            yield Problem(where, f"{who} is named {name}, like {made[name]}; interface names must differ")
+        made.setdefault(name, who)
     taps = {x.name for x in t.taps}
     for i, subnet in enumerate(t.subnets):
         if subnet.proxy_arp is None:
@@ -152,6 +199,8 @@ def _paths(t: Topology) -> Iterator[Problem]:
             yield Problem(loc, f"{what} {path!r} is not a normalised path (remove '..', '.', '//')")
 
     for i, sw in enumerate(t.switches):
+        if sw.is_bridge or sw.user is None:  # no socket; a missing user is reported by _switch_kinds
+            continue
         sock = t.socket_of(sw)
         if len(sock.encode()) > MAX_SOCKET_PATH:
             loc = ("switches", i, "socket") if sw.socket else ("switches", i, "name")
@@ -209,7 +258,7 @@ def _addresses(t: Topology) -> Iterator[Problem]:
             if subnet is None:
                 if via:
                     yield Problem(loc, f"{where} has address {nic.address}, but {via} is on no subnet; "
-                                       "give the tap a subnet")
+                                       f"give the {'bridge' if via.startswith('bridge') else 'tap'} a subnet")
                 continue
             net = subnet.cidr
             if nic.address not in net:
@@ -235,6 +284,8 @@ def _via(t: Topology, switch: str | None, tap: str | None) -> str:
         sw = t.switch(switch)
         if sw is None:
             return ""
+        if sw.is_bridge:
+            return f"bridge {sw.name}"
         return f"switch {sw.name} on tap {sw.tap}" if sw.tap else f"switch {sw.name} (no tap)"
     if tap is not None and t.tap(tap) is not None:
         return f"tap {tap}"

@@ -55,6 +55,7 @@ class Link:
     persist: bool = False
     pi: bool = False
     carrier: bool = False  # IFF_LOWER_UP: for a tap, a process (switch, guest) is attached
+    master: str | None = None  # the bridge it is enslaved to
 
     @property
     def is_tap(self) -> bool:
@@ -131,6 +132,16 @@ class CowFile:
 
 
 @dataclass(frozen=True)
+class KernelFacts:
+    """What a UML kernel was built with, read from its file (never by running it)."""
+
+    path: str
+    version: str | None = None
+    transports: frozenset[str] = frozenset()  # daemon, vde, tuntap (legacy), vector
+    vector_transports: frozenset[str] = frozenset()  # tap, raw, hybrid, vde, ... when vector is built in
+
+
+@dataclass(frozen=True)
 class Snapshot:
     netns: str | None = None
     boot_id: str | None = None
@@ -149,7 +160,7 @@ class Snapshot:
     cows: Mapping[str, CowFile] = field(default_factory=dict)  # existing COW file path -> its header
     user_names: Mapping[int, str] = field(default_factory=dict)  # uids seen on taps and processes -> names
     group_names: Mapping[int, str] = field(default_factory=dict)  # gids seen on taps -> names
-    transports: Mapping[str, frozenset[str]] = field(default_factory=dict)  # kernel path -> built-in transports
+    kernels: Mapping[str, KernelFacts] = field(default_factory=dict)  # kernel path -> what it was built with
 
     def uid(self, user: str) -> int | None:
         return int(user) if user.isdigit() else self.users.get(user)

@@ -10,9 +10,10 @@ of ``Topology``, so that there is one place that says what they resolve to.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -143,14 +144,26 @@ class Tap(_Model):
 
 
 class Switch(_Model):
-    """A virtual switch process that guests plug into, run by a user."""
+    """What guests plug into: a switch process run by a user, or a Linux bridge (no process)."""
 
-    name: ObjectName = Field(description="Referred to by guests[].nics[].switch.")
-    kind: Literal["uml_switch", "vde_switch"] = Field("uml_switch", description="The switch program.")
-    tap: str | None = Field(None, description="The switch is plugged into this tap.")
-    user: UserRef = Field(description="The switch process runs as this user.")
+    name: ObjectName = Field(description="Referred to by guests[].nics[].switch; a bridge's interface name.")
+    kind: Literal["uml_switch", "vde_switch", "bridge"] = Field(
+        "uml_switch", description="The switch program, or bridge: a Linux bridge that every kernel can reach.")
+    tap: str | None = Field(None, description="The switch is plugged into this tap (uml_switch, vde_switch).")
+    user: UserRef | None = Field(None, description="The switch process runs as this user (required but for bridge).")
     socket: str | None = Field(None, description="Default <run_dir>/users/<user>/<name>.ctl.")
-    hub: bool = Field(False, description="Repeat every frame to every port (uml_switch -hub).")
+    hub: bool = Field(False, description="Repeat every frame to every port (uml_switch -hub, vde_switch -x).")
+    subnet: str | None = Field(None, description="bridge only: the bridge carries this subnet's gateway address.")
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.kind == "bridge"
+
+    @property
+    def runs_as(self) -> str:
+        """The user of a switch process (validation requires one for every kind but bridge)."""
+        assert self.user is not None, f"switch {self.name}: a {self.kind} without a user passed validation"
+        return self.user
 
 
 class Disk(_Model):
@@ -162,14 +175,16 @@ class Disk(_Model):
 
 
 class Nic(_Model):
-    """One guest network interface, eth<i> in the order listed."""
+    """One guest network interface: eth<i> (legacy transports) or vec<i> (vector), i its place in the list."""
 
     switch: str | None = Field(None, description="Plug into this switch (exactly one of switch, tap).")
-    tap: str | None = Field(None, description="Or use this tap alone (UML's tuntap transport).")
+    tap: str | None = Field(None, description="Or use this tap alone (UML's tuntap or vector tap transport).")
     address: ipaddress.IPv4Address | None = Field(
-        None, description="Told to the guest (umlstate.eth<i>=); must lie inside the NIC's subnet."
+        None, description="Told to the guest (umlstate.<ifname>=); must lie inside the NIC's subnet."
     )
     mac: str | None = Field(None, description="Unicast MAC; a stable one is derived when omitted.")
+    transport: Literal["auto", "legacy", "vector"] = Field(
+        "auto", description="auto: the legacy form where the kernel has it (the guest keeps ethN), else vector.")
 
     @field_validator("mac")
     @classmethod
@@ -263,7 +278,7 @@ class Topology(_Model):
         return 256 + h % (2**31 - 256)
 
     def socket_of(self, switch: Switch) -> str:
-        return switch.socket or f"{self.user_dir(switch.user)}/{switch.name}.ctl"
+        return switch.socket or f"{self.user_dir(switch.runs_as)}/{switch.name}.ctl"
 
     def mconsole_of(self, guest: Guest) -> str:
         return f"{self.uml_dir_of(guest)}/{guest.name}/mconsole"
@@ -301,13 +316,46 @@ class Topology(_Model):
         return found
 
     def subnet_of_nic(self, nic: Nic) -> Subnet | None:
-        """The subnet a NIC lands in: through its switch's tap, or its own tap."""
+        """The subnet a NIC lands in: its bridge's, its switch's tap's, or its own tap's."""
         tap_name = nic.tap
         if nic.switch is not None:
             switch = self.switch(nic.switch)
+            if switch is not None and switch.is_bridge:
+                return self.subnet(switch.subnet) if switch.subnet else None
             tap_name = switch.tap if switch else None
         tap = self.tap(tap_name) if tap_name else None
         return self.subnet(tap.subnet) if tap and tap.subnet else None
 
-    def tap_of_subnet(self, subnet: Subnet) -> Tap | None:
-        return next((t for t in self.taps if t.subnet == subnet.name), None)
+    @property
+    def bridges(self) -> tuple[Switch, ...]:
+        return tuple(sw for sw in self.switches if sw.is_bridge)
+
+    @property
+    def switch_processes(self) -> tuple[Switch, ...]:
+        """The switches that are processes (uml_switch, vde_switch), not bridges."""
+        return tuple(sw for sw in self.switches if not sw.is_bridge)
+
+    def nic_taps(self) -> tuple[NicTap, ...]:
+        """The tap each guest NIC on a bridge gets: owned by the guest's user, enslaved to the bridge."""
+        return tuple(NicTap(nic_tap_name(g.name, i), g.user, nic.switch, g.name, i)
+                     for g in self.guests for i, nic in enumerate(g.nics)
+                     if nic.switch is not None and (sw := self.switch(nic.switch)) is not None and sw.is_bridge)
+
+
+class NicTap(NamedTuple):
+    """A persistent tap umlstate makes for one guest NIC on a bridge."""
+
+    name: str
+    owner: str
+    bridge: str
+    guest: str
+    nic: int  # its place in the guest's nics
+
+
+def nic_tap_name(guest: str, index: int) -> str:
+    """<guest>-<i> where it fits in 15 bytes, else a prefix and a hash: stable, readable, unique."""
+    plain = f"{guest}-{index}"
+    if len(plain.encode()) <= 15:
+        return plain
+    digest = hashlib.sha256(guest.encode()).hexdigest()[:4]
+    return f"{guest[:15 - 6 - len(str(index))]}{digest}-{index}"[:15]

@@ -29,7 +29,17 @@ from typing import Any
 from umlstate.host import cow, kconfig, mconsole, processes, records, sysctl
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
-from umlstate.model.snapshot import CowFile, GuestState, HostGroup, Proc, Records, Snapshot, SwitchState, TunNode
+from umlstate.model.snapshot import (
+    CowFile,
+    GuestState,
+    HostGroup,
+    KernelFacts,
+    Proc,
+    Records,
+    Snapshot,
+    SwitchState,
+    TunNode,
+)
 from umlstate.model.topology import DEFAULT_TUN, Topology
 
 TUN_MAJOR, TUN_MINOR = 10, 200
@@ -40,7 +50,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
     recs = records.load(topology.state_dir)
     uplinks = {s.proxy_arp.uplink for s in topology.subnets if s.proxy_arp}
     links, index = netlink.links({t.name for t in topology.taps} | uplinks)
-    ours = {n for n, link in links.items() if link.kind == "tun"} | uplinks
+    ours = {n for n, link in links.items() if link.kind in ("tun", "bridge")} | uplinks
     programs = _programs(topology, recs)
     boot_id = read_boot_id()
     # After a reboot every process recorded before is gone, whatever its pid names now.
@@ -65,9 +75,10 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         guests=guests,
         programs=programs,
         files=_files(topology),
-        cows=_cows(topology),
-        transports={path: info.transports for name in {g.kernel for g in topology.guests}
-                    if (path := programs.get(name)) is not None and (info := kconfig.inspect(path)) is not None},
+        cows=cows(topology),
+        kernels={path: KernelFacts(path, info.version, info.transports, info.vector_transports)
+                 for name in {g.kernel for g in topology.guests}
+                 if (path := programs.get(name)) is not None and (info := kconfig.inspect(path)) is not None},
         user_names=_names({link.owner for link in links.values()} | {p.uid for p in procs}, pwd.getpwuid),
         group_names=_names({link.tun_group for link in links.values()}, grp.getgrgid),
     )
@@ -83,7 +94,7 @@ def _names(ids: set[int | None], lookup: Callable[[int], Any]) -> dict[int, str]
 
 
 def _programs(t: Topology, recs: Records) -> dict[str, str | None]:
-    names = {sw.kind for sw in t.switches} | {g.kernel for g in t.guests}
+    names = {sw.kind for sw in t.switch_processes} | {g.kernel for g in t.guests}
     if t.host.groups or recs.groups_created or recs.members_added:
         names |= {"groupadd", "groupdel", "gpasswd"}
     out: dict[str, str | None] = {}
@@ -100,7 +111,7 @@ def _files(t: Topology) -> dict[str, bool]:
     return {p: os.path.exists(p) for p in sorted(paths)}
 
 
-def _cows(t: Topology) -> dict[str, CowFile]:
+def cows(t: Topology) -> dict[str, CowFile]:
     """Each existing COW file's record of its base, beside the base as it is now."""
     found: dict[str, CowFile] = {}
     for g in t.guests:
@@ -136,10 +147,10 @@ def _units(kind: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> set
 
 def _switches(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> dict[str, SwitchState]:
     found: dict[str, SwitchState] = {}
-    for name in sorted({sw.name for sw in t.switches} | _units("switch", recorded, cgroups)):
+    for name in sorted({sw.name for sw in t.switch_processes} | _units("switch", recorded, cgroups)):
         proc, leftovers = _recorded(processes.unit_of("switch", name), recorded, cgroups)
         sw = t.switch(name)
-        socket = t.socket_of(sw) if sw is not None else None
+        socket = t.socket_of(sw) if sw is not None and not sw.is_bridge else None
         found[name] = SwitchState(proc, socket is not None and os.path.exists(socket), leftovers)
     return found
 
@@ -169,7 +180,7 @@ def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> 
 
 
 def _users(t: Topology) -> dict[str, int | None]:
-    names = {tap.owner for tap in t.taps} | {s.user for s in t.switches} | {g.user for g in t.guests}
+    names = {tap.owner for tap in t.taps} | {s.runs_as for s in t.switch_processes} | {g.user for g in t.guests}
     names |= {m for g in t.host.groups for m in g.members}
     out: dict[str, int | None] = {}
     for name in sorted(n for n in names if not n.isdigit()):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from umlstate.model.topology import Guest, Nic, Switch, Topology
+from umlstate.model.snapshot import KernelFacts
+from umlstate.model.topology import Guest, Switch, Topology, nic_tap_name
 
 # CONFIG_ option that a kernel needs for each transport (from linux.uml --showconfig).
 TRANSPORT_CONFIG = {"daemon": "CONFIG_UML_NET_DAEMON", "vde": "CONFIG_UML_NET_VDE", "tuntap": "CONFIG_UML_NET_TUNTAP"}
@@ -75,19 +77,88 @@ def _value_after(argv: tuple[str, ...] | list[str], flags: tuple[str, ...]) -> s
     return None
 
 
-def nic_transport(topology: Topology, nic: Nic, mac: str) -> tuple[str, str]:
-    """(transport, the value of ethN=) for one NIC; the only place that knows the syntax."""
+@dataclass(frozen=True)
+class Wire:
+    """How one guest NIC reaches its switch: the transport, the word on the command line, the guest's name for it."""
+
+    transport: str  # daemon, vde, tuntap (legacy), or vector-tap, vector-vde
+    word: str  # e.g. eth0=daemon,MAC,unix,SOCKET or vec0:transport=tap,ifname=TAP,mac=MAC
+    ifname: str  # what the guest calls it: eth<i> or vec<i>
+
+
+@dataclass(frozen=True)
+class Unwired:
+    """Why a NIC cannot be wired with this kernel, and the way out."""
+
+    problem: str
+    fix: str
+
+
+def wire(topology: Topology, guest: Guest, index: int, kernel: KernelFacts | None) -> Wire | Unwired:
+    """The transport of NIC ``index`` on this kernel, per SPEC's table; the only place that knows the syntax.
+
+    ``kernel`` None: its configuration is unknown (not found in the binary), so every
+    transport is assumed and the choice is the legacy one, as before vector kernels.
+    """
+    nic = guest.nics[index]
+    mac = mac_of(topology, guest, index)
+    legacy = kernel.transports if kernel is not None else frozenset(LEGACY) | {"vector"}
+    vector = kernel.vector_transports if kernel is not None else frozenset({"tap"})
+    has_vector = "vector" in legacy
+    eth, vec = f"eth{index}", f"vec{index}"
+    named = _kernel_name(kernel)
+    use_legacy = nic.transport != "vector"
+    use_vector = nic.transport != "legacy"
+
+    def vector_tap(tap: str) -> Wire | Unwired:
+        if not use_vector or not has_vector:
+            return Unwired(f"guest {guest.name} NIC {index}: {named} has no vector transport (CONFIG_UML_NET_VECTOR)",
+                           "use a kernel built with it (every kernel since 4.16 is)")
+        return Wire("vector-tap", f"{vec}:transport=tap,ifname={tap},mac={mac}", vec)
+
     if nic.tap is not None:
-        return "tuntap", f"tuntap,{nic.tap},{mac}"
+        if use_legacy and "tuntap" in legacy:
+            return Wire("tuntap", f"{eth}=tuntap,{nic.tap},{mac}", eth)
+        if nic.transport == "legacy":
+            return Unwired(f"guest {guest.name} NIC {index}: {named} lacks the legacy tuntap transport"
+                           f" ({TRANSPORT_CONFIG['tuntap']} is not set){REMOVED}", "use transport: auto or vector")
+        return vector_tap(nic.tap)
     switch = topology.switch(nic.switch or "")
     assert switch is not None  # the loader's rules guarantee every reference resolves
+    if switch.is_bridge:
+        return vector_tap(nic_tap_name(guest.name, index))
     socket = topology.socket_of(switch)
     if switch.kind == "vde_switch":
-        return "vde", f"vde,{socket},{mac}"
-    return "daemon", f"daemon,{mac},unix,{socket}"
+        if use_legacy and "vde" in legacy:
+            return Wire("vde", f"{eth}=vde,{socket},{mac}", eth)
+        if use_vector and has_vector and "vde" in vector:
+            return Wire("vector-vde", f"{vec}:transport=vde,vnl=vde://{socket},mac={mac}", vec)
+        return Unwired(f"guest {guest.name} NIC {index} is on vde_switch {switch.name}, but {named} has neither the "
+                       f"legacy vde transport ({TRANSPORT_CONFIG['vde']}){REMOVED} nor the vector driver's vde "
+                       "transport", f"change switch {switch.name} to kind: bridge, or use a kernel with vde")
+    if use_legacy and "daemon" in legacy:
+        return Wire("daemon", f"{eth}=daemon,{mac},unix,{socket}", eth)
+    tap = topology.tap(switch.tap) if switch.tap else None
+    subnet = tap.subnet if tap is not None and tap.subnet else "<its subnet>"
+    return Unwired(f"guest {guest.name} NIC {index} is on uml_switch {switch.name}, but {named} has no daemon "
+                   f"transport ({TRANSPORT_CONFIG['daemon']} is not set){REMOVED}; uml_switch cannot reach it",
+                   f"make {switch.name} a Linux bridge, which every kernel reaches; its switches entry becomes\n"
+                   f"      - name: {switch.name}\n        kind: bridge\n        subnet: {subnet}\n"
+                   f"    (no tap, user or socket: each guest NIC gets its own tap on the bridge"
+                   + (f", and tap {tap.name} can go" if tap is not None else "") + ")")
 
 
-def guest_argv(topology: Topology, guest: Guest, kernel: str) -> tuple[str, ...]:
+REMOVED = "; Linux 6.16 removed the legacy transports, only vecN:transport=... remains"
+LEGACY = ("daemon", "vde", "tuntap")
+
+
+def _kernel_name(kernel: KernelFacts | None) -> str:
+    if kernel is None:
+        return "the kernel"
+    return f"the kernel {kernel.path}" + (f" (Linux {kernel.version})" if kernel.version else "")
+
+
+def guest_argv(topology: Topology, guest: Guest, kernel: str, wires: tuple[Wire, ...]) -> tuple[str, ...]:
     """The whole command line, in a fixed order so that equal topologies give equal argv."""
     argv = [kernel, f"umid={guest.name}", f"uml_dir={topology.uml_dir_of(guest)}", f"mem={guest.mem}"]
     cow = topology.cow_of(guest)
@@ -95,12 +166,11 @@ def guest_argv(topology: Topology, guest: Guest, kernel: str) -> tuple[str, ...]
     # Consoles to stdout (the guest's log): no terminal is needed, none is opened.
     argv += ["con=null", "con0=null,fd:1", "ssl=null"]
     gateway_told = False
-    for i, nic in enumerate(guest.nics):
-        argv.append(f"eth{i}={nic_transport(topology, nic, mac_of(topology, guest, i))[1]}")
-    for i, nic in enumerate(guest.nics):
+    argv += [w.word for w in wires]
+    for nic, w in zip(guest.nics, wires, strict=True):
         subnet = topology.subnet_of_nic(nic)
         if nic.address is not None and subnet is not None:
-            argv.append(f"umlstate.eth{i}={nic.address}/{subnet.cidr.prefixlen}")
+            argv.append(f"umlstate.{w.ifname}={nic.address}/{subnet.cidr.prefixlen}")
         if subnet is not None and subnet.gateway is not None and not gateway_told:
             argv.append(f"umlstate.gw={subnet.gateway}")
             gateway_told = True
@@ -108,8 +178,11 @@ def guest_argv(topology: Topology, guest: Guest, kernel: str) -> tuple[str, ...]
     return tuple(argv)
 
 
-def transports_needed(topology: Topology, guest: Guest) -> set[str]:
-    return {nic_transport(topology, nic, "00:00:00:00:00:00")[0] for nic in guest.nics}
+def wires_of(topology: Topology, guest: Guest, kernel: KernelFacts | None) -> tuple[Wire, ...] | list[Unwired]:
+    """Every NIC's wire, or every reason some cannot be wired."""
+    chosen = [wire(topology, guest, i, kernel) for i in range(len(guest.nics))]
+    problems = [c for c in chosen if isinstance(c, Unwired)]
+    return problems if problems else tuple(c for c in chosen if isinstance(c, Wire))
 
 
 def resolved(programs: Mapping[str, str | None], name: str) -> str:

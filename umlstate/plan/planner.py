@@ -22,7 +22,7 @@ from umlstate.model.topology import Host, Topology
 from umlstate.plan import actions as A
 from umlstate.plan import cmdline, preflight
 from umlstate.plan.result import Builder, Plan
-from umlstate.plan.wanted import owns_link, wanted_addresses, wanted_proxies
+from umlstate.plan.wanted import owns_link, wanted_addresses, wanted_proxies, wanted_taps
 
 
 def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy: bool = False) -> Plan:
@@ -34,7 +34,9 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
     _groups(desired, b)
     _tun_node(desired, b)
     _sysctls(desired, b)
+    _bridges(desired, b)
     _taps(desired, b, adopt)
+    _enslave(desired, b)
     _addresses(desired, b)
     _link_up(desired, b)
     _proxies(desired, b)
@@ -71,7 +73,7 @@ def _remove_unwanted(t: Topology, b: Builder) -> None:
         if name not in wanted_guests and state.proc is not None:
             b.add(A.StopGuest("no longer in the topology", name, state.proc))
         _end_guest_leftovers(name, b)
-    wanted_switches = {sw.name for sw in t.switches}
+    wanted_switches = {sw.name for sw in t.switch_processes}
     for name, sw_state in sorted(b.s.switches.items()):
         if name not in wanted_switches and sw_state.proc is not None:
             b.add(A.StopSwitch("no longer in the topology", name, sw_state.proc))
@@ -83,10 +85,14 @@ def _remove_unwanted(t: Topology, b: Builder) -> None:
         if entry in b.s.proxies and entry not in wanted_proxy:
             b.add(A.RemoveProxy("no longer in the topology", uplink, entry[1]))
 
-    wanted_taps = {tap.name for tap in t.taps}
-    for name in sorted(b.s.links):
-        if owns_link(t, b.s, name) and name not in wanted_taps:
+    taps = {tap.name for tap in wanted_taps(t)}
+    bridges = {bridge.name for bridge in t.bridges}
+    for name in sorted(b.s.links):  # taps first: a bridge goes once nothing is on it
+        if owns_link(t, b.s, name) and b.s.links[name].is_tap and name not in taps:
             b.add(A.DeleteTap("no longer in the topology", name, t.link_group))
+    for name in sorted(b.s.links):
+        if owns_link(t, b.s, name) and b.s.links[name].kind == "bridge" and name not in bridges:
+            b.add(A.DeleteBridge("no longer in the topology", name, t.link_group))
 
     for key in sorted(b.s.records.sysctl_originals):
         if key not in t.host.sysctl:
@@ -167,8 +173,22 @@ def _sysctls(t: Topology, b: Builder) -> None:
             b.add(A.SetSysctl(f"is {current}, wanted {want}", key, want, current))
 
 
+def _bridges(t: Topology, b: Builder) -> None:
+    for bridge in sorted(t.bridges, key=lambda x: x.name):
+        link = b.s.links.get(bridge.name)
+        if link is None:
+            b.add(A.CreateBridge("missing", bridge.name, t.alias, t.link_group))
+        elif link.kind != "bridge" or not owns_link(t, b.s, bridge.name):
+            what = f"a {link.kind or 'plain'} link" if link.kind != "bridge" else "a bridge not made by umlstate"
+            b.conflict("bridge", bridge.name, f"{what} named {bridge.name} exists", "rename or remove it by hand",
+                       adoptable=False)
+        elif link.alias != t.alias or link.group != t.link_group:
+            b.conflict("bridge", bridge.name, f"bridge {bridge.name} was made by an interrupted run and never marked",
+                       f"remove it (ip link del {bridge.name}); the next apply makes it again", adoptable=False)
+
+
 def _taps(t: Topology, b: Builder, adopt: bool) -> None:
-    for tap in sorted(t.taps, key=lambda x: x.name):
+    for tap in wanted_taps(t):
         link = b.s.links.get(tap.name)
         create = A.CreateTap("missing", tap.name, tap.owner, tap.group, t.alias, t.link_group)
         if link is None:
@@ -199,7 +219,7 @@ def _taps(t: Topology, b: Builder, adopt: bool) -> None:
             why = [w for w, bad in (("a tun, not a tap", not link.is_tap), ("has packet information", link.pi),
                                     ("not persistent", not link.persist),
                                     (f"has group {group_now}, wanted none", stuck_group)) if bad]
-            _stop_switch_on(t, tap.name, b, "its tap is being replaced")
+            _stop_holders(t, tap.name, b, "its tap is being replaced")
             b.add(A.ReplaceTap(f"{', '.join(why)}: the kernel cannot change that in place", create))
             continue
         want_uid = b.s.uid(tap.owner)
@@ -210,8 +230,19 @@ def _taps(t: Topology, b: Builder, adopt: bool) -> None:
         if link.tun_group != want_gid:
             drift.append(f"group is {_id(link.tun_group, b.s.group_names)}, wanted {tap.group or 'none'}")
         if drift:
-            _stop_switch_on(t, tap.name, b, "its tap's owner is being fixed")
+            _stop_holders(t, tap.name, b, "its tap's owner is being fixed")
             b.add(A.FixTap("; ".join(drift), tap.name, tap.owner, tap.group))
+
+
+def _enslave(t: Topology, b: Builder) -> None:
+    """Each bridge NIC's tap on its bridge (a new tap, or one someone took off it)."""
+    for tap in wanted_taps(t):
+        link = b.s.links.get(tap.name)
+        if tap.bridge is None or link is None or not owns_link(t, b.s, tap.name) or link.master == tap.bridge:
+            continue
+        if tap.bridge in b.s.links:
+            why = "a new tap" if tap.name not in b.origin.links else f"on {link.master or 'no bridge'}"
+            b.add(A.Enslave(why, tap.name, tap.bridge))
 
 
 def _id(value: int | None, names: Mapping[int, str]) -> str:
@@ -224,20 +255,24 @@ def _id(value: int | None, names: Mapping[int, str]) -> str:
 def _addresses(t: Topology, b: Builder) -> None:
     """After the taps step, so that a tap adopted or replaced in this plan is covered too."""
     wanted = wanted_addresses(t)
-    for tap in sorted(t.taps, key=lambda x: x.name):
-        if not owns_link(t, b.s, tap.name):
+    for name in sorted({tap.name for tap in wanted_taps(t)} | {bridge.name for bridge in t.bridges}):
+        if not owns_link(t, b.s, name):
             continue
-        current = b.s.addresses.get(tap.name, frozenset())
-        for extra in sorted(current - {wanted[tap.name]} if tap.name in wanted else current):
-            b.add(A.RemoveAddress("not in the topology", tap.name, extra))
-        if tap.name in wanted and wanted[tap.name] not in current:
-            b.add(A.AddAddress("missing", tap.name, wanted[tap.name]))
+        current = b.s.addresses.get(name, frozenset())
+        for extra in sorted(current - {wanted[name]} if name in wanted else current):
+            b.add(A.RemoveAddress("not in the topology", name, extra))
+        if name in wanted and wanted[name] not in current:
+            b.add(A.AddAddress("missing", name, wanted[name]))
 
 
 def _link_up(t: Topology, b: Builder) -> None:
-    for tap in sorted(t.taps, key=lambda x: x.name):
+    for bridge in sorted(t.bridges, key=lambda x: x.name):
+        link = b.s.links.get(bridge.name)
+        if link is not None and owns_link(t, b.s, bridge.name) and link.kind == "bridge" and not link.up:
+            b.add(A.SetBridgeUp("down" if bridge.name in b.origin.links else "a new bridge starts down", bridge.name))
+    for tap in wanted_taps(t):
         link = b.s.links.get(tap.name)
-        if link is not None and owns_link(t, b.s, tap.name) and not link.up:
+        if link is not None and owns_link(t, b.s, tap.name) and link.is_tap and not link.up:
             b.add(A.SetLinkUp("down" if tap.name in b.origin.links else "a new tap starts down", tap.name))
 
 
@@ -247,12 +282,18 @@ def _proxies(t: Topology, b: Builder) -> None:
             b.add(A.AddProxy("missing", uplink, address))
 
 
-def _stop_switch_on(t: Topology, tap: str, b: Builder, why: str) -> None:
-    """A switch holds its tap open (EBUSY): stop it; the switch step starts it again."""
-    for sw in t.switches:
+def _stop_holders(t: Topology, tap: str, b: Builder, why: str) -> None:
+    """A switch or guest holds its tap open (EBUSY): stop it; the switch and guest steps start it again."""
+    for sw in t.switch_processes:
         state = b.s.switches.get(sw.name)
         if sw.tap == tap and state is not None and state.proc is not None:
             b.add(A.StopSwitch(why, sw.name, state.proc))
+    held_by = {nt.guest for nt in t.nic_taps() if nt.name == tap}
+    held_by |= {g.name for g in t.guests if any(nic.tap == tap for nic in g.nics)}
+    for name in sorted(held_by):
+        guest_state = b.s.guests.get(name)
+        if guest_state is not None and guest_state.proc is not None:
+            b.add(A.StopGuest(why, name, guest_state.proc))
 
 
 def _end_switch_leftovers(name: str, b: Builder) -> None:
@@ -268,21 +309,21 @@ def _end_guest_leftovers(name: str, b: Builder) -> None:
 
 
 def _switches(t: Topology, b: Builder) -> None:
-    for sw in sorted(t.switches, key=lambda x: x.name):
+    for sw in sorted(t.switch_processes, key=lambda x: x.name):
         _end_switch_leftovers(sw.name, b)
         if b.s.programs.get(sw.kind, "") is None:  # not installed: a preflight error says so
             continue
         argv = cmdline.switch_argv(t, sw, cmdline.resolved(b.s.programs, sw.kind))
-        start = A.StartSwitch("not running", sw.name, argv, sw.user, t.socket_of(sw), sw.tap,
+        start = A.StartSwitch("not running", sw.name, argv, sw.runs_as, t.socket_of(sw), sw.tap,
                               cmdline.holds_stdin(sw))
         state = b.s.switches.get(sw.name)
-        uid = b.s.uid(sw.user)
+        uid = b.s.uid(sw.runs_as)
         if state is None or state.proc is None:
             b.add(start)
             b.restarted_switches.add(sw.name)
         elif state.proc.argv != argv or (uid is not None and state.proc.uid != uid) or _detached(sw.tap, b):
             why = ("command line changed" if state.proc.argv != argv
-                   else f"runs as uid {state.proc.uid}, not {sw.user}" if uid is not None and state.proc.uid != uid
+                   else f"runs as uid {state.proc.uid}, not {sw.runs_as}" if uid is not None and state.proc.uid != uid
                    else f"running but not attached to tap {sw.tap} (no carrier; see its log)")
             b.add(A.ReplaceSwitch(why, A.StopSwitch(why, sw.name, state.proc), start))
             b.restarted_switches.add(sw.name)
@@ -294,7 +335,10 @@ def _guests(t: Topology, b: Builder) -> None:
         if guest.name in b.s.records.held or b.s.programs.get(guest.kernel, "") is None:
             continue
         kernel = cmdline.resolved(b.s.programs, guest.kernel)
-        argv = cmdline.guest_argv(t, guest, kernel)
+        wires = cmdline.wires_of(t, guest, b.s.kernels.get(kernel))
+        if isinstance(wires, list):  # a NIC this kernel cannot wire: preflight said so
+            continue
+        argv = cmdline.guest_argv(t, guest, kernel, wires)
         state = b.s.guests.get(guest.name)
         reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
         start = A.StartGuest(reason, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)

@@ -22,7 +22,7 @@ def preflight(t: Topology, b: Builder) -> None:
     creating = {g.name for g in t.host.groups}
     users: dict[str, list[str]] = {}
     for user, role in [*((g.user, f"guest {g.name}") for g in t.guests),
-                       *((sw.user, f"switch {sw.name}") for sw in t.switches),
+                       *((sw.runs_as, f"switch {sw.name}") for sw in t.switch_processes),
                        *((tap.owner, f"owner of tap {tap.name}") for tap in t.taps),
                        *((m, f"member of group {g.name}") for g in t.host.groups for m in g.members)]:
         users.setdefault(user, []).append(role)
@@ -50,7 +50,7 @@ def preflight(t: Topology, b: Builder) -> None:
             where = f"network namespace {s.netns}" if s.netns else "the host"
             b.error("proxy-neigh", uplink, f"uplink interface {uplink} does not exist in {where}",
                     "fix proxy_arp.uplink or create the interface")
-    for sw in t.switches:
+    for sw in t.switch_processes:
         if s.programs.get(sw.kind, "") is None:
             b.error("switch", sw.name, f"{sw.kind} (switch {sw.name}) is not installed",
                     f"apt-get install {cmdline.PROGRAM_PACKAGES[sw.kind]}")
@@ -77,12 +77,10 @@ def _preflight_guest(t: Topology, guest: Guest, b: Builder) -> None:
     cow = t.cow_of(guest)
     if cow:
         _stale_cow(guest, cow, b)
-    built_in = s.transports.get(kernel or guest.kernel)
-    if built_in is not None:
-        for transport in sorted(cmdline.transports_needed(t, guest) - built_in):
-            b.error("guest", guest.name, f"kernel {kernel} lacks the {transport} transport that guest "
-                                         f"{guest.name} needs ({cmdline.TRANSPORT_CONFIG[transport]} is not set)",
-                    "use a kernel built with it")
+    wired = cmdline.wires_of(t, guest, s.kernels.get(kernel or guest.kernel))
+    if isinstance(wired, list):
+        for problem in wired:
+            b.error("guest", guest.name, problem.problem, problem.fix)
 
 
 def _stale_cow(guest: Guest, cow: str, b: Builder) -> None:
@@ -133,12 +131,12 @@ def warnings(t: Topology, b: Builder) -> None:
         members = {m for g in t.host.groups if g.name == tun.group for m in g.members}
         if tun.group and (group := b.s.groups.get(tun.group)) is not None:
             members |= group.members
-        for sw in t.switches:
-            if sw.tap and sw.user not in ("root", "0") and b.s.uid(sw.user) is not None and not mode & 0o006 \
-                    and not (mode & 0o060 and sw.user in members):
-                b.warn("switch", sw.name, f"switch {sw.name} runs as {sw.user}, who cannot open {tun.path} "
+        for sw in t.switch_processes:
+            if sw.tap and sw.runs_as not in ("root", "0") and b.s.uid(sw.runs_as) is not None and not mode & 0o006 \
+                    and not (mode & 0o060 and sw.runs_as in members):
+                b.warn("switch", sw.name, f"switch {sw.name} runs as {sw.runs_as}, who cannot open {tun.path} "
                                           f"(mode {tun.mode}, group {tun.group or 'unchanged'})",
-                       f"add {sw.user} to the tun group")
+                       f"add {sw.runs_as} to the tun group")
     if b.s.netns:
         for key in sorted(t.host.sysctl):
             if not key.startswith("net."):

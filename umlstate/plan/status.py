@@ -13,15 +13,16 @@ from typing import Any, Literal
 
 from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Topology
+from umlstate.plan.actions import Kind
 from umlstate.plan.result import Plan
-from umlstate.plan.wanted import wanted_addresses, wanted_proxies
+from umlstate.plan.wanted import wanted_addresses, wanted_proxies, wanted_taps
 
 State = Literal["ok", "missing", "drifted", "conflict"]
 
 
 @dataclass(frozen=True)
 class Row:
-    kind: str
+    kind: Kind
     target: str
     state: State
     detail: str
@@ -43,7 +44,7 @@ def _uptime(seconds: float) -> str:
 def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0) -> list[Row]:
     """One row per resource; ``now`` (seconds since the epoch) dates process uptimes."""
     t, s = topology, observed
-    wanted: list[tuple[str, str, str]] = []  # kind, target, detail when ok
+    wanted: list[tuple[Kind, str, str]] = []  # kind, target, detail when ok
     if t.host.tun:
         node = s.tun
         mode = f"mode {node.mode:04o}" if node and node.mode is not None else ""
@@ -52,15 +53,21 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         wanted.append(("group", group.name, f"members {', '.join(group.members) or 'none'}"))
     for key, value in sorted(t.host.sysctl.items()):
         wanted.append(("sysctl", key, f"= {value}"))
-    for tap in sorted(t.taps, key=lambda x: x.name):
+    for bridge in sorted(t.bridges, key=lambda x: x.name):
+        link = s.links.get(bridge.name)
+        ports = sorted(n for n, x in s.links.items() if x.master == bridge.name)
+        wanted.append(("bridge", bridge.name, f"{'up' if link and link.up else 'down'}, "
+                                              f"ports {', '.join(ports) or 'none'}"))
+    for tap in wanted_taps(t):
         link = s.links.get(tap.name)
         admin = "up" if link and link.up else "down"
-        wanted.append(("tap", tap.name, f"owner {tap.owner}, {admin}"))
+        on = f", on {tap.bridge} for guest {tap.holder}" if tap.bridge else ""
+        wanted.append(("tap", tap.name, f"owner {tap.owner}, {admin}{on}"))
     for name, iface in sorted(wanted_addresses(t).items()):
         wanted.append(("address", f"{name} {iface}", ""))
     for uplink, address in sorted(wanted_proxies(t)):
         wanted.append(("proxy-neigh", f"{uplink} {address}", ""))
-    for sw in sorted(t.switches, key=lambda x: x.name):
+    for sw in sorted(t.switch_processes, key=lambda x: x.name):
         proc = s.switches[sw.name].proc if sw.name in s.switches else None
         up = f"pid {proc.pid}, up {_uptime(now - proc.started)}, " if proc else ""
         wanted.append(("switch", sw.name, f"{up}{sw.kind} on {sw.tap or 'no tap'}"))
@@ -75,10 +82,10 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         answering = "" if state is None or state.answers or proc is None else ", mconsole not answering"
         wanted.append(("guest", guest.name, f"{up}{guest.mem}{answering}"))
 
-    by_target: dict[tuple[str, str], list[str]] = {}
-    missing: set[tuple[str, str]] = set()
+    by_target: dict[tuple[Kind, str], list[str]] = {}
+    missing: set[tuple[Kind, str]] = set()
     for action in plan.actions:
-        resource: tuple[str, str] = (action.kind, action.target)
+        resource: tuple[Kind, str] = (action.kind, action.target)
         by_target.setdefault(resource, []).append(action.reason)
         if action.op == "create":
             missing.add(resource)

@@ -27,13 +27,17 @@ from umlstate.plan.actions.host import (
 from umlstate.plan.actions.network import (
     AddAddress,
     AddProxy,
+    CreateBridge,
     CreateTap,
+    DeleteBridge,
     DeleteTap,
+    Enslave,
     FixTap,
     MarkTap,
     RemoveAddress,
     RemoveProxy,
     ReplaceTap,
+    SetBridgeUp,
     SetLinkUp,
 )
 from umlstate.plan.actions.processes import (
@@ -54,7 +58,8 @@ AnyAction: TypeAlias = (
     CreateTunNode | FixTunNode | RestoreTunNode | DeleteTunNode
     | CreateGroup | AddGroupMember | RemoveGroupMember | ForgetGroupMember | DeleteGroup
     | SetSysctl | RestoreSysctl
-    | CreateTap | FixTap | MarkTap | SetLinkUp | DeleteTap | ReplaceTap
+    | CreateTap | FixTap | MarkTap | SetLinkUp | DeleteTap | ReplaceTap | Enslave
+    | CreateBridge | SetBridgeUp | DeleteBridge
     | AddAddress | RemoveAddress | AddProxy | RemoveProxy
     | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
     | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers
@@ -67,14 +72,17 @@ __all__ = [
     "AddGroupMember",
     "AddProxy",
     "AnyAction",
+    "CreateBridge",
     "CreateGroup",
     "CreateTap",
     "CreateTunNode",
+    "DeleteBridge",
     "DeleteGroup",
     "DeleteTap",
     "DeleteTunNode",
     "EndGuestLeftovers",
     "EndSwitchLeftovers",
+    "Enslave",
     "FixTap",
     "FixTunNode",
     "ForgetGroupMember",
@@ -89,6 +97,7 @@ __all__ = [
     "ReplaceTap",
     "RestoreSysctl",
     "RestoreTunNode",
+    "SetBridgeUp",
     "SetLinkUp",
     "SetSysctl",
     "StartGuest",

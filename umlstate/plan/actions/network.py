@@ -210,3 +210,74 @@ class RemoveProxy(Action):
         owned = s.records.proxies - {(self.uplink, str(self.address))}
         return replace(s, proxies=s.proxies - {(self.uplink, self.address)},
                        records=replace(s.records, proxies=owned))
+
+
+# --- bridges ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateBridge(_Named, Action):
+    op: ClassVar[Op] = "create"
+    kind: ClassVar[Kind] = "bridge"
+    name: str
+    alias: str
+    link_group: int
+
+    @property
+    def detail(self) -> str:
+        return f"ip link add {self.name} type bridge, alias {self.alias}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        link = Link(self.name, kind="bridge", up=False, alias=self.alias, group=self.link_group)
+        return replace(s, links={**s.links, self.name: link}, addresses={**s.addresses, self.name: frozenset()},
+                       records=replace(s.records, pending_taps=s.records.pending_taps | {self.name}))
+
+
+@dataclass(frozen=True)
+class DeleteBridge(_Named, Action):
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "bridge"
+    name: str
+    link_group: int
+
+    @property
+    def detail(self) -> str:
+        return "ip link del"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        links = {k: (replace(v, master=None) if v.master == self.name else v) for k, v in s.links.items()
+                 if k != self.name}
+        addresses = {k: v for k, v in s.addresses.items() if k != self.name}
+        return replace(s, links=links, addresses=addresses,
+                       records=replace(s.records, pending_taps=s.records.pending_taps - {self.name}))
+
+
+@dataclass(frozen=True)
+class SetBridgeUp(_Named, Action):
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "bridge"
+    name: str
+
+    @property
+    def detail(self) -> str:
+        return "link up"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, links={**s.links, self.name: replace(s.links[self.name], up=True)})
+
+
+@dataclass(frozen=True)
+class Enslave(_Named, Action):
+    """Put a guest NIC's tap on its bridge."""
+
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "tap"
+    name: str
+    bridge: str
+
+    @property
+    def detail(self) -> str:
+        return f"ip link set {self.name} master {self.bridge}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, links={**s.links, self.name: replace(s.links[self.name], master=self.bridge)})

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from umlstate.model.snapshot import GuestState, Proc, Snapshot, SwitchState
 from umlstate.plan import cmdline
 from umlstate.plan.actions.base import Action, Kind, Op, _Named
+
+NIC_WORD = re.compile(r"(eth|vec)[0-9]+[=:]")  # a NIC on UML's command line
+
+
+def nic_summary(word: str) -> str:
+    """What the guest sees and how it is wired, from one NIC word: `vec0 vector tap web-0`, `eth0 daemon`."""
+    name, _, spec = word.replace(":", "=", 1).partition("=")
+    if name.startswith("vec"):
+        options = dict(o.partition("=")[::2] for o in spec.split(","))
+        transport = options.get("transport", "?")
+        return f"{name} vector {transport}" + (f" {options['ifname']}" if "ifname" in options else "")
+    parts = spec.split(",")
+    return f"{name} {parts[0]}" + (f" {parts[1]}" if parts[0] == "tuntap" and len(parts) > 1 else "")
 
 # --- switches and guests -------------------------------------------------------------
 
@@ -81,8 +95,8 @@ class StartGuest(_Named, Action):
     @property
     def detail(self) -> str:
         mem = next((w for w in self.argv if w.startswith("mem=")), "")
-        nics = sum(1 for w in self.argv if w.startswith("eth"))
-        return f"boot as {self.user}: {self.argv[0]} {mem}, {nics} nic(s)"
+        nics = [nic_summary(w) for w in self.argv if NIC_WORD.match(w)]
+        return f"boot as {self.user}: {self.argv[0]} {mem}" + "".join(f"; {n}" for n in nics)
 
     def simulate(self, s: Snapshot) -> Snapshot:
         proc = Proc(0, s.uid(self.user) or 0, self.argv, 0.0)
