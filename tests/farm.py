@@ -25,7 +25,7 @@ import pytest
 
 from umlstate.guestimage import build
 
-from conftest import Netns, make_netns, remove_netns, sh, umlstate
+from conftest import ROOT, Netns, make_netns, remove_netns, sh, umlstate
 
 TOPOLOGY = """\
 name: {name}
@@ -68,6 +68,34 @@ BRIDGE = """\
 switches:
   - {name: sw0, kind: bridge, subnet: guests}
 """
+
+
+KERNELS = {"debian-6.1": "linux.uml"}  # and "sid-7.2", fetched once per session: vector_kernel
+
+
+@pytest.fixture(scope="session")
+def vector_kernel() -> str:
+    """Debian sid's vector-only UML kernel (Linux 7.2), made to run here: scripts/fetch-vector-kernel.
+
+    Cached outside the checkout (/var/cache/umlstate/kernels), so only the first run downloads it.
+    Skips loudly when the download is impossible; fails when the kernel does not work.
+    """
+    fetched = subprocess.run([str(ROOT / "scripts" / "fetch-vector-kernel")], capture_output=True, text=True,
+                             check=False, timeout=600)
+    if fetched.returncode == 2:
+        pytest.skip(f"NO VECTOR-ONLY KERNEL: cannot download Debian sid's user-mode-linux: {fetched.stderr.strip()}")
+    assert fetched.returncode == 0, fetched.stderr
+    return fetched.stdout.strip()
+
+
+@pytest.fixture(params=["debian-6.1", "sid-7.2"])
+def kernel(request: pytest.FixtureRequest) -> str:
+    """Each kernel the end-to-end scenarios run on: bookworm's 6.1 (legacy and vector), sid's 7.2 (vector only)."""
+    name: str = request.param
+    if name == "sid-7.2":
+        path: str = request.getfixturevalue("vector_kernel")
+        return path
+    return KERNELS[name]
 
 
 @pytest.fixture(scope="session")

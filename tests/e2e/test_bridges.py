@@ -1,8 +1,8 @@
-"""Linux bridges (kind: bridge): the form of the article's switch that every kernel reaches.
+"""Linux bridges (kind: bridge) and the vector transport, on bookworm's 6.1 and sid's vector-only 7.2.
 
 Each guest NIC gets a persistent tap of its own, owned by the guest's user and
 enslaved to the bridge; the bridge carries the subnet's gateway; guests use the
-vector transport (vecN). Real guests, real bridge, in namespaces made per test.
+vector transport (vecN). Real guests, real bridges, in namespaces made per test.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from farm import Farm, ttl
 pytestmark = [pytest.mark.slow]
 
 
-def test_a_bridge_farm_comes_up_answers_the_lan_and_goes_without_a_trace(farm: Farm) -> None:
+def test_a_bridge_farm_comes_up_answers_the_lan_and_goes_without_a_trace(farm: Farm, kernel: str) -> None:
     before = farm.host.ip("-d", "-o", "link", "show").stdout
-    farm.write(kind="bridge")
+    farm.write(kind="bridge", kernel=kernel)
     applied = farm.cli("apply", "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     links = {x["ifname"]: x for x in farm.host.json("-d", "link", "show")}
@@ -29,12 +29,39 @@ def test_a_bridge_farm_comes_up_answers_the_lan_and_goes_without_a_trace(farm: F
     assert ttl(farm.lan_ping("172.16.99.2")) == 63
     assert farm.host.run("ping", "-c1", "-W2", "172.16.99.2").returncode == 0, "the host reaches db on the bridge"
     assert "vec0:transport=tap,ifname=web-0" in " ".join(farm.recorded("guest-web")["argv"])
+    assert "umlstate-guest: ready: vec0 172.16.99.1/24" in farm.log("web")
     plan = farm.cli("plan", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stdout
     status = json.loads(farm.cli("status", "--json").stdout)
-    kinds = {(r["kind"], r["target"]): r["state"] for r in status["resources"]}
-    assert kinds[("bridge", "sw0")] == "ok" and kinds[("tap", "web-0")] == "ok"
+    states = {(r["kind"], r["target"]): r["state"] for r in status["resources"]}
+    assert states[("bridge", "sw0")] == "ok" and states[("tap", "web-0")] == "ok" and states[("guest", "db")] == "ok"
     destroyed = farm.cli("destroy", "--yes")
     assert destroyed.returncode == 0, destroyed.stderr
     assert farm.host.ip("-d", "-o", "link", "show").stdout == before
+    assert not farm.processes()
+
+
+def test_a_uml_switch_on_a_vector_only_kernel_is_refused_with_the_way_out(farm: Farm, vector_kernel: str) -> None:
+    farm.write(kind="uml_switch", kernel=vector_kernel)
+    before = farm.host.ip("-d", "-o", "link", "show").stdout, farm.host.sysctl("net.ipv4.ip_forward")
+    plan = farm.cli("plan")
+    assert plan.returncode == 1
+    assert "has no daemon transport (CONFIG_UML_NET_DAEMON is not set); Linux 6.16 removed the legacy" in plan.stdout
+    assert "(Linux 7.2" in plan.stdout and "kind: bridge" in plan.stdout, plan.stdout
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 1 and "nothing was changed" in applied.stderr
+    assert (farm.host.ip("-d", "-o", "link", "show").stdout, farm.host.sysctl("net.ipv4.ip_forward")) == before
+    assert not farm.processes()
+
+
+def test_a_vde_switch_farm_on_a_vector_only_kernel_uses_the_vector_vde_transport(farm: Farm,
+                                                                                  vector_kernel: str) -> None:
+    farm.write(kind="vde_switch", kernel=vector_kernel)
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "vec0:transport=vde,vnl=vde://" in " ".join(farm.recorded("guest-web")["argv"])
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63
+    assert ttl(farm.lan_ping("172.16.99.2")) == 63
+    assert farm.cli("plan", "--detailed-exitcode").returncode == 0
+    assert farm.cli("destroy", "--yes").returncode == 0
     assert not farm.processes()
