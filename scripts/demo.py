@@ -2,7 +2,8 @@
 
 Run by scripts/demo (which installs what is needed first). It builds a tiny
 guest image, makes a "umlstate-demo" host namespace whose eth0 is a veth to a
-"umlstate-demo-lan" namespace (the LAN), adapts topology.example.yaml through
+"umlstate-demo-lan" namespace (the LAN), adapts topology.example.yaml (or,
+where the kernel has no uml_switch transport, topology.bridge.example.yaml) through
 a small overlay (the guest's user, the image, folders under /tmp), and runs
 umlstate plan, apply and status inside the host namespace; the LAN then pings
 the guest through proxy ARP. `--down` takes it all away again. The root
@@ -53,7 +54,7 @@ def umlstate(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
     return run(str(ROOT / ".venv" / "bin" / "umlstate"), "--netns", HOST_NS, *args, check=check)
 
 
-def overlay(example: dict[str, Any], image: Path) -> dict[str, Any]:
+def overlay(example: dict[str, Any], image: Path, kernel: str) -> dict[str, Any]:
     """The example, adapted to this machine; every change is printed."""
     t = dict(example)
     host = dict(t.get("host", {}))
@@ -62,12 +63,27 @@ def overlay(example: dict[str, Any], image: Path) -> dict[str, Any]:
     host["groups"] = [{"name": GROUP, "members": [USER]}]
     t["host"] = host
     t["taps"] = [{**tap, "owner": USER, "group": GROUP} for tap in t.get("taps", [])]
-    t["switches"] = [{**sw, "user": USER} for sw in t.get("switches", [])]
-    t["guests"] = [{**g, "user": USER, "mem": "64M", "disk": {"base": str(image)}} for g in t.get("guests", [])]
+    t["switches"] = [sw if sw.get("kind") == "bridge" else {**sw, "user": USER} for sw in t.get("switches", [])]
+    t["guests"] = [{**g, "user": USER, "mem": "96M", "kernel": kernel, "disk": {"base": str(image)}}
+                   for g in t.get("guests", [])]
     return t
 
 
-def up() -> None:
+def choose_form(kernel: str, force_bridge: bool) -> tuple[str, Path]:
+    """The seed's uml_switch where the kernel still has the daemon transport, else the bridge form."""
+    from umlstate.host import kconfig
+
+    path = shutil.which(kernel) or kernel
+    info = kconfig.inspect(path)
+    if force_bridge:
+        return "the bridge form (--bridge)", ROOT / "topology.bridge.example.yaml"
+    if info is not None and "daemon" not in info.transports:
+        return (f"the bridge form: {path} (Linux {info.version}) has no daemon transport for uml_switch",
+                ROOT / "topology.bridge.example.yaml")
+    return f"the seed's uml_switch form: {path} still has the daemon transport", ROOT / "topology.example.yaml"
+
+
+def up(kernel: str, force_bridge: bool) -> None:
     if HOST_NS in run("ip", "netns", "list", show=False).stdout.split():
         # A demo is a known starting point: an earlier one may have a guest
         # stopped, or a COW file made from the image this run rebuilds.
@@ -91,17 +107,19 @@ def up() -> None:
     for ns, dev in ((HOST_NS, "eth0"), (HOST_NS, "lo"), (LAN_NS, "lan0"), (LAN_NS, "lo")):
         run("ip", "-n", ns, "link", "set", dev, "up")
 
-    step(3, total, "Adapting topology.example.yaml to this machine (an overlay; the example stays as it is)")
-    example = yaml.safe_load((ROOT / "topology.example.yaml").read_text())
-    TOPOLOGY.write_text(yaml.safe_dump(overlay(example, image), sort_keys=False))
-    print(f"user dupont -> {USER}; group umlusers -> {GROUP}; base image -> {image};\n"
-          f"run_dir, state_dir and the tun node under {WORK}; mem -> 64M. Written to {TOPOLOGY}")
+    form, source = choose_form(kernel, force_bridge)
+    step(3, total, f"Adapting {source.name} to this machine (an overlay; the example stays as it is)")
+    print(f"Using {form}.")
+    example = yaml.safe_load(source.read_text())
+    TOPOLOGY.write_text(yaml.safe_dump(overlay(example, image, kernel), sort_keys=False))
+    print(f"user dupont -> {USER}; group umlusers -> {GROUP}; base image -> {image}; kernel -> {kernel};\n"
+          f"run_dir, state_dir and the tun node under {WORK}; mem -> 96M. Written to {TOPOLOGY}")
     run(str(ROOT / ".venv" / "bin" / "umlstate"), "validate", str(TOPOLOGY))
 
     step(4, total, "umlstate plan: what apply would change (nothing has changed yet)")
     umlstate("plan", str(TOPOLOGY), check=False)
 
-    step(5, total, "umlstate apply --yes: tun node, group, sysctl, tap, address, proxy ARP, switch, guest")
+    step(5, total, "umlstate apply --yes: tun node, group, sysctl, tap or bridge, address, proxy ARP, switch, guest")
     umlstate("apply", str(TOPOLOGY), "--yes")
 
     step(6, total, "From the LAN, ping the guest 172.16.99.1 (proxy ARP on eth0, forwarding: ttl 63 = one hop)")
@@ -151,8 +169,11 @@ def down() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--down", action="store_true", help="tear the demo down")
+    parser.add_argument("--bridge", action="store_true", help="use the bridge form even where uml_switch works")
+    parser.add_argument("--kernel", default="linux.uml", metavar="PATH",
+                        help="the UML kernel (e.g. the 7.2 one scripts/fetch-vector-kernel prints)")
     args = parser.parse_args()
-    down() if args.down else up()
+    down() if args.down else up(args.kernel, args.bridge)
 
 
 if __name__ == "__main__":
