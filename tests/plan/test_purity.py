@@ -9,8 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "umlstate"
 # Every module of the plan layer, the desired state's pure ones, and the renderers.
-PURE = sorted(str(p.relative_to(PACKAGE).with_suffix("")) for p in (PACKAGE / "plan").rglob("*.py")) + [
-    "model/snapshot", "model/topology", "model/rules", "cli/render", "cli/graph"]
+PURE = [*sorted(str(p.relative_to(PACKAGE).with_suffix("")) for p in (PACKAGE / "plan").rglob("*.py")),
+        "model/snapshot", "model/topology", "model/rules", "cli/render", "cli/graph"]
 FORBIDDEN_MODULES = {"os", "subprocess", "socket", "fcntl", "ctypes", "shutil", "pyroute2", "psutil", "pathlib",
                      "grp", "pwd", "umlstate.host", "umlstate.observe", "umlstate.apply", "umlstate.reconcile"}
 FORBIDDEN_CALLS = {"open", "print", "input", "exec", "eval"}

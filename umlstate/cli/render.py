@@ -83,7 +83,7 @@ def status_text(rows: list[Row], plan: Plan, *, colour: bool = False) -> str:
     """The table, then what the plan found that no row can say (conflicts already have their rows)."""
     problems = _problems(plan, colour, conflicts=False)
     if not rows:
-        return "The topology declares no resources.\n" + "\n".join(["", *problems]).rstrip("\n") + "\n"
+        return "\n".join(["The topology declares no resources.", *(["", *problems[:-1]] if problems else [])]) + "\n"
     kind_w = max(len(r.kind) for r in rows)
     target_w = max(len(r.target) for r in rows)
     lines = []

@@ -134,7 +134,9 @@ def _messages(sock: socket.socket) -> Iterator[tuple[int, int, bytes, int, int]]
             length, kind, _flags, seq, _port = _NLMSG.unpack_from(buf, offset)
             if kind == NLMSG_DONE:
                 return
-            yield kind, seq, buf, offset + _NLMSG.size, offset + length
+            if length < _NLMSG.size:  # malformed: it would never advance
+                raise ActionError(f"netlink: a message of {length} bytes, shorter than its header")
+            yield kind, seq, buf, offset + _NLMSG.size, min(offset + length, len(buf))
             offset += (length + 3) & ~3
 
 
@@ -280,19 +282,21 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:
         return buf[where[0]:where[1]].split(b"\0", 1)[0].decode() if where else None
 
     def u32(where: tuple[int, int] | None) -> int | None:
-        return struct.unpack_from("=I", buf, where[0])[0] if where else None
+        return struct.unpack_from("=I", buf, where[0])[0] if where and where[1] - where[0] >= 4 else None
 
     def u8(where: tuple[int, int] | None) -> int | None:
-        return buf[where[0]] if where else None
+        return buf[where[0]] if where and where[1] > where[0] else None
 
     info = attrs.get(IFLA_LINKINFO)
     linkinfo = _attrs(buf, *info) if info else {}
+    kind = text(linkinfo.get(IFLA_INFO_KIND))
     data_at = linkinfo.get(IFLA_INFO_DATA)
-    data = _attrs(buf, *data_at) if data_at else {}
+    # IFLA_INFO_DATA is the link kind's own: a bridge's forward delay is no tun owner.
+    data = _attrs(buf, *data_at) if data_at and kind == "tun" else {}
     owner, group = u32(data.get(IFLA_TUN_OWNER)), u32(data.get(IFLA_TUN_GROUP))
     return index, Link(
         name=text(attrs.get(IFLA_IFNAME)) or f"if{index}",
-        kind=text(linkinfo.get(IFLA_INFO_KIND)),
+        kind=kind,
         up=bool(flags & IFF_UP),
         carrier=bool(flags & IFF_LOWER_UP),
         alias=text(attrs.get(IFLA_IFALIAS)) or None,
@@ -368,6 +372,8 @@ class Batch:
                     offset = 0
                     while offset + _NLMSG.size <= len(buf):
                         length, kind, _flags, seq, _pid = _NLMSG.unpack_from(buf, offset)
+                        if length < _NLMSG.size:  # malformed: it would never advance
+                            raise ActionError(f"netlink: an ack of {length} bytes, shorter than its header")
                         if kind == NLMSG_ERROR:
                             (code,) = struct.unpack_from("=i", buf, offset + _NLMSG.size)
                             results[seq] = -code

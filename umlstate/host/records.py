@@ -45,9 +45,19 @@ def load(state_dir: str) -> Records:
     finally:
         os.close(fd)
     try:
-        return records_from_json(json.loads(data))
-    except (ValueError, ValidationError) as exc:
-        raise _unreadable(path, str(exc).splitlines()[0]) from None
+        parsed = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise _unreadable(path, f"not JSON: {str(exc)[:200]}") from None
+    version = parsed.get("format_version", 1) if isinstance(parsed, dict) else None
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise _unreadable(path, f"format_version {version} is not one this umlstate reads (at most "
+                                f"{FORMAT_VERSION}); a newer umlstate wrote it, or it is not umlstate's")
+    try:
+        return records_from_json(parsed)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise _unreadable(path, f"{where}: {first['msg']}") from None
 
 
 def _unreadable(path: Path, why: str) -> HostError:
@@ -71,6 +81,12 @@ def save(state_dir: str, records: Records) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path_of(state_dir))
+        # The rename itself must survive a power cut, not only the file's bytes.
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

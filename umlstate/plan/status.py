@@ -67,10 +67,13 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         wanted.append(("address", f"{name} {iface}", ""))
     for uplink, address in sorted(wanted_proxies(t)):
         wanted.append(("proxy-neigh", f"{uplink} {address}", ""))
+    down: set[tuple[Kind, str]] = set()  # processes that should run and do not, whatever the plan could do
     for sw in sorted(t.switch_processes, key=lambda x: x.name):
         proc = s.switches[sw.name].proc if sw.name in s.switches else None
         up = f"pid {proc.pid}, up {_uptime(now - proc.started)}, " if proc else ""
         wanted.append(("switch", sw.name, f"{up}{sw.kind} on {sw.tap or 'no tap'}"))
+        if proc is None:
+            down.add(("switch", sw.name))
     for guest in sorted(t.guests, key=lambda g: g.name):
         state = s.guests.get(guest.name)
         if guest.name in s.records.held:
@@ -79,6 +82,8 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
             continue
         proc = state.proc if state else None
         up = f"pid {proc.pid}, up {_uptime(now - proc.started)}, " if proc else ""
+        if proc is None:
+            down.add(("guest", guest.name))
         answering = "" if state is None or state.answers or proc is None else ", mconsole not answering"
         wanted.append(("guest", guest.name, f"{up}{guest.mem}{answering}"))
 
@@ -100,6 +105,8 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
             rows.append(Row(kind, target, "missing", "; ".join(by_target[resource])))
         elif resource in by_target:
             rows.append(Row(kind, target, "drifted", "; ".join(by_target[resource])))
+        elif resource in down:  # the plan could not start it: its errors say why
+            rows.append(Row(kind, target, "missing", "not running; apply cannot start it (see the errors below)"))
         else:
             rows.append(Row(kind, target, "ok", ok_detail))
     listed = {(r.kind, r.target) for r in rows}

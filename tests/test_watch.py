@@ -1,0 +1,171 @@
+"""umlstate.watch._drain: the debounce of netlink events, bounded, and its report of lost events.
+
+`watch` swallows a burst of events until ``quiet`` seconds pass without one, but never for more
+than ``longest`` (SPEC: a flood, which any guest's user can cause, delays a pass by at most
+MAX_DEBOUNCE), and says whether the kernel dropped events (ENOBUFS). Tested on a non-blocking
+AF_UNIX datagram socketpair standing in for the event socket (no root, no netlink), and on socket
+doubles for what a socketpair cannot do on demand: ENOBUFS, and a flood that never leaves the
+queue empty.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from umlstate.watch import _drain
+
+QUIET, LONGEST = 0.15, 0.5
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(reader, writer), both non-blocking, as watch's event socket is."""
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.setblocking(False)
+    writer.setblocking(False)
+    with reader, writer:
+        yield reader, writer
+
+
+def timed(call: Callable[[], bool], limit: float = 3.0) -> tuple[bool, float]:
+    """Run ``call`` in a thread: (its result, seconds taken); fail, not hang, past ``limit``."""
+    result: list[bool] = []
+    began = time.monotonic()
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert result, f"_drain still running after {limit} s"
+    return result[0], time.monotonic() - began
+
+
+def test_a_quiet_socket_returns_after_quiet_with_nothing_lost(pair: tuple[socket.socket, socket.socket]) -> None:
+    reader, _writer = pair
+    lost, took = timed(lambda: _drain(reader, QUIET, LONGEST))
+    assert lost is False
+    assert QUIET - 0.01 <= took < QUIET + 0.1
+
+
+def test_a_burst_is_swallowed_whole(pair: tuple[socket.socket, socket.socket]) -> None:
+    reader, writer = pair
+    for _ in range(50):
+        writer.send(b"event")
+    lost, took = timed(lambda: _drain(reader, QUIET, LONGEST))
+    assert lost is False and took < LONGEST
+    with pytest.raises(BlockingIOError):
+        reader.recv(1 << 16)  # nothing left for the next wait to wake up on
+
+
+def test_events_that_keep_coming_extend_the_wait_until_they_stop(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Bursts 50 ms apart for 0.3 s: the debounce waits them out, then one quiet period more."""
+    reader, writer = pair
+
+    def bursts() -> None:
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            writer.send(b"event")
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=bursts)
+    sender.start()
+    try:
+        lost, took = timed(lambda: _drain(reader, QUIET, 2.0))
+    finally:
+        sender.join()
+    assert lost is False
+    assert 0.3 + QUIET - 0.05 <= took < 1.0
+
+
+def test_a_flood_from_a_thread_ends_the_wait_at_longest(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A writer that never pauses: no quiet period ever comes, so `longest` ends the wait."""
+    reader, writer = pair
+    stop = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        while not stop.is_set():
+            try:
+                writer.send(b"event" * 8)
+                sent[0] += 1
+            except BlockingIOError:
+                pass
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        time.sleep(0.02)
+        lost, took = timed(lambda: _drain(reader, QUIET, LONGEST))
+    finally:
+        stop.set()
+        flooder.join()
+    assert sent[0] > 1000  # it was a flood
+    assert lost is False
+    assert LONGEST - 0.05 <= took < LONGEST + 0.1
+
+
+class FakeEvents:
+    """An event socket double: recv() follows a script, then the queue is empty (BlockingIOError).
+
+    select() needs a real descriptor: that of a socket that never becomes readable.
+    """
+
+    def __init__(self, script: Callable[[int], bytes], quiet: socket.socket) -> None:
+        self.script = script
+        self.calls = 0
+        self.quiet = quiet
+
+    def recv(self, _size: int) -> bytes:
+        self.calls += 1
+        return self.script(self.calls)
+
+    def fileno(self) -> int:
+        return self.quiet.fileno()
+
+
+def test_an_overflowing_socket_reports_lost_events(pair: tuple[socket.socket, socket.socket]) -> None:
+    def script(call: int) -> bytes:
+        if call == 1:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    events = FakeEvents(script, pair[0])
+    lost, took = timed(lambda: _drain(events, QUIET, LONGEST))  # type: ignore[arg-type]
+    assert lost is True
+    assert events.calls >= 2  # it went on reading after ENOBUFS
+    assert took < LONGEST
+
+
+def test_another_receive_error_is_not_swallowed(pair: tuple[socket.socket, socket.socket]) -> None:
+    def script(_call: int) -> bytes:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(OSError) as caught:
+        _drain(FakeEvents(script, pair[0]), QUIET, LONGEST)  # type: ignore[arg-type]
+    assert caught.value.errno == errno.EBADF
+
+
+def test_a_flood_that_never_leaves_the_queue_empty_is_still_cut_at_longest(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    released = threading.Event()
+
+    def script(_call: int) -> bytes:
+        if released.is_set():  # lets a stuck _drain finish once the test has its answer
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return b"event"
+
+    result: list[bool] = []
+    worker = threading.Thread(
+        target=lambda: result.append(_drain(FakeEvents(script, pair[0]), QUIET, LONGEST)),  # type: ignore[arg-type]
+        daemon=True)
+    worker.start()
+    worker.join(LONGEST + 0.5)
+    in_time = bool(result)
+    released.set()
+    worker.join(2.0)
+    assert not worker.is_alive()
+    assert in_time, f"_drain was still swallowing events {LONGEST + 0.5} s into a flood (longest={LONGEST})"
