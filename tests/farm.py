@@ -49,7 +49,7 @@ subnets:
     mem: {web_mem}
     disk: {{base: {image}}}
     args: [umlstate.ping=172.16.99.2]
-    nics: [{{switch: sw0, address: 172.16.99.1}}]
+    nics: [{{switch: sw0, address: 172.16.99.1}}{web_more_nics}]
   - name: db
     user: nobody
     kernel: {kernel}
@@ -115,10 +115,12 @@ class Farm:
         self.path = tmp / "topology.yaml"
         self.write()
 
-    def write(self, web_mem: str = "96M", kind: str = "uml_switch", kernel: str = "linux.uml") -> None:
+    def write(self, web_mem: str = "96M", kind: str = "uml_switch", kernel: str = "linux.uml",
+              web_more_addresses: tuple[str, ...] = ()) -> None:
         network = BRIDGE if kind == "bridge" else SWITCH_ON_TAP.format(kind=kind, group=self.group)
+        more = "".join(f", {{switch: sw0, address: {a}}}" for a in web_more_addresses)
         self.path.write_text(TOPOLOGY.format(name=self.name, tmp=self.tmp, group=self.group, image=self.image,
-                                             web_mem=web_mem, kernel=kernel, network=network))
+                                             web_mem=web_mem, kernel=kernel, network=network, web_more_nics=more))
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return umlstate(*args, netns=self.host.name)

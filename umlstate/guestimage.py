@@ -8,6 +8,8 @@ each NIC from ``umlstate.eth<i>=`` or ``umlstate.vec<i>=`` and the default route
 ``umlstate.gw=`` on /proc/cmdline, and power off on SIGINT, which is what the
 kernel sends init on ``cad`` once ctrl-alt-del is 0. For tests, each
 ``umlstate.ping=ADDR`` word makes it ping that neighbour and log the result,
+a NIC plugged in live is configured from the ``umlstate.vecN=`` line umlstate
+writes into the guest's kernel log (mconsole ``log``),
 and ``umlstate.cad=reboot`` leaves ctrl-alt-del alone, as a careless init would.
 
     python -m umlstate.guestimage /srv/uml/base.img
@@ -45,10 +47,19 @@ for peer in $peers; do  # tests: check a neighbour, and say so on the console (t
           sleep 1
       done; echo "umlstate-guest: ping $peer failed" ) &
 done
+( while :; do  # NICs plugged in live: umlstate says their address in the kernel log (mconsole log)
+      for word in $(dmesg | grep -o 'umlstate\\.vec[0-9]*=[0-9./]*'); do
+          key="${word%%=*}"; dev="${key#umlstate.}"
+          [ -e "/sys/class/net/$dev" ] || continue
+          ip -4 -o addr show dev "$dev" | grep -q " ${word#*=} " && continue
+          ip link set "$dev" up && ip addr add "${word#*=}" dev "$dev" && echo "umlstate-guest: plugged $dev ${word#*=}"
+      done
+      sleep 1
+  done ) &
 trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM
 while :; do sleep 3600 & wait $!; done
 """
-APPLETS = ("sh", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps")
+APPLETS = ("sh", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps", "dmesg")
 
 
 def build(out: Path, size_mb: int = 8) -> Path:

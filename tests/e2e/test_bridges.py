@@ -65,3 +65,30 @@ def test_a_vde_switch_farm_on_a_vector_only_kernel_uses_the_vector_vde_transport
     assert farm.cli("plan", "--detailed-exitcode").returncode == 0
     assert farm.cli("destroy", "--yes").returncode == 0
     assert not farm.processes()
+
+
+def test_a_nic_added_to_a_running_guest_is_plugged_in_live_and_answers(farm: Farm, kernel: str) -> None:
+    farm.write(kind="bridge", kernel=kernel)
+    assert farm.cli("apply", "--yes").returncode == 0
+    assert ttl(farm.lan_ping("172.16.99.1")) == 63
+    before = farm.recorded("guest-web")
+
+    farm.write(kind="bridge", kernel=kernel, web_more_addresses=("172.16.99.11",))
+    plan = farm.cli("plan")
+    assert "~ guest web" in plan.stdout and "plug vec1 vector tap web-1 live" in plan.stdout, plan.stdout
+    assert "-/+ guest web" not in plan.stdout, "a plug, not a replace"
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    answer = farm.lan_ping("172.16.99.11")
+    assert "ttl=63" in answer, "the new NIC answers the LAN: " + applied.stdout + applied.stderr + farm.log("web")[-300:]
+    after = farm.recorded("guest-web")
+    assert (after["pid"], after["start"]) == (before["pid"], before["start"]), "the same guest process"
+    assert farm.log("web").count("Run /sbin/init") == 1, "no reboot: init ran once"
+    assert "umlstate-guest: plugged vec1 172.16.99.11/24" in farm.log("web")
+    assert farm.cli("plan", "--detailed-exitcode").returncode == 0, "the record carries the new command line"
+
+    farm.write(kind="bridge", kernel=kernel)  # the NIC goes again: the guest must let it go first
+    unplug = farm.cli("plan")
+    assert "unplug vec1 live" in unplug.stdout, unplug.stdout
+    farm_guest_down = farm.cli("apply", "--yes")
+    assert farm_guest_down.returncode == 1 and "ip link set vec1 down" in farm_guest_down.stderr

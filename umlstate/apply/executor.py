@@ -28,7 +28,7 @@ import structlog
 from umlstate.apply.boot import BootWait
 from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, schedule
 from umlstate.errors import ActionError, HostError
-from umlstate.host import cow, folders, logs, netlink, processes, records, sysctl, tun
+from umlstate.host import cow, folders, logs, mconsole, netlink, processes, records, sysctl, tun
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.host.users import gid_of, primary_gid, uid_of
@@ -245,8 +245,30 @@ class Executor:
                 self._start_guest(action.start)
             case A.EndGuestLeftovers():
                 processes.end_all(processes.unit_of("guest", action.name), self.cgroups, None)
+            case A.PlugNic():
+                self._console(action.name, action.proc, f"config {action.word}")
+                if action.hint:  # the guest's init reads it from its kernel log; the newline ends the record,
+                    # since UML's mconsole log printks the text as it is and an open line is not logged yet
+                    self._console(action.name, action.proc, f"log umlstate: {action.hint}\n")
+                self._remember(processes.unit_of("guest", action.name), replace(action.proc, argv=action.argv))
+            case A.UnplugNic():
+                self._console(action.name, action.proc, f"remove {action.ifname}",
+                              hint=f"; the guest must bring {action.ifname} down first (ip link set "
+                                   f"{action.ifname} down), then apply again")
+                self._remember(processes.unit_of("guest", action.name), replace(action.proc, argv=action.argv))
             case _:
                 assert_never(action)
+
+    @staticmethod
+    def _console(name: str, proc: Proc, command: str, hint: str = "") -> None:
+        """One mconsole command to a running guest; a refusal or silence fails the action."""
+        path = processes.mconsole_path(proc, name)
+        if path is None:
+            raise ActionError(f"guest {name} was started without a uml_dir: no mconsole to reach it")
+        try:
+            mconsole.command(path, command, owner=proc.uid, timeout=5.0)
+        except mconsole.MconsoleError as exc:
+            raise ActionError(f"{exc}{hint}") from None
 
     def _send_now(self, action: Batchable) -> None:
         """One request, acked before the next step (a replaced tap's name must be free first)."""

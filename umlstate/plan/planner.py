@@ -15,9 +15,10 @@ Destroy is the plan towards a topology that wants nothing.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 
-from umlstate.model.snapshot import Snapshot
+from umlstate.model.snapshot import Proc, Snapshot
 from umlstate.model.topology import Host, Topology
 from umlstate.plan import actions as A
 from umlstate.plan import cmdline, preflight
@@ -347,6 +348,11 @@ def _guests(t: Topology, b: Builder) -> None:
             continue
         restarted = sorted(n.switch for n in guest.nics if n.switch in b.restarted_switches)
         uid = b.s.uid(guest.user)
+        live = _hotplug(guest.name, state.proc, argv) if not restarted and state.proc.uid == uid else None
+        if live is not None:
+            for action in live:
+                b.add(action)
+            continue
         if state.proc.argv != argv:
             why = "command line changed"
         elif uid is not None and state.proc.uid != uid:
@@ -357,6 +363,35 @@ def _guests(t: Topology, b: Builder) -> None:
             continue
         b.add(A.ReplaceGuest(why, A.StopGuest(why, guest.name, state.proc),
                              A.StartGuest(why, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)))
+
+
+VECTOR_TAP = re.compile(r"(vec[0-9]+):transport=tap,")
+HINT = re.compile(r"umlstate\.(vec[0-9]+)=")
+
+
+def _hotplug(name: str, proc: Proc, argv: tuple[str, ...]) -> list[A.PlugNic | A.UnplugNic] | None:
+    """NICs added to (or taken from the end of) a running guest, when that is all that changed.
+
+    Only vector tap NICs, whose device UML makes and removes at run time; None when
+    anything else differs, so the guest is replaced as before.
+    """
+    old, new = proc.argv, argv
+    added = [w for w in new if w not in old]
+    removed = [w for w in old if w not in new]
+    if bool(added) == bool(removed):
+        return None
+    changed, longer, shorter = (added, new, old) if added else (removed, old, new)
+    if [w for w in longer if w not in changed] != list(shorter):
+        return None  # not a plain addition or removal: order or other words changed
+    nics = {m[1]: w for w in changed if (m := VECTOR_TAP.match(w))}
+    hints = {m[1]: w for w in changed if (m := HINT.match(w))}
+    if not nics or len(nics) + len(hints) != len(changed) or not set(hints) <= set(nics):
+        return None
+    if added:
+        return [A.PlugNic("NIC added to a running guest", name, proc, word, hints.get(ifname), argv)
+                for ifname, word in sorted(nics.items())]
+    return [A.UnplugNic("NIC gone from the topology", name, proc, ifname, argv)
+            for ifname in sorted(nics, reverse=True)]
 
 
 def _detached(tap: str | None, b: Builder) -> bool:

@@ -43,12 +43,14 @@ from umlstate.plan.actions.network import (
 from umlstate.plan.actions.processes import (
     EndGuestLeftovers,
     EndSwitchLeftovers,
+    PlugNic,
     ReplaceGuest,
     ReplaceSwitch,
     StartGuest,
     StartSwitch,
     StopGuest,
     StopSwitch,
+    UnplugNic,
     argv_diff,
 )
 
@@ -62,7 +64,7 @@ AnyAction: TypeAlias = (
     | CreateBridge | SetBridgeUp | DeleteBridge
     | AddAddress | RemoveAddress | AddProxy | RemoveProxy
     | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
-    | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers
+    | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers | PlugNic | UnplugNic
 )
 
 __all__ = [
@@ -89,6 +91,7 @@ __all__ = [
     "Kind",
     "MarkTap",
     "Op",
+    "PlugNic",
     "RemoveAddress",
     "RemoveGroupMember",
     "RemoveProxy",
@@ -104,5 +107,6 @@ __all__ = [
     "StartSwitch",
     "StopGuest",
     "StopSwitch",
+    "UnplugNic",
     "argv_diff",
 ]

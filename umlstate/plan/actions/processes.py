@@ -173,6 +173,61 @@ class EndGuestLeftovers(_Named, Action):
         return replace(s, guests={**s.guests, self.name: replace(state, leftovers=0)})
 
 
+@dataclass(frozen=True)
+class PlugNic(_Named, Action):
+    """A NIC added to a running guest, plugged in live through mconsole instead of a restart.
+
+    ``config vecN:transport=tap,...`` makes the device; ``log umlstate.vecN=ADDR/PFX``
+    tells the guest its address through its kernel log, where its init watches for it
+    (the command line, read at boot, cannot change). The record then carries the
+    command line a boot would have, so the next plan sees nothing to do.
+    """
+
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "guest"
+    name: str
+    proc: Proc
+    word: str  # vecN:transport=tap,ifname=TAP,mac=MAC
+    hint: str | None  # umlstate.vecN=ADDR/PFX
+    argv: tuple[str, ...]  # the guest's command line with this NIC
+
+    @property
+    def ifname(self) -> str:
+        return self.word.split(":", 1)[0]
+
+    @property
+    def detail(self) -> str:
+        return f"plug {nic_summary(self.word)} live (mconsole config), no restart"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return _with_argv(s, self.name, self.argv)
+
+
+@dataclass(frozen=True)
+class UnplugNic(_Named, Action):
+    """The last NICs of a running guest taken out live (mconsole remove), once the guest brought them down."""
+
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "guest"
+    name: str
+    proc: Proc
+    ifname: str
+    argv: tuple[str, ...]  # the guest's command line without this NIC
+
+    @property
+    def detail(self) -> str:
+        return f"unplug {self.ifname} live (mconsole remove), no restart"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return _with_argv(s, self.name, self.argv)
+
+
+def _with_argv(s: Snapshot, name: str, argv: tuple[str, ...]) -> Snapshot:
+    state = s.guests[name]
+    assert state.proc is not None
+    return replace(s, guests={**s.guests, name: replace(state, proc=replace(state.proc, argv=argv))})
+
+
 def argv_diff(old: tuple[str, ...], new: tuple[str, ...]) -> str:
     """The words that differ, as -old +new: what a replace changes."""
     removed = [w for w in old if w not in new]
