@@ -15,8 +15,10 @@ entry per tap on a veth uplink:
   - one `ip link del group` of N taps (what destroy is compared with);
   - peak memory (max RSS) of plan and apply;
 and for a farm of k real guests: apply until every guest answers ping from a
-LAN namespace, against booting the same guests one after the other; and watch
-mode's repair time for a deleted tap and a killed switch.
+LAN namespace, against booting the same guests one after the other; the same
+from an empty host for the uml_switch form against the bridge form (on 6.1,
+and on sid's vector-only 7.2 where scripts/fetch-vector-kernel can get it);
+and watch mode's repair time for a deleted tap and a killed switch.
 """
 
 from __future__ import annotations
@@ -167,19 +169,52 @@ host:
   sysctl: {{net.ipv4.ip_forward: 1}}
 subnets:
   - {{name: guests, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth0}}}}
-taps: [{{name: uml0, owner: nobody, group: {group}, subnet: guests}}]
-switches: [{{name: sw0, tap: uml0, user: nobody}}]
-guests:
+{network}guests:
 {guests}
 """
+NETWORKS = {  # the seed's switch process on a tap, and the Linux bridge every kernel reaches
+    "uml_switch": "taps: [{{name: uml0, owner: nobody, group: {group}, subnet: guests}}]\n"
+                  "switches: [{{name: sw0, tap: uml0, user: nobody}}]\n",
+    "bridge": "switches: [{{name: sw0, kind: bridge, subnet: guests}}]\n",
+}
 
 
-def farm_topology(k: int, folder: Path, image: Path, group: str) -> Path:
-    guests = "\n".join(f"  - {{name: g{i}, user: nobody, mem: 64M, disk: {{base: {image}}}, "
+def farm_topology(k: int, folder: Path, image: Path, group: str, *, form: str = "uml_switch",
+                  kernel: str = "linux.uml") -> Path:
+    guests = "\n".join(f"  - {{name: g{i}, user: nobody, mem: 96M, kernel: {kernel}, disk: {{base: {image}}}, "
                        f"nics: [{{switch: sw0, address: 172.16.99.{i + 1}}}]}}" for i in range(k))
     path = folder / f"farm-{k}.yaml"
-    path.write_text(FARM.format(folder=folder, group=group, guests=guests))
+    path.write_text(FARM.format(folder=folder, group=group, guests=guests,
+                                network=NETWORKS[form].format(group=group)))
     return path
+
+
+def bench_forms(ks: list[int], repeat: int, folder: Path, image: Path, group: str) -> list[dict[str, Any]]:
+    """From an empty host to every guest answering the LAN: uml_switch against bridge (6.1), bridge on 7.2."""
+    kernels = {"debian-6.1": "linux.uml"}
+    fetched = sh(str(Path(__file__).resolve().parent.parent / "scripts" / "fetch-vector-kernel"), check=False)
+    if fetched.returncode == 0:
+        kernels["sid-7.2"] = fetched.stdout.strip()
+    contenders = [("uml_switch", "debian-6.1"), ("bridge", "debian-6.1")]
+    contenders += [("bridge", "sid-7.2")] if "sid-7.2" in kernels else []
+    found = []
+    for k in ks:
+        raw: dict[str, list[float]] = {f"{form} {kernel}": [] for form, kernel in contenders}
+        addresses = [f"172.16.99.{i + 1}" for i in range(k)]
+        for r in range(repeat):
+            for form, kernel in contenders:
+                run = folder / f"forms-{k}-{form}-{kernel}-{r}"
+                run.mkdir()
+                run.chmod(0o755)
+                topology = farm_topology(k, run, image, group, form=form, kernel=kernels[kernel])
+                with lan_pair() as (host, lan):
+                    start = time.perf_counter()
+                    timed([PY, "-m", "umlstate", "--netns", host, "apply", str(topology), "--yes"])
+                    until_pings(lan, addresses)
+                    raw[f"{form} {kernel}"].append(time.perf_counter() - start)
+                    timed([PY, "-m", "umlstate", "--netns", host, "destroy", str(topology), "--yes"])
+        found.append({"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}})
+    return found
 
 
 @contextmanager
@@ -238,7 +273,7 @@ def bench_watch(repeat: int, folder: Path, image: Path, group: str) -> dict[str,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(2)
-            socket = str(run / "run" / "sw0.ctl")
+            records = run / "state" / "state.json"
             for _ in range(repeat):
                 sh("ip", "-n", host, "link", "del", "uml0")
                 start = time.perf_counter()
@@ -246,10 +281,10 @@ def bench_watch(repeat: int, folder: Path, image: Path, group: str) -> dict[str,
                     time.sleep(0.005)
                 raw["deleted_tap"].append(time.perf_counter() - start)
                 time.sleep(3)  # let the pass that follows settle (switch and guest reconnect)
-                old = _switch_pid(socket)
+                old = _switch_pid(records)
                 os.kill(old, signal.SIGKILL)
                 start = time.perf_counter()
-                while _switch_pid(socket, default=old) == old:
+                while _switch_pid(records, default=old) == old:
                     time.sleep(0.005)
                 raw["killed_switch"].append(time.perf_counter() - start)
                 time.sleep(3)
@@ -260,12 +295,12 @@ def bench_watch(repeat: int, folder: Path, image: Path, group: str) -> dict[str,
     return {"raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
 
 
-def _switch_pid(socket: str, default: int = 0) -> int:
-    for p in psutil.process_iter(["name", "cmdline", "status"]):
-        if p.info["name"] == "uml_switch" and socket in (p.info["cmdline"] or []) \
-                and p.info["status"] != psutil.STATUS_ZOMBIE:
-            return p.pid
-    return default
+def _switch_pid(records: Path, default: int = 0) -> int:
+    """The switch's pid as umlstate recorded it when it started it (its records are root's)."""
+    try:
+        return int(json.loads(records.read_text())["processes"]["switch-sw0"]["pid"])
+    except (OSError, ValueError, KeyError):
+        return default
 
 
 def table(results: dict[str, Any]) -> str:
@@ -288,6 +323,12 @@ def table(results: dict[str, Any]) -> str:
             m = r["median"]
             out.append(f"| {r['k']} | {m['parallel_apply']:.2f} s | {m['one_after_another']:.2f} s | "
                        f"{m['parallel_apply'] / one:.2f}x |")
+    if results.get("forms"):
+        names = list(results["forms"][0]["median"])
+        out += ["", "| guests | " + " | ".join(f"{n}: empty to all answering" for n in names) + " |",
+                "|---|" + "---|" * len(names)]
+        for r in results["forms"]:
+            out.append(f"| {r['k']} | " + " | ".join(f"{r['median'][n]:.2f} s" for n in names) + " |")
     if results.get("watch"):
         w = results["watch"]["median"]
         out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s")
@@ -299,6 +340,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--guests", default="1,2,4", help="farm sizes; empty to skip")
+    parser.add_argument("--forms", default="1,8", help="guests per farm for uml_switch against bridge; empty to skip")
     parser.add_argument("--no-watch", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
     args = parser.parse_args()
@@ -311,7 +353,7 @@ def main() -> None:
         results: dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-            "taps": [], "farm": [], "watch": None,
+            "taps": [], "farm": [], "forms": [], "watch": None,
         }
         step: Callable[[str], None] = lambda text: print(f"-- {text}", file=sys.stderr, flush=True)  # noqa: E731
         results["errors"] = []
@@ -335,13 +377,17 @@ def main() -> None:
             found = section(f"{n} taps x {args.repeat}", functools.partial(bench_taps, n, args.repeat, folder))
             if found:
                 results["taps"].append(found)
-        if args.guests or not args.no_watch:
+        if args.guests or args.forms or not args.no_watch:
             image = build(folder / "base.img")
             for k in [int(x) for x in args.guests.split(",") if x]:
                 found = section(f"farm of {k} guests x {args.repeat}",
                                 functools.partial(bench_farm, k, args.repeat, folder, image, group))
                 if found:
                     results["farm"].append(found)
+            ks = [int(x) for x in args.forms.split(",") if x]
+            if ks:
+                results["forms"] = section(f"uml_switch and bridge, {args.forms} guests x {args.repeat}",
+                                           lambda: bench_forms(ks, args.repeat, folder, image, group)) or []
             if not args.no_watch:
                 results["watch"] = section("watch repair", lambda: bench_watch(args.repeat, folder, image, group))
         print(table(results))
