@@ -10,7 +10,9 @@ kernel sends init on ``cad`` once ctrl-alt-del is 0. For tests, each
 ``umlstate.ping=ADDR`` word makes it ping that neighbour and log the result,
 a NIC plugged in live is configured from the ``umlstate.vecN=`` line umlstate
 writes into the guest's kernel log (mconsole ``log``),
-and ``umlstate.cad=reboot`` leaves ctrl-alt-del alone, as a careless init would.
+``umlstate.cad=reboot`` leaves ctrl-alt-del alone, as a careless init would, and
+``umlstate.cad=ignore`` ignores it altogether, as a hung or odd init might; with
+``umlstate.net=off`` it leaves its network alone, as an image unaware of umlstate would.
 
     python -m umlstate.guestimage /srv/uml/base.img
 """
@@ -28,9 +30,14 @@ INIT = """#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 grep -q 'umlstate.cad=reboot' /proc/cmdline || echo 0 > /proc/sys/kernel/ctrl-alt-del
+cad=poweroff
+grep -q 'umlstate.cad=ignore' /proc/cmdline && cad=ignore
 gw=""
 peers=""
+net=on
+grep -q 'umlstate.net=off' /proc/cmdline && net=off
 for word in $(cat /proc/cmdline); do
+    [ "$net" = off ] && break
     case "$word" in
         umlstate.gw=*) gw="${word#*=}" ;;
         umlstate.ping=*) peers="$peers ${word#*=}" ;;
@@ -56,7 +63,8 @@ done
       done
       sleep 1
   done ) &
-trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM
+if [ "$cad" = ignore ]; then trap '' INT; trap 'echo "umlstate-guest: powering off"; poweroff -f' TERM
+else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
 """
 APPLETS = ("sh", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps", "dmesg")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from umlstate.apply.boot import BOOT_TIMEOUT
 from umlstate.apply.executor import Executor
 from umlstate.errors import (
     ConflictError,
@@ -26,7 +27,7 @@ from umlstate.errors import (
     StalePlanError,
     VerificationError,
 )
-from umlstate.host import folders, records
+from umlstate.host import folders, logs, records
 from umlstate.host import netns as netns_mod
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
@@ -62,6 +63,8 @@ class Settings:
     lock_timeout: float = 60.0
     progress: bool = False  # a live line on the terminal while guests boot
     command_line: str = ""  # how the user ran us, for the `sudo ...` hint of a run without root
+    wait: bool = True  # apply waits until started guests answer at their addresses (--no-wait: booted is enough)
+    wait_timeout: float = BOOT_TIMEOUT
 
 
 class Reconciler:
@@ -101,6 +104,7 @@ class Reconciler:
             return Outcome(p, (), 0.0, snapshot)
         with self.locked():
             snapshot, p = self.plan(adopt=adopt, destroy=destroy)
+            self._cap_logs(snapshot)
             if fingerprint is not None and fingerprint != p.fingerprint:
                 raise StalePlanError("the host changed since this plan was saved; run `umlstate plan --out` again")
             _refuse(p)
@@ -111,7 +115,8 @@ class Reconciler:
                 confirm(p)
             crash = os.environ.get("UMLSTATE_TEST_CRASH_AFTER")
             result = Executor(self.topology, self.netlink, crash_after=int(crash) if crash else None,
-                              progress=self.settings.progress).apply(p, snapshot)
+                              progress=self.settings.progress, wait=self.settings.wait,
+                              wait_timeout=self.settings.wait_timeout).apply(p, snapshot)
             after, again = self.plan(destroy=destroy)
             if again.actions or again.conflicts:
                 left = "\n".join(f"  {a.kind} {a.target}: wanted {a.detail}; observed: {a.reason}"
@@ -122,6 +127,20 @@ class Reconciler:
             log.info("run", result="converged", added=s["add"], changed=s["change"], destroyed=s["destroy"],
                      seconds=round(result.seconds, 3))
             return Outcome(p, tuple(result.done), result.seconds, after)
+
+    def _cap_logs(self, snapshot: Snapshot) -> None:
+        """Every root pass keeps the running processes' logs bounded (a guest may print without end)."""
+        running = [n for n, st in snapshot.guests.items() if st.proc] + [n for n, st in snapshot.switches.items()
+                                                                          if st.proc]
+        if not running:
+            return
+        try:
+            with folders.open_trusted(f"{self.topology.state_dir}/{folders.LOGS_DIR}") as logs_dir:
+                for name in running:
+                    if logs.cap(logs_dir.fd, name):
+                        log.info("log capped", process=name, kept=f"{name}.log.1")
+        except (OSError, HostError) as exc:  # no logs folder yet, or one that is not root's: apply says so
+            log.debug("logs not capped", error=str(exc))
 
     def hold(self, guest: str, held: bool) -> None:
         """Record that `umlstate stop` keeps ``guest`` down (or no longer does); under the lock."""

@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from conftest import needs_root
+from conftest import needs_root, umlstate
 from farm import Farm, alive, ttl
 
 pytestmark = [needs_root, pytest.mark.slow]
@@ -96,17 +96,32 @@ def test_stop_leaves_no_umid_folder_and_start_brings_the_guest_back(farm: Farm) 
     assert farm.cli("destroy", "--yes").returncode == 0
 
 
-def test_a_guest_whose_init_keeps_ctrl_alt_del_is_halted_and_named(farm: Farm) -> None:
-    """The seed's pitfall: cad reboots such a guest; stop falls back to halt and says why."""
+def test_a_guest_whose_init_reboots_on_ctrl_alt_del_is_ended_at_its_restart(farm: Farm) -> None:
+    """The seed's pitfall: cad reboots such a guest; stop ends it at the restart, before a second boot."""
     farm.path.write_text(farm.path.read_text().replace("args: [umlstate.ping=172.16.99.2]",
                                                        "args: [umlstate.ping=172.16.99.2, umlstate.cad=reboot]"))
     assert farm.cli("apply", "--yes").returncode == 0
     pid = farm.guest_pid("web")
     stopped = farm.run("stop", str(farm.path), "web")
     assert stopped.returncode == 0, stopped.stderr
-    assert f"guest web stopped by halt (pid {pid})" in stopped.stderr
-    assert ("warning: guest web did not power off on mconsole cad; its init should set "
-            "/proc/sys/kernel/ctrl-alt-del to 0 and power off on SIGINT") in stopped.stderr
+    assert "guest web stopped by cad, then its reboot in" in stopped.stderr
+    assert "note: guest web answers ctrl-alt-del with a reboot" in stopped.stderr
+    assert not alive(pid)
+    run = farm.log("web")[farm.log("web").rfind("--- umlstate: "):]
+    assert run.count("Run /sbin/init") == 1, "no second boot"
+    assert farm.cli("destroy", "--yes").returncode == 0
+
+
+def test_a_guest_that_ignores_ctrl_alt_del_is_synced_remounted_and_halted(farm: Farm) -> None:
+    farm.path.write_text(farm.path.read_text().replace("args: [umlstate.ping=172.16.99.2]",
+                                                       "args: [umlstate.ping=172.16.99.2, umlstate.cad=ignore]"))
+    assert farm.cli("apply", "--yes").returncode == 0
+    pid = farm.guest_pid("web")
+    stopped = umlstate("stop", str(farm.path), "web", netns=farm.host.name, env={"UMLSTATE_STOP_TIMEOUT": "3"})
+    assert stopped.returncode == 0, stopped.stderr
+    assert "guest web stopped by sync and read-only, then halt" in stopped.stderr
+    assert "warning: guest web ignored mconsole cad" in stopped.stderr
+    assert "Emergency Remount complete" in farm.log("web") or "Emergency Sync complete" in farm.log("web")
     assert not alive(pid)
     assert farm.cli("destroy", "--yes").returncode == 0
 
@@ -164,3 +179,20 @@ def test_a_vde_switch_farm_works_the_same_way(farm: Farm) -> None:
     assert farm.cli("plan", "--detailed-exitcode").returncode == 0
     assert farm.cli("destroy", "--yes").returncode == 0
     assert not farm.processes()
+
+
+def test_apply_returns_when_guests_answer_and_names_one_that_never_does(farm: Farm) -> None:
+    """Ready means answering: a guest whose init leaves its network alone is a failed apply, with the way out."""
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0
+    assert "guest web ready in" in applied.stderr and "answering at 172.16.99.1" in applied.stderr
+    assert farm.lan.run("ping", "-c1", "-W1", "172.16.99.1").returncode == 0, "answering when apply returns"
+    assert farm.cli("destroy", "--yes").returncode == 0
+
+    farm.path.write_text(farm.path.read_text().replace("args: [umlstate.ping=172.16.99.2]",
+                                                       "args: [umlstate.net=off]"))
+    stuck = farm.cli("apply", "--yes", "--wait-timeout", "8")
+    assert stuck.returncode == 1
+    assert "not ready within 8s (apply --wait-timeout); guest web did not answer at 172.16.99.1" in stuck.stderr
+    assert "umlstate.<if>= on /proc/cmdline" in stuck.stderr
+    assert farm.cli("apply", "--yes", "--no-wait").returncode == 0, "--no-wait: booted is enough"

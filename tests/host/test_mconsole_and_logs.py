@@ -388,6 +388,25 @@ def test_a_log_over_max_log_is_rotated_at_the_next_open(tmp_path: Path, folder: 
     assert current.count(RUN_MARK) == 1 and current.endswith("three\n")
 
 
+def test_a_running_process_log_is_capped_while_it_keeps_writing(tmp_path: Path, folder: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest that prints without end: each root pass cuts its log, and its own writes go on at the new end."""
+    monkeypatch.setattr(logs, "MAX_LOG", 1000)
+    monkeypatch.setattr(logs, "TAIL", 100)
+    fd = open_for_child(folder, "web", ("linux.uml",))  # the child's descriptor, O_APPEND
+    try:
+        os.write(fd, b"x" * 5000 + b"last words\n")
+        assert logs.cap(folder, "web")
+        assert (tmp_path / "logs" / "web.log").read_bytes() == b""
+        kept = (tmp_path / "logs" / "web.log.1").read_bytes()
+        assert len(kept) == 100 and kept.endswith(b"last words\n")
+        os.write(fd, b"still here\n")
+        assert (tmp_path / "logs" / "web.log").read_bytes() == b"still here\n", "appends land at the new end"
+        assert not logs.cap(folder, "web"), "a small log is left alone"
+    finally:
+        os.close(fd)
+
+
 def test_a_1_gib_sparse_log_costs_only_its_tail(tmp_path: Path, folder: int) -> None:
     path = tmp_path / "logs" / "web.log"
     with open(path, "wb") as f:

@@ -1,16 +1,19 @@
-"""Waiting for the guests a pass started until each one has booted.
+"""Waiting for the guests a pass started until each one answers.
 
-Apply layer. Booted: its mconsole answers and its kernel has started init
-(it logs "Run ... as init process"), or, for a quiet kernel, it is still
-alive BOOT_GRACE seconds after mconsole answered. mconsole answers early,
-before the root file system is mounted, so its answer alone would call a
-guest ready that is about to panic. All guests are waited for at once; the
-log is read from where this boot began, bounded and sanitized (host.logs).
+Apply layer. Ready means answering: its mconsole answers, its kernel has
+started init (it logs "Run ... as init process"; a quiet kernel counts once
+it is still alive BOOT_GRACE seconds after mconsole answered), and every
+address it was told (umlstate.<if>=) answers an ICMP echo from the host
+side. mconsole answers long before the root file system is mounted, let
+alone the network configured: cron, scripts and people take "ready" at its
+word. All guests are waited for at once; the log is read from where this
+boot began, bounded and sanitized (host.logs).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 import structlog
 
 from umlstate.errors import ActionError
-from umlstate.host import logs, mconsole, processes
+from umlstate.host import icmp, logs, mconsole, processes
 from umlstate.model.snapshot import Proc
 from umlstate.plan import actions as A
 
@@ -26,6 +29,12 @@ log = structlog.get_logger("umlstate")
 
 BOOT_TIMEOUT = float(os.environ.get("UMLSTATE_BOOT_TIMEOUT", "90"))
 BOOT_GRACE = 3.0
+ADDRESS_WORD = re.compile(r"umlstate\.(?:eth|vec)[0-9]+=([0-9.]+)/[0-9]+$")
+
+
+def addresses_of(argv: tuple[str, ...]) -> list[str]:
+    """The addresses a guest was told on its command line: what must answer before it is ready."""
+    return [m[1] for w in argv if (m := ADDRESS_WORD.match(w))]
 
 
 @dataclass
@@ -37,8 +46,10 @@ class _Booting:
 
 
 class BootWait:
-    def __init__(self, progress: bool) -> None:
+    def __init__(self, progress: bool, *, timeout: float = BOOT_TIMEOUT, answering: bool = True) -> None:
         self.progress = progress  # a live line on the terminal while guests boot
+        self.timeout = timeout
+        self.answering = answering  # also wait until the guest's addresses answer (not with --no-wait)
         self._booting: dict[str, _Booting] = {}
 
     @property
@@ -54,10 +65,12 @@ class BootWait:
         self._booting[name] = _Booting(proc, mconsole_path, offset, action)
 
     def wait(self, logs_fd: int) -> None:
-        """Until every guest started in this pass has booted; ActionError with its log when one cannot."""
-        deadline = time.monotonic() + BOOT_TIMEOUT
+        """Until every guest started in this pass answers; ActionError with its log when one cannot."""
+        began = time.monotonic()
+        deadline = began + self.timeout
         waiting = dict(self._booting)
         answered: dict[str, float] = {}
+        booted: set[str] = set()
         try:
             while waiting:
                 for name, boot in list(waiting.items()):
@@ -70,17 +83,27 @@ class BootWait:
                         answered[name] = time.monotonic()
                     if name in answered and ("as init process" in output
                                              or time.monotonic() - answered[name] > BOOT_GRACE):
+                        booted.add(name)
+                    if name in booted and (not self.answering or all(icmp.answers(a, 0.2)
+                                                                     for a in addresses_of(boot.proc.argv))):
                         self._clear_line()
-                        log.info("guest ready", guest=name, pid=boot.proc.pid)
+                        told = addresses_of(boot.proc.argv) if self.answering else []
+                        log.info("guest ready", guest=name, pid=boot.proc.pid,
+                                 seconds=round(time.monotonic() - began, 1),
+                                 answering=f", answering at {', '.join(told)}" if told else "")
                         del waiting[name]
                 if waiting and time.monotonic() > deadline:
                     name = sorted(waiting)[0]
-                    raise ActionError(f"guest(s) {', '.join(sorted(waiting))} did not answer mconsole within "
-                                      f"{BOOT_TIMEOUT:g}s (UMLSTATE_BOOT_TIMEOUT); guest {name}: "
-                                      + logs.failure_report(logs_fd, name))
+                    what = ("did not answer at " + ", ".join(addresses_of(waiting[name].proc.argv))
+                            if name in booted else "did not boot")
+                    raise ActionError(f"guest(s) {', '.join(sorted(waiting))} not ready within {self.timeout:g}s "
+                                      f"(apply --wait-timeout); guest {name} {what}: "
+                                      + logs.failure_report(logs_fd, name)
+                                      + ("\n  hint: the guest's init must configure its network from "
+                                         "umlstate.<if>= on /proc/cmdline (README: Guests)" if name in booted else ""))
                 if waiting:
                     if self.progress:
-                        took = time.monotonic() - deadline + BOOT_TIMEOUT
+                        took = time.monotonic() - began
                         sys.stderr.write(f"\r  booting {', '.join(sorted(waiting))} ... {took:.1f}s \x1b[K")
                         sys.stderr.flush()
                     time.sleep(0.1)

@@ -25,14 +25,14 @@ from typing import assert_never
 
 import structlog
 
-from umlstate.apply.boot import BootWait
+from umlstate.apply.boot import BOOT_TIMEOUT, BootWait
 from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, schedule
 from umlstate.errors import ActionError, HostError
 from umlstate.host import cow, folders, logs, mconsole, netlink, processes, records, sysctl, tun
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.host.users import gid_of, primary_gid, uid_of
-from umlstate.model.snapshot import Proc, Records, Snapshot
+from umlstate.model.snapshot import Proc, Records, Snapshot, unit_of
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan.cmdline import PROGRAM_PACKAGES
@@ -41,6 +41,8 @@ from umlstate.plan.result import Plan
 log = structlog.get_logger("umlstate")
 
 SWITCH_START_TIMEOUT = 5.0
+# How long a guest's own shutdown may take after mconsole cad before it is synced and halted.
+STOP_TIMEOUT = float(os.environ.get("UMLSTATE_STOP_TIMEOUT", "60"))
 
 
 @dataclass
@@ -64,13 +66,13 @@ class ApplyFailed(ActionError):
 
 class Executor:
     def __init__(self, topology: Topology, nl: Netlink, *, crash_after: int | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, wait: bool = True, wait_timeout: float = BOOT_TIMEOUT) -> None:
         self.t = topology
         self.nl = nl
         self.tun_path = topology.tun_path
         # Test hook (UMLSTATE_TEST_CRASH_AFTER): die like kill -9 after k actions.
         self.crash_after = crash_after
-        self.boot = BootWait(progress)
+        self.boot = BootWait(progress, timeout=wait_timeout, answering=wait)
         self.cgroups = Cgroups.here(topology.name)
         self.result = Result()
         self.records = Records()  # as last saved: process records are added as processes start
@@ -151,7 +153,7 @@ class Executor:
         kept = {}
         for kind, states in (("switch", final.switches), ("guest", final.guests)):
             for name, state in states.items():
-                unit = processes.unit_of(kind, name)
+                unit = unit_of(kind, name)
                 if state.proc is not None and unit in known:
                     kept[unit] = known[unit]
         return kept
@@ -235,7 +237,7 @@ class Executor:
                 self._stop_switch(action.stop.name, action.stop.proc)
                 self._start_switch(action.start)
             case A.EndSwitchLeftovers():
-                processes.end_all(processes.unit_of("switch", action.name), self.cgroups, None)
+                processes.end_all(unit_of("switch", action.name), self.cgroups, action.recorded)
             case A.StartGuest():
                 self._start_guest(action)
             case A.StopGuest():
@@ -244,18 +246,18 @@ class Executor:
                 self.stop_guest(action.stop.name, action.stop.proc)
                 self._start_guest(action.start)
             case A.EndGuestLeftovers():
-                processes.end_all(processes.unit_of("guest", action.name), self.cgroups, None)
+                processes.end_all(unit_of("guest", action.name), self.cgroups, action.recorded)
             case A.PlugNic():
                 self._console(action.name, action.proc, f"config {action.word}")
                 if action.hint:  # the guest's init reads it from its kernel log; the newline ends the record,
                     # since UML's mconsole log printks the text as it is and an open line is not logged yet
                     self._console(action.name, action.proc, f"log umlstate: {action.hint}\n")
-                self._remember(processes.unit_of("guest", action.name), replace(action.proc, argv=action.argv))
+                self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.argv))
             case A.UnplugNic():
                 self._console(action.name, action.proc, f"remove {action.ifname}",
                               hint=f"; the guest must bring {action.ifname} down first (ip link set "
                                    f"{action.ifname} down), then apply again")
-                self._remember(processes.unit_of("guest", action.name), replace(action.proc, argv=action.argv))
+                self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.argv))
             case _:
                 assert_never(action)
 
@@ -316,7 +318,7 @@ class Executor:
 
     def _spawn(self, kind: str, name: str, argv: tuple[str, ...], user: str, *, stale_socket: str | None = None,
                hold_stdin: bool = False) -> Proc:
-        unit = processes.unit_of(kind, name)
+        unit = unit_of(kind, name)
         fd = logs.open_for_child(self._logs_fd, name, argv)
         try:
             proc = processes.spawn(argv, uid_of(user), fd, unit=unit, cgroups=self.cgroups, tun_path=self.tun_path,
@@ -330,16 +332,15 @@ class Executor:
     def _start_switch(self, a: A.StartSwitch) -> None:
         proc = self._spawn("switch", a.name, a.argv, a.user, stale_socket=a.socket, hold_stdin=a.holds_stdin)
         deadline = time.monotonic() + SWITCH_START_TIMEOUT
-        # os.path.exists only stats: the socket is in the user's folder, and nothing here acts on it.
-        while not os.path.exists(a.socket) or (a.tap and not self.nl.carrier(a.tap)):
+        while not _serves(a.socket) or (a.tap and not self.nl.carrier(a.tap)):
             if not processes.alive(proc) or time.monotonic() > deadline:
-                what = f"attach to tap {a.tap}" if os.path.exists(a.socket) else f"create its socket {a.socket}"
+                what = f"attach to tap {a.tap}" if _serves(a.socket) else f"create its socket {a.socket}"
                 raise ActionError(f"switch {a.name} did not {what}; "
                                   + logs.failure_report(self._logs_fd, a.name))
             time.sleep(0.02)
 
     def _stop_switch(self, name: str, proc: Proc) -> None:
-        how = processes.stop_switch(proc, processes.unit_of("switch", name), self.cgroups)
+        how = processes.stop_switch(proc, unit_of("switch", name), self.cgroups)
         log.debug("switch stopped", switch=name, pid=proc.pid, by=how)
 
     def _start_guest(self, a: A.StartGuest) -> None:
@@ -373,10 +374,15 @@ class Executor:
 
     def stop_guest(self, name: str, proc: Proc) -> str:
         path = processes.mconsole_path(proc, name) or ""
-        how = processes.stop_guest(proc, path, processes.unit_of("guest", name), self.cgroups)
-        log.info("guest stopped", guest=name, pid=proc.pid, by=how)
-        if how not in ("cad", "already gone"):
-            # Usually an init that leaves ctrl-alt-del at 1: cad then reboots the guest.
+        logs_fd = self._logs_fd
+        offset = logs.offset(logs_fd, name)
+        start = time.monotonic()
+        how = processes.stop_guest(proc, path, unit_of("guest", name), self.cgroups,
+                                   lambda: logs.read_since(logs_fd, name, offset), cad_wait=STOP_TIMEOUT)
+        log.info("guest stopped", guest=name, pid=proc.pid, by=how, seconds=round(time.monotonic() - start, 1))
+        if how == "cad, then its reboot":
+            log.warning("cad reboots", guest=name)
+        elif how not in ("cad", "already gone"):
             log.warning("cad ignored", guest=name)
         return how
 
@@ -387,6 +393,18 @@ class Executor:
         proc = subprocess.run([path, *args], capture_output=True, text=True, check=False, timeout=60)
         if proc.returncode != 0:
             raise ActionError(f"{program} {' '.join(args)}: {proc.stderr.strip()[:500] or f'exit {proc.returncode}'}")
+
+
+def _serves(socket: str) -> bool:
+    """A switch's socket is there: uml_switch's unix socket or vde_switch's folder, never through a link.
+
+    It is in the switch user's folder: only looked at (lstat), never acted on.
+    """
+    try:
+        mode = os.lstat(socket).st_mode
+    except OSError:
+        return False
+    return stat.S_ISSOCK(mode) or stat.S_ISDIR(mode)
 
 
 def _union(a: Records, b: Records, pending_taps: set[str]) -> Records:

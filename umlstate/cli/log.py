@@ -14,6 +14,8 @@ from typing import Literal
 
 import structlog
 
+from umlstate.host.logs import sanitize
+
 LogFormat = Literal["console", "json"]
 
 
@@ -37,10 +39,15 @@ SYMBOLS = {"create": "+", "update": "~", "delete": "-", "replace": "-/+"}
 # For people, the CLI's own closing line already says these; log shippers get them in JSON.
 SAID_ELSEWHERE = {"run", "action failed"}
 PHRASES = {
-    "guest ready": "    guest {guest} ready (pid {pid})",
-    "guest stopped": "    guest {guest} stopped by {by} (pid {pid})",
-    "cad ignored": ("warning: guest {guest} did not power off on mconsole cad; its init should set "
-                    "/proc/sys/kernel/ctrl-alt-del to 0 and power off on SIGINT (README: Troubleshooting)"),
+    "guest ready": "    guest {guest} ready in {seconds}s, pid {pid}{answering}",
+    "guest stopped": "    guest {guest} stopped by {by} in {seconds}s (pid {pid})",
+    "cad reboots": ("note: guest {guest} answers ctrl-alt-del with a reboot (the stock default), so umlstate "
+                    "ended it at its restart, after its own clean shutdown. To stop it without the detour, map "
+                    "ctrl-alt-del to power-off in the guest: ln -sf /lib/systemd/system/poweroff.target "
+                    "/etc/systemd/system/ctrl-alt-del.target (README: Guests)"),
+    "cad ignored": ("warning: guest {guest} ignored mconsole cad, so umlstate synced and remounted its disks "
+                    "read-only (SysRq s, u) and halted it; its init should shut down on ctrl-alt-del "
+                    "(README: Guests)"),
     "watch started": "watching; full resync every {resync_seconds:g}s",
     "watch stopping": "stopping on {signal}",
     "watch stopped": "stopped watching",
@@ -54,7 +61,11 @@ def _drop_said_elsewhere(_logger: object, _name: str, event: structlog.types.Eve
 
 
 def _human(_logger: object, _name: str, event: structlog.types.EventDict) -> str:
-    """One short line per event, in the plan's own symbols: `  + tap uml0: ...  done`."""
+    """One short line per event, in the plan's own symbols, sanitized: values may be a guest user's words."""
+    return sanitize(_line(event))
+
+
+def _line(event: structlog.types.EventDict) -> str:
     level = event.pop("level", "info")
     name = event.pop("event", "")
     if name == "action":

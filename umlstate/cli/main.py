@@ -8,6 +8,7 @@ stdout, logs to stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from umlstate.errors import (
     InternalError,
     UmlstateError,
 )
+from umlstate.host.logs import sanitize
 from umlstate.model.topology import Topology
 from umlstate.plan.result import Plan
 
@@ -44,7 +46,8 @@ class Options:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"umlstate: {message}", err=True)
+    # Messages may quote what a guest's user chose (file names, console lines): never raw to a terminal.
+    click.echo(f"umlstate: {sanitize(message)}", err=True)
     sys.exit(code)
 
 
@@ -55,7 +58,7 @@ def run_safely(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except errors.TopologyError as exc:
-            click.echo(str(exc), err=True)
+            click.echo(sanitize(str(exc)), err=True)
             sys.exit(exc.exit_code)
         except UmlstateError as exc:
             _fail(str(exc), exc.exit_code)
@@ -73,12 +76,16 @@ def run_safely(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _reconciler(opts: Options, topology: Topology) -> Reconciler:
+def _reconciler(opts: Options, topology: Topology, *, wait: bool = True, wait_timeout: float | None = None
+                ) -> Reconciler:
     """The service every host-reading command goes through (imported late: validate stays fast)."""
     from umlstate.reconcile import Reconciler, Settings
 
     progress = sys.stderr.isatty() and opts.log_format == "console"
-    return Reconciler(topology, Settings(opts.netns, opts.lock_timeout, progress, " ".join(sys.argv[1:])))
+    settings = Settings(opts.netns, opts.lock_timeout, progress, " ".join(sys.argv[1:]), wait=wait)
+    if wait_timeout is not None:
+        settings = dataclasses.replace(settings, wait_timeout=wait_timeout)
+    return Reconciler(topology, settings)
 
 
 def _colour() -> bool:
@@ -193,14 +200,15 @@ def _confirm(yes: bool, what: str) -> None:
 
 
 def _converge(opts: Options, topology: Topology, *, yes: bool, adopt: bool = False, destroy: bool = False,
-              fingerprint: str | None = None) -> Outcome:
+              fingerprint: str | None = None, wait: bool = True, wait_timeout: float | None = None) -> Outcome:
     """One reconcile pass with this terminal's confirmation, then its closing line."""
     def confirm(p: Plan) -> None:
         if not yes or sys.stdout.isatty():
             click.echo(render.plan_text(p, colour=_colour()), nl=False)
         _confirm(yes, "destroy" if destroy else "apply")
 
-    outcome = _reconciler(opts, topology).converge(confirm=confirm, adopt=adopt, destroy=destroy,
+    outcome = _reconciler(opts, topology, wait=wait, wait_timeout=wait_timeout).converge(
+        confirm=confirm, adopt=adopt, destroy=destroy,
                                                    fingerprint=fingerprint)
     if not outcome.changed:
         if sys.stdout.isatty() and os.geteuid() == 0:
@@ -217,10 +225,17 @@ def _converge(opts: Options, topology: Topology, *, yes: bool, adopt: bool = Fal
 @click.argument("target", required=False, metavar="[TOPOLOGY|PLANFILE]")
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
 @click.option("--adopt", is_flag=True, help="Take over foreign objects that stand where the topology wants its own.")
+@click.option("--no-wait", is_flag=True, help="Return once started guests have booted, not when they answer.")
+@click.option("--wait-timeout", type=float, default=None, metavar="SECONDS",
+              help="How long started guests may take to answer (default 90, or $UMLSTATE_BOOT_TIMEOUT).")
 @click.pass_obj
 @run_safely
-def apply(opts: Options, target: str | None, yes: bool, adopt: bool) -> None:
+def apply(opts: Options, target: str | None, yes: bool, adopt: bool, no_wait: bool,  # noqa: PLR0917
+          wait_timeout: float | None) -> None:
     """Make the host match the topology, then verify it does.
+
+    Started guests count once every address they were told answers from the
+    host (ready means answering); --no-wait returns once they have booted.
 
     \b
     Example:
@@ -231,7 +246,8 @@ def apply(opts: Options, target: str | None, yes: bool, adopt: bool) -> None:
     if saved is not None:
         adopt = adopt or saved.adopt
         yes = True  # the saved plan was the confirmation
-    _converge(opts, t, yes=yes, adopt=adopt, fingerprint=saved.fingerprint if saved else None)
+    _converge(opts, t, yes=yes, adopt=adopt, fingerprint=saved.fingerprint if saved else None, wait=not no_wait,
+              wait_timeout=wait_timeout)
 
 
 @cli.command()

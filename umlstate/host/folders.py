@@ -12,6 +12,7 @@ a link or a swapped folder the user plants is refused, never followed.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from umlstate.host.safefs import Dir, UnsafePath, check_trusted_folder
@@ -71,7 +72,11 @@ class Folders:
         if self.users.lstat(user) is None:
             return
         with self.users.sub(user) as home:
-            if home.lstat("uml") is None:
+            st = home.lstat("uml")
+            if st is None:
+                return
+            if not stat.S_ISDIR(st.st_mode):  # a link or file the user planted: it goes, what it names stays
+                home.unlink("uml", kinds=("file", "socket", "fifo", "link"))
                 return
             with home.sub("uml") as uml:
                 uml.remove_tree(guest)

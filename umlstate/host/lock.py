@@ -28,7 +28,11 @@ class TopologyLock:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         # state_dir is checked to be root's before any run takes the lock; O_NOFOLLOW and the
         # fstat still refuse a link or a FIFO that an older, laxer layout let someone plant.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as exc:  # ELOOP: a link; ENXIO: a FIFO without reader; and the like
+            raise HostError(f"the lock {self.path} cannot be opened: {exc.strerror}",
+                            f"remove it (rm {self.path}); umlstate makes a new one") from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
             os.close(fd)

@@ -13,6 +13,7 @@ caller opened safely; names are resolved inside it, and links are never followed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -118,6 +119,41 @@ def open_for_child(folder_fd: int, name: str, argv: tuple[str, ...]) -> int:
     except OSError as exc:
         raise ActionError(f"cannot open the log {_shown(folder_fd, file)}: {exc.strerror or exc}") from None
     return fd
+
+
+def cap(folder_fd: int, name: str) -> bool:
+    """Keep a running process's log under MAX_LOG: its last TAIL bytes go to <name>.log.1, the log restarts empty.
+
+    The process writes with O_APPEND through the descriptor it inherited, so its next
+    write lands at the new end; nothing it could plant is followed (the log is root's).
+    Every pass of a root run calls this, so a guest that prints without end never fills
+    state_dir between two starts. True when the log was cut.
+    """
+    file = _log_name(name)
+    st = _lstat(folder_fd, file)
+    if st is None or not _ours(st) or st.st_size <= MAX_LOG:
+        return False
+    fd = os.open(file, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=folder_fd)
+    try:
+        now = os.fstat(fd)
+        if not _ours(now):
+            return False
+        tail = os.pread(fd, TAIL, max(0, now.st_size - TAIL))
+        kept = f"{file}.1"
+        temporary = f".{file}.1.new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=folder_fd)
+        out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                      dir_fd=folder_fd)
+        try:
+            os.write(out, tail)
+        finally:
+            os.close(out)
+        os.rename(temporary, kept, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+    return True
 
 
 def offset(folder_fd: int, name: str) -> int:

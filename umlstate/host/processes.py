@@ -22,6 +22,7 @@ import pwd
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 
 import structlog
@@ -37,11 +38,6 @@ log = structlog.get_logger("umlstate")
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def unit_of(kind: str, name: str) -> str:
-    """The cgroup (and record key) of one switch or guest: ``guest-web``, ``switch-sw0``."""
-    return f"{kind}-{name}"
 
 
 def spawn(argv: tuple[str, ...], uid: int, log_fd: int, *, unit: str, cgroups: Cgroups | None,
@@ -196,31 +192,63 @@ def stop_switch(proc: Proc, unit: str, cgroups: Cgroups | None, timeout: float =
     return how
 
 
-def stop_guest(proc: Proc, mconsole_path: str, unit: str, cgroups: Cgroups | None, *, cad_wait: float = 15.0,
-               halt_wait: float = 5.0, term_wait: float = 3.0) -> str:
-    """cad, wait; halt, wait; SIGTERM, wait; SIGKILL; then every process left in its cgroup.
+# What a guest's console says when its own shutdown is over (UML prints them as it stops).
+RESTARTING = "reboot: Restarting system"  # cad mapped to reboot (systemd's and sysvinit's default)
+POWERED_OFF = ("reboot: Power down", "reboot: System halted")
 
-    Returns the step that ended the main process.
+
+def stop_guest(proc: Proc, mconsole_path: str, unit: str, cgroups: Cgroups | None, console: Callable[[], str], *,
+               cad_wait: float = 60.0, halt_wait: float = 10.0, term_wait: float = 3.0) -> str:
+    """Stop a guest cleanly, whatever its init does with ctrl-alt-del; then end every process of it.
+
+    ``console``: the guest's console output since the stop began. mconsole cad runs the
+    guest's own shutdown: services stop, disks are unmounted or made read-only. An init
+    that powers off on it ends the guest ("cad"); one that reboots (the stock default)
+    reaches "reboot: Restarting system", where UML would boot again in the same pid: the
+    guest is ended right there, its shutdown done ("cad, then its reboot"). An init that
+    ignores it gets, after ``cad_wait``, SysRq sync and read-only remount, then halt: never
+    a hard stop with dirty disks unless the guest ignores those too.
     """
+    if not alive(proc):
+        end_all(unit, cgroups, proc)
+        return "already gone"
+    log.debug("stopping guest", pid=proc.pid, step="cad")
+    how = "cad"
+    if _mconsole_quiet(mconsole_path, "cad", proc.uid):
+        deadline = time.monotonic() + cad_wait
+        while time.monotonic() < deadline:
+            if _wait_gone(proc, 0.1):
+                end_all(unit, cgroups, proc)
+                return how
+            if RESTARTING in console():
+                end_all(unit, cgroups, proc)  # its shutdown is over; the reboot must not begin
+                return "cad, then its reboot"
     steps: list[tuple[str, Callable[[], bool], float]] = [
-        ("cad", lambda: _mconsole_quiet(mconsole_path, "cad", proc.uid), cad_wait),
-        ("halt", lambda: _mconsole_quiet(mconsole_path, "halt", proc.uid), halt_wait),
+        ("sync and read-only, then halt", lambda: _quiesce(mconsole_path, proc.uid), halt_wait),
         ("SIGTERM", lambda: _signal(proc, signal.SIGTERM), term_wait),
         ("SIGKILL", lambda: _signal(proc, signal.SIGKILL), term_wait),
     ]
-    how = "already gone"
     for name, act, wait in steps:
         if not alive(proc):
             break
         log.debug("stopping guest", pid=proc.pid, step=name)
-        if act():
-            how = name
+        if not act():
+            continue  # not taken (a silent or fake mconsole): no point waiting for it
+        how = name
         if _wait_gone(proc, wait):
             break
-    else:
+    if alive(proc):
         raise ActionError(f"guest pid {proc.pid} survived cad, halt, SIGTERM and SIGKILL")
     end_all(unit, cgroups, proc)  # the helpers of a UML guest outlive its main process
     return how
+
+
+def _quiesce(path: str, owner: int) -> bool:
+    """SysRq s (sync) and u (remount read-only), then halt: a guest that ignored cad still stops clean."""
+    for command in ("sysrq s", "sysrq u"):
+        _mconsole_quiet(path, command, owner)
+    time.sleep(0.5)  # the emergency sync and remount run in the guest's own time
+    return _mconsole_quiet(path, "halt", owner)
 
 
 def _signal(proc: Proc, sig: signal.Signals) -> bool:

@@ -9,6 +9,7 @@ the planner can import it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -73,6 +74,11 @@ class Proc:
     start: int = 0  # clock ticks since boot: with the pid, unique for the boot (0: never recorded)
     cgroup: str | None = None  # its own cgroup; None where only its session marks it
     sid: int = 0  # its session
+
+
+def unit_of(kind: str, name: str) -> str:
+    """The key of a switch's or guest's process record, and the name of its cgroup: ``guest-web``."""
+    return f"{kind}-{name}"
 
 
 @dataclass(frozen=True)
@@ -206,13 +212,20 @@ def from_json(data: Mapping[str, Any]) -> Snapshot:
     leave out the name their key already says."""
     links = {name: {"name": name, **link} for name, link in data.get("links", {}).items()}
     groups = {name: None if g is None else {"name": name, **g} for name, g in data.get("groups", {}).items()}
-    return _SNAPSHOT.validate_python({**data, "links": links, "groups": groups})
+    return _snapshots().validate_python({**data, "links": links, "groups": groups})
 
 
 def records_from_json(data: Mapping[str, Any]) -> Records:
-    return _RECORDS.validate_python(data)
+    return _records().validate_python(data)
 
 
-# One codec each, derived from the types: a new field needs no edit here.
-_SNAPSHOT: TypeAdapter[Snapshot] = TypeAdapter(Snapshot)
-_RECORDS: TypeAdapter[Records] = TypeAdapter(Records)
+# One codec per persisted type, derived from the type itself (a new field needs no edit here);
+# built on first use, since building one costs ~0.1 s and most runs never parse a snapshot.
+@functools.cache
+def _snapshots() -> TypeAdapter[Snapshot]:
+    return TypeAdapter(Snapshot)
+
+
+@functools.cache
+def _records() -> TypeAdapter[Records]:
+    return TypeAdapter(Records)

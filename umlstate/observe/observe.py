@@ -39,6 +39,7 @@ from umlstate.model.snapshot import (
     Snapshot,
     SwitchState,
     TunNode,
+    unit_of,
 )
 from umlstate.model.topology import DEFAULT_TUN, Topology
 
@@ -140,7 +141,7 @@ def _recorded(unit: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> 
 
 def _units(kind: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> set[str]:
     """Names of this kind that root recorded or that still have a cgroup: ours, in or out of the topology."""
-    prefix = processes.unit_of(kind, "")
+    prefix = unit_of(kind, "")
     units = set(recorded) | (set(cgroups.units()) if cgroups is not None else set())
     return {u[len(prefix):] for u in units if u.startswith(prefix)}
 
@@ -148,7 +149,7 @@ def _units(kind: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> set
 def _switches(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> dict[str, SwitchState]:
     found: dict[str, SwitchState] = {}
     for name in sorted({sw.name for sw in t.switch_processes} | _units("switch", recorded, cgroups)):
-        proc, leftovers = _recorded(processes.unit_of("switch", name), recorded, cgroups)
+        proc, leftovers = _recorded(unit_of("switch", name), recorded, cgroups)
         sw = t.switch(name)
         socket = t.socket_of(sw) if sw is not None and not sw.is_bridge else None
         found[name] = SwitchState(proc, socket is not None and os.path.exists(socket), leftovers)
@@ -166,7 +167,7 @@ def read_boot_id() -> str | None:
 def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> dict[str, GuestState]:
     found: dict[str, GuestState] = {}
     for name in sorted({g.name for g in t.guests} | _units("guest", recorded, cgroups)):
-        proc, leftovers = _recorded(processes.unit_of("guest", name), recorded, cgroups)
+        proc, leftovers = _recorded(unit_of("guest", name), recorded, cgroups)
         guest = t.guest(name)
         if proc is not None:
             # The socket sits in the user's folder: the client checks it is theirs, and bounds the reply.

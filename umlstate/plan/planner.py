@@ -18,7 +18,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-from umlstate.model.snapshot import Proc, Snapshot
+from umlstate.model.snapshot import Proc, Snapshot, unit_of
 from umlstate.model.topology import Host, Topology
 from umlstate.plan import actions as A
 from umlstate.plan import cmdline, preflight
@@ -300,13 +300,15 @@ def _stop_holders(t: Topology, tap: str, b: Builder, why: str) -> None:
 def _end_switch_leftovers(name: str, b: Builder) -> None:
     state = b.s.switches.get(name)
     if state is not None and state.proc is None and state.leftovers:
-        b.add(A.EndSwitchLeftovers("its recorded process died; these were left in its cgroup", name, state.leftovers))
+        b.add(A.EndSwitchLeftovers("its recorded process died; these were left in its cgroup", name, state.leftovers,
+                                   b.s.records.processes.get(unit_of("switch", name))))
 
 
 def _end_guest_leftovers(name: str, b: Builder) -> None:
     state = b.s.guests.get(name)
     if state is not None and state.proc is None and state.leftovers:
-        b.add(A.EndGuestLeftovers("its main process died (SIGKILL, OOM); its helpers live on", name, state.leftovers))
+        b.add(A.EndGuestLeftovers("its main process died (SIGKILL, OOM); its helpers live on", name, state.leftovers,
+                                  b.s.records.processes.get(unit_of("guest", name))))
 
 
 def _switches(t: Topology, b: Builder) -> None:

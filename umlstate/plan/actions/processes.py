@@ -145,6 +145,7 @@ class EndSwitchLeftovers(_Named, Action):
     kind: ClassVar[Kind] = "switch"
     name: str
     count: int
+    recorded: Proc | None = None  # its dead run, where no cgroup holds the leftovers: its session does
 
     @property
     def detail(self) -> str:
@@ -163,6 +164,7 @@ class EndGuestLeftovers(_Named, Action):
     kind: ClassVar[Kind] = "guest"
     name: str
     count: int
+    recorded: Proc | None = None  # its dead run, where no cgroup holds the leftovers: its session does
 
     @property
     def detail(self) -> str:
