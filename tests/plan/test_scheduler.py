@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from umlstate.apply.scheduler import Batch, GroupDelete, Single, schedule
+from umlstate.apply.scheduler import Batch, GroupDelete, Single, Stops, schedule
 from umlstate.model.snapshot import Proc
 from umlstate.plan import actions as A
 
@@ -57,8 +57,17 @@ def test_every_action_appears_exactly_once_and_in_plan_order() -> None:
     flat: list[A.AnyAction] = []
     for step in schedule(actions, frozenset({"uml0", "uml1"})):
         match step:
-            case Batch(actions=batch) | GroupDelete(actions=batch):
+            case Batch(actions=batch) | GroupDelete(actions=batch) | Stops(actions=batch):
                 flat.extend(batch)
             case Single(action=action):
                 flat.append(action)
     assert tuple(flat) == actions
+
+
+def test_guest_stops_in_a_row_are_one_step_carried_out_together() -> None:
+    proc = Proc(1, 0, ("linux",), 0.0)
+    web, db = A.StopGuest("gone", "web", proc), A.StopGuest("gone", "db", proc)
+    alone = A.StopGuest("gone", "mail", proc)
+    actions: tuple[A.AnyAction, ...] = (web, db, delete("uml0"), alone)
+    assert schedule(actions, frozenset({"uml0", "uml1"})) == [Stops((web, db)), Batch((delete("uml0"),)),
+                                                              Single(alone)]

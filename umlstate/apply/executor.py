@@ -19,6 +19,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import assert_never
@@ -26,7 +27,7 @@ from typing import assert_never
 import structlog
 
 from umlstate.apply.boot import BOOT_TIMEOUT, BootWait
-from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, schedule
+from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, Stops, schedule
 from umlstate.errors import ActionError, HostError
 from umlstate.host import cow, folders, logs, mconsole, netlink, processes, records, sysctl, tun
 from umlstate.host.cgroups import Cgroups
@@ -104,6 +105,8 @@ class Executor:
                     case Single(action=action):
                         self._attempt(action, left, partial(self._carry_out, action))
                         self._done(action, left)
+                    case Stops(actions=stops):
+                        self._stop_together(stops, left)
                     case _:
                         assert_never(step)
             if self.boot.pending:
@@ -115,6 +118,18 @@ class Executor:
                            processes=self._running(observed, final)))
         self.result.seconds = time.monotonic() - start
         return self.result
+
+    def _stop_together(self, stops: tuple[A.StopGuest | A.ReplaceGuest, ...], left: list[A.AnyAction]) -> None:
+        """Each guest's own shutdown runs at the same time as the others'; then the replaced ones start."""
+        self._ready()  # the folders, once, before the threads
+        halts = {a: a if isinstance(a, A.StopGuest) else a.stop for a in stops}
+        with ThreadPoolExecutor(max_workers=min(16, len(stops))) as pool:
+            running = {a: pool.submit(self.stop_guest, halt.name, halt.proc) for a, halt in halts.items()}
+        for action, future in running.items():  # in plan order: the first failure is reported
+            self._attempt(action, left, future.result)
+            if isinstance(action, A.ReplaceGuest):
+                self._attempt(action, left, partial(self._start_guest, action.start))
+            self._done(action, left)
 
     def _attempt(self, action: A.AnyAction, left: list[A.AnyAction], work: Callable[[], object]) -> None:
         try:
