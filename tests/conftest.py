@@ -128,6 +128,24 @@ def remove_netns(ns: Netns) -> None:
     sh("ip", "netns", "del", ns.name, check=False)
 
 
+def remove_cgroups(topology: str) -> None:
+    """The cgroups umlstate made for a topology of this test (umlstate/<name>-<digest>/<unit>), once empty."""
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if " - cgroup2 " in line and line.split()[3] == "/"]
+    for base in (Path(mounts[0]) / "umlstate").glob(f"{topology}-*") if mounts else ():
+        for unit in [p for p in base.iterdir() if p.is_dir()]:
+            with contextlib.suppress(OSError):
+                (unit / "cgroup.kill").write_text("1")
+            for _ in range(100):
+                if "populated 0" in (unit / "cgroup.events").read_text():
+                    break
+                time.sleep(0.05)
+            with contextlib.suppress(OSError):
+                unit.rmdir()
+        with contextlib.suppress(OSError):
+            base.rmdir()
+
+
 @pytest.fixture
 def netns() -> Iterator[Netns]:
     if not IS_ROOT:

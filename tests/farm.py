@@ -25,7 +25,7 @@ import pytest
 
 from umlstate.guestimage import build
 
-from conftest import ROOT, Netns, make_netns, remove_netns, sh, umlstate
+from conftest import ROOT, Netns, make_netns, remove_cgroups, remove_netns, sh, umlstate
 
 TOPOLOGY = """\
 name: {name}
@@ -183,11 +183,14 @@ def farm(tmp_path: Path, image: Path) -> Iterator[Farm]:
         host.ip("link", "set", "eth0", "up")
         lan.ip("addr", "add", "172.16.0.2/16", "dev", "lan0")
         lan.ip("link", "set", "lan0", "up")
-        yield Farm(host, lan, tmp_path, image, group)
+        made = Farm(host, lan, tmp_path, image, group)
+        yield made
     finally:
         remove_netns(host)  # ends only the processes inside the namespaces made here
         remove_netns(lan)
         sh("groupdel", group, check=False)
+        if "made" in locals():
+            remove_cgroups(made.name)
 
 
 def alive(pid: int) -> bool:

@@ -8,6 +8,7 @@ each NIC from ``umlstate.eth<i>=`` or ``umlstate.vec<i>=`` and the default route
 ``umlstate.gw=`` on /proc/cmdline, and power off on SIGINT, which is what the
 kernel sends init on ``cad`` once ctrl-alt-del is 0. For tests, each
 ``umlstate.ping=ADDR`` word makes it ping that neighbour and log the result,
+each ``umlstate.mark=WORD`` is appended to /marks on its disk (listed at every boot),
 a NIC plugged in live is configured from the ``umlstate.vecN=`` line umlstate
 writes into the guest's kernel log (mconsole ``log``),
 ``umlstate.cad=reboot`` leaves ctrl-alt-del alone, as a careless init would, and
@@ -43,6 +44,13 @@ for word in $(cat /proc/cmdline); do
         umlstate.ping=*) peers="$peers ${word#*=}" ;;
         umlstate.eth*=*|umlstate.vec*=*) key="${word%%=*}"; dev="${key#umlstate.}"
                          ip link set "$dev" up && ip addr add "${word#*=}" dev "$dev" ;;
+    esac
+done
+[ -f /marks ] && echo "umlstate-guest: marks: $(cat /marks | tr '\n' ' ')"
+for word in $(cat /proc/cmdline); do  # tests: leave a mark on the disk (its COW file), to see it survive a move
+    case "$word" in
+        umlstate.mark=*) mount -o remount,rw / && echo "${word#*=}" >> /marks && sync && mount -o remount,ro / \
+                             && echo "umlstate-guest: marked ${word#*=}" ;;
     esac
 done
 ip link set lo up

@@ -12,7 +12,7 @@ nothing: what to show and how is the caller's; confirmation is a callback.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -31,6 +31,7 @@ from umlstate.host import folders, logs, records
 from umlstate.host import netns as netns_mod
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
+from umlstate.model.placement import Stretch
 from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Topology
 from umlstate.observe.observe import observe
@@ -70,9 +71,11 @@ class Settings:
 class Reconciler:
     """One topology on one host (or namespace): every pass of every command goes through here."""
 
-    def __init__(self, topology: Topology, settings: Settings) -> None:
+    def __init__(self, topology: Topology, settings: Settings, stretches: Mapping[str, Stretch] | None = None) -> None:
+        """``topology``: this host's slice; ``stretches``: its bridges shared with other hosts (placement)."""
         self.topology = topology
         self.settings = settings
+        self.stretches = dict(stretches or {})
         if os.geteuid() == 0:
             folders.check_trusted(topology)  # before anything is read from state_dir or done in run_dir
         if settings.netns:
@@ -84,7 +87,7 @@ class Reconciler:
 
     def plan(self, *, adopt: bool = False, destroy: bool = False) -> tuple[Snapshot, Plan]:
         snapshot = self.observe()
-        return snapshot, plan(self.topology, snapshot, adopt=adopt, destroy=destroy)
+        return snapshot, plan(self.topology, snapshot, adopt=adopt, destroy=destroy, stretches=self.stretches)
 
     @contextmanager
     def locked(self) -> Iterator[None]:

@@ -1,7 +1,7 @@
 """Golden plans: one folder per scenario, one parametrized runner for them all.
 
 fixtures/cases/<scenario>/ holds topology.yaml, observed.json (a snapshot),
-optional options.json ({"adopt": true} / {"destroy": true}), and the expected
+optional options.json ({"adopt": true} / {"destroy": true} / {"host": "beta"}), and the expected
 plan as text (plan.txt) and as `plan --json` prints it (plan.json). A missing
 golden fails; UPDATE_GOLDEN=1 writes them all anew: review the diff.
 """
@@ -16,8 +16,11 @@ import pytest
 
 from umlstate.cli.render import dumps, plan_json, plan_text
 from umlstate.model.loader import load_file
-from umlstate.model.snapshot import from_json
+from umlstate.model.placement import place
+from umlstate.model.snapshot import Snapshot, from_json
+from umlstate.model.topology import Topology
 from umlstate.plan.planner import plan
+from umlstate.plan.result import Plan
 
 CASES = sorted(p for p in (Path(__file__).resolve().parents[2] / "fixtures" / "cases").iterdir() if p.is_dir())
 
@@ -26,12 +29,18 @@ def test_there_are_enough_scenarios() -> None:
     assert len(CASES) >= 12
 
 
+def planned_for(case: Path, topology: Topology, observed: Snapshot) -> Plan:
+    """options.json: {"adopt": true}, {"destroy": true}, {"host": "beta"} (that host's slice of a farm)."""
+    options = json.loads((case / "options.json").read_text()) if (case / "options.json").exists() else {}
+    placement = place(topology, options.pop("host", None))
+    return plan(placement.topology, observed, stretches=placement.stretches, **options)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 def test_plan_matches_golden(case: Path) -> None:
     topology = load_file(case / "topology.yaml")
     observed = from_json(json.loads((case / "observed.json").read_text()))
-    options = json.loads((case / "options.json").read_text()) if (case / "options.json").exists() else {}
-    planned = plan(topology, observed, **options)
+    planned = planned_for(case, topology, observed)
     as_json = {**plan_json(planned), "fingerprint": "(of observed.json: changes with the snapshot's format)"}
     for golden, text in ((case / "plan.txt", plan_text(planned)), (case / "plan.json", dumps(as_json))):
         if os.environ.get("UPDATE_GOLDEN"):
@@ -45,10 +54,12 @@ def test_applying_the_plan_then_planning_again_is_empty(case: Path) -> None:
     topology = load_file(case / "topology.yaml")
     observed = from_json(json.loads((case / "observed.json").read_text()))
     options = json.loads((case / "options.json").read_text()) if (case / "options.json").exists() else {}
-    first = plan(topology, observed, **options)
+    placement = place(topology, options.pop("host", None))
+    topology = placement.topology
+    first = plan(topology, observed, stretches=placement.stretches, **options)
     if first.blockers or (first.conflicts and not options.get("adopt")):
         pytest.skip("apply refuses this plan")
     simulated = observed
     for action in first.actions:
         simulated = action.simulate(simulated)
-    assert plan(topology, simulated, destroy=bool(options.get("destroy"))).actions == ()
+    assert plan(topology, simulated, destroy=bool(options.get("destroy")), stretches=placement.stretches).actions == ()

@@ -267,18 +267,18 @@ def canary() -> Iterator[Canary]:
 def remove_cgroups(topology: str) -> None:
     """End whatever is left in this test's own cgroups (umlstate/<its random topology name>/*), then remove them."""
     mount = cgroup_mount()
-    base = Path(f"{mount}/umlstate/{topology}")
-    if mount is None or not base.is_dir():
+    if mount is None:
         return
-    for unit in [p for p in base.iterdir() if p.is_dir()]:
+    for base in Path(f"{mount}/umlstate").glob(f"{topology}-*"):  # <name>-<digest of its state_dir>
+        for unit in [p for p in base.iterdir() if p.is_dir()]:
+            with contextlib.suppress(OSError):
+                (unit / "cgroup.kill").write_text("1")
+            with contextlib.suppress(AssertionError):
+                wait_for(functools.partial(_empty, unit), 5, f"{unit} empty")
+            with contextlib.suppress(OSError):
+                unit.rmdir()
         with contextlib.suppress(OSError):
-            (unit / "cgroup.kill").write_text("1")
-        with contextlib.suppress(AssertionError):
-            wait_for(functools.partial(_empty, unit), 5, f"{unit} empty")
-        with contextlib.suppress(OSError):
-            unit.rmdir()
-    with contextlib.suppress(OSError):
-        base.rmdir()
+            base.rmdir()
 
 
 def _empty(unit: Path) -> bool:

@@ -74,7 +74,7 @@ class Executor:
         # Test hook (UMLSTATE_TEST_CRASH_AFTER): die like kill -9 after k actions.
         self.crash_after = crash_after
         self.boot = BootWait(progress, timeout=wait_timeout, answering=wait)
-        self.cgroups = Cgroups.here(topology.name)
+        self.cgroups = Cgroups.here(topology.instance)
         self.result = Result()
         self.records = Records()  # as last saved: process records are added as processes start
         self.spawned: dict[str, Proc] = {}
@@ -88,7 +88,8 @@ class Executor:
         for action in plan.actions:
             final = action.simulate(final)
         # Write-ahead: everything the plan creates is recorded before it exists.
-        creating = {a.target for a in plan.actions if isinstance(a, (A.CreateTap, A.ReplaceTap, A.CreateBridge))}
+        creating = {a.target for a in plan.actions
+                    if isinstance(a, (A.CreateTap, A.ReplaceTap, A.CreateBridge, A.CreateVxlan))}
         self._save(_union(observed.records, final.records, creating))
         in_group = frozenset(name for name, link in observed.links.items() if link.group == self.t.link_group)
         steps = schedule(plan.actions, in_group)
@@ -234,16 +235,21 @@ class Executor:
                 self._send_now(A.DeleteTap(action.reason, action.create.name, action.create.link_group))
                 self._send_now(action.create)
             case (A.CreateTap() | A.MarkTap() | A.SetLinkUp() | A.DeleteTap() | A.AddAddress() | A.RemoveAddress()
-                  | A.AddProxy() | A.RemoveProxy() | A.Enslave() | A.SetBridgeUp() | A.DeleteBridge()):
+                  | A.AddProxy() | A.RemoveProxy() | A.Enslave() | A.SetBridgeUp() | A.DeleteBridge() | A.SetBridgeMac()
+                  | A.DeleteVxlan() | A.AddFlood() | A.RemoveFlood()):
                 self._send_now(action)
             case A.CreateBridge():
                 # Now, not batched: the taps enslaved later need its ifindex.
                 requests = netlink.Batch()
-                requests.create_bridge(action, action.name, group=action.link_group)
+                requests.create_bridge(action, action.name, group=action.link_group, mac=action.mac)
                 requests.mark_by_name(action, action.name, alias=action.alias)
-                for _label, code in requests.send():
-                    if code:
-                        raise ActionError(f"{action.detail}: {os.strerror(code)}")
+                self._acked(action, requests)
+            case A.CreateVxlan():
+                requests = netlink.Batch()
+                requests.create_vxlan(action, action.name, vni=action.vni, local=action.local, port=action.port,
+                                      bridge=action.bridge, group=action.link_group)
+                requests.mark_by_name(action, action.name, alias=action.alias)
+                self._acked(action, requests)
             case A.StartSwitch():
                 self._start_switch(action)
             case A.StopSwitch():
@@ -277,6 +283,12 @@ class Executor:
                 assert_never(action)
 
     @staticmethod
+    def _acked(action: A.AnyAction, requests: netlink.Batch) -> None:
+        for _label, code in requests.send():
+            if code:
+                raise ActionError(f"{action.detail}: {os.strerror(code)}")
+
+    @staticmethod
     def _console(name: str, proc: Proc, command: str, hint: str = "") -> None:
         """One mconsole command to a running guest; a refusal or silence fails the action."""
         path = processes.mconsole_path(proc, name)
@@ -306,8 +318,12 @@ class Executor:
                 requests.set_link(action, action.name, alias=action.alias, group=action.link_group)
             case A.SetLinkUp() | A.SetBridgeUp():
                 requests.set_link(action, action.name, up=True)
-            case A.DeleteTap() | A.DeleteBridge():
+            case A.DeleteTap() | A.DeleteBridge() | A.DeleteVxlan():
                 requests.delete_link(action, action.name)
+            case A.SetBridgeMac():
+                requests.set_mac(action, action.name, action.mac)
+            case A.AddFlood() | A.RemoveFlood():
+                requests.flood(action, action.vxlan, action.remote, add=isinstance(action, A.AddFlood))
             case A.Enslave():
                 requests.enslave(action, action.name, action.bridge)
             case A.AddAddress() | A.RemoveAddress():

@@ -25,10 +25,11 @@ from umlstate.plan import actions as A
 
 # One rtnetlink request each: queued and sent in bulk.
 NETLINK = (A.MarkTap, A.SetLinkUp, A.DeleteTap, A.AddAddress, A.RemoveAddress, A.AddProxy, A.RemoveProxy, A.Enslave,
-           A.SetBridgeUp, A.DeleteBridge)
+           A.SetBridgeUp, A.DeleteBridge, A.SetBridgeMac, A.DeleteVxlan, A.AddFlood, A.RemoveFlood)
 Batchable: TypeAlias = (A.MarkTap | A.SetLinkUp | A.DeleteTap | A.AddAddress | A.RemoveAddress | A.AddProxy
-                        | A.RemoveProxy | A.CreateTap | A.Enslave | A.SetBridgeUp | A.DeleteBridge)
-LinkDeletion: TypeAlias = A.DeleteTap | A.DeleteBridge
+                        | A.RemoveProxy | A.CreateTap | A.Enslave | A.SetBridgeUp | A.DeleteBridge | A.SetBridgeMac
+                        | A.DeleteVxlan | A.AddFlood | A.RemoveFlood)
+LinkDeletion: TypeAlias = A.DeleteTap | A.DeleteBridge | A.DeleteVxlan
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def schedule(actions: tuple[A.AnyAction, ...], group: frozenset[str]) -> list[St
             queued.append(action)
         elif isinstance(action, NETLINK):
             queued.append(action)
-            if isinstance(action, (A.DeleteTap, A.DeleteBridge)):
+            if isinstance(action, (A.DeleteTap, A.DeleteBridge, A.DeleteVxlan)):
                 deleting.add(action.name)
         else:
             flush()
@@ -106,9 +107,9 @@ def schedule(actions: tuple[A.AnyAction, ...], group: frozenset[str]) -> list[St
 def _deletions(actions: tuple[A.AnyAction, ...], start: int) -> tuple[LinkDeletion, ...]:
     """The run of tap and bridge deletions that begins at ``start``."""
     end = start
-    while end < len(actions) and isinstance(actions[end], (A.DeleteTap, A.DeleteBridge)):
+    while end < len(actions) and isinstance(actions[end], (A.DeleteTap, A.DeleteBridge, A.DeleteVxlan)):
         end += 1
-    return tuple(a for a in actions[start:end] if isinstance(a, (A.DeleteTap, A.DeleteBridge)))
+    return tuple(a for a in actions[start:end] if isinstance(a, (A.DeleteTap, A.DeleteBridge, A.DeleteVxlan)))
 
 
 def _stops(actions: tuple[A.AnyAction, ...], start: int) -> tuple[A.StopGuest | A.ReplaceGuest, ...]:

@@ -54,7 +54,8 @@ def _nodes_and_edges(t: Topology) -> tuple[dict[str | None, list[_Node]], list[t
             edges.append((f"tap_{sw.tap}", f"switch_{sw.name}", ""))
     for guest in t.guests:
         addresses = [str(n.address) for n in guest.nics if n.address is not None]
-        label = (f"guest {guest.name}", *addresses, f"{guest.mem}, user {guest.user}")
+        label = (f"guest {guest.name}", *addresses, f"{guest.mem}, user {guest.user}",
+                 *([f"on host {guest.host}"] if guest.host else []))
         home = next((s.name for n in guest.nics if (s := t.subnet_of_nic(n)) is not None), None)
         groups.setdefault(home, []).append(_Node(f"guest_{guest.name}", label, "box"))
         for i, nic in enumerate(guest.nics):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ class Options:
     log_format: logsetup.LogFormat
     verbose: bool
     lock_timeout: float
+    host: str | None = None  # with several hosts: whose slice (else $UMLSTATE_HOST, else the hostname)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -78,14 +80,24 @@ def run_safely(fn: F) -> F:
 
 def _reconciler(opts: Options, topology: Topology, *, wait: bool = True, wait_timeout: float | None = None
                 ) -> Reconciler:
-    """The service every host-reading command goes through (imported late: validate stays fast)."""
+    """The service every host-reading command goes through (imported late: validate stays fast).
+
+    With several hosts, it serves this host's slice of the farm only.
+    """
+    from umlstate.model.placement import UnknownHost, place
     from umlstate.reconcile import Reconciler, Settings
+
+    name = opts.host or os.environ.get("UMLSTATE_HOST") or socket.gethostname()
+    try:
+        placement = place(topology, name)
+    except UnknownHost as exc:
+        raise errors.UsageError(f"{exc}\n  to fix: pass --host NAME or set UMLSTATE_HOST") from None
 
     progress = sys.stderr.isatty() and opts.log_format == "console"
     settings = Settings(opts.netns, opts.lock_timeout, progress, " ".join(sys.argv[1:]), wait=wait)
     if wait_timeout is not None:
         settings = dataclasses.replace(settings, wait_timeout=wait_timeout)
-    return Reconciler(topology, settings)
+    return Reconciler(placement.topology, settings, placement.stretches)
 
 
 def _colour() -> bool:
@@ -100,9 +112,11 @@ def _colour() -> bool:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 @click.option("--lock-timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="How long to wait for another run's lock before exiting 75.")
+@click.option("--host", metavar="NAME", help="With several hosts: act on this host's slice "
+                                             "(default $UMLSTATE_HOST, then the hostname).")
 @click.pass_context
-def cli(ctx: click.Context, netns: str | None, log_format: logsetup.LogFormat, verbose: bool,
-         lock_timeout: float) -> None:
+def cli(ctx: click.Context, netns: str | None, log_format: logsetup.LogFormat, verbose: bool,  # noqa: PLR0917
+        lock_timeout: float, host: str | None) -> None:
     """Declarative networking for User-Mode-Linux guests.
 
     A topology file says which taps, addresses, proxy ARP entries, sysctls,
@@ -116,7 +130,7 @@ def cli(ctx: click.Context, netns: str | None, log_format: logsetup.LogFormat, v
       umlstate --netns lab apply topology.yaml --yes
     """
     logsetup.configure(log_format, verbose)
-    ctx.obj = Options(netns, log_format, verbose, lock_timeout)
+    ctx.obj = Options(netns, log_format, verbose, lock_timeout, host)
 
 
 topology_arg = click.argument("topology", required=False, metavar="[TOPOLOGY]")
@@ -134,7 +148,8 @@ def validate(topology: str | None) -> None:
     """
     path, t = files.load_topology(topology)
     click.echo(f"{path}: valid topology {t.name}: {len(t.subnets)} subnet(s), {len(t.taps)} tap(s), "
-               f"{len(t.switches)} switch(es), {len(t.guests)} guest(s)")
+               f"{len(t.switches)} switch(es), {len(t.guests)} guest(s)"
+               + (f" on {len(t.hosts)} hosts" if t.hosts else ""))
 
 
 @cli.command()

@@ -34,10 +34,15 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_EXT_MASK = 3, 10, 18, 20, 27, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_TUN_OWNER, IFLA_TUN_GROUP, IFLA_TUN_TYPE, IFLA_TUN_PI, IFLA_TUN_PERSIST = 1, 2, 3, 4, 6
+IFLA_ADDRESS = 1
+IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 4, 7, 15
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
-NDA_DST = 1
-NTF_PROXY = 0x08
+NDA_DST, NDA_LLADDR = 1, 2
+NTF_PROXY, NTF_SELF = 0x08, 0x02
 NUD_PERMANENT = 0x80
+NLM_F_APPEND = 0x800
+AF_BRIDGE = 7
+FLOOD = bytes(6)  # the all-zero MAC: a VXLAN's default destination, where unknown frames are flooded
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
 _NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port
@@ -194,7 +199,7 @@ class Netlink:
             if master:
                 masters[link.name] = master
 
-        for kind in ("tun", "bridge"):
+        for kind in ("tun", "bridge", "vxlan"):
             for found in _dump_links(kind=kind):
                 keep(*found)
         missing = set(names) - set(out)
@@ -234,6 +239,24 @@ class Netlink:
             where = _attrs(buf, start + _NDMSG.size, end).get(NDA_DST)
             if family == socket.AF_INET and where and link_index in index and where[1] - where[0] == 4:
                 out.add((index[link_index], ipaddress.IPv4Address(buf[where[0]:where[1]])))
+        return frozenset(out)
+
+    def floods(self, index: dict[int, str], names: set[str]) -> frozenset[tuple[str, ipaddress.IPv4Address]]:
+        """(vxlan link, remote underlay) of each flood entry (all-zero MAC) on the named VXLAN links."""
+        out = set()
+        if not names:
+            return frozenset()
+        body = _NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
+        for kind, buf, start, end in _dump("bridge forwarding", RTM_GETNEIGH, body):
+            if kind != RTM_NEWNEIGH:
+                continue
+            family, link_index, _state, _flags, _type = _NDMSG.unpack_from(buf, start)
+            if family != AF_BRIDGE or index.get(link_index) not in names:
+                continue
+            attrs = _attrs(buf, start + _NDMSG.size, end)
+            mac, dst = attrs.get(NDA_LLADDR), attrs.get(NDA_DST)
+            if mac and dst and buf[mac[0]:mac[1]] == FLOOD and dst[1] - dst[0] == 4:
+                out.add((index[link_index], ipaddress.IPv4Address(buf[dst[0]:dst[1]])))
         return frozenset(out)
 
     def carrier(self, name: str) -> bool:
@@ -293,6 +316,12 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:
     data_at = linkinfo.get(IFLA_INFO_DATA)
     # IFLA_INFO_DATA is the link kind's own: a bridge's forward delay is no tun owner.
     data = _attrs(buf, *data_at) if data_at and kind == "tun" else {}
+    vxlan = _attrs(buf, *data_at) if data_at and kind == "vxlan" else {}
+    mac_at = attrs.get(IFLA_ADDRESS)
+    mac = ":".join(f"{b:02x}" for b in buf[mac_at[0]:mac_at[1]]) if mac_at and mac_at[1] - mac_at[0] == 6 else None
+    local_at = vxlan.get(IFLA_VXLAN_LOCAL)
+    local = str(ipaddress.IPv4Address(buf[local_at[0]:local_at[1]])) if local_at and local_at[1] - local_at[0] == 4 \
+        else None
     owner, group = u32(data.get(IFLA_TUN_OWNER)), u32(data.get(IFLA_TUN_GROUP))
     return index, Link(
         name=text(attrs.get(IFLA_IFNAME)) or f"if{index}",
@@ -306,6 +335,9 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:
         tun_group=None if group in (None, 0xFFFFFFFF) else group,
         persist=bool(u8(data.get(IFLA_TUN_PERSIST))),
         pi=bool(u8(data.get(IFLA_TUN_PI))),
+        mac=mac,
+        vni=u32(vxlan.get(IFLA_VXLAN_ID)),
+        local=local,
     ), u32(attrs.get(IFLA_MASTER)) or 0
 
 
@@ -332,9 +364,33 @@ class Batch:
         self._messages.append(_message(kind, NLM_F_REQUEST | NLM_F_ACK | flags, len(self._messages) + 1, body))
         self.labels.append(label)
 
-    def create_bridge(self, label: object, name: str, *, group: int) -> None:
-        """ip link add NAME type bridge group GROUP; its mark (ifalias) follows by name, in the same batch."""
-        self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, link_request(0, name=name, kind="bridge", group=group), label)
+    def create_bridge(self, label: object, name: str, *, group: int, mac: str | None = None) -> None:
+        """ip link add NAME type bridge group GROUP [address MAC]; its mark (ifalias) follows by name."""
+        body = link_request(0, name=name, kind="bridge", group=group)
+        if mac is not None:
+            body += _nla(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+        self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label)
+
+    def set_mac(self, label: object, name: str, mac: str) -> None:
+        body = link_request(_index(name)) + _nla(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+        self._add(RTM_NEWLINK, 0, body, label)
+
+    def create_vxlan(self, label: object, name: str, *, vni: int, local: ipaddress.IPv4Address, port: int,
+                     bridge: str, group: int) -> None:
+        """ip link add NAME type vxlan id VNI local LOCAL dstport PORT learning master BRIDGE group GROUP up."""
+        data = (_u32(IFLA_VXLAN_ID, vni) + _ipv4(IFLA_VXLAN_LOCAL, local) + _nla(IFLA_VXLAN_LEARNING, b"\1")
+                + _nla(IFLA_VXLAN_PORT, struct.pack("!H", port)))
+        body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + _nla(IFLA_IFNAME, name.encode() + b"\0")
+                + _nla(IFLA_LINKINFO, _nla(IFLA_INFO_KIND, b"vxlan") + _nla(IFLA_INFO_DATA, data))
+                + _u32(IFLA_MASTER, _index(bridge)) + _u32(IFLA_GROUP, group))
+        self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label)
+
+    def flood(self, label: object, vxlan: str, remote: ipaddress.IPv4Address, *, add: bool) -> None:
+        """bridge fdb append|del 00:00:00:00:00:00 dev VXLAN dst REMOTE: frames for unknown MACs go there too."""
+        body = (_NDMSG.pack(AF_BRIDGE, _index(vxlan), NUD_PERMANENT, NTF_SELF, 0)
+                + _nla(NDA_LLADDR, FLOOD) + _ipv4(NDA_DST, remote))
+        flags = NLM_F_CREATE | NLM_F_APPEND if add else 0
+        self._add(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, body, label)
 
     def mark_by_name(self, label: object, name: str, *, alias: str) -> None:
         """Set the ifalias of a link made earlier in this batch (its index is not known yet)."""

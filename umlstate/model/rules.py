@@ -34,7 +34,7 @@ class Problem:
 def check(topology: Topology) -> list[Problem]:
     problems: list[Problem] = []
     for rule in (_unique_names, _references, _switch_kinds, _interfaces, _paths, _subnets, _addresses, _macs,
-                 _nics, _disks):
+                 _nics, _disks, _hosts):
         problems.extend(rule(topology))
     return problems
 
@@ -337,3 +337,42 @@ def _disks(t: Topology) -> Iterator[Problem]:
             yield Problem(loc, f"guest {guest.name} disk needs 'base' (with a COW file) or 'image'")
         if d.cow is not None and d.base is None:
             yield Problem(("guests", g, "disk", "cow"), f"guest {guest.name} disk has 'cow' without 'base'")
+
+
+def _hosts(t: Topology) -> Iterator[Problem]:
+    """Several hosts: every guest placed on a known one, a switch process with its guests, VXLAN ids unique."""
+    names = {h.name for h in t.hosts}
+    seen: dict[object, str] = {}
+    for i, h in enumerate(t.hosts):
+        for key, what in ((("name", h.name), "name"), (("underlay", h.underlay), "underlay")):
+            if key in seen:
+                yield Problem(("hosts", i, what), f"host {what} {key[1]} is used twice (first by host {seen[key]})")
+            seen.setdefault(key, h.name)
+    for g, guest in enumerate(t.guests):
+        if not t.hosts and guest.host is not None:
+            yield Problem(("guests", g, "host"), f"guest {guest.name} names host {guest.host!r}, but the topology "
+                                                 "lists no hosts; add a hosts list, or remove host")
+        elif t.hosts and guest.host is None:
+            yield Problem(("guests", g), f"guest {guest.name} needs 'host': the topology lists several hosts "
+                                         f"({', '.join(sorted(names))})")
+        elif t.hosts and guest.host not in names:
+            yield Problem(("guests", g, "host"), f"guest {guest.name} runs on host {guest.host!r}, which is not "
+                                                 f"defined{_known(names)}")
+    for i, sw in enumerate(t.switches):
+        if sw.is_bridge:
+            continue
+        if sw.vni is not None:
+            yield Problem(("switches", i, "vni"), f"switch {sw.name} is a {sw.kind}: only a bridge is stretched "
+                                                  "over VXLAN")
+        placed = sorted({g.host for g in t.guests if g.host and any(n.switch == sw.name for n in g.nics)})
+        if len(placed) > 1:
+            yield Problem(("switches", i), f"switch {sw.name} is a {sw.kind} process, which runs on one host, but "
+                                           f"its guests run on {', '.join(placed)}; use kind: bridge to span hosts")
+    vnis: dict[int, str] = {}
+    for i, sw in enumerate(t.switches):
+        if sw.is_bridge:
+            vni = t.vni_of(sw)
+            if vni in vnis:
+                yield Problem(("switches", i, "vni"), f"bridge {sw.name} has VXLAN id {vni}, like bridge "
+                                                      f"{vnis[vni]}; give one of them another vni")
+            vnis.setdefault(vni, sw.name)

@@ -57,6 +57,9 @@ class Link:
     pi: bool = False
     carrier: bool = False  # IFF_LOWER_UP: for a tap, a process (switch, guest) is attached
     master: str | None = None  # the bridge it is enslaved to
+    mac: str | None = None
+    vni: int | None = None  # a VXLAN's id
+    local: str | None = None  # a VXLAN's local underlay address
 
     @property
     def is_tap(self) -> bool:
@@ -158,6 +161,7 @@ class Snapshot:
     links: Mapping[str, Link] = field(default_factory=dict)
     addresses: Mapping[str, frozenset[IPv4Interface]] = field(default_factory=dict)
     proxies: frozenset[tuple[str, IPv4Address]] = frozenset()
+    floods: frozenset[tuple[str, IPv4Address]] = frozenset()  # (vxlan link, remote underlay): flood entries
     records: Records = Records()
     switches: Mapping[str, SwitchState] = field(default_factory=dict)
     guests: Mapping[str, GuestState] = field(default_factory=dict)

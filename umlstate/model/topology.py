@@ -154,6 +154,8 @@ class Switch(_Model):
     socket: str | None = Field(None, description="Default <run_dir>/users/<user>/<name>.ctl.")
     hub: bool = Field(False, description="Repeat every frame to every port (uml_switch -hub, vde_switch -x).")
     subnet: str | None = Field(None, description="bridge only: the bridge carries this subnet's gateway address.")
+    vni: int | None = Field(None, ge=1, le=16777215, description="bridge only, with hosts: the VXLAN id that "
+                                                                  "stretches it between hosts (derived when omitted).")
 
     @property
     def is_bridge(self) -> bool:
@@ -212,6 +214,7 @@ class Guest(_Model):
     )
     disk: Disk = Field(description="Exactly one of base or image.")
     args: tuple[str, ...] = Field((), description="Extra kernel command line words.")
+    host: str | None = Field(None, description="With hosts: where the guest runs (a hosts[].name).")
 
     @field_validator("mem", mode="before")
     @classmethod
@@ -223,6 +226,15 @@ class Guest(_Model):
     nics: tuple[Nic, ...] = Field((), description="Network interfaces, eth0 first.")
 
 
+class HostDef(_Model):
+    """One host of a farm: where some of the guests run."""
+
+    name: str = Field(pattern=NAME_RE, description="Matched against --host, $UMLSTATE_HOST, the hostname.")
+    underlay: ipaddress.IPv4Address = Field(description="This host's address that VXLAN tunnels use.")
+    run_dir: str | None = Field(None, description="This host's run_dir, instead of host.run_dir.")
+    state_dir: str | None = Field(None, description="This host's state_dir, instead of host.state_dir.")
+
+
 class Topology(_Model):
     """A whole host: what umlstate makes the kernel and processes look like."""
 
@@ -232,6 +244,7 @@ class Topology(_Model):
     taps: tuple[Tap, ...] = Field((), description="Persistent taps.")
     switches: tuple[Switch, ...] = Field((), description="Switch processes.")
     guests: tuple[Guest, ...] = Field((), description="UML guests.")
+    hosts: tuple[HostDef, ...] = Field((), description="Several hosts: each runs umlstate for its own slice.")
 
     # Resolved defaults: the one place that says where things live.
 
@@ -242,6 +255,15 @@ class Topology(_Model):
     @property
     def state_dir(self) -> str:
         return self.host.state_dir or f"/var/lib/umlstate/{self.name}"
+
+    @property
+    def instance(self) -> str:
+        """This topology on this host: its name and a digest of its state_dir (a farm's hosts share a name).
+
+        Names what is machine-wide rather than per namespace, such as its cgroups:
+        hosts simulated as namespaces of one machine must not see each other's.
+        """
+        return f"{self.name}-{hashlib.sha256(self.state_dir.encode()).hexdigest()[:8]}"
 
     def user_dir(self, user: str) -> str:
         """The one folder under run_dir a user's processes write in: their sockets and uml_dir.
@@ -254,6 +276,15 @@ class Topology(_Model):
     def uml_dir_of(self, guest: Guest) -> str:
         """UML's uml_dir for the guest: its umid folder (pid file, mconsole socket) goes below."""
         return f"{self.user_dir(guest.user)}/uml"
+
+    def vni_of(self, bridge: Switch) -> int:
+        """The VXLAN id of a stretched bridge: declared, or derived from the names (stable, in range)."""
+        return bridge.vni or 1 + _fnv(f"{self.name}/{bridge.name}") % 16777214
+
+    def anycast_mac(self, bridge: Switch) -> str:
+        """The bridge's MAC on every host that serves its subnet: the gateway is one MAC at every host."""
+        digest = hashlib.sha256(f"{self.name}/{bridge.name}/{bridge.subnet}".encode()).digest()
+        return "02:" + ":".join(f"{b:02x}" for b in digest[:5])  # locally administered, unicast
 
     @property
     def tun_path(self) -> str:
@@ -272,10 +303,7 @@ class Topology(_Model):
         FNV-1a folded into [256, 2**31): clear of 0 (the default group) and of the
         small numbers people pick by hand.
         """
-        h = 0x811C9DC5
-        for byte in self.name.encode():
-            h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-        return 256 + h % (2**31 - 256)
+        return 256 + _fnv(self.name) % (2**31 - 256)
 
     def socket_of(self, switch: Switch) -> str:
         return switch.socket or f"{self.user_dir(switch.runs_as)}/{switch.name}.ctl"
@@ -340,6 +368,14 @@ class Topology(_Model):
         return tuple(NicTap(nic_tap_name(g.name, i), g.user, nic.switch, g.name, i)
                      for g in self.guests for i, nic in enumerate(g.nics)
                      if nic.switch is not None and (sw := self.switch(nic.switch)) is not None and sw.is_bridge)
+
+
+def _fnv(text: str) -> int:
+    """FNV-1a, 32 bits: small stable numbers derived from names."""
+    h = 0x811C9DC5
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
 
 
 class NicTap(NamedTuple):

@@ -57,7 +57,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
     # After a reboot every process recorded before is gone, whatever its pid names now.
     rebooted = recs.boot_id is not None and recs.boot_id != boot_id
     recorded = {} if rebooted else dict(recs.processes)
-    cgroups = Cgroups.here(topology.name)
+    cgroups = Cgroups.here(topology.instance)
     switches = _switches(topology, recorded, cgroups)
     guests = _guests(topology, recorded, cgroups)
     procs = [sw.proc for sw in switches.values() if sw.proc] + [g.proc for g in guests.values() if g.proc]
@@ -71,6 +71,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         links=links,
         addresses=netlink.addresses(index, {n for n in ours if n in links}),
         proxies=netlink.proxies(index),
+        floods=netlink.floods(index, {n for n, link in links.items() if link.kind == "vxlan"}),
         records=recs,
         switches=switches,
         guests=guests,

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from umlstate.model.placement import VXLAN_MTU
 from umlstate.model.snapshot import KernelFacts
 from umlstate.model.topology import Guest, Switch, Topology, nic_tap_name
 
@@ -126,7 +127,10 @@ def wire(topology: Topology, guest: Guest, index: int, kernel: KernelFacts | Non
     switch = topology.switch(nic.switch or "")
     assert switch is not None  # the loader's rules guarantee every reference resolves
     if switch.is_bridge:
-        return vector_tap(nic_tap_name(guest.name, index))
+        wired = vector_tap(nic_tap_name(guest.name, index))
+        if isinstance(wired, Wire) and topology.hosts:  # a farm's bridge may be stretched over VXLAN
+            return Wire(wired.transport, f"{wired.word},mtu={VXLAN_MTU}", wired.ifname)
+        return wired
     socket = topology.socket_of(switch)
     if switch.kind == "vde_switch":
         if use_legacy and "vde" in legacy:

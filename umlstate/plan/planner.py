@@ -18,6 +18,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
+from umlstate.model.placement import VXLAN_PORT, Stretch
 from umlstate.model.snapshot import Proc, Snapshot, unit_of
 from umlstate.model.topology import Host, Topology
 from umlstate.plan import actions as A
@@ -26,16 +27,20 @@ from umlstate.plan.result import Builder, Plan
 from umlstate.plan.wanted import owns_link, wanted_addresses, wanted_proxies, wanted_taps
 
 
-def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy: bool = False) -> Plan:
+def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy: bool = False,
+         stretches: Mapping[str, Stretch] | None = None) -> Plan:
+    """``stretches``: with several hosts, the bridges this host shares with others over VXLAN (placement)."""
     desired = _nothing_wanted(topology) if destroy else topology
+    wanted_vxlans = {} if destroy else {st.link: st for st in (stretches or {}).values()}
     b = Builder(observed, observed)
     if not destroy:
         preflight.preflight(desired, b)
-    _remove_unwanted(desired, b)
+    _remove_unwanted(desired, wanted_vxlans, b)
     _groups(desired, b)
     _tun_node(desired, b)
     _sysctls(desired, b)
     _bridges(desired, b)
+    _vxlans(desired, wanted_vxlans, b)
     _taps(desired, b, adopt)
     _enslave(desired, b)
     _addresses(desired, b)
@@ -67,7 +72,7 @@ def _nothing_wanted(t: Topology) -> Topology:
 # --- what the topology wants, derived --------------------------------------------
 
 
-def _remove_unwanted(t: Topology, b: Builder) -> None:
+def _remove_unwanted(t: Topology, vxlans: Mapping[str, Stretch], b: Builder) -> None:
     # Processes first: a guest leaves before its switch, a switch before its tap.
     wanted_guests = {g.name for g in t.guests}
     for name, state in sorted(b.s.guests.items()):
@@ -91,6 +96,9 @@ def _remove_unwanted(t: Topology, b: Builder) -> None:
     for name in sorted(b.s.links):  # taps first: a bridge goes once nothing is on it
         if owns_link(t, b.s, name) and b.s.links[name].is_tap and name not in taps:
             b.add(A.DeleteTap("no longer in the topology", name, t.link_group))
+    for name in sorted(b.s.links):  # a VXLAN before its bridge
+        if owns_link(t, b.s, name) and b.s.links[name].kind == "vxlan" and name not in vxlans:
+            b.add(A.DeleteVxlan("no other host has guests on its bridge any more", name, t.link_group))
     for name in sorted(b.s.links):
         if owns_link(t, b.s, name) and b.s.links[name].kind == "bridge" and name not in bridges:
             b.add(A.DeleteBridge("no longer in the topology", name, t.link_group))
@@ -177,8 +185,9 @@ def _sysctls(t: Topology, b: Builder) -> None:
 def _bridges(t: Topology, b: Builder) -> None:
     for bridge in sorted(t.bridges, key=lambda x: x.name):
         link = b.s.links.get(bridge.name)
+        mac = t.anycast_mac(bridge) if bridge.subnet else None
         if link is None:
-            b.add(A.CreateBridge("missing", bridge.name, t.alias, t.link_group))
+            b.add(A.CreateBridge("missing", bridge.name, t.alias, t.link_group, mac))
         elif link.kind != "bridge" or not owns_link(t, b.s, bridge.name):
             what = f"a {link.kind or 'plain'} link" if link.kind != "bridge" else "a bridge not made by umlstate"
             b.conflict("bridge", bridge.name, f"{what} named {bridge.name} exists", "rename or remove it by hand",
@@ -186,6 +195,40 @@ def _bridges(t: Topology, b: Builder) -> None:
         elif link.alias != t.alias or link.group != t.link_group:
             b.conflict("bridge", bridge.name, f"bridge {bridge.name} was made by an interrupted run and never marked",
                        f"remove it (ip link del {bridge.name}); the next apply makes it again", adoptable=False)
+        elif mac is not None and link.mac != mac:
+            b.add(A.SetBridgeMac(f"address {link.mac}, wanted the gateway's {mac}", bridge.name, mac))
+
+
+def _vxlans(t: Topology, wanted: Mapping[str, Stretch], b: Builder) -> None:
+    """Each bridge shared with other hosts: one VXLAN on it, flooding to exactly those hosts."""
+    for name, st in sorted(wanted.items()):
+        create = A.CreateVxlan("missing", name, st.vni, st.local, VXLAN_PORT, st.bridge, t.alias, t.link_group)
+        link = b.s.links.get(name)
+        if link is not None and not owns_link(t, b.s, name):
+            b.conflict("vxlan", name, f"a {link.kind or 'plain'} link named {name} exists, not made by umlstate",
+                       "rename or remove it by hand", adoptable=False)
+            continue
+        if link is not None:
+            master = link.master or "no bridge"
+            drift = [w for w, bad in ((f"id {link.vni}, wanted {st.vni}", link.vni != st.vni),
+                                      (f"local {link.local}, wanted {st.local}", link.local != str(st.local)),
+                                      (f"on {master}, wanted {st.bridge}", link.master != st.bridge),
+                                      ("down", not link.up)) if bad]
+            if not drift:
+                _floods(name, st, b)
+                continue
+            b.add(A.DeleteVxlan("; ".join(drift), name, t.link_group))
+        if st.bridge in b.s.links:
+            b.add(create)
+            _floods(name, st, b)
+
+
+def _floods(name: str, st: Stretch, b: Builder) -> None:
+    have = {remote for link, remote in b.s.floods if link == name}
+    for remote in sorted(have - set(st.remotes)):
+        b.add(A.RemoveFlood("that host has no guests on the bridge any more", name, remote))
+    for remote in sorted(set(st.remotes) - have):
+        b.add(A.AddFlood("a host with guests on the bridge", name, remote))
 
 
 def _taps(t: Topology, b: Builder, adopt: bool) -> None:

@@ -85,7 +85,8 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         if proc is None:
             down.add(("guest", guest.name))
         answering = "" if state is None or state.answers or proc is None else ", mconsole not answering"
-        wanted.append(("guest", guest.name, f"{up}{guest.mem}{answering}"))
+        where = f", on {guest.host}" if guest.host else ""
+        wanted.append(("guest", guest.name, f"{up}{guest.mem}{where}{answering}"))
 
     by_target: dict[tuple[Kind, str], list[str]] = {}
     missing: set[tuple[Kind, str]] = set()

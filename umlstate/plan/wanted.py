@@ -53,7 +53,7 @@ def wanted_proxies(t: Topology) -> set[tuple[str, ipaddress.IPv4Address]]:
 def owns_link(t: Topology, s: Snapshot, name: str) -> bool:
     """A tap or bridge this topology made: marked with its ifalias, or recorded before a crash could mark it."""
     link = s.links.get(name)
-    if link is None or not (link.is_tap or link.kind == "bridge"):
+    if link is None or not (link.is_tap or link.kind in ("bridge", "vxlan")):
         return False
     if link.alias == t.alias:
         return True

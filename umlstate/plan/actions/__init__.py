@@ -26,17 +26,22 @@ from umlstate.plan.actions.host import (
 )
 from umlstate.plan.actions.network import (
     AddAddress,
+    AddFlood,
     AddProxy,
     CreateBridge,
     CreateTap,
+    CreateVxlan,
     DeleteBridge,
     DeleteTap,
+    DeleteVxlan,
     Enslave,
     FixTap,
     MarkTap,
     RemoveAddress,
+    RemoveFlood,
     RemoveProxy,
     ReplaceTap,
+    SetBridgeMac,
     SetBridgeUp,
     SetLinkUp,
 )
@@ -61,7 +66,7 @@ AnyAction: TypeAlias = (
     | CreateGroup | AddGroupMember | RemoveGroupMember | ForgetGroupMember | DeleteGroup
     | SetSysctl | RestoreSysctl
     | CreateTap | FixTap | MarkTap | SetLinkUp | DeleteTap | ReplaceTap | Enslave
-    | CreateBridge | SetBridgeUp | DeleteBridge
+    | CreateBridge | SetBridgeUp | SetBridgeMac | DeleteBridge | CreateVxlan | DeleteVxlan | AddFlood | RemoveFlood
     | AddAddress | RemoveAddress | AddProxy | RemoveProxy
     | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
     | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers | PlugNic | UnplugNic
@@ -71,6 +76,7 @@ __all__ = [
     "PRIVILEGE",
     "Action",
     "AddAddress",
+    "AddFlood",
     "AddGroupMember",
     "AddProxy",
     "AnyAction",
@@ -78,10 +84,12 @@ __all__ = [
     "CreateGroup",
     "CreateTap",
     "CreateTunNode",
+    "CreateVxlan",
     "DeleteBridge",
     "DeleteGroup",
     "DeleteTap",
     "DeleteTunNode",
+    "DeleteVxlan",
     "EndGuestLeftovers",
     "EndSwitchLeftovers",
     "Enslave",
@@ -93,6 +101,7 @@ __all__ = [
     "Op",
     "PlugNic",
     "RemoveAddress",
+    "RemoveFlood",
     "RemoveGroupMember",
     "RemoveProxy",
     "ReplaceGuest",
@@ -100,6 +109,7 @@ __all__ = [
     "ReplaceTap",
     "RestoreSysctl",
     "RestoreTunNode",
+    "SetBridgeMac",
     "SetBridgeUp",
     "SetLinkUp",
     "SetSysctl",

@@ -8,7 +8,8 @@ from typing import ClassVar, Literal
 from umlstate.model.snapshot import Snapshot
 
 Op = Literal["create", "update", "delete", "replace"]
-Kind = Literal["tun-device", "group", "sysctl", "tap", "bridge", "address", "proxy-neigh", "switch", "guest"]
+Kind = Literal["tun-device", "group", "sysctl", "tap", "bridge", "vxlan", "fdb", "address", "proxy-neigh", "switch",
+               "guest"]
 
 # What carrying out each kind of change takes, for the message a run without
 # it gets before it changes anything (rather than EPERM at its first step).
@@ -18,6 +19,8 @@ PRIVILEGE: dict[Kind, str] = {
     "sysctl": "writing /proc/sys/net needs root",
     "tap": "persistent taps need CAP_NET_ADMIN",
     "bridge": "bridges need CAP_NET_ADMIN",
+    "vxlan": "VXLAN links need CAP_NET_ADMIN",
+    "fdb": "bridge forwarding entries need CAP_NET_ADMIN",
     "address": "addresses need CAP_NET_ADMIN",
     "proxy-neigh": "proxy ARP entries need CAP_NET_ADMIN",
     "switch": "starting or signalling a process as its declared user needs root (CAP_SETUID, CAP_KILL)",

@@ -222,13 +222,15 @@ class CreateBridge(_Named, Action):
     name: str
     alias: str
     link_group: int
+    mac: str | None = None  # the gateway's MAC, the same on every host that serves the subnet
 
     @property
     def detail(self) -> str:
-        return f"ip link add {self.name} type bridge, alias {self.alias}"
+        address = f" address {self.mac}" if self.mac else ""
+        return f"ip link add {self.name}{address} type bridge, alias {self.alias}"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        link = Link(self.name, kind="bridge", up=False, alias=self.alias, group=self.link_group)
+        link = Link(self.name, kind="bridge", up=False, alias=self.alias, group=self.link_group, mac=self.mac)
         return replace(s, links={**s.links, self.name: link}, addresses={**s.addresses, self.name: frozenset()},
                        records=replace(s.records, pending_taps=s.records.pending_taps | {self.name}))
 
@@ -281,3 +283,103 @@ class Enslave(_Named, Action):
 
     def simulate(self, s: Snapshot) -> Snapshot:
         return replace(s, links={**s.links, self.name: replace(s.links[self.name], master=self.bridge)})
+
+
+@dataclass(frozen=True)
+class SetBridgeMac(_Named, Action):
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "bridge"
+    name: str
+    mac: str
+
+    @property
+    def detail(self) -> str:
+        return f"ip link set {self.name} address {self.mac} (the gateway's MAC on every host)"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, links={**s.links, self.name: replace(s.links[self.name], mac=self.mac)})
+
+
+# --- VXLAN: a bridge stretched between hosts -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateVxlan(_Named, Action):
+    op: ClassVar[Op] = "create"
+    kind: ClassVar[Kind] = "vxlan"
+    name: str
+    vni: int
+    local: ipaddress.IPv4Address
+    port: int
+    bridge: str
+    alias: str
+    link_group: int
+
+    @property
+    def detail(self) -> str:
+        return (f"ip link add {self.name} type vxlan id {self.vni} local {self.local} dstport {self.port} learning, "
+                f"master {self.bridge}, up")
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        link = Link(self.name, kind="vxlan", up=True, alias=self.alias, group=self.link_group, master=self.bridge,
+                    vni=self.vni, local=str(self.local))
+        return replace(s, links={**s.links, self.name: link},
+                       records=replace(s.records, pending_taps=s.records.pending_taps | {self.name}))
+
+
+@dataclass(frozen=True)
+class DeleteVxlan(_Named, Action):
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "vxlan"
+    name: str
+    link_group: int
+
+    @property
+    def detail(self) -> str:
+        return "ip link del (its flood entries go with it)"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        links = {k: v for k, v in s.links.items() if k != self.name}
+        floods = frozenset(f for f in s.floods if f[0] != self.name)
+        return replace(s, links=links, floods=floods,
+                       records=replace(s.records, pending_taps=s.records.pending_taps - {self.name}))
+
+
+@dataclass(frozen=True)
+class AddFlood(Action):
+    """Frames for MACs not learned yet go to this host too (bridge fdb append 00:00:00:00:00:00)."""
+
+    op: ClassVar[Op] = "create"
+    kind: ClassVar[Kind] = "fdb"
+    vxlan: str
+    remote: ipaddress.IPv4Address
+
+    @property
+    def target(self) -> str:
+        return f"{self.vxlan} {self.remote}"
+
+    @property
+    def detail(self) -> str:
+        return f"bridge fdb append 00:00:00:00:00:00 dev {self.vxlan} dst {self.remote}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, floods=s.floods | {(self.vxlan, self.remote)})
+
+
+@dataclass(frozen=True)
+class RemoveFlood(Action):
+    op: ClassVar[Op] = "delete"
+    kind: ClassVar[Kind] = "fdb"
+    vxlan: str
+    remote: ipaddress.IPv4Address
+
+    @property
+    def target(self) -> str:
+        return f"{self.vxlan} {self.remote}"
+
+    @property
+    def detail(self) -> str:
+        return f"bridge fdb del 00:00:00:00:00:00 dev {self.vxlan} dst {self.remote}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, floods=s.floods - {(self.vxlan, self.remote)})

@@ -19,7 +19,8 @@ def nic_summary(word: str) -> str:
     if name.startswith("vec"):
         options = dict(o.partition("=")[::2] for o in spec.split(","))
         transport = options.get("transport", "?")
-        return f"{name} vector {transport}" + (f" {options['ifname']}" if "ifname" in options else "")
+        return (f"{name} vector {transport}" + (f" {options['ifname']}" if "ifname" in options else "")
+                + (f" mtu {options['mtu']}" if "mtu" in options else ""))
     parts = spec.split(",")
     return f"{name} {parts[0]}" + (f" {parts[1]}" if parts[0] == "tuntap" and len(parts) > 1 else "")
 
