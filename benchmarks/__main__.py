@@ -18,6 +18,8 @@ and for a farm of k real guests: apply until every guest answers ping from a
 LAN namespace, against booting the same guests one after the other; the same
 from an empty host for the uml_switch form against the bridge form (on 6.1,
 and on sid's vector-only 7.2 where scripts/fetch-vector-kernel can get it);
+a farm of 12 guests on one bridge stretched over three hosts (namespaces on a
+LAN bridge, each host applying its own slice) against the same on one host;
 and watch mode's repair time for a deleted tap and a killed switch.
 """
 
@@ -261,6 +263,77 @@ def bench_farm(k: int, repeat: int, folder: Path, image: Path, group: str) -> di
     return {"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
 
 
+HOSTS = {"alpha": "172.16.0.11", "beta": "172.16.0.12", "gamma": "172.16.0.13"}
+
+
+def hosts_topology(k: int, folder: Path, image: Path, group: str, *, spread: bool) -> Path:
+    """k guests on one stretched bridge: spread over three hosts, or all on alpha."""
+    names = list(HOSTS)
+    hosts = "".join(f"  - {{name: {h}, underlay: {a}, run_dir: {folder}/{h}/run, state_dir: {folder}/{h}/state}}\n"
+                    for h, a in HOSTS.items())
+    guests = "\n".join(f"  - {{name: g{i}, user: nobody, mem: 96M, host: {names[i % 3] if spread else 'alpha'}, "
+                       f"disk: {{base: {image}}}, nics: [{{switch: br0, address: 172.16.99.{i + 1}}}]}}"
+                       for i in range(k))
+    path = folder / f"hosts-{k}.yaml"
+    path.write_text(f"""name: farm
+host:
+  tun: {{path: {folder}/dev/tun, mode: "0660", group: {group}}}
+  groups: [{{name: {group}, members: [nobody]}}]
+  sysctl: {{net.ipv4.ip_forward: 1}}
+hosts:
+{hosts}subnets:
+  - {{name: guests, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth0}}}}
+switches:
+  - {{name: br0, kind: bridge, subnet: guests}}
+guests:
+{guests}
+""")
+    return path
+
+
+@contextmanager
+def three_hosts() -> Iterator[tuple[dict[str, str], str]]:
+    """Three host namespaces on one LAN (a bridge in a LAN namespace)."""
+    with namespace("umlstate-test-bench-lan-") as lan, namespace() as alpha, namespace() as beta, \
+            namespace() as gamma:
+        sh("ip", "-n", lan, "link", "add", "lanbr", "type", "bridge")
+        sh("ip", "-n", lan, "addr", "add", "172.16.0.2/16", "dev", "lanbr")
+        sh("ip", "-n", lan, "link", "set", "lanbr", "up")
+        hosts = {"alpha": alpha, "beta": beta, "gamma": gamma}
+        for i, (name, ns) in enumerate(hosts.items()):
+            sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"port{i}", "netns", lan)
+            sh("ip", "-n", ns, "addr", "add", f"{HOSTS[name]}/16", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", lan, "link", "set", f"port{i}", "master", "lanbr", "up")
+        yield hosts, lan
+
+
+def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
+    """From empty to all k guests answering the LAN: spread over three hosts (each applies its slice, in
+    parallel, as a rollout engine would), against the same farm on one host."""
+    raw: dict[str, list[float]] = {"three_hosts": [], "one_host": []}
+    addresses = [f"172.16.99.{i + 1}" for i in range(k)]
+    for r in range(repeat):
+        for mode in ("three_hosts", "one_host"):
+            run = folder / f"hosts-{k}-{mode}-{r}"
+            run.mkdir()
+            run.chmod(0o755)
+            topology = hosts_topology(k, run, image, group, spread=mode == "three_hosts")
+            with three_hosts() as (hosts, lan):
+                used = hosts if mode == "three_hosts" else {"alpha": hosts["alpha"]}
+                start = time.perf_counter()
+                applies = [subprocess.Popen([PY, "-m", "umlstate", "--netns", ns, "--host", name, "apply",
+                                             str(topology), "--yes"], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL) for name, ns in used.items()]
+                if any(a.wait() for a in applies):
+                    raise SystemExit(f"benchmark: an apply of the {mode} farm failed")
+                until_pings(lan, addresses, timeout=180)
+                raw[mode].append(time.perf_counter() - start)
+                for name, ns in used.items():
+                    timed([PY, "-m", "umlstate", "--netns", ns, "--host", name, "destroy", str(topology), "--yes"])
+    return {"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
+
+
 def bench_watch(repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
     raw: dict[str, list[float]] = {"deleted_tap": [], "killed_switch": []}
     run = folder / "watch"
@@ -329,6 +402,10 @@ def table(results: dict[str, Any]) -> str:
                 "|---|" + "---|" * len(names)]
         for r in results["forms"]:
             out.append(f"| {r['k']} | " + " | ".join(f"{r['median'][n]:.2f} s" for n in names) + " |")
+    if results.get("hosts"):
+        m = results["hosts"]["median"]
+        out.append(f"\n{results['hosts']['k']} guests, empty to all answering: three hosts {m['three_hosts']:.2f} s, "
+                   f"one host {m['one_host']:.2f} s ({m['one_host'] / m['three_hosts']:.2f}x)")
     if results.get("watch"):
         w = results["watch"]["median"]
         out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s")
@@ -341,6 +418,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--guests", default="1,2,4", help="farm sizes; empty to skip")
     parser.add_argument("--forms", default="1,8", help="guests per farm for uml_switch against bridge; empty to skip")
+    parser.add_argument("--hosts", type=int, default=12, help="guests of the three-host farm; 0 to skip")
     parser.add_argument("--no-watch", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
     args = parser.parse_args()
@@ -353,7 +431,7 @@ def main() -> None:
         results: dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-            "taps": [], "farm": [], "forms": [], "watch": None,
+            "taps": [], "farm": [], "forms": [], "hosts": None, "watch": None,
         }
         step: Callable[[str], None] = lambda text: print(f"-- {text}", file=sys.stderr, flush=True)  # noqa: E731
         results["errors"] = []
@@ -377,7 +455,7 @@ def main() -> None:
             found = section(f"{n} taps x {args.repeat}", functools.partial(bench_taps, n, args.repeat, folder))
             if found:
                 results["taps"].append(found)
-        if args.guests or args.forms or not args.no_watch:
+        if args.guests or args.forms or args.hosts or not args.no_watch:
             image = build(folder / "base.img")
             for k in [int(x) for x in args.guests.split(",") if x]:
                 found = section(f"farm of {k} guests x {args.repeat}",
@@ -388,6 +466,9 @@ def main() -> None:
             if ks:
                 results["forms"] = section(f"uml_switch and bridge, {args.forms} guests x {args.repeat}",
                                            lambda: bench_forms(ks, args.repeat, folder, image, group)) or []
+            if args.hosts:
+                results["hosts"] = section(f"{args.hosts} guests on three hosts and on one",
+                                           lambda: bench_hosts(args.hosts, args.repeat, folder, image, group))
             if not args.no_watch:
                 results["watch"] = section("watch repair", lambda: bench_watch(args.repeat, folder, image, group))
         print(table(results))
