@@ -1,9 +1,10 @@
-"""The command line: wires loader -> observe -> planner -> executor per command.
+"""The command line: each command loads the topology and asks the reconcile service (or the model) for it.
 
-The outermost layer. It resolves the topology path, enters the namespace,
-takes the lock, and maps every ``UmlstateError`` to one readable message and
-SPEC's exit code; anything else is reported as a bug. Plans and status go to
-stdout, logs to stderr.
+The outermost layer. It finds and vets the topology (cli.files), picks this
+host's slice of a farm, hands the pass to ``reconcile`` (which enters the
+namespace and takes the lock), and maps every ``UmlstateError`` to one
+readable, sanitized message and SPEC's exit code; anything else is reported
+as a bug. Plans and status go to stdout, logs to stderr.
 """
 
 from __future__ import annotations

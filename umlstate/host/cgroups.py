@@ -1,4 +1,4 @@
-"""Every switch and guest in a cgroup v2 of its own: <mount>/umlstate/<topology>/<unit>.
+"""Every switch and guest in a cgroup v2 of its own: <mount>/umlstate/<topology instance>/<unit>.
 
 A guest is all of its processes (a UML guest is about five host processes,
 and SIGKILL to the main one leaves the helpers alive), and its user may be

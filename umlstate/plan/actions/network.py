@@ -1,4 +1,4 @@
-"""Actions on the kernel's network: taps, the gateway addresses on them, proxy ARP entries."""
+"""Actions on the kernel's network: taps, bridges, VXLAN links and their flood entries, addresses, proxy ARP."""
 
 from __future__ import annotations
 
