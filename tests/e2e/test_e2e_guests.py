@@ -129,13 +129,13 @@ def test_a_guest_that_ignores_ctrl_alt_del_is_synced_remounted_and_halted(farm: 
 def test_a_changed_mem_replaces_the_guest(farm: Farm) -> None:
     assert farm.cli("apply", "--yes").returncode == 0
     old = farm.guest_pid("web")
-    farm.write(web_mem="96M")
+    farm.write(web_mem="128M")
     plan = farm.cli("plan")
-    assert "-/+ guest web" in plan.stdout and "-mem=64M +mem=96M" in plan.stdout, plan.stdout
+    assert "-/+ guest web" in plan.stdout and "-mem=96M +mem=128M" in plan.stdout, plan.stdout
     assert "guest db" not in plan.stdout
     assert farm.cli("apply", "--yes").returncode == 0
     assert farm.guest_pid("web") != old
-    assert "mem=96M" in psutil.Process(farm.guest_pid("web")).cmdline()
+    assert "mem=128M" in psutil.Process(farm.guest_pid("web")).cmdline()
     assert ttl(farm.lan_ping("172.16.99.1")) == 63
     assert farm.cli("destroy", "--yes").returncode == 0
 

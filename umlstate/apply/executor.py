@@ -217,7 +217,7 @@ class Executor:
             case A.DeleteTunNode():
                 tun.delete_node(action.path)
             case A.CreateGroup():
-                self._run("groupadd", action.name)
+                self._run("groupadd", action.name, already=9)  # 9: it exists (made meanwhile): what we want
             case A.DeleteGroup():
                 self._run("groupdel", action.name)
             case A.AddGroupMember():
@@ -417,12 +417,13 @@ class Executor:
             log.warning("cad ignored", guest=name)
         return how
 
-    def _run(self, program: str, *args: str) -> None:
+    def _run(self, program: str, *args: str, already: int | None = None) -> None:
+        """One of passwd's programs; ``already``: the exit status that means the change was made already."""
         path = shutil.which(program)
         if path is None:
             raise HostError(f"program {program} is not installed", f"apt-get install {PROGRAM_PACKAGES[program]}")
         proc = subprocess.run([path, *args], capture_output=True, text=True, check=False, timeout=60)
-        if proc.returncode != 0:
+        if proc.returncode not in (0, already):
             raise ActionError(f"{program} {' '.join(args)}: {proc.stderr.strip()[:500] or f'exit {proc.returncode}'}")
 
 

@@ -326,7 +326,8 @@ def watch(opts: Options, topology: str | None, resync: float) -> None:
     """
     from umlstate.watch import Watcher
 
-    sys.exit(Watcher(_reconciler(opts, files.load_topology(topology)[1]), resync=resync).run())
+    # Booted is enough here: a pass that waited for answers would hold back the next repair.
+    sys.exit(Watcher(_reconciler(opts, files.load_topology(topology)[1], wait=False), resync=resync).run())
 
 
 @cli.command()

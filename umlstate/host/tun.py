@@ -92,7 +92,10 @@ def make_node(path: str, mode: int | None, gid: int | None) -> None:
     """mknod c 10 200 with its mode and group, in a folder checked to be root's alone."""
     with folders.open_trusted(os.path.dirname(path), create=True) as folder:
         name = os.path.basename(path)
-        folder.mknod_char(name, mode if mode is not None else 0o600, TUN_MAJOR, TUN_MINOR)
+        try:
+            folder.mknod_char(name, mode if mode is not None else 0o600, TUN_MAJOR, TUN_MINOR)
+        except FileExistsError:  # made meanwhile (hosts of one machine sharing it): fine if it is the device
+            folder.chmod_entry(name, mode if mode is not None else 0o600, expect=is_tun_node)
         if gid is not None:
             folder.chown_entry(name, 0, gid, expect=is_tun_node)
 

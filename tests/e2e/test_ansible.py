@@ -1,0 +1,548 @@
+"""contrib/ansible: the playbook that rolls a farm's topology out and moves guests with their disks.
+
+Three ways in. The move computation (contrib/ansible/moves.py) is pure and
+tested as such. The playbook's ordering and disk carrying run against a
+stand-in for umlstate that records what each host applied and whether the
+guest's COW file was there: fast, and it can fail a run halfway. And the real
+thing: three hosts simulated as network namespaces on one LAN (a Linux bridge
+in a LAN namespace), real guests on a bridge stretched over VXLAN, the
+playbook with a local connection and one inventory host per namespace; a
+guest moved from beta to gamma answers the LAN at the same address and MAC
+from the disk it had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import IS_ROOT, ROOT, Netns, make_netns, remove_netns, sh, umlstate
+
+CONTRIB = ROOT / "contrib" / "ansible"
+BIN = ROOT / ".venv" / "bin"  # where scripts/bootstrap installs umlstate, and this file ansible-core
+HOSTS = ("alpha", "beta", "gamma")
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def load_moves() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("umlstate_contrib_moves", CONTRIB / "moves.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+moves = load_moves()
+
+
+# --- the move computation ---------------------------------------------------------------------------------------
+
+def farm_doc(placement: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "lab",
+        "hosts": [{"name": h, "underlay": f"192.0.2.{i + 11}", "state_dir": f"/srv/{h}"} for i, h in enumerate(HOSTS)],
+        "subnets": [{"name": "guests", "cidr": "172.16.99.0/24", "gateway": "172.16.99.254"}],
+        "switches": [{"name": "br0", "kind": "bridge", "subnet": "guests"}],
+        "guests": [{"name": g, "user": "nobody", "host": h, "disk": {"base": "/srv/base.img"},
+                    "nics": [{"switch": "br0"}], **extra.get(g, {})} for g, h in placement.items()],
+    }
+
+
+def seen(previous: dict[str, dict[str, Any] | None], journals: dict[str, str] | None = None) -> dict[str, Any]:
+    return {h: {"name": h, "previous": yaml.safe_dump(doc) if doc else None, "journal": (journals or {}).get(h)}
+            for h, doc in previous.items()}
+
+
+def test_nothing_moves_on_a_first_run_or_when_the_placement_is_unchanged() -> None:
+    new = yaml.safe_dump(farm_doc({"g1": "alpha", "g2": "beta"}))
+    assert moves.compute(new, seen({h: None for h in HOSTS}))["moves"] == []
+    same = seen({h: farm_doc({"g1": "alpha", "g2": "beta"}) for h in HOSTS})
+    out = moves.compute(new, same)
+    assert out["moves"] == [] and out["departure"] is None and out["losers"] == [] and out["journals"] == {}
+
+
+def test_a_moved_guest_goes_from_its_old_hosts_state_dir_to_its_new_hosts() -> None:
+    old = farm_doc({"g1": "alpha", "g2": "beta", "g3": "gamma"})
+    new = farm_doc({"g1": "alpha", "g2": "gamma", "g3": "gamma"}, g2={"user": "dupont"})
+    out = moves.compute(yaml.safe_dump(new), seen({h: old for h in HOSTS}))
+    assert out["moves"] == [{"guest": "g2", "from": "beta", "to": "gamma", "from_inventory": "beta",
+                             "to_inventory": "gamma", "cow_from": "/srv/beta/g2.cow", "cow_to": "/srv/gamma/g2.cow",
+                             "carry": True, "user": "dupont"}]
+    assert out["losers"] == ["beta"] and out["gainers"] == ["gamma"]
+    departure = yaml.safe_load(out["departure"])
+    assert [g["name"] for g in departure["guests"]] == ["g1", "g3"], "the departure stops g2 everywhere"
+    assert {k: v for k, v in departure.items() if k != "guests"} == {k: v for k, v in new.items() if k != "guests"}
+    assert json.loads(out["journals"]["beta"]) == {
+        "format_version": 1, "departed": [{"guest": "g2", "from": "beta", "cow": "/srv/beta/g2.cow", "user": "dupont"}]}
+
+
+def test_two_guests_that_swap_hosts_both_leave_before_either_arrives() -> None:
+    old = farm_doc({"g1": "alpha", "g2": "beta"})
+    new = farm_doc({"g1": "beta", "g2": "alpha"})
+    out = moves.compute(yaml.safe_dump(new), seen({h: old for h in HOSTS}))
+    assert [(m["guest"], m["from"], m["to"]) for m in out["moves"]] == [("g1", "alpha", "beta"), ("g2", "beta", "alpha")]
+    assert out["losers"] == ["alpha", "beta"] == out["gainers"]
+    assert yaml.safe_load(out["departure"])["guests"] == [], "neither starts in the first step"
+
+
+def test_a_journal_still_knows_a_departure_that_the_kept_copy_no_longer_shows() -> None:
+    """A run stopped g2 on beta and failed before its disk landed: beta's copy no longer names g2."""
+    departed = farm_doc({"g1": "alpha"})
+    journal = json.dumps({"format_version": 1, "departed": [
+        {"guest": "g2", "from": "beta", "cow": "/srv/beta/g2.cow", "user": "dupont"}]})
+    before = farm_doc({"g1": "alpha", "g2": "beta"})
+    hosts = seen({"alpha": before, "beta": departed, "gamma": before}, {"beta": journal})
+    out = moves.compute(yaml.safe_dump(farm_doc({"g1": "alpha", "g2": "gamma"})), hosts)
+    assert [(m["guest"], m["from"], m["cow_from"]) for m in out["moves"]] == [("g2", "beta", "/srv/beta/g2.cow")]
+    back = moves.compute(yaml.safe_dump(farm_doc({"g1": "alpha", "g2": "beta"})), hosts)
+    assert back["moves"] == [], "moved back before its disk left: nothing to carry"
+
+
+def test_a_guest_that_is_gone_or_has_no_cow_file_carries_nothing() -> None:
+    old = farm_doc({"g1": "alpha", "g2": "beta"}, g2={"disk": {"image": "/srv/g2.img"}})
+    out = moves.compute(yaml.safe_dump(farm_doc({"g2": "gamma"}, g2={"disk": {"image": "/srv/g2.img"}})),
+                        seen({h: old for h in HOSTS}))
+    assert [(m["guest"], m["carry"]) for m in out["moves"]] == [("g2", False)], "g1 is deleted, not moved"
+    assert any("without its disk" in w for w in out["warnings"])
+
+
+def test_a_move_to_a_host_outside_the_run_or_a_guest_in_two_places_is_an_error() -> None:
+    old = farm_doc({"g1": "alpha", "g2": "beta"})
+    new = yaml.safe_dump(farm_doc({"g1": "alpha", "g2": "gamma"}))
+    with pytest.raises(moves.MoveError, match="g2 moves from beta to gamma, which is no inventory host"):
+        moves.compute(new, seen({"alpha": old, "beta": old}))
+    twice = seen({"alpha": farm_doc({"g2": "alpha"}), "beta": old, "gamma": old})
+    with pytest.raises(moves.MoveError, match="g2 was on several hosts at once"):
+        moves.compute(new, twice)
+    clash = {"alpha": {"name": "x"}, "beta": {"name": "x"}}
+    with pytest.raises(moves.MoveError, match="both say they are umlstate host x"):
+        moves.compute(new, clash)
+
+
+def test_the_cow_file_defaults_follow_spec() -> None:
+    doc = farm_doc({"g1": "alpha"})
+    doc["hosts"][0].pop("state_dir")
+    assert moves.cow_of(doc, doc["guests"][0], "alpha") == "/var/lib/umlstate/lab/g1.cow"
+    doc["host"] = {"state_dir": "/data/lab/"}
+    assert moves.cow_of(doc, doc["guests"][0], "alpha") == "/data/lab/g1.cow"
+    assert moves.cow_of(doc, {**doc["guests"][0], "disk": {"base": "/b", "cow": "/c/x.cow"}}, "alpha") == "/c/x.cow"
+
+
+# --- the playbook ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ansible_playbook() -> Path:
+    """ansible-core from PyPI, in the project's virtualenv; skipped loudly when it cannot be installed."""
+    program = BIN / "ansible-playbook"
+    if not program.exists():
+        if not IS_ROOT or not (BIN / "pip").exists():
+            pytest.skip(f"NO ANSIBLE: {program} is missing, and only root installs it into the project's virtualenv")
+        installed = subprocess.run([str(BIN / "pip"), "install", "--quiet", "ansible-core"],
+                                   capture_output=True, text=True, check=False, timeout=600)
+        if installed.returncode != 0 or not program.exists():
+            pytest.skip(f"NO ANSIBLE: `pip install ansible-core` failed: {installed.stderr.strip()[-500:]}")
+    return program
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[list[float]]:
+    box: list[float] = []
+    start = time.monotonic()
+    yield box
+    box.append(time.monotonic() - start)
+
+
+class Rollout:
+    """One farm's controller side: the topology, the inventory, and playbook runs."""
+
+    def __init__(self, tmp: Path, program: Path, hostvars: dict[str, dict[str, str]]) -> None:
+        self.tmp, self.program = tmp, program
+        self.topology = tmp / "topology.yaml"
+        self.inventory = tmp / "inventory.ini"
+        lines = ["[umlstate]"]
+        for host, hv in hostvars.items():
+            lines.append(" ".join([host, *(f"{k}={v}" for k, v in hv.items())]))
+        lines += ["", "[umlstate:vars]", "ansible_connection=local", f"ansible_python_interpreter={sys.executable}"]
+        self.inventory.write_text("\n".join(lines) + "\n")
+        (tmp / "ansible").mkdir(mode=0o700)
+
+    def kept(self, host: str) -> Path:
+        return self.tmp / host / "etc" / "topology.yaml"
+
+    def run(self, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0",
+               "ANSIBLE_LOCAL_TEMP": str(self.tmp / "ansible"), "ANSIBLE_HOME": str(self.tmp / "ansible"),
+               "ANSIBLE_CONFIG": str(self.tmp / "ansible" / "none.cfg")}
+        start = time.monotonic()
+        done = subprocess.run([str(self.program), "-i", str(self.inventory), str(CONTRIB / "site.yml"),
+                               "-e", f"umlstate_topology={self.topology}", *extra],
+                              capture_output=True, text=True, check=False, timeout=1200, env=env, cwd=self.tmp)
+        return done, time.monotonic() - start
+
+    @staticmethod
+    def recap(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
+        found = {m[1]: {"ok": int(m[2]), "changed": int(m[3]), "unreachable": int(m[4]), "failed": int(m[5])}
+                 for m in RECAP.finditer(done.stdout)}
+        assert found, done.stdout[-3000:] + done.stderr[-3000:]
+        return found
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {done.returncode}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+
+
+# A stand-in for umlstate: it keeps, per --host, the topology it last applied, and logs every apply
+# with the guests of that host's slice and what their COW files held at that moment.
+STAND_IN = '''\
+#!{python}
+import hashlib, json, os, sys, time
+import yaml
+args = sys.argv[1:]
+host = netns = None
+while args and args[0].startswith("--"):
+    flag = args.pop(0)
+    if flag == "--host":
+        host = args.pop(0)
+    elif flag == "--netns":
+        netns = args.pop(0)
+command, topology, rest = args[0], args[1], args[2:]
+text = open(topology).read()
+if command == "validate":
+    sys.exit(0)
+doc = yaml.safe_load(text)
+state = "{tmp}/applied-%s" % host
+slice_ = sorted(g["name"] for g in doc["guests"] if g["host"] == host)
+if command == "plan":
+    same = os.path.exists(state) and open(state).read() == json.dumps(slice_)
+    sys.exit(0 if same else 2)
+assert command == "apply" and "--yes" in rest, sys.argv
+state_dir = next(h["state_dir"] for h in doc["hosts"] if h["name"] == host)
+cows = {{}}
+for guest in slice_:
+    cow = os.path.join(state_dir, guest + ".cow")
+    fresh = not os.path.exists(cow)
+    if fresh:  # as umlstate makes one: sparse, the guest's user's, 0600
+        os.makedirs(state_dir, exist_ok=True)
+        fd = os.open(cow, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.ftruncate(fd, 8 << 20)
+        os.fchown(fd, 65534, -1)
+        os.close(fd)
+    with open(cow, "rb") as f:
+        f.seek((8 << 20) - 4096)
+        cows[guest] = {{"fresh": fresh, "tail": hashlib.sha256(f.read()).hexdigest()}}
+with open("{tmp}/calls.log", "a") as log:
+    log.write(json.dumps({{"t": time.time(), "host": host, "netns": netns, "guests": slice_, "cows": cows}}) + "\\n")
+open(state, "w").write(json.dumps(slice_))
+print("stand-in applied", host, slice_)
+'''
+
+
+def stand_in_topology(placement: dict[str, str], tmp: Path, shared: bool = False) -> str:
+    return yaml.safe_dump({
+        "name": "lab",
+        "hosts": [{"name": h, "underlay": f"192.0.2.{i + 11}", "state_dir": f"{tmp}/{'all' if shared else h}/state"}
+                  for i, h in enumerate(HOSTS)],
+        "guests": [{"name": g, "host": h, "user": "nobody", "disk": {"base": f"{tmp}/base.img"}}
+                   for g, h in placement.items()],
+    })
+
+
+def mark(cow: Path) -> str:
+    """Write 4 KiB the new host must find: at the end of the file, where the guest does not look."""
+    data = secrets.token_bytes(4096)
+    fd = os.open(cow, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, os.fstat(fd).st_size - 4096)
+    finally:
+        os.close(fd)
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.slow  # no guests, but a few minutes of playbook runs
+@pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
+def test_the_playbook_stops_before_it_carries_and_carries_before_it_starts(tmp_path: Path,
+                                                                          ansible_playbook: Path) -> None:
+    stand_in = tmp_path / "umlstate"
+    stand_in.write_text(STAND_IN.format(python=sys.executable, tmp=tmp_path))
+    stand_in.chmod(0o755)
+    rollout = Rollout(tmp_path, ansible_playbook, {
+        h: {"umlstate_host": h, "umlstate_bin": str(stand_in), "umlstate_topology_path": str(tmp_path / h / "etc" /
+                                                                                               "topology.yaml")}
+        for h in HOSTS})
+    calls = tmp_path / "calls.log"
+
+    def log() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+
+    rollout.topology.write_text(stand_in_topology({"g1": "alpha", "g2": "beta", "g3": "gamma"}, tmp_path))
+    done, _ = rollout.run()
+    assert done.returncode == 0, ok(done)
+    assert {c["host"]: c["guests"] for c in log()} == {"alpha": ["g1"], "beta": ["g2"], "gamma": ["g3"]}
+    assert all(c["cows"][g]["fresh"] for c in log() for g in c["guests"])
+
+    # g1 and g2 swap hosts: each must be stopped where it was before it starts where it goes.
+    tails = {g: mark(tmp_path / h / "state" / f"{g}.cow") for g, h in (("g1", "alpha"), ("g2", "beta"))}
+    calls.unlink()
+    rollout.topology.write_text(stand_in_topology({"g1": "beta", "g2": "alpha", "g3": "gamma"}, tmp_path))
+    done, _ = rollout.run()
+    assert done.returncode == 0, ok(done)
+    steps = [(c["host"], c["guests"]) for c in log()]
+    assert sorted(steps[:2]) == [("alpha", []), ("beta", [])], f"both leave first: {steps}"
+    assert sorted(steps[2:]) == [("alpha", ["g2"]), ("beta", ["g1"])], steps
+    arrived = {g: c["cows"][g] for c in log()[2:] for g in c["guests"]}
+    assert arrived == {g: {"fresh": False, "tail": tails[g]} for g in ("g1", "g2")}, "each came with its disk"
+    for g, h in (("g1", "beta"), ("g2", "alpha")):
+        st = (tmp_path / h / "state" / f"{g}.cow").stat()
+        assert (st.st_uid, st.st_mode & 0o7777, st.st_size) == (65534, 0o600, 8 << 20)
+        assert st.st_blocks * 512 <= 64 << 10, "still sparse"
+    assert not (tmp_path / "alpha" / "state" / "g1.cow").exists(), "the old copy is gone once the guest runs"
+    assert not (tmp_path / "beta" / "state" / "g2.cow").exists()
+    assert not list(tmp_path.glob("*/etc/*.moving.json"))
+
+    # A run that fails after g3 left gamma and before its disk landed: the next run still carries it.
+    tails["g3"] = mark(tmp_path / "gamma" / "state" / "g3.cow")
+    (tmp_path / "alpha" / "state").rename(tmp_path / "alpha" / "state.away")
+    (tmp_path / "alpha" / "state").write_text("in the way\n")  # the COW file's folder cannot be made
+    rollout.topology.write_text(stand_in_topology({"g1": "beta", "g2": "alpha", "g3": "alpha"}, tmp_path))
+    calls.unlink()
+    done, _ = rollout.run()
+    assert done.returncode != 0, ok(done)
+    assert [(c["host"], c["guests"]) for c in log()] == [("gamma", [])], "g3 stopped, nothing started"
+    assert [g["name"] for g in yaml.safe_load(rollout.kept("gamma").read_text())["guests"]] == ["g1", "g2"]
+    assert json.loads((tmp_path / "gamma" / "etc" / "topology.yaml.moving.json").read_text())["departed"][0][
+        "guest"] == "g3"
+    (tmp_path / "alpha" / "state").unlink()
+    (tmp_path / "alpha" / "state.away").rename(tmp_path / "alpha" / "state")
+    done, _ = rollout.run()
+    assert done.returncode == 0, ok(done)
+    alpha = [c for c in log() if c["host"] == "alpha"][-1]
+    assert alpha["guests"] == ["g2", "g3"] and alpha["cows"]["g3"] == {"fresh": False, "tail": tails["g3"]}
+    assert not (tmp_path / "gamma" / "state" / "g3.cow").exists()
+    assert not list(tmp_path.glob("*/etc/*.moving.json"))
+    again, _ = rollout.run()
+    assert all(v["changed"] == 0 for v in Rollout.recap(again).values()), ok(again)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
+def test_hosts_that_share_the_cow_folder_move_a_guest_without_copying_or_removing_its_disk(
+        tmp_path: Path, ansible_playbook: Path) -> None:
+    """One state_dir for all (NFS; or namespaces of one machine): the COW file is already where it goes."""
+    stand_in = tmp_path / "umlstate"
+    stand_in.write_text(STAND_IN.format(python=sys.executable, tmp=tmp_path))
+    stand_in.chmod(0o755)
+    rollout = Rollout(tmp_path, ansible_playbook, {
+        h: {"umlstate_host": h, "umlstate_bin": str(stand_in),
+            "umlstate_topology_path": str(tmp_path / h / "etc" / "topology.yaml")} for h in HOSTS})
+    rollout.topology.write_text(stand_in_topology({"g1": "alpha"}, tmp_path, shared=True))
+    done, _ = rollout.run()
+    assert done.returncode == 0, ok(done)
+    cow = tmp_path / "all" / "state" / "g1.cow"
+    tail, inode = mark(cow), cow.stat().st_ino
+    rollout.topology.write_text(stand_in_topology({"g1": "beta"}, tmp_path, shared=True))
+    done, _ = rollout.run()
+    assert done.returncode == 0, ok(done)
+    assert cow.stat().st_ino == inode, "neither copied over itself nor removed"
+    with cow.open("rb") as f:
+        f.seek(-4096, os.SEEK_END)
+        assert hashlib.sha256(f.read()).hexdigest() == tail
+
+
+# --- the real farm ----------------------------------------------------------------------------------------------------
+
+FARM = """\
+name: {name}
+host:
+  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
+  groups:
+    - {{name: {group}, members: [nobody]}}
+  sysctl:
+    net.ipv4.ip_forward: 1
+hosts:
+{hosts}
+subnets:
+  - name: guests
+    cidr: 172.16.99.0/24
+    gateway: 172.16.99.254
+    proxy_arp: {{uplink: eth0}}
+switches:
+  - {{name: br0, kind: bridge, subnet: guests}}
+guests:
+{guests}"""
+GUEST = """\
+  - name: {name}
+    host: {host}
+    user: nobody
+    kernel: linux.uml
+    mem: 96M
+    disk: {{base: {image}}}
+    args: [{args}]
+    nics: [{{switch: br0, address: {address}}}]
+"""
+
+
+def farm_topology(name: str, tmp: Path, group: str, image: Path, placement: dict[str, str]) -> str:
+    hosts = "".join(f"  - {{name: {h}, underlay: 172.16.0.{11 + i}, run_dir: {tmp}/{h}/run, "
+                    f"state_dir: {tmp}/{h}/state}}\n" for i, h in enumerate(HOSTS))
+    # g1 checks that it reaches g3 on another host, across the stretched bridge.
+    guests = "".join(GUEST.format(name=g, host=h, image=image, address=f"172.16.99.{i + 1}",
+                                  args="umlstate.ping=172.16.99.3" if g == "g1" else "")
+                     for i, (g, h) in enumerate(placement.items()))
+    return FARM.format(name=name, tmp=tmp, group=group, hosts=hosts.rstrip("\n"), guests=guests)
+
+
+def lan_ping(lan: Netns, address: str, seconds: float) -> float | None:
+    """Seconds until the LAN namespace gets an answer from address, or None."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if lan.run("ping", "-c1", "-W1", address, check=False).returncode == 0:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    return None
+
+
+def records(tmp: Path, host: str) -> dict[str, Any]:
+    path = tmp / host / "state" / "state.json"
+    found: dict[str, Any] = json.loads(path.read_text()).get("processes", {}) if path.exists() else {}
+    return found
+
+
+def mac_of(record: dict[str, Any]) -> str:
+    match = re.search(r"mac=([0-9a-f:]{17})", " ".join(record["argv"]))
+    assert match, record["argv"]
+    return match[1]
+
+
+@pytest.mark.slow
+def test_three_hosts_roll_out_and_a_guest_moves_with_its_address_mac_and_disk(
+        tmp_path: Path, image: Path, ansible_playbook: Path) -> None:
+    name, group = "t" + secrets.token_hex(3), "umlst-" + secrets.token_hex(3)
+    lan = make_netns("umlstate-test-lan-")
+    spaces: dict[str, Netns] = {}
+    rollout: Rollout | None = None
+    try:
+        lan.ip("link", "add", "lan", "type", "bridge")
+        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lan")
+        lan.ip("link", "set", "lan", "up")
+        for i, host in enumerate(HOSTS):
+            ns = spaces[host] = make_netns(f"umlstate-test-{host}-")
+            ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", f"to-{host}", "netns", lan.name)
+            lan.ip("link", "set", f"to-{host}", "master", "lan", "up")
+            ns.ip("addr", "add", f"172.16.0.{11 + i}/16", "dev", "eth0")
+            ns.ip("link", "set", "eth0", "up")
+        rollout = Rollout(tmp_path, ansible_playbook, {
+            h: {"umlstate_host": h, "umlstate_netns": spaces[h].name, "umlstate_bin": str(BIN / "umlstate"),
+                "umlstate_topology_path": str(tmp_path / h / "etc" / "topology.yaml")} for h in HOSTS})
+        (tmp_path / "dev").mkdir(mode=0o755)
+
+        def write(placement: dict[str, str]) -> None:
+            rollout.topology.write_text(farm_topology(name, tmp_path, group, image, placement))
+            rollout.topology.chmod(0o644)
+
+        write({"g1": "alpha", "g2": "beta", "g3": "gamma"})
+        valid = umlstate("validate", str(rollout.topology))
+        assert valid.returncode == 0, valid.stdout + valid.stderr
+
+        done, first = rollout.run()
+        assert done.returncode == 0, ok(done)
+        # The simulated hosts share /etc/group and the tun node: their first applies race to make them.
+        retried = re.findall(r"^FAILED - RETRYING: \[(\S+)\]", done.stdout, re.M)
+        answers = {a: lan_ping(lan, a, 30) for a in ("172.16.99.1", "172.16.99.2", "172.16.99.3")}
+        assert all(t is not None for t in answers.values()), f"the LAN reaches every guest: {answers}"
+        g1_log = tmp_path / "alpha" / "state" / "logs" / "g1.log"
+        deadline = time.monotonic() + 30
+        while "umlstate-guest: ping 172.16.99.3" not in g1_log.read_text(errors="replace") \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "umlstate-guest: ping 172.16.99.3 ok" in g1_log.read_text(errors="replace"), "g1 on alpha reaches g3"
+        for host in HOSTS:
+            plan = umlstate("--host", host, "plan", str(rollout.kept(host)), "--detailed-exitcode",
+                            netns=spaces[host].name)
+            assert plan.returncode == 0, f"{host}: {plan.stdout}{plan.stderr}"
+
+        # Before the move: g2's disk on beta, marked where the new host must find it.
+        old_cow = tmp_path / "beta" / "state" / "g2.cow"
+        old = records(tmp_path, "beta")["guest-g2"]
+        old_mac, old_pid = mac_of(old), int(old["pid"])
+        assert old_pid in spaces["beta"].pids()
+        header = old_cow.read_bytes()[:4128]
+        tail = mark(old_cow)
+        size = old_cow.stat().st_size
+
+        pings = tmp_path / "pings.txt"
+        with pings.open("w") as out:
+            pinger = subprocess.Popen(["ip", "netns", "exec", lan.name, "ping", "-D", "-i", "0.2", "-W", "1",
+                                       "172.16.99.2"], stdout=out, stderr=subprocess.DEVNULL)
+        try:
+            write({"g1": "alpha", "g2": "gamma", "g3": "gamma"})
+            done, move = rollout.run()
+            assert done.returncode == 0, ok(done)
+            back = lan_ping(lan, "172.16.99.2", 60)
+        finally:
+            pinger.terminate()
+            pinger.wait(10)
+        replies = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\].*bytes from", pings.read_text(), re.M)]
+        assert back is not None, "g2 answers the LAN at the same address from gamma"
+        gaps = [b - a for a, b in itertools.pairwise(replies)]
+        outage = max(gaps, default=0.0)
+
+        new = records(tmp_path, "gamma")["guest-g2"]
+        assert mac_of(new) == old_mac, "same MAC"
+        assert int(new["pid"]) in spaces["gamma"].pids(), "g2 now runs in gamma's namespace"
+        assert old_pid not in spaces["beta"].pids() and "guest-g2" not in records(tmp_path, "beta")
+        new_cow = tmp_path / "gamma" / "state" / "g2.cow"
+        st = new_cow.stat()
+        assert (st.st_uid, st.st_mode & 0o7777, st.st_size) == (65534, 0o600, size), "owner, mode and size kept"
+        data = new_cow.read_bytes()
+        assert data[:4128] == header and hashlib.sha256(data[-4096:]).hexdigest() == tail, "the disk g2 had on beta"
+        assert st.st_blocks * 512 < size // 2, f"sparse: {st.st_blocks * 512} bytes allocated of {size}"
+        assert not old_cow.exists(), "beta no longer keeps g2's disk"
+        for host in HOSTS:
+            plan = umlstate("--host", host, "plan", str(rollout.kept(host)), "--detailed-exitcode",
+                            netns=spaces[host].name)
+            assert plan.returncode == 0, f"{host}: {plan.stdout}{plan.stderr}"
+
+        done, again = rollout.run()
+        assert done.returncode == 0, ok(done)
+        assert all(v["changed"] == 0 for v in Rollout.recap(done).values()), ok(done)
+        print(f"\nplaybook, 3 hosts / 3 guests from empty: {first:.1f}s; the move of g2 beta -> gamma: {move:.1f}s "
+              f"(g2 answered {back:.1f}s after the run, longest gap in its LAN pings {outage:.1f}s); "
+              f"a run with nothing to do: {again:.1f}s; first run retried an apply on: {retried or 'none'}")
+    finally:
+        if rollout is not None:
+            for host in HOSTS:
+                kept = rollout.kept(host) if rollout.kept(host).exists() else rollout.topology
+                if host in spaces:
+                    umlstate("--host", host, "destroy", str(kept), "--yes", netns=spaces[host].name)
+        for ns in spaces.values():
+            remove_netns(ns)
+        remove_netns(lan)
+        sh("groupdel", group, check=False)
+        shutil.rmtree(tmp_path / "ansible", ignore_errors=True)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="ansible runs from the project's virtualenv, as root: need root")
+def test_the_example_inventory_and_playbook_parse(ansible_playbook: Path, tmp_path: Path) -> None:
+    done = subprocess.run([str(ansible_playbook), "-i", str(CONTRIB / "inventory.example.ini"),
+                           str(CONTRIB / "site.yml"), "--syntax-check"], capture_output=True, text=True, check=False,
+                          env={**os.environ, "ANSIBLE_HOME": str(tmp_path), "ANSIBLE_LOCAL_TEMP": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert textwrap.dedent(moves.__doc__ or "").startswith("Which guests move")
