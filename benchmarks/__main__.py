@@ -264,6 +264,7 @@ def bench_farm(k: int, repeat: int, folder: Path, image: Path, group: str) -> di
 
 
 HOSTS = {"alpha": "172.16.0.11", "beta": "172.16.0.12", "gamma": "172.16.0.13"}
+PLAYBOOK = Path(__file__).resolve().parent.parent / "contrib" / "ansible" / "site.yml"
 
 
 def hosts_topology(k: int, folder: Path, image: Path, group: str, *, spread: bool) -> Path:
@@ -309,8 +310,9 @@ def three_hosts() -> Iterator[tuple[dict[str, str], str]]:
 
 
 def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
-    """From empty to all k guests answering the LAN: spread over three hosts (each applies its slice, in
-    parallel, as a rollout engine would), against the same farm on one host."""
+    """From empty to all k guests answering the LAN: spread over three hosts, rolled out by the playbook
+    (contrib/ansible, where ansible-core is installed; else each host applies its slice, in parallel),
+    against the same farm applied on one host."""
     raw: dict[str, list[float]] = {"three_hosts": [], "one_host": []}
     addresses = [f"172.16.99.{i + 1}" for i in range(k)]
     for r in range(repeat):
@@ -322,11 +324,21 @@ def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> d
             with three_hosts() as (hosts, lan):
                 used = hosts if mode == "three_hosts" else {"alpha": hosts["alpha"]}
                 start = time.perf_counter()
-                applies = [subprocess.Popen([PY, "-m", "umlstate", "--netns", ns, "--host", name, "apply",
-                                             str(topology), "--yes"], stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL) for name, ns in used.items()]
-                if any(a.wait() for a in applies):
-                    raise SystemExit(f"benchmark: an apply of the {mode} farm failed")
+                if mode == "three_hosts" and PLAYBOOK.exists():  # the rollout as shipped: contrib/ansible
+                    inventory = run / "inventory.ini"
+                    inventory.write_text("[umlstate]\n" + "".join(
+                        f"{name} umlstate_host={name} umlstate_netns={ns} "
+                        f"umlstate_topology_path={run}/{name}/topology.yaml\n" for name, ns in used.items())
+                        + f"[umlstate:vars]\nansible_connection=local\nansible_python_interpreter={PY}\n"
+                        f"umlstate_bin={Path(PY).parent / 'umlstate'}\n")
+                    timed([str(Path(PY).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK),
+                           "-e", f"umlstate_topology={topology}"])
+                else:
+                    applies = [subprocess.Popen([PY, "-m", "umlstate", "--netns", ns, "--host", name, "apply",
+                                                 str(topology), "--yes"], stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL) for name, ns in used.items()]
+                    if any(a.wait() for a in applies):
+                        raise SystemExit(f"benchmark: an apply of the {mode} farm failed")
                 until_pings(lan, addresses, timeout=180)
                 raw[mode].append(time.perf_counter() - start)
                 for name, ns in used.items():
