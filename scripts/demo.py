@@ -54,7 +54,7 @@ def umlstate(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
     return run(str(ROOT / ".venv" / "bin" / "umlstate"), "--netns", HOST_NS, *args, check=check)
 
 
-def overlay(example: dict[str, Any], image: Path, kernel: str) -> dict[str, Any]:
+def overlay(example: dict[str, Any], image: Path, kernel: str, mem: str = "96M") -> dict[str, Any]:
     """The example, adapted to this machine; every change is printed."""
     t = dict(example)
     host = dict(t.get("host", {}))
@@ -64,7 +64,7 @@ def overlay(example: dict[str, Any], image: Path, kernel: str) -> dict[str, Any]
     t["host"] = host
     t["taps"] = [{**tap, "owner": USER, "group": GROUP} for tap in t.get("taps", [])]
     t["switches"] = [sw if sw.get("kind") == "bridge" else {**sw, "user": USER} for sw in t.get("switches", [])]
-    t["guests"] = [{**g, "user": USER, "mem": "96M", "kernel": kernel, "disk": {"base": str(image)}}
+    t["guests"] = [{**g, "user": USER, "mem": mem, "kernel": kernel, "disk": {"base": str(image)}}
                    for g in t.get("guests", [])]
     return t
 
@@ -83,18 +83,23 @@ def choose_form(kernel: str, force_bridge: bool) -> tuple[str, Path]:
     return f"the seed's uml_switch form: {path} still has the daemon transport", ROOT / "topology.example.yaml"
 
 
-def up(kernel: str, force_bridge: bool) -> None:
+def up(kernel: str, force_bridge: bool, debian: bool) -> None:
     if HOST_NS in run("ip", "netns", "list", show=False).stdout.split():
         # A demo is a known starting point: an earlier one may have a guest
         # stopped, or a COW file made from the image this run rebuilds.
         print(f"{BOLD}An earlier demo is up: taking it down first.{RESET}")
         down()
     total = 7
-    step(1, total, "Building the demo guest image (busybox + an init that reads umlstate.eth0= from /proc/cmdline)")
     WORK.mkdir(parents=True, exist_ok=True)
     WORK.chmod(0o755)  # the guest's user must reach its image and folders
     image = WORK / "base.img"
-    run(str(ROOT / ".venv" / "bin" / "python"), "-m", "umlstate.guestimage", str(image))
+    if debian:
+        step(1, total, "Building a Debian guest (mmdebstrap, systemd, umlstate-net; cached after the first time)")
+        built = run(str(ROOT / "scripts" / "build-debian-guest"), "--out", str(image), show=False)
+        print(f"image: {built.stdout.strip().splitlines()[-1]}")
+    else:
+        step(1, total, "Building the demo guest image (busybox + an init that reads umlstate.eth0= from /proc/cmdline)")
+        run(str(ROOT / ".venv" / "bin" / "python"), "-m", "umlstate.guestimage", str(image))
 
     step(2, total, f"Making the network: namespace {HOST_NS} (the host) with eth0 <-> lan0 in {LAN_NS} (the LAN)")
     if LAN_NS in run("ip", "netns", "list", show=False).stdout.split():
@@ -111,9 +116,10 @@ def up(kernel: str, force_bridge: bool) -> None:
     step(3, total, f"Adapting {source.name} to this machine (an overlay; the example stays as it is)")
     print(f"Using {form}.")
     example = yaml.safe_load(source.read_text())
-    TOPOLOGY.write_text(yaml.safe_dump(overlay(example, image, kernel), sort_keys=False))
+    TOPOLOGY.write_text(yaml.safe_dump(overlay(example, image, kernel, "256M" if debian else "96M"), sort_keys=False))
     print(f"user dupont -> {USER}; group umlusers -> {GROUP}; base image -> {image}; kernel -> {kernel};\n"
-          f"run_dir, state_dir and the tun node under {WORK}; mem -> 96M. Written to {TOPOLOGY}")
+          f"run_dir, state_dir and the tun node under {WORK}; mem -> {'256M' if debian else '96M'}. "
+          f"Written to {TOPOLOGY}")
     run(str(ROOT / ".venv" / "bin" / "umlstate"), "validate", str(TOPOLOGY))
 
     step(4, total, "umlstate plan: what apply would change (nothing has changed yet)")
@@ -170,10 +176,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--down", action="store_true", help="tear the demo down")
     parser.add_argument("--bridge", action="store_true", help="use the bridge form even where uml_switch works")
+    parser.add_argument("--debian", action="store_true", help="a stock Debian guest (scripts/build-debian-guest)")
     parser.add_argument("--kernel", default="linux.uml", metavar="PATH",
                         help="the UML kernel (e.g. the 7.2 one scripts/fetch-vector-kernel prints)")
     args = parser.parse_args()
-    down() if args.down else up(args.kernel, args.bridge)
+    down() if args.down else up(args.kernel, args.bridge, args.debian)
 
 
 if __name__ == "__main__":
