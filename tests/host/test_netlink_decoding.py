@@ -516,7 +516,7 @@ def test_a_message_header_with_a_length_of_zero_is_refused_not_looped_on() -> No
             "    print(exc)\n")
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}, check=False)
     except subprocess.TimeoutExpired:
         raise AssertionError("_messages spun for ever on a zero-length message") from None
     assert done.returncode == 0, done.stderr
