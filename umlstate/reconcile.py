@@ -159,7 +159,8 @@ class Reconciler:
             self.hold(guest, True)
             if state is None or state.proc is None:
                 return False
-            Executor(self.topology, self.netlink).stop_guest(guest, state.proc)  # logs how it went
+            with Executor(self.topology, self.netlink) as executor:
+                executor.stop_guest(guest, state.proc)  # logs how it went
             return True
 
     def start_guest(self, guest: str) -> Outcome:

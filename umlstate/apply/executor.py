@@ -113,8 +113,7 @@ class Executor:
             if self.boot.pending:
                 self._attempt(self.boot.last, left, partial(self.boot.wait, self._logs_fd))
         finally:
-            if self._folders is not None:
-                self._folders.close()
+            self.close()
         self._save(replace(final.records, pending_taps=frozenset(), boot_id=observed.boot_id,
                            processes=self._running(observed, final)))
         self.result.seconds = time.monotonic() - start
@@ -131,6 +130,18 @@ class Executor:
             if isinstance(action, A.ReplaceGuest):
                 self._attempt(action, left, partial(self._start_guest, action.start))
             self._done(action, left)
+
+    def close(self) -> None:
+        """The folder descriptors a pass opened (run_dir/users, state_dir/logs)."""
+        if self._folders is not None:
+            self._folders.close()
+            self._folders = None
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def _attempt(self, action: A.AnyAction, left: list[A.AnyAction], work: Callable[[], object]) -> None:
         try:

@@ -88,6 +88,16 @@ class SetLinkUp(_Named, Action):
         return replace(s, links={**s.links, self.name: replace(s.links[self.name], up=True)})
 
 
+def without_link(s: Snapshot, name: str) -> Snapshot:
+    """What deleting a link of any kind does in the kernel: its addresses, its flood entries and the
+    enslavement of its ports go with it; its pending record (made before a crash could mark it) too."""
+    links = {k: (replace(v, master=None) if v.master == name else v) for k, v in s.links.items() if k != name}
+    addresses = {k: v for k, v in s.addresses.items() if k != name}
+    floods = frozenset(f for f in s.floods if f[0] != name)
+    return replace(s, links=links, addresses=addresses, floods=floods,
+                   records=replace(s.records, pending_taps=s.records.pending_taps - {name}))
+
+
 @dataclass(frozen=True)
 class DeleteTap(_Named, Action):
     op: ClassVar[Op] = "delete"
@@ -100,10 +110,7 @@ class DeleteTap(_Named, Action):
         return "ip link del"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        links = {k: v for k, v in s.links.items() if k != self.name}
-        addresses = {k: v for k, v in s.addresses.items() if k != self.name}
-        return replace(s, links=links, addresses=addresses,
-                       records=replace(s.records, pending_taps=s.records.pending_taps - {self.name}))
+        return without_link(s, self.name)
 
 
 @dataclass(frozen=True)
@@ -247,11 +254,7 @@ class DeleteBridge(_Named, Action):
         return "ip link del"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        links = {k: (replace(v, master=None) if v.master == self.name else v) for k, v in s.links.items()
-                 if k != self.name}
-        addresses = {k: v for k, v in s.addresses.items() if k != self.name}
-        return replace(s, links=links, addresses=addresses,
-                       records=replace(s.records, pending_taps=s.records.pending_taps - {self.name}))
+        return without_link(s, self.name)
 
 
 @dataclass(frozen=True)
@@ -339,10 +342,7 @@ class DeleteVxlan(_Named, Action):
         return "ip link del (its flood entries go with it)"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        links = {k: v for k, v in s.links.items() if k != self.name}
-        floods = frozenset(f for f in s.floods if f[0] != self.name)
-        return replace(s, links=links, floods=floods,
-                       records=replace(s.records, pending_taps=s.records.pending_taps - {self.name}))
+        return without_link(s, self.name)
 
 
 @dataclass(frozen=True)
