@@ -14,6 +14,7 @@ writes into the guest's kernel log (mconsole ``log``),
 ``umlstate.cad=reboot`` leaves ctrl-alt-del alone, as a careless init would, and
 ``umlstate.cad=ignore`` ignores it altogether, as a hung or odd init might; with
 ``umlstate.net=off`` it leaves its network alone, as an image unaware of umlstate would.
+A root shell waits on tty1, the console ``umlstate console`` attaches to.
 
     python -m umlstate.guestimage /srv/uml/base.img
 """
@@ -71,11 +72,14 @@ done
       done
       sleep 1
   done ) &
+# A root shell on tty1, UML's con1: what `umlstate console` reaches. Respawned when it exits.
+( while :; do setsid -c sh -i </dev/tty1 >/dev/tty1 2>&1; sleep 1; done ) &
 if [ "$cad" = ignore ]; then trap '' INT; trap 'echo "umlstate-guest: powering off"; poweroff -f' TERM
 else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
 """
-APPLETS = ("sh", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps", "dmesg")
+APPLETS = ("sh", "setsid", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps",
+           "dmesg")
 
 
 def build(out: Path, size_mb: int = 8) -> Path:

@@ -27,7 +27,7 @@ from umlstate.errors import (
     StalePlanError,
     VerificationError,
 )
-from umlstate.host import folders, logs, records
+from umlstate.host import console, folders, logs, processes, records
 from umlstate.host import netns as netns_mod
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
@@ -169,6 +169,18 @@ class Reconciler:
         with self.locked():
             self.hold(guest, False)
         return self.converge()
+
+    def console(self, guest: str) -> tuple[int, str]:
+        """A locked descriptor on ``guest``'s console and its path; raises ConsoleError. No topology lock:
+        a session may last hours, while apply and watch go on (they never touch a running guest's console)."""
+        self.require_root_for_guest("console", guest)
+        snapshot = self.observe()
+        state = snapshot.guests.get(guest)
+        if state is None or state.proc is None:
+            held = " (held down by `umlstate stop`)" if guest in snapshot.records.held else ""
+            raise console.ConsoleError(f"guest {guest} is not running{held}; `umlstate start {guest}` starts it")
+        proc = state.proc
+        return console.open_recorded(proc.console, processes.identity_of(proc), guest), proc.console or ""
 
     def require_root_for_guest(self, command: str, guest: str) -> None:
         if os.geteuid() != 0:

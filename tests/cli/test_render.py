@@ -200,9 +200,29 @@ def test_status_text_adds_errors_and_warnings_but_not_conflicts_again() -> None:
     assert "conflict:" not in text  # its row says it
 
 
+UNWELL = [
+    Row("guest", "db", "panicked", "Kernel panic - not syncing: sysrq triggered crash; apply or watch starts it again",
+        ("sysrq: Trigger a crash", "Kernel panic - not syncing: sysrq triggered crash")),
+    Row("guest", "app", "hung", "pid 42, up 3m, its mconsole does not answer"),
+]
+
+
+def test_status_text_shows_a_panicked_guests_last_lines_under_its_row() -> None:
+    lines = status_text(UNWELL, Plan("lab", None, ())).splitlines()
+    assert lines[:4] == [
+        "guest  db   panicked  Kernel panic - not syncing: sysrq triggered crash; apply or watch starts it again",
+        "            | sysrq: Trigger a crash",
+        "            | Kernel panic - not syncing: sysrq triggered crash",
+        "guest  app  hung      pid 42, up 3m, its mconsole does not answer",
+    ]
+    assert lines[-1] == "0 of 2 resources ok."
+    assert UNWELL[0].to_json()["log"] == list(UNWELL[0].log)
+    assert "log" not in UNWELL[1].to_json()
+
+
 def test_status_text_colours_the_state_only_when_asked() -> None:
-    plain = status_text(ROWS, BLOCKED)
-    painted = status_text(ROWS, BLOCKED, colour=True)
+    plain = status_text(ROWS + UNWELL, BLOCKED)
+    painted = status_text(ROWS + UNWELL, BLOCKED, colour=True)
     assert "\x1b[" not in plain
     # The same text underneath, but for the padding a painted state keeps on a row without detail.
     assert [line.rstrip() for line in ANSI.sub("", painted).splitlines()] == plain.splitlines()

@@ -48,7 +48,7 @@ FULL = Records(
     boot_id="5f0c0a5e-3f8e-4d47-9a4e-0c1b2d3e4f50",
     processes={
         "guest-web": Proc(pid=5000, uid=1000, argv=("/usr/bin/linux.uml", "umid=web", "mem=128M"), started=1700000000.5,
-                          start=123456, cgroup="/umlstate.slice/lab-guest-web", sid=5000),
+                          start=123456, cgroup="/umlstate.slice/lab-guest-web", sid=5000, console="/dev/pts/7"),
         "switch-sw0": Proc(pid=4000, uid=1000, argv=("/usr/bin/uml_switch", "-tap", "uml0"), started=1700000000.25),
     },
 )

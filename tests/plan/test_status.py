@@ -12,6 +12,7 @@ a missing golden fails; UPDATE_GOLDEN=1 writes it anew: review the diff.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -80,11 +81,11 @@ def test_whatever_the_plan_does_shows_in_a_row_with_its_reason(case: Path) -> No
     for action in planned.actions:
         row = by_key.get((action.kind, action.target))
         assert row is not None, f"{action.kind} {action.target} is in the plan but not in status"
-        assert row.state in ("missing", "drifted", "conflict")
+        assert row.state in ("missing", "drifted", "conflict", "panicked")
         if row.state != "conflict":
             assert action.reason in row.detail
     for action in planned.actions:
-        if action.op == "create" and (action.kind, action.target) not in {(c.kind, c.target)
+        if action.op == "create" and by_key[(action.kind, action.target)].state != "panicked" and (action.kind, action.target) not in {(c.kind, c.target)
                                                                           for c in planned.conflicts}:
             assert by_key[(action.kind, action.target)].state == "missing"
 
@@ -112,7 +113,9 @@ def test_a_switch_or_guest_is_ok_only_while_it_runs(case: Path) -> None:
 def test_rows_serialise_as_spec_says(case: Path) -> None:
     _t, _s, _p, rows = scenario(case)
     for row in rows:
-        assert row.to_json() == {"kind": row.kind, "target": row.target, "state": row.state, "detail": row.detail}
+        log = {"log": list(row.log)} if row.log else {}  # a panicked guest's last lines, beside SPEC's four keys
+        assert row.to_json() == {"kind": row.kind, "target": row.target, "state": row.state, "detail": row.detail,
+                                 **log}
         json.dumps(row.to_json())
 
 
@@ -150,6 +153,28 @@ def test_a_guest_whose_helpers_outlived_it_is_not_ok_and_says_why() -> None:
     assert web.state == "missing"  # it must be started again; first its helpers must go
     reasons = [a.reason for a in planned.actions if (a.kind, a.target) == ("guest", "web")]
     assert len(reasons) == 2 and web.detail == "; ".join(reasons)
+
+
+def test_a_panicked_guest_says_so_with_the_end_of_its_log_and_is_started_again() -> None:
+    _t, observed, planned, rows = scenario("guest-panicked")
+    db = next(r for r in rows if (r.kind, r.target) == ("guest", "db"))
+    assert db.state == "panicked"
+    assert "Kernel panic - not syncing: Attempted to kill init!" in db.detail
+    assert db.log == observed.guests["db"].last_lines and db.log[-1].startswith("Kernel panic")
+    assert [(a.op, a.kind, a.target) for a in planned.actions] == [("create", "guest", "db")]
+    assert {r.state for r in rows if r is not db} == {"ok"}
+
+
+def test_a_running_guest_whose_mconsole_stays_silent_is_hung_only_after_its_boot() -> None:
+    topology, observed, planned, _rows = scenario("converged")
+    silent = dataclasses.replace(observed, guests={**observed.guests, "web": dataclasses.replace(
+        observed.guests["web"], answers=False)})
+    booting = {(r.kind, r.target): r for r in status(topology, silent, planned, now=STARTED + 5)}
+    assert booting[("guest", "web")].state == "ok"
+    assert "mconsole not answering yet" in booting[("guest", "web")].detail
+    later = {(r.kind, r.target): r for r in status(topology, silent, planned, now=NOW)}
+    assert later[("guest", "web")].state == "hung"
+    assert later[("guest", "db")].state == "ok"
 
 
 def test_a_foreign_tap_in_the_way_is_a_conflict_with_its_fix() -> None:

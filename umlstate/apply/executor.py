@@ -29,7 +29,7 @@ import structlog
 from umlstate.apply.boot import BOOT_TIMEOUT, BootWait
 from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, Stops, schedule
 from umlstate.errors import ActionError, HostError
-from umlstate.host import cow, folders, logs, mconsole, netlink, processes, records, sysctl, tun
+from umlstate.host import console, cow, folders, logs, mconsole, netlink, processes, records, sysctl, tun
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.host.users import gid_of, primary_gid, uid_of
@@ -359,14 +359,16 @@ class Executor:
         return self._folders
 
     def _spawn(self, kind: str, name: str, argv: tuple[str, ...], user: str, *, stale_socket: str | None = None,
-               hold_stdin: bool = False) -> Proc:
+               hold_stdin: bool = False, pty: console.Pty | None = None) -> Proc:
         unit = unit_of(kind, name)
         fd = logs.open_for_child(self._logs_fd, name, argv)
         try:
             proc = processes.spawn(argv, uid_of(user), fd, unit=unit, cgroups=self.cgroups, tun_path=self.tun_path,
-                                   stale_socket=stale_socket, hold_stdin=hold_stdin)
+                                   stale_socket=stale_socket, hold_stdin=hold_stdin, console=pty)
         finally:
             os.close(fd)
+            if pty is not None:
+                pty.close()
         if proc.start:
             self._remember(unit, proc)
         return proc
@@ -393,7 +395,12 @@ class Executor:
         # Left by a dead run: UML would refuse the umid if its pid file names a live pid.
         ready.clear_umid(a.user, a.name)
         offset = logs.offset(ready.logs.fd, a.name)
-        proc = self._spawn("guest", a.name, a.argv, a.user)
+        try:
+            pty = console.allocate(uid)
+        except OSError as exc:  # no pty left (kernel.pty.max): the guest runs, without a console to attach to
+            log.warning("guest starts without a console", guest=a.name, error=exc.strerror or str(exc))
+            pty = None
+        proc = self._spawn("guest", a.name, a.argv, a.user, pty=pty)
         self.boot.add(a.name, proc, processes.mconsole_path(proc, a.name), offset, a)
 
     def _make_cow(self, path: str, base: str, uid: int) -> None:

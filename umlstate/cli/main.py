@@ -398,6 +398,36 @@ def start(opts: Options, args: tuple[str, ...]) -> None:
     click.echo(f"Guest {guest} is running{pid}; apply keeps it so again.")
 
 
+@cli.command("console")
+@click.argument("args", nargs=-1, required=True, metavar="[TOPOLOGY] GUEST")
+@click.pass_obj
+@run_safely
+def console_cmd(opts: Options, args: tuple[str, ...]) -> None:
+    """Attach this terminal to a guest's console (its tty1); Ctrl-] detaches.
+
+    The console is a pseudo-terminal umlstate makes for each guest it starts,
+    so it is there for guests started by cron or watch too; a session ends
+    when you detach, the guest keeps running and stays logged in, like a
+    serial line. What the guest prints is filtered: sequences that make a
+    terminal answer or set its title, palette or clipboard never reach yours.
+
+    \b
+    Example:
+      umlstate --netns lab console topology.yaml web
+    """
+    from umlstate.host import console
+
+    service, guest = _one_guest(opts, args)
+    fd, path = service.console(guest)
+    try:
+        click.echo(f"Connected to guest {guest}'s console ({path}, tty1 in the guest). "
+                   "Escape character is ^] (Ctrl-]); press Enter for a prompt.", err=True)
+        why = console.attach(fd, sys.stdin.fileno(), sys.stdout.fileno())
+    finally:
+        os.close(fd)
+    click.echo(f"\nDisconnected from guest {guest}'s console: {why}.", err=True)
+
+
 def _topology_and_guest(args: tuple[str, ...]) -> tuple[str | None, str]:
     if len(args) == 1:
         return None, args[0]

@@ -76,7 +76,7 @@ def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-STATE_COLOURS = {"ok": "32", "missing": "33", "drifted": "33", "conflict": "31"}
+STATE_COLOURS = {"ok": "32", "missing": "33", "drifted": "33", "conflict": "31", "panicked": "31", "hung": "31"}
 
 
 def status_text(rows: list[Row], plan: Plan, *, colour: bool = False) -> str:
@@ -90,6 +90,7 @@ def status_text(rows: list[Row], plan: Plan, *, colour: bool = False) -> str:
     for r in rows:
         state = _paint(f"{r.state:<8}", STATE_COLOURS[r.state], colour)
         lines.append(f"{r.kind:<{kind_w}}  {r.target:<{target_w}}  {state}  {r.detail}".rstrip())
+        lines += [f"{'':<{kind_w}}  {'':<{target_w}}  | {line}" for line in r.log]
     bad = sum(r.state != "ok" for r in rows)
     lines.append("")
     lines.append(f"{len(rows) - bad} of {len(rows)} resources ok." if bad else f"All {len(rows)} resources ok.")

@@ -42,6 +42,15 @@ def open_folder(path: str) -> Dir:
         return Dir.open(path)
 
 
+def open_logs(t: Topology) -> Dir | None:
+    """state_dir/logs to read from, checked like any trusted folder; None before the first apply made it."""
+    try:
+        with open_trusted(t.state_dir) as state:
+            return state.sub(LOGS_DIR)
+    except FileNotFoundError:
+        return None
+
+
 @dataclass
 class Folders:
     """The open run_dir/users folder and state_dir/logs of one pass."""

@@ -26,6 +26,7 @@ MAX_LOG = 8 << 20  # a log larger than this is rotated at the next open: <name>.
 TAIL = 64 << 10  # what reading a log ever looks at: its last 64 KiB
 LINE_WIDTH = 400  # one line of a report, at most: a guest may print 64 KiB without a newline
 
+PANIC = "Kernel panic - not syncing"  # how every Linux panic begins, UML's included
 STACK_FRAME = re.compile(r"^(<\d>)?\s*\[<[0-9a-f]+>\]")  # with or without a printk level
 HINTS = (  # what a log usually means, first match wins
     (re.compile(r"deadlocked on memory|Out of memory|Too few physical memory|Failed to allocate"
@@ -236,10 +237,8 @@ def failure_report(folder_fd: int, name: str, lines: int = 8) -> str:
     """The end of a process's log from its latest start, and what it usually means.
 
     Logs are appended across starts (each begins with RUN_MARK), so only the
-    latest run is read: an old panic must not explain a new failure. Kernel
-    stack frames are left out, since they push the one line that matters
-    ("Kernel panic - not syncing: ...") out of view. Reads the last TAIL bytes
-    at most, and prints nothing of the guest's unsanitized.
+    latest run is read: an old panic must not explain a new failure. Reads the
+    last TAIL bytes at most, and prints nothing of the guest's unsanitized.
     """
     file = _log_name(name)
     shown = sanitize(_shown(folder_fd, file))
@@ -250,20 +249,50 @@ def failure_report(folder_fd: int, name: str, lines: int = 8) -> str:
     except OSError as exc:
         return f"(no readable log at {shown}: {exc.strerror or exc})"
     run = sanitize(_latest_run(text))
-    body = run.splitlines()
-    if body and body[0].startswith(RUN_MARK):
-        body = body[1:]
-    kept = [_clip(line) for line in body if line.strip() and not STACK_FRAME.match(line)]
-    shown_lines = kept[-lines:]
-    panic = next((line for line in kept if "Kernel panic" in line), None)
-    if panic and panic not in shown_lines:
-        shown_lines = [panic, "...", *shown_lines[2:]]
-    report = f"the end of its log ({shown}):\n" + "\n".join("    | " + line for line in shown_lines or ["(empty)"])
+    report = f"the end of its log ({shown}):\n" + "\n".join("    | " + line for line in _last_lines(run, lines)
+                                                             or ["(empty)"])
     for pattern, hint in HINTS:
         if pattern.search(run):
             report += f"\n  hint: {hint}"
             break
     return report
+
+
+def last_words(folder_fd: int, name: str, lines: int = 8) -> tuple[str | None, tuple[str, ...]]:
+    """A dead guest's panic line, if its latest run has one, and that run's last lines; sanitized.
+
+    The panic line is the kernel's, unless the guest's user wrote it there: it
+    only ever labels a guest whose process is gone, which root saw for itself.
+    """
+    try:
+        run = sanitize(_latest_run(_read_end(folder_fd, _log_name(name), 0, TAIL)))
+    except OSError:
+        return None, ()
+    kept = _kept(run)
+    at = next((i for i, line in enumerate(kept) if PANIC in line), None)
+    if at is None:
+        return None, tuple(kept[-lines:])
+    # What led to the panic, not the stack dump after it.
+    return kept[at][kept[at].index(PANIC):], tuple(kept[max(0, at + 1 - lines):at + 1])
+
+
+def _kept(run: str) -> list[str]:
+    """A run's lines but its RUN_MARK, blank lines and kernel stack frames, clipped."""
+    body = run.splitlines()
+    if body and body[0].startswith(RUN_MARK):
+        body = body[1:]
+    return [_clip(line) for line in body if line.strip() and not STACK_FRAME.match(line)]
+
+
+def _last_lines(run: str, lines: int) -> list[str]:
+    """A run's last lines but its RUN_MARK and kernel stack frames, which push the line that matters
+    ("Kernel panic - not syncing: ...") out of view; that line is kept whenever there is one."""
+    kept = _kept(run)
+    shown = kept[-lines:]
+    panic = next((line for line in kept if PANIC in line), None)
+    if panic and panic not in shown:
+        shown = [panic, "...", *shown[2:]]
+    return shown
 
 
 def _clip(line: str) -> str:

@@ -30,6 +30,7 @@ import structlog
 from umlstate.errors import ActionError
 from umlstate.host import identity, mconsole
 from umlstate.host.cgroups import Cgroups
+from umlstate.host.console import Pty
 from umlstate.model.snapshot import Proc
 from umlstate.model.topology import DEFAULT_TUN
 
@@ -41,13 +42,16 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def spawn(argv: tuple[str, ...], uid: int, log_fd: int, *, unit: str, cgroups: Cgroups | None,
-          tun_path: str = DEFAULT_TUN, stale_socket: str | None = None, hold_stdin: bool = False) -> Proc:
+          tun_path: str = DEFAULT_TUN, stale_socket: str | None = None, hold_stdin: bool = False,
+          console: Pty | None = None) -> Proc:
     """Start ``argv`` as ``uid``, detached, in its own cgroup; return what identifies it.
 
     ``stale_socket``: a socket path the program binds, removed first if a dead
     run left it, by the child once it runs as the user (root never unlinks in
     a user's folder by name). ``hold_stdin``: stdin is a pipe whose write end
     the child holds too, so it never ends (vde_switch exits on stdin's EOF).
+    ``console``: a guest's terminal pair; its master is the child's stdin, and
+    the child holds the slave too (see ``console``); recorded with the process.
     """
     try:
         entry = pwd.getpwuid(uid)
@@ -58,6 +62,8 @@ def spawn(argv: tuple[str, ...], uid: int, log_fd: int, *, unit: str, cgroups: C
     env = {"PATH": SAFE_PATH, "HOME": home, "USER": name, "LOGNAME": name, "TMPDIR": "/tmp"}
     join = cgroups.join_function(unit) if cgroups is not None else None
     stdin, keep = os.pipe() if hold_stdin else (subprocess.DEVNULL, -1)
+    if console is not None:
+        stdin, keep = console.master, console.slave
     try:
         child = subprocess.Popen(
             list(argv), stdin=stdin, stdout=log_fd, stderr=subprocess.STDOUT, cwd="/", env=env,
@@ -67,19 +73,19 @@ def spawn(argv: tuple[str, ...], uid: int, log_fd: int, *, unit: str, cgroups: C
     except OSError as exc:
         raise ActionError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
     finally:
-        if keep >= 0:
+        if keep >= 0 and console is None:  # the console's pair is its caller's to close
             os.close(stdin)
             os.close(keep)
     # Recorded while it is our unreaped child: its pid cannot have been reused yet.
     found = identity.record(child.pid, argv[0], cgroup=cgroups is not None)
     if found is None:
         return Proc(child.pid, uid, argv, 0.0)  # exited at once: the caller's readiness check says why
-    return proc_of(found, argv)
+    return proc_of(found, argv, console.path if console is not None else None)
 
 
-def proc_of(found: identity.Identity, argv: tuple[str, ...]) -> Proc:
+def proc_of(found: identity.Identity, argv: tuple[str, ...], console: str | None = None) -> Proc:
     return Proc(found.pid, found.uid, argv, started_epoch(found.start), start=found.start, cgroup=found.cgroup,
-                sid=found.sid)
+                sid=found.sid, console=console)
 
 
 def identity_of(proc: Proc) -> identity.Identity:

@@ -77,6 +77,7 @@ class Proc:
     start: int = 0  # clock ticks since boot: with the pid, unique for the boot (0: never recorded)
     cgroup: str | None = None  # its own cgroup; None where only its session marks it
     sid: int = 0  # its session
+    console: str | None = None  # a guest's console, the pty slave root made for it (host.console)
 
 
 def unit_of(kind: str, name: str) -> str:
@@ -118,6 +119,8 @@ class GuestState:
     answers: bool = False  # mconsole answered `version`
     stale: bool = False  # a umid folder left by a crash or a reboot
     leftovers: int = 0  # processes still in its cgroup after the main one died: they hold its COW file
+    panic: str | None = None  # its recorded process died, and its log's latest run says why: "Kernel panic - ..."
+    last_lines: tuple[str, ...] = ()  # the end of that run, sanitized, when it died
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from umlstate.host import cow, kconfig, mconsole, processes, records, sysctl
+from umlstate.host import cow, folders, kconfig, logs, mconsole, processes, records, sysctl
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.model.snapshot import (
@@ -177,8 +177,19 @@ def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> 
                                      leftovers=leftovers)
         else:
             stale = guest is not None and os.path.lexists(f"{t.uml_dir_of(guest)}/{name}")
-            found[name] = GuestState(None, stale=stale, leftovers=leftovers)
+            panic, lines = _last_words(t, name) if unit_of("guest", name) in recorded else (None, ())
+            found[name] = GuestState(None, stale=stale, leftovers=leftovers, panic=panic,
+                                     last_lines=lines if panic else ())
     return found
+
+
+def _last_words(t: Topology, name: str) -> tuple[str | None, tuple[str, ...]]:
+    """Why a guest root started in this boot is gone, from its log (bounded): a panic, or nothing known."""
+    folder = folders.open_logs(t)
+    if folder is None:
+        return None, ()
+    with folder:
+        return logs.last_words(folder.fd, name)
 
 
 def _users(t: Topology) -> dict[str, int | None]:

@@ -152,6 +152,8 @@ def wire(topology: Topology, guest: Guest, index: int, kernel: KernelFacts | Non
                    + (f", and tap {tap.name} can go" if tap is not None else "") + ")")
 
 
+CONSOLE_WORD = "con1=fd:0"  # the guest's tty1 is its stdin, the master of the pty root makes for it
+
 REMOVED = "; Linux 6.16 removed the legacy transports, only vecN:transport=... remains"
 LEGACY = ("daemon", "vde", "tuntap")
 
@@ -167,8 +169,9 @@ def guest_argv(topology: Topology, guest: Guest, kernel: str, wires: tuple[Wire,
     argv = [kernel, f"umid={guest.name}", f"uml_dir={topology.uml_dir_of(guest)}", f"mem={guest.mem}"]
     cow = topology.cow_of(guest)
     argv.append(f"ubd0={cow},{guest.disk.base}" if cow else f"ubd0={guest.disk.image}")
-    # Consoles to stdout (the guest's log): no terminal is needed, none is opened.
-    argv += ["con=null", "con0=null,fd:1", "ssl=null"]
+    # The first console (the kernel's, /dev/console) to stdout, the guest's log; tty1 to the pty root
+    # makes for `umlstate console` (its stdin); the others nowhere.
+    argv += ["con=null", "con0=null,fd:1", CONSOLE_WORD, "ssl=null"]
     gateway_told = False
     argv += [w.word for w in wires]
     for nic, w in zip(guest.nics, wires, strict=True):
@@ -180,6 +183,11 @@ def guest_argv(topology: Topology, guest: Guest, kernel: str, wires: tuple[Wire,
             gateway_told = True
     argv += guest.args
     return tuple(argv)
+
+
+def without_console(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """A guest's command line as far as a restart matters: one started before guests had consoles is not replaced."""
+    return tuple(w for w in argv if w != CONSOLE_WORD)
 
 
 def wires_of(topology: Topology, guest: Guest, kernel: KernelFacts | None) -> tuple[Wire, ...] | list[Unwired]:

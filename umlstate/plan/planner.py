@@ -386,19 +386,23 @@ def _guests(t: Topology, b: Builder) -> None:
             continue
         argv = cmdline.guest_argv(t, guest, kernel, wires)
         state = b.s.guests.get(guest.name)
-        reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
+        if state is not None and state.panic:
+            reason = f"panicked ({state.panic}); starting it again"
+        else:
+            reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
         start = A.StartGuest(reason, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)
         if state is None or state.proc is None:
             b.add(start)
             continue
         restarted = sorted(n.switch for n in guest.nics if n.switch in b.restarted_switches)
         uid = b.s.uid(guest.user)
-        live = _hotplug(guest.name, state.proc, argv) if not restarted and state.proc.uid == uid else None
+        running = cmdline.without_console(state.proc.argv)
+        live = _hotplug(guest.name, state.proc, running, argv) if not restarted and state.proc.uid == uid else None
         if live is not None:
             for action in live:
                 b.add(action)
             continue
-        if state.proc.argv != argv:
+        if running != cmdline.without_console(argv):
             why = "command line changed"
         elif uid is not None and state.proc.uid != uid:
             why = f"runs as uid {state.proc.uid}, not {guest.user}"
@@ -414,13 +418,14 @@ VECTOR_TAP = re.compile(r"(vec[0-9]+):transport=tap,")
 HINT = re.compile(r"umlstate\.(vec[0-9]+)=")
 
 
-def _hotplug(name: str, proc: Proc, argv: tuple[str, ...]) -> list[A.PlugNic | A.UnplugNic] | None:
+def _hotplug(name: str, proc: Proc, running: tuple[str, ...], argv: tuple[str, ...]
+             ) -> list[A.PlugNic | A.UnplugNic] | None:
     """NICs added to (or taken from the end of) a running guest, when that is all that changed.
 
     Only vector tap NICs, whose device UML makes and removes at run time; None when
     anything else differs, so the guest is replaced as before.
     """
-    old, new = proc.argv, argv
+    old, new = running, cmdline.without_console(argv)
     added = [w for w in new if w not in old]
     removed = [w for w in old if w not in new]
     if bool(added) == bool(removed):

@@ -1,14 +1,16 @@
-"""Status: every resource of the topology, ok / missing / drifted / conflict.
+"""Status: every resource of the topology, ok / missing / drifted / conflict; guests also panicked / hung.
 
 Pure, like the planner it builds on: a resource is ok when the plan has
 nothing to do for it, missing when the plan would create it, drifted when
 the plan would change, replace or remove it, in conflict when a foreign
-object stands in its place.
+object stands in its place. A guest whose recorded process died in a
+kernel panic is panicked (its log's last lines go with the row); one running
+for over HUNG_AFTER seconds whose mconsole does not answer is hung.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from umlstate.model.snapshot import Snapshot
@@ -17,7 +19,8 @@ from umlstate.plan.actions import Kind
 from umlstate.plan.result import Plan
 from umlstate.plan.wanted import wanted_addresses, wanted_proxies, wanted_taps
 
-State = Literal["ok", "missing", "drifted", "conflict"]
+State = Literal["ok", "missing", "drifted", "conflict", "panicked", "hung"]
+HUNG_AFTER = 60.0  # seconds up after which a guest whose mconsole stays silent is hung, not booting
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,11 @@ class Row:
     target: str
     state: State
     detail: str
+    log: tuple[str, ...] = ()  # the end of a panicked guest's console log
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "target": self.target, "state": self.state, "detail": self.detail}
+        return {"kind": self.kind, "target": self.target, "state": self.state, "detail": self.detail,
+                **({"log": list(self.log)} if self.log else {})}
 
 
 def _uptime(seconds: float) -> str:
@@ -68,6 +73,7 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
     for uplink, address in sorted(wanted_proxies(t)):
         wanted.append(("proxy-neigh", f"{uplink} {address}", ""))
     down: set[tuple[Kind, str]] = set()  # processes that should run and do not, whatever the plan could do
+    unwell: dict[str, Row] = {}  # guests that panicked or hang: said so, whatever else the plan does
     for sw in sorted(t.switch_processes, key=lambda x: x.name):
         proc = s.switches[sw.name].proc if sw.name in s.switches else None
         up = f"pid {proc.pid}, up {_uptime(now - proc.started)}, " if proc else ""
@@ -84,7 +90,12 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         up = f"pid {proc.pid}, up {_uptime(now - proc.started)}, " if proc else ""
         if proc is None:
             down.add(("guest", guest.name))
-        answering = "" if state is None or state.answers or proc is None else ", mconsole not answering"
+            if state is not None and state.panic:
+                unwell[guest.name] = Row("guest", guest.name, "panicked", state.panic, state.last_lines)
+        elif state is not None and not state.answers and now - proc.started > HUNG_AFTER:
+            unwell[guest.name] = Row("guest", guest.name, "hung", f"{up}its mconsole does not answer; "
+                                     f"`umlstate stop {guest.name}` then `start` restarts it")
+        answering = "" if state is None or state.answers or proc is None else ", mconsole not answering yet"
         where = f", on {guest.host}" if guest.host else ""
         wanted.append(("guest", guest.name, f"{up}{guest.mem}{where}{answering}"))
 
@@ -100,7 +111,10 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
     rows = []
     for kind, target, ok_detail in wanted:
         resource = (kind, target)
-        if resource in conflicts:
+        if kind == "guest" and target in unwell:  # the plan's reason, when it has one, already names the panic
+            row = unwell[target]
+            rows.append(replace(row, detail="; ".join(by_target[resource])) if resource in by_target else row)
+        elif resource in conflicts:
             rows.append(Row(kind, target, "conflict", conflicts[resource]))
         elif resource in missing:
             rows.append(Row(kind, target, "missing", "; ".join(by_target[resource])))

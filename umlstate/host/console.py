@@ -1,0 +1,266 @@
+"""A guest's interactive console: a pseudo-terminal root makes at spawn, and sessions attached to it.
+
+Host layer, used by apply (a pair for each guest it starts) and by
+``umlstate console``. Root opens the pair before it starts a guest: the guest
+gets the master as its stdin and reads and writes its tty1 there
+(``con1=fd:0``), and keeps the slave open too, unused, so that the console
+outlives every session attached to it: once no process holds a slave, its
+master reads EIO and UML hangs the line up for good (one session per boot).
+The slave belongs to the guest's user, who may attach with any terminal
+program; root records its path beside the process, and nothing the guest says
+ever names it.
+
+Attaching opens the recorded path only while the recorded guest still runs
+and holds that very terminal (a user can open no one else's), checks that it
+is a pty slave of the guest's user, locks it (one session at a time), then
+copies bytes both ways until the escape character. Everything the guest
+prints passes ``TerminalFilter``: a terminal asked a question (DSR, DA, a
+window report, a DCS or OSC query) types its answer into its own input, that
+is into root's shell once the session ends, and OSC sequences set titles,
+clipboards and palettes; all of those are dropped, cursor moves and colours
+pass.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fcntl
+import os
+import re
+import select
+import stat
+import termios
+import tty
+from dataclasses import dataclass
+
+from umlstate.errors import ActionError
+from umlstate.host import identity
+
+PTY_SLAVE_MAJORS = range(136, 144)  # UNIX98 pty slaves (Documentation/admin-guide/devices.txt)
+PTS_PATH = re.compile(r"/dev/pts/([0-9]{1,7})")
+ESCAPE = 0x1D  # Ctrl-]: like telnet and virsh console
+MAX_FDS = 4096  # a guest process's descriptors looked at, at most, to find the console it holds
+
+
+class ConsoleError(ActionError):
+    """A guest's console cannot be attached: not running, none recorded, or not the guest's any more."""
+
+
+@dataclass
+class Pty:
+    """A pair made for a guest about to start; the parent closes both once the guest holds them."""
+
+    master: int
+    slave: int
+    path: str
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def allocate(uid: int) -> Pty:
+    """A fresh pair whose slave belongs to ``uid``, in raw mode (the guest's tty does the line editing)."""
+    master, slave = os.openpty()
+    try:
+        path = os.ttyname(slave)
+        tty.setraw(slave)
+        os.fchown(slave, uid, -1)
+    except OSError:
+        os.close(master)
+        os.close(slave)
+        raise
+    return Pty(master, slave, path)
+
+
+def open_recorded(path: str | None, holder: identity.Identity, guest: str) -> int:
+    """Root's descriptor on the guest's console, locked for this session; raises ConsoleError.
+
+    ``path`` is what root recorded when it started the guest; ``holder`` the guest's
+    main process as recorded. The terminal is opened only if that process still runs
+    and holds it, and only with O_NOCTTY (it never becomes root's controlling terminal).
+    """
+    if path is None:
+        raise ConsoleError(f"guest {guest} was started without a console (by an older umlstate); "
+                           f"it gets one when it next starts: umlstate stop {guest} && umlstate start {guest}")
+    found = PTS_PATH.fullmatch(path)
+    if found is None:
+        raise ConsoleError(f"guest {guest}'s recorded console {path!r} is not a pty: the records were edited")
+    handle = identity.Handle.open(holder)
+    if handle is None:
+        raise ConsoleError(f"guest {guest} is not running (its recorded process is gone)")
+    with handle:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise ConsoleError(f"guest {guest}'s console {path} cannot be opened: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not (stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in PTY_SLAVE_MAJORS
+                    and (os.major(st.st_rdev) - PTY_SLAVE_MAJORS[0]) * 256 + os.minor(st.st_rdev) == int(found[1])
+                    and st.st_uid == holder.uid):
+                raise ConsoleError(f"{path} is not guest {guest}'s console any more (not a pty slave of uid "
+                                   f"{holder.uid})")
+            if not holds(holder.pid, st.st_rdev) or handle.wait(0):
+                raise ConsoleError(f"{path} is not guest {guest}'s console any more: its process does not hold it")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConsoleError(f"guest {guest}'s console is attached in another session; "
+                                   f"one at a time") from None
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def holds(pid: int, rdev: int) -> bool:
+    """Whether process ``pid`` has a descriptor on the character device ``rdev`` (at most MAX_FDS looked at)."""
+    try:
+        folder = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with os.scandir(folder) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_FDS:
+                    return False
+                with contextlib.suppress(OSError):
+                    st = os.stat(entry.name, dir_fd=folder)  # follows the magic link to the open file
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev:
+                        return True
+    finally:
+        os.close(folder)
+    return False
+
+
+# --- what a guest may print on root's terminal --------------------------------------------------------
+
+CSI_FINALS = frozenset("@ABCDEFGHJKLMPSTXZ`abdefghlmrsu")  # moves, erases, scrolling, modes, colours
+ESC_FINALS = frozenset("78DEHM=>")  # save/restore cursor, index, tab set, keypad modes
+CHARSETS = frozenset("()*+")  # ESC ( B and the like: character set designation, one more byte
+KEPT_CONTROLS = frozenset(b"\a\b\t\n\r\x0e\x0f")  # BEL, BS, TAB, LF, CR, SO, SI
+MAX_SEQUENCE = 64  # a CSI longer than this is no sequence a terminal needs: dropped whole
+
+
+class TerminalFilter:
+    """Streaming: what a guest prints, minus every sequence that makes a terminal answer or remember.
+
+    Kept: printable text (UTF-8, C1 code points removed), BEL/BS/TAB/LF/CR/SO/SI,
+    CSI sequences with digit/semicolon/'?' parameters, no intermediates and a
+    final byte in CSI_FINALS (so no DSR ``n``, DA ``c``, window ops ``t``,
+    DECRQM ``$p``), the ESC_FINALS escapes and charset designations. Dropped:
+    every OSC, DCS, SOS, PM and APC string (whatever its length), every other
+    escape and control character. A sequence split across reads is held back
+    until it is whole.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._state = "text"  # text, esc, csi, charset, string, string-esc
+        self._sequence = ""
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[str] = []
+        for ch in self._decoder.decode(data):
+            self._step(ch, out)
+        return "".join(out).encode()
+
+    def _step(self, ch: str, out: list[str]) -> None:
+        code = ord(ch)
+        state = self._state
+        if state == "text":
+            if ch == "\x1b":
+                self._state, self._sequence = "esc", ""
+            elif code == 0x9B:
+                self._state, self._sequence = "csi", ""
+            elif code in (0x90, 0x98, 0x9D, 0x9E, 0x9F):  # DCS, SOS, OSC, PM, APC as C1
+                self._state = "string"
+            elif code < 0x20 or code == 0x7F:
+                if code in KEPT_CONTROLS:
+                    out.append(ch)
+            elif not 0x80 <= code < 0xA0:
+                out.append(ch)
+        elif state == "esc":
+            if ch == "[":
+                self._state = "csi"
+            elif ch in "]P^_X":
+                self._state = "string"
+            elif ch in CHARSETS:
+                self._state, self._sequence = "charset", ch
+            else:
+                if ch in ESC_FINALS:
+                    out.append("\x1b" + ch)
+                self._state = "text"
+        elif state == "charset":
+            if ch.isalnum() and ch.isascii():
+                out.append("\x1b" + self._sequence + ch)
+            self._state = "text"
+        elif state == "csi":
+            if 0x40 <= code <= 0x7E:  # the final byte
+                params = self._sequence
+                if ch in CSI_FINALS and all(c in "0123456789;?" for c in params):
+                    out.append("\x1b[" + params + ch)
+                self._state = "text"
+            elif 0x20 <= code <= 0x3F and len(self._sequence) < MAX_SEQUENCE:
+                self._sequence += ch
+            else:  # a control inside, or too long: not a sequence to keep; ends here
+                self._state = "text"
+        elif state == "string":  # ends at BEL, ST (ESC \) or C1 ST; its content is never shown
+            if ch == "\a" or code == 0x9C:
+                self._state = "text"
+            elif ch == "\x1b":
+                self._state = "string-esc"
+        elif state == "string-esc":
+            self._state = "text" if ch == "\\" else "string"
+
+
+# --- a session ------------------------------------------------------------------------------------------------
+
+def attach(fd: int, stdin: int, stdout: int, escape: int = ESCAPE) -> str:
+    """Copy stdin to the console and the console, filtered, to stdout until the escape byte; say why it ended.
+
+    A terminal on stdin is put in raw mode for the session and restored after,
+    whatever happens; stdin that is no terminal ends the session at its end.
+    """
+    saved = None
+    if os.isatty(stdin):
+        saved = termios.tcgetattr(stdin)
+        tty.setraw(stdin)
+    shown = TerminalFilter()
+    try:
+        while True:
+            ready, _, _ = select.select([fd, stdin], [], [])
+            if fd in ready:
+                try:
+                    data = os.read(fd, 1 << 14)
+                except BlockingIOError:
+                    data = None
+                except OSError:  # EIO: the guest let go of its terminal
+                    return "the guest closed its console"
+                if data == b"":
+                    return "the guest closed its console"
+                if data:
+                    _write_all(stdout, shown.feed(data))
+            if stdin in ready:
+                typed = os.read(stdin, 1 << 12)
+                if not typed:
+                    return "end of input"
+                cut = typed.find(bytes([escape]))
+                _write_all(fd, typed if cut < 0 else typed[:cut])
+                if cut >= 0:
+                    return "detached"
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
