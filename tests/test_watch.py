@@ -1,4 +1,4 @@
-"""umlstate.watch._drain: the debounce of netlink events, bounded, and its report of lost events.
+"""umlstate.watch: the debounce of netlink events, bounded, and its report of lost events; retries.
 
 `watch` swallows a burst of events until ``quiet`` seconds pass without one, but never for more
 than ``longest`` (SPEC: a flood, which any guest's user can cause, delays a pass by at most
@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from umlstate.watch import _drain
+from umlstate.errors import ActionError
+from umlstate.model.snapshot import Snapshot
+from umlstate.watch import Watcher, _drain
 
 QUIET, LONGEST = 0.15, 0.5
 
@@ -169,3 +171,37 @@ def test_a_flood_that_never_leaves_the_queue_empty_is_still_cut_at_longest(
     worker.join(2.0)
     assert not worker.is_alive()
     assert in_time, f"_drain was still swallowing events {LONGEST + 0.5} s into a flood (longest={LONGEST})"
+
+
+# --- retries after a failed pass ------------------------------------------------------------------
+
+
+class FailingService:
+    """A stand-in for the Reconciler whose passes fail ``failures`` times, then succeed."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.passes = 0
+
+    def converge(self) -> object:
+        self.passes += 1
+        if self.passes <= self.failures:
+            raise ActionError("guest web exited right after it started")
+        return type("Outcome", (), {"after": Snapshot()})()
+
+    def observe(self) -> Snapshot:
+        return Snapshot()
+
+
+def test_a_failed_pass_is_retried_backing_off_and_a_good_one_ends_the_retries() -> None:
+    service = FailingService(failures=8)
+    watcher = Watcher(service, resync=300)  # type: ignore[arg-type]
+    waits = []
+    for _ in range(8):
+        before = time.monotonic()
+        watcher._pass("test")
+        assert watcher.retry_at is not None
+        waits.append(round(watcher.retry_at - before))
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60], "doubling from RETRY_FIRST, never past RETRY_LONGEST"
+    watcher._pass("test")
+    assert watcher.retry_at is None and watcher.failures == 0

@@ -9,7 +9,9 @@ lock, taken per pass so that cron runs and people are never starved:
   event is only a trigger, so nothing is decoded;
 - the exit of a switch or guest process it knows of (a cheap pid check every
   PROCESS_POLL seconds; its own children are reaped as they exit);
-- a full resync every ``resync`` seconds, as a backstop.
+- a full resync every ``resync`` seconds, as a backstop;
+- after a failed pass (a guest that panicked again at once, say), a retry
+  that backs off from RETRY_FIRST to RETRY_LONGEST, as a controller requeues.
 
 Triggers are debounced, so a burst of events (an `ip link del` emits several)
 costs one pass; the events caused by its own changes cost one more, empty
@@ -21,6 +23,7 @@ resync at once. SIGTERM and SIGINT end it cleanly, between passes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -33,7 +36,7 @@ import structlog
 
 from umlstate.errors import UmlstateError
 from umlstate.host import processes
-from umlstate.model.snapshot import Proc
+from umlstate.model.snapshot import Proc, Snapshot
 from umlstate.reconcile import Reconciler
 
 log = structlog.get_logger("umlstate")
@@ -45,6 +48,7 @@ RTMGRP_IPV4_IFADDR = 0x10
 DEBOUNCE = 0.15  # quiet time that ends a burst
 MAX_DEBOUNCE = 2.0  # a burst that never ends still gets its pass this soon
 PROCESS_POLL = 0.5
+RETRY_FIRST, RETRY_LONGEST = 1.0, 60.0  # after a failed pass: 1 s, 2 s, 4 s ... at most a minute
 
 
 class Watcher:
@@ -53,6 +57,8 @@ class Watcher:
         self.resync = resync
         self.stopping = False
         self.known: list[Proc] = []
+        self.failures = 0  # passes failed in a row
+        self.retry_at: float | None = None  # when the next retry is due, after a failed pass
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("watch stopping", signal=signal.Signals(signum).name)
@@ -69,10 +75,13 @@ class Watcher:
             self._pass("start")
             next_resync = time.monotonic() + self.resync
             while not self.stopping:
-                reason = self._wait(events, until=next_resync)
+                retry = self.retry_at is not None and self.retry_at < next_resync
+                reason = self._wait(events, until=self.retry_at if retry and self.retry_at else next_resync)
                 if self.stopping:
                     break
-                if reason == "resync":
+                if reason == "resync" and retry:
+                    reason = f"retry {self.failures} after a failed pass"
+                elif reason == "resync":
                     next_resync = time.monotonic() + self.resync
                 self._pass(reason)
         finally:
@@ -84,12 +93,21 @@ class Watcher:
         start = time.monotonic()
         try:
             snapshot = self.service.converge().after
-        except UmlstateError as exc:  # keep watching: the next event or resync tries again
-            log.error("watch pass failed", error=str(exc))
+        except UmlstateError as exc:  # keep watching: a retry (backing off), an event or the resync tries again
+            self.failures += 1
+            wait = min(RETRY_LONGEST, RETRY_FIRST * 2 ** (self.failures - 1))
+            self.retry_at = time.monotonic() + wait
+            log.error("watch pass failed", error=str(exc), retry_in=wait)
+            with contextlib.suppress(UmlstateError):  # what runs now, to notice when it exits
+                self._know(self.service.observe())
         else:
-            procs = [s.proc for s in snapshot.switches.values()] + [g.proc for g in snapshot.guests.values()]
-            self.known = [p for p in procs if p is not None]
+            self.failures, self.retry_at = 0, None
+            self._know(snapshot)
         log.debug("watch pass", reason=reason, seconds=round(time.monotonic() - start, 3))
+
+    def _know(self, snapshot: Snapshot) -> None:
+        procs = [s.proc for s in snapshot.switches.values()] + [g.proc for g in snapshot.guests.values()]
+        self.known = [p for p in procs if p is not None]
 
     def _wait(self, events: socket.socket, until: float) -> str:
         """Block until something may have drifted; return why."""

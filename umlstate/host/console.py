@@ -201,12 +201,13 @@ class TerminalFilter:
         elif state == "csi":
             if 0x40 <= code <= 0x7E:  # the final byte
                 params = self._sequence
-                if ch in CSI_FINALS and all(c in "0123456789;?" for c in params):
+                if ch in CSI_FINALS and len(params) <= MAX_SEQUENCE and all(c in "0123456789;?" for c in params):
                     out.append("\x1b[" + params + ch)
                 self._state = "text"
-            elif 0x20 <= code <= 0x3F and len(self._sequence) < MAX_SEQUENCE:
-                self._sequence += ch
-            else:  # a control inside, or too long: not a sequence to keep; ends here
+            elif 0x20 <= code <= 0x3F:
+                if len(self._sequence) <= MAX_SEQUENCE:  # past it, only its length matters: it is dropped
+                    self._sequence += ch
+            else:  # a control inside: not a sequence to keep; it ends here
                 self._state = "text"
         elif state == "string":  # ends at BEL, ST (ESC \) or C1 ST; its content is never shown
             if ch == "\a" or code == 0x9C:
