@@ -9,11 +9,17 @@ also on failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import re
 import secrets
+import select
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -191,6 +197,50 @@ def farm(tmp_path: Path, image: Path) -> Iterator[Farm]:
         sh("groupdel", group, check=False)
         if "made" in locals():
             remove_cgroups(made.name)
+
+
+class Session:
+    """`umlstate console` on a terminal of its own; everything it printed is kept in ``seen``."""
+
+    def __init__(self, farm: Farm, guest: str) -> None:
+        argv = [sys.executable, "-m", "umlstate", "--netns", farm.host.name, "console", str(farm.path), guest]
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the CLI, its terminal the pty
+            os.environ["NO_COLOR"] = "1"
+            os.execv(argv[0], argv)
+        self.seen = b""
+
+    def expect(self, pattern: bytes, seconds: float = 20) -> bytes:
+        deadline = time.monotonic() + seconds
+        while (found := re.search(pattern, self.seen)) is None:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} within {seconds}s; the terminal showed: {self.seen[-600:]!r}"
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.2))
+            if ready:
+                try:
+                    self.seen += os.read(self.fd, 4096)
+                except OSError:  # EIO: the CLI exited
+                    time.sleep(0.05)
+        return found[0]
+
+    def type(self, text: bytes) -> None:
+        os.write(self.fd, text)
+
+    def close(self) -> int:
+        """Wait for the CLI to end (after the escape byte); its exit status."""
+        deadline = time.monotonic() + 10
+        while not (ended := os.waitpid(self.pid, os.WNOHANG))[0]:
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)  # ours: the pty.fork child above
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                with contextlib.suppress(OSError):
+                    self.seen += os.read(self.fd, 4096)
+        os.close(self.fd)
+        return os.waitstatus_to_exitcode(ended[1])
+
+
+ESCAPE = b"\x1d"  # Ctrl-]: ends a console session
 
 
 def alive(pid: int) -> bool:

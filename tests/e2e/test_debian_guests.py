@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from farm import Farm
+from farm import ESCAPE, Farm, Session
 
 pytestmark = [pytest.mark.slow]
 
@@ -80,6 +80,20 @@ def test_stock_debian_guests_answer_when_apply_returns_and_stop_without_a_second
         assert farm.lan.run("ping", "-c1", "-W3", address, check=False).returncode == 0, \
             f"{guest} answers the moment apply returns (the LAN waits only for proxy ARP's delay)"
     print(f"\napply of 3 Debian guests, empty to all answering: {took:.1f}s")
+
+    # The console: a login prompt on the stock image (root is locked), root's shell on the built one.
+    stock = Session(farm, "stock")
+    stock.type(b"\r")
+    stock.expect(rb"umlguest login: ", seconds=30)
+    stock.type(ESCAPE)
+    assert stock.close() == 0
+    deb = Session(farm, "deb")
+    deb.type(b"\r")
+    deb.expect(rb"root@umlguest:~# ", seconds=30)
+    deb.type(b"tr ' ' '\\n' </proc/cmdline | grep '^umlstate[.]vec0='\r")
+    deb.expect(rb"umlstate\.vec0=172\.16\.99\.1/24\r\n")  # the output: the command line says [.]
+    deb.type(ESCAPE)
+    assert deb.close() == 0
 
     stopped = farm.run("stop", str(farm.path), "stock")
     assert stopped.returncode == 0, stopped.stderr
