@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pty
+import pwd
 import re
 import secrets
 import select
@@ -30,6 +31,8 @@ import psutil
 import pytest
 
 from umlstate.guestimage import build
+from umlstate.host import mconsole
+from umlstate.host.mconsole import MconsoleError
 
 from conftest import ROOT, Netns, make_netns, remove_cgroups, remove_netns, sh, umlstate
 
@@ -177,6 +180,18 @@ class Farm:
 
     def log(self, name: str) -> str:
         return (self.tmp / "state" / "logs" / f"{name}.log").read_text(errors="replace")
+
+    def panic(self, guest: str) -> int:
+        """Make the guest's kernel panic (mconsole sysrq c; no reply comes); return the pid that died."""
+        pid = self.guest_pid(guest)
+        with contextlib.suppress(MconsoleError):
+            mconsole.command(str(self.user_dir() / "uml" / guest / "mconsole"), "sysrq c",
+                             owner=pwd.getpwnam("nobody").pw_uid, timeout=1)
+        deadline = time.monotonic() + 10
+        while alive(pid):
+            assert time.monotonic() < deadline, f"{guest} did not end; its log ends: {self.log(guest)[-1500:]}"
+            time.sleep(0.05)
+        return pid
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ would: queries that make a terminal answer, and OSC strings.
 
 from __future__ import annotations
 
+import re
+
 from conftest import needs_root
 from farm import ESCAPE, Farm, Session
 
@@ -58,4 +60,23 @@ def test_the_console_reaches_a_guests_shell_session_after_session_and_keeps_the_
     stopped = farm.cli("console", "web")
     assert stopped.returncode == 1
     assert "guest web is not running (held down by `umlstate stop`)" in stopped.stderr
+    assert farm.cli("destroy", "--yes").returncode == 0
+
+
+def test_the_console_and_panic_reports_on_a_vector_only_kernel(farm: Farm, vector_kernel: str) -> None:
+    farm.write(kind="bridge", kernel=vector_kernel)
+    assert farm.cli("apply", "--yes").returncode == 0
+    session = Session(farm, "web")
+    session.type(b"\r")
+    session.expect(rb"/ # ")
+    session.type(b"ip -4 -o addr show dev vec0\r")
+    session.expect(rb"vec0 +inet 172\.16\.99\.1/24")
+    session.type(ESCAPE)
+    assert session.close() == 0
+
+    farm.panic("web")
+    status = farm.cli("status")
+    assert status.returncode == 2
+    assert re.search(r"guest +web +panicked +its log says: Kernel panic - not syncing: sysrq triggered crash",
+                     status.stdout), status.stdout
     assert farm.cli("destroy", "--yes").returncode == 0

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import termios
+import threading
+import time
 import tty
 from collections.abc import Iterator
 
@@ -41,9 +44,22 @@ def test_text_colours_and_cursor_moves_pass_untouched() -> None:
     "\u009b6n".encode(), "\u009d0;pwned\u009c".encode(), "\u0090$qm\u009c".encode(),  # C1 forms
     b"\x1b[" + b"1;" * 100 + b"m",  # longer than any sequence a screen needs
     b"\x00\x05\x7f\x1b[\x18",  # controls: NUL, ENQ (answerback), DEL; CAN inside a CSI
+    b"\x1b[?u", b"\x1b[?4m", b"\x1b[?1;1;0S",  # private queries: kitty keyboard, XTQMODKEYS, XTSMGRAPHICS
+    b"\x1b[?1000h", b"\x1b[?1006h", b"\x1b[?1004h", b"\x1b[?2004h",  # reports that outlive the session
+    b"\x1b[?2l", b"\x1b[?38h", b"\x1b[2h", b"\x1b[12l", b"\x1b[20h", b"\x1b[?25;1000h",  # VT52, Tek, KAM, SRM, LNM
+    b"\x1b[999999999b", b"\x1b[1;100000H",  # counts no screen needs
+    "\u202e\u2066".encode(),  # bidi overrides: text that reads as something else
 ])
 def test_what_makes_a_terminal_answer_or_remember_is_dropped_whole(query: bytes) -> None:
     assert shown(b"<" + query + b">") == b"<>"
+
+
+def test_a_terminal_not_in_utf8_gets_ascii_only() -> None:
+    # U+06DB is D B 9B in UTF-8: a terminal in an 8-bit locale reads 9B as CSI, and "6n" then asks for a report.
+    assert TerminalFilter(utf8=False).feed("\u06db6n caf\u00e9".encode()) == b"?6n caf?"
+    assert console.utf8_terminal({"LANG": "en_US.UTF-8"}) and console.utf8_terminal({"LC_ALL": "C.utf8"})
+    assert not console.utf8_terminal({"LANG": "en_US.UTF-8", "LC_ALL": "C"})
+    assert not console.utf8_terminal({})
 
 
 def test_a_sequence_split_across_reads_is_judged_whole() -> None:
@@ -70,6 +86,28 @@ def test_a_session_copies_both_ways_and_ends_at_the_escape_byte() -> None:
         assert os.read(out_r, 1000) == b"hello world\r\n"
         assert os.read(guest_end, 1000) == b"ls\r"
     finally:
+        for fd in (guest_end, session_end, typed_r, typed_w, out_r, out_w):
+            os.close(fd)
+
+
+def test_a_guest_that_takes_no_input_cannot_keep_the_escape_from_working() -> None:
+    """The guest's user owns its console and may stop it taking input (tcflow TCOOFF): typing then waits,
+    and Ctrl-] still ends the session at once."""
+    guest_end, session_end = os.openpty()
+    typed_r, typed_w = os.pipe()
+    out_r, out_w = os.pipe()
+    tty.setraw(session_end)
+    os.set_blocking(session_end, False)  # as open_recorded opens it
+    termios.tcflow(session_end, termios.TCOOFF)
+    later = threading.Timer(0.5, os.write, (typed_w, b"\x1d"))
+    try:
+        os.write(typed_w, b"ls\r")
+        later.start()
+        began = time.monotonic()
+        assert console.attach(session_end, typed_r, out_w) == "detached"
+        assert time.monotonic() - began < 2
+    finally:
+        later.join()
         for fd in (guest_end, session_end, typed_r, typed_w, out_r, out_w):
             os.close(fd)
 

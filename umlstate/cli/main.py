@@ -422,7 +422,7 @@ def console_cmd(opts: Options, args: tuple[str, ...]) -> None:
     try:
         click.echo(f"Connected to guest {guest}'s console ({path}, tty1 in the guest). "
                    "Escape character is ^] (Ctrl-]); press Enter for a prompt.", err=True)
-        why = console.attach(fd, sys.stdin.fileno(), sys.stdout.fileno())
+        why = console.attach(fd, sys.stdin.fileno(), sys.stdout.fileno(), utf8=console.utf8_terminal(dict(os.environ)))
     finally:
         os.close(fd)
     click.echo(f"\nDisconnected from guest {guest}'s console: {why}.", err=True)

@@ -31,6 +31,7 @@ import re
 import select
 import stat
 import termios
+import time
 import tty
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ from umlstate.host import identity
 PTY_SLAVE_MAJORS = range(136, 144)  # UNIX98 pty slaves (Documentation/admin-guide/devices.txt)
 PTS_PATH = re.compile(r"/dev/pts/([0-9]{1,7})")
 ESCAPE = 0x1D  # Ctrl-]: like telnet and virsh console
+MAX_PENDING = 64 << 10  # typed bytes the guest has not taken yet, at most
+INPUT_DRAIN = 2.0  # seconds the rest of a piped stdin may take to go in after its end
 MAX_FDS = 4096  # a guest process's descriptors looked at, at most, to find the console it holds
 
 
@@ -68,6 +71,7 @@ def allocate(uid: int) -> Pty:
         path = os.ttyname(slave)
         tty.setraw(slave)
         os.fchown(slave, uid, -1)
+        os.fchmod(slave, 0o600)  # the guest's user's alone (devpts may make it group tty writable)
     except OSError:
         os.close(master)
         os.close(slave)
@@ -103,7 +107,7 @@ def open_recorded(path: str | None, holder: identity.Identity, guest: str) -> in
                     and st.st_uid == holder.uid):
                 raise ConsoleError(f"{path} is not guest {guest}'s console any more (not a pty slave of uid "
                                    f"{holder.uid})")
-            if not holds(holder.pid, st.st_rdev) or handle.wait(0):
+            if not holds(holder.pid, path, st) or handle.wait(0):
                 raise ConsoleError(f"{path} is not guest {guest}'s console any more: its process does not hold it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -116,8 +120,14 @@ def open_recorded(path: str | None, holder: identity.Identity, guest: str) -> in
     return fd
 
 
-def holds(pid: int, rdev: int) -> bool:
-    """Whether process ``pid`` has a descriptor on the character device ``rdev`` (at most MAX_FDS looked at)."""
+def holds(pid: int, path: str, opened: os.stat_result) -> bool:
+    """Whether process ``pid`` has a descriptor on the very file ``opened`` (``path``, as fstat'ed).
+
+    Only descriptors whose link names ``path`` are stat'ed (reading a link touches no
+    file system: a user's hung FUSE or NFS mount cannot stall root here), and the file
+    must be the same inode of the same devpts, not a pts of a private devpts instance
+    with the same device number. At most MAX_FDS descriptors are looked at.
+    """
     try:
         folder = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -128,8 +138,10 @@ def holds(pid: int, rdev: int) -> bool:
                 if count >= MAX_FDS:
                     return False
                 with contextlib.suppress(OSError):
+                    if os.readlink(entry.name, dir_fd=folder) != path:
+                        continue
                     st = os.stat(entry.name, dir_fd=folder)  # follows the magic link to the open file
-                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev:
+                    if (st.st_dev, st.st_ino, st.st_rdev) == (opened.st_dev, opened.st_ino, opened.st_rdev):
                         return True
     finally:
         os.close(folder)
@@ -138,26 +150,49 @@ def holds(pid: int, rdev: int) -> bool:
 
 # --- what a guest may print on root's terminal --------------------------------------------------------
 
-CSI_FINALS = frozenset("@ABCDEFGHJKLMPSTXZ`abdefghlmrsu")  # moves, erases, scrolling, modes, colours
+CSI_FINALS = frozenset("@ABCDEFGHJKLMPSTXZ`abdefghlmrs")  # moves, erases, scrolling, colours; modes below
+PRIVATE_MODES = frozenset({1, 6, 7, 12, 25, 47, 1047, 1048, 1049, 2026})  # CSI ? N h/l: cursor keys, origin,
+# wrap, blink, cursor shown, the alternate screen, synchronized output; no mouse, focus or paste reports
+ANSI_MODES = frozenset({4})  # CSI N h/l: insert mode; not the keyboard lock, local echo or newline modes
+MAX_PARAMETER = 999  # no screen has more rows or columns; a bigger count (REP) is a flood of root's terminal
 ESC_FINALS = frozenset("78DEHM=>")  # save/restore cursor, index, tab set, keypad modes
 CHARSETS = frozenset("()*+")  # ESC ( B and the like: character set designation, one more byte
 KEPT_CONTROLS = frozenset(b"\a\b\t\n\r\x0e\x0f")  # BEL, BS, TAB, LF, CR, SO, SI
 MAX_SEQUENCE = 64  # a CSI longer than this is no sequence a terminal needs: dropped whole
+# Written when a session ends, whatever the guest left set: plain colours and character sets, the main
+# screen, a visible cursor, the whole screen scrolling, no insert mode, normal cursor keys and keypad.
+RESET = b"\x1b[0m\x1b(B\x1b)B\x0f\x1b[?1049l\x1b[?25h\x1b[r\x1b[4l\x1b[?1l\x1b>"
+
+
+def _allowed_csi(params: str, final: str) -> bool:
+    private = params.startswith("?")
+    body = params[1:] if private else params
+    if final not in CSI_FINALS or not all(c in "0123456789;" for c in body):
+        return False
+    numbers = [int(n) for n in body.split(";") if n]
+    if any(n > MAX_PARAMETER for n in numbers):
+        return False
+    if final in "hl":
+        return bool(numbers) and set(numbers) <= (PRIVATE_MODES if private else ANSI_MODES)
+    return not private
 
 
 class TerminalFilter:
     """Streaming: what a guest prints, minus every sequence that makes a terminal answer or remember.
 
-    Kept: printable text (UTF-8, C1 code points removed), BEL/BS/TAB/LF/CR/SO/SI,
-    CSI sequences with digit/semicolon/'?' parameters, no intermediates and a
-    final byte in CSI_FINALS (so no DSR ``n``, DA ``c``, window ops ``t``,
-    DECRQM ``$p``), the ESC_FINALS escapes and charset designations. Dropped:
-    every OSC, DCS, SOS, PM and APC string (whatever its length), every other
-    escape and control character. A sequence split across reads is held back
-    until it is whole.
+    Kept: printable text (ASCII only unless ``utf8``; no C1 code points, no
+    format characters), BEL/BS/TAB/LF/CR/SO/SI, CSI sequences with numeric
+    parameters up to MAX_PARAMETER, no intermediates and a final byte in
+    CSI_FINALS (so no DSR ``n``, DA ``c``, window ops ``t``, DECRQM ``$p``),
+    modes only from PRIVATE_MODES and ANSI_MODES (no mouse, focus or paste
+    reports, no keyboard lock or local echo), the ESC_FINALS escapes and
+    charset designations. Dropped: every OSC, DCS, SOS, PM and APC string
+    (whatever its length), every other escape and control character. A
+    sequence split across reads is held back until it is whole.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, utf8: bool = True) -> None:
+        self._utf8 = utf8
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._state = "text"  # text, esc, csi, charset, string, string-esc
         self._sequence = ""
@@ -181,8 +216,11 @@ class TerminalFilter:
             elif code < 0x20 or code == 0x7F:
                 if code in KEPT_CONTROLS:
                     out.append(ch)
-            elif not 0x80 <= code < 0xA0:
+            elif code < 0x80:
                 out.append(ch)
+            elif ch.isprintable():  # not C1, not bidi overrides or other format characters
+                # A terminal that is not in UTF-8 would read the bytes of some characters as C1 controls.
+                out.append(ch if self._utf8 else "?")
         elif state == "esc":
             if ch == "[":
                 self._state = "csi"
@@ -201,7 +239,7 @@ class TerminalFilter:
         elif state == "csi":
             if 0x40 <= code <= 0x7E:  # the final byte
                 params = self._sequence
-                if ch in CSI_FINALS and len(params) <= MAX_SEQUENCE and all(c in "0123456789;?" for c in params):
+                if len(params) <= MAX_SEQUENCE and _allowed_csi(params, ch):
                     out.append("\x1b[" + params + ch)
                 self._state = "text"
             elif 0x20 <= code <= 0x3F:
@@ -220,20 +258,29 @@ class TerminalFilter:
 
 # --- a session ------------------------------------------------------------------------------------------------
 
-def attach(fd: int, stdin: int, stdout: int, escape: int = ESCAPE) -> str:
+def attach(fd: int, stdin: int, stdout: int, escape: int = ESCAPE, *, utf8: bool = True) -> str:
     """Copy stdin to the console and the console, filtered, to stdout until the escape byte; say why it ended.
 
-    A terminal on stdin is put in raw mode for the session and restored after,
-    whatever happens; stdin that is no terminal ends the session at its end.
+    Never blocks on the guest: what is typed waits in a buffer (at most MAX_PENDING
+    bytes; past that, typing is lost) until the console takes it, and stdin is read
+    all along, so the escape byte works even when the guest stops reading (or set
+    its terminal to refuse input). A terminal on stdin is put in raw mode for the
+    session and restored after, whatever happens, with RESET written first; stdin
+    that is no terminal ends the session at its end.
     """
     saved = None
     if os.isatty(stdin):
         saved = termios.tcgetattr(stdin)
         tty.setraw(stdin)
-    shown = TerminalFilter()
+    shown = TerminalFilter(utf8=utf8)
+    pending = b""
+    ended: float | None = None  # stdin's end: what it typed still goes, for a little while
     try:
         while True:
-            ready, _, _ = select.select([fd, stdin], [], [])
+            if ended is not None and (not pending or time.monotonic() > ended + INPUT_DRAIN):
+                return "end of input"
+            readers = [fd] if ended is not None else [fd, stdin]
+            ready, writable, _ = select.select(readers, [fd] if pending else [], [], 0.2 if ended else None)
             if fd in ready:
                 try:
                     data = os.read(fd, 1 << 14)
@@ -245,17 +292,35 @@ def attach(fd: int, stdin: int, stdout: int, escape: int = ESCAPE) -> str:
                     return "the guest closed its console"
                 if data:
                     _write_all(stdout, shown.feed(data))
+            if fd in writable:
+                try:
+                    pending = pending[os.write(fd, pending):]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return "the guest closed its console"
             if stdin in ready:
                 typed = os.read(stdin, 1 << 12)
                 if not typed:
-                    return "end of input"
+                    ended = time.monotonic()
+                    continue
                 cut = typed.find(bytes([escape]))
-                _write_all(fd, typed if cut < 0 else typed[:cut])
+                pending = (pending + (typed if cut < 0 else typed[:cut]))[:MAX_PENDING]
                 if cut >= 0:
+                    with contextlib.suppress(OSError):  # what came before the escape, if the guest takes it now
+                        os.write(fd, pending)
                     return "detached"
     finally:
         if saved is not None:
+            with contextlib.suppress(OSError):
+                _write_all(stdout, RESET)
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+
+
+def utf8_terminal(env: dict[str, str]) -> bool:
+    """Whether the locale says the terminal speaks UTF-8 (LC_ALL, else LC_CTYPE, else LANG); else ASCII only."""
+    chosen = next((env[k] for k in ("LC_ALL", "LC_CTYPE", "LANG") if env.get(k)), "")
+    return chosen.lower().replace("-", "").endswith("utf8") or ".utf8@" in chosen.lower().replace("-", "")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -387,7 +387,7 @@ def _guests(t: Topology, b: Builder) -> None:
         argv = cmdline.guest_argv(t, guest, kernel, wires)
         state = b.s.guests.get(guest.name)
         if state is not None and state.panic:
-            reason = f"panicked ({state.panic}); starting it again"
+            reason = f"its log says: {state.panic}"  # the guest's word, of a guest that is gone
         else:
             reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
         start = A.StartGuest(reason, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)
