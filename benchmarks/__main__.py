@@ -20,7 +20,10 @@ from an empty host for the uml_switch form against the bridge form (on 6.1,
 and on sid's vector-only 7.2 where scripts/fetch-vector-kernel can get it);
 a farm of 12 guests on one bridge stretched over three hosts (namespaces on a
 LAN bridge, each host applying its own slice) against the same on one host;
-and watch mode's repair time for a deleted tap and a killed switch.
+watch mode's repair time for a deleted tap, a killed switch and a panicked
+guest; and `umlstate stop` of one guest and `destroy` of three, busybox guests
+and (--debian) Debian ones, one whose init powers off on ctrl-alt-del and a
+stock one that reboots.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import Any
 import psutil
 
 from umlstate.guestimage import build
+from umlstate.host import mconsole
 
 PY = sys.executable
 OWNER = 65534
@@ -347,7 +351,7 @@ def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> d
 
 
 def bench_watch(repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
-    raw: dict[str, list[float]] = {"deleted_tap": [], "killed_switch": []}
+    raw: dict[str, list[float]] = {"deleted_tap": [], "killed_switch": [], "panicked_guest": []}
     run = folder / "watch"
     run.mkdir()
     run.chmod(0o755)
@@ -366,12 +370,14 @@ def bench_watch(repeat: int, folder: Path, image: Path, group: str) -> dict[str,
                     time.sleep(0.005)
                 raw["deleted_tap"].append(time.perf_counter() - start)
                 time.sleep(3)  # let the pass that follows settle (switch and guest reconnect)
-                old = _switch_pid(records)
+                old = _pid(records, "switch-sw0")
                 os.kill(old, signal.SIGKILL)
                 start = time.perf_counter()
-                while _switch_pid(records, default=old) == old:
+                while _pid(records, "switch-sw0", default=old) == old:
                     time.sleep(0.005)
                 raw["killed_switch"].append(time.perf_counter() - start)
+                time.sleep(3)
+                raw["panicked_guest"].append(_panic_and_restart(run, "g0"))
                 time.sleep(3)
         finally:
             watcher.terminate()
@@ -380,12 +386,71 @@ def bench_watch(repeat: int, folder: Path, image: Path, group: str) -> dict[str,
     return {"raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
 
 
-def _switch_pid(records: Path, default: int = 0) -> int:
-    """The switch's pid as umlstate recorded it when it started it (its records are root's)."""
+def _panic_and_restart(run: Path, guest: str) -> float:
+    """Panic a guest (mconsole sysrq c); seconds from the end of its process to the new one answering mconsole."""
+    records = run / "state" / "state.json"
+    socket = str(run / "run" / "users" / "nobody" / "uml" / guest / "mconsole")
+    old = _pid(records, f"guest-{guest}")
+    with suppress(mconsole.MconsoleError):
+        mconsole.command(socket, "sysrq c", owner=OWNER, timeout=1)
+    while psutil.pid_exists(old) and psutil.Process(old).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.005)
+    start = time.perf_counter()
+    while _pid(records, f"guest-{guest}", default=old) == old or not mconsole.answers(socket, owner=OWNER):
+        if time.perf_counter() - start > 60:
+            raise SystemExit(f"benchmark: watch did not restart the panicked guest {guest} within 60s")
+        time.sleep(0.005)
+    return time.perf_counter() - start
+
+
+def _pid(records: Path, unit: str, default: int = 0) -> int:
+    """A process's pid as umlstate recorded it when it started it (its records are root's)."""
     try:
-        return int(json.loads(records.read_text())["processes"]["switch-sw0"]["pid"])
+        return int(json.loads(records.read_text())["processes"][unit]["pid"])
     except (OSError, ValueError, KeyError):
         return default
+
+
+def bench_stops(repeat: int, folder: Path, image: Path, group: str, debian: bool) -> dict[str, Any]:
+    """`umlstate stop` of one guest and `destroy` of three: busybox, and Debian (built and --stock) with --debian."""
+    raw: dict[str, list[float]] = {}
+    farms: list[tuple[str, Callable[[Path], Path], list[str], list[str]]] = [
+        ("busybox", lambda run: farm_topology(3, run, image, group), ["g0"], ["172.16.99.1"])]
+    if debian:
+        script = Path(__file__).resolve().parent.parent / "scripts" / "build-debian-guest"
+        built, stock = sh(str(script), check=False), sh(str(script), "--stock", check=False)
+        if built.returncode or stock.returncode:
+            raise SystemExit(f"benchmark: no Debian images: {(built.stderr + stock.stderr).strip()[-300:]}")
+        images = {"d0": built.stdout.strip(), "d1": stock.stdout.strip(), "d2": stock.stdout.strip()}
+
+        def debian_topology(run: Path) -> Path:
+            guests = "\n".join(f"  - {{name: {name}, user: nobody, mem: 256M, disk: {{base: {path}}}, "
+                               f"nics: [{{switch: sw0, address: 172.16.99.{i + 1}}}]}}"
+                               for i, (name, path) in enumerate(images.items()))
+            path = run / "debian.yaml"
+            path.write_text(FARM.format(folder=run, group=group, guests=guests,
+                                        network=NETWORKS["bridge"].format(group=group)))
+            return path
+        farms.append(("debian", debian_topology, ["d0", "d1"], ["172.16.99.1", "172.16.99.2", "172.16.99.3"]))
+    for r in range(repeat):
+        for kind, make, stopped, addresses in farms:
+            run = folder / f"stops-{kind}-{r}"
+            run.mkdir()
+            run.chmod(0o755)
+            topology = make(run)
+            with lan_pair() as (host, lan):
+                umlstate = [PY, "-m", "umlstate", "--netns", host]
+                timed([*umlstate, "apply", str(topology), "--yes"])
+                until_pings(lan, addresses, timeout=120)
+                for guest in stopped:
+                    label = {"g0": "busybox stop", "d0": "Debian stop (poweroff image)",
+                             "d1": "Debian stop (stock: reboots)"}[guest]
+                    raw.setdefault(label, []).append(timed([*umlstate, "stop", str(topology), guest])[0])
+                    timed([*umlstate, "start", str(topology), guest])
+                until_pings(lan, addresses, timeout=120)
+                raw.setdefault(f"{kind} destroy of 3", []).append(
+                    timed([*umlstate, "destroy", str(topology), "--yes"])[0])
+    return {"raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -420,7 +485,11 @@ def table(results: dict[str, Any]) -> str:
                    f"one host {m['one_host']:.2f} s ({m['one_host'] / m['three_hosts']:.2f}x)")
     if results.get("watch"):
         w = results["watch"]["median"]
-        out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s")
+        out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s, "
+                   f"panicked guest (its end to the new one answering mconsole) {w['panicked_guest']:.2f} s")
+    if results.get("stops"):
+        out += ["", "| stop or destroy (the whole command) | seconds |", "|---|---|"]
+        out += [f"| {what} | {seconds:.2f} s |" for what, seconds in results["stops"]["median"].items()]
     return "\n".join(out)
 
 
@@ -432,6 +501,8 @@ def main() -> None:
     parser.add_argument("--forms", default="1,8", help="guests per farm for uml_switch against bridge; empty to skip")
     parser.add_argument("--hosts", type=int, default=12, help="guests of the three-host farm; 0 to skip")
     parser.add_argument("--no-watch", action="store_true")
+    parser.add_argument("--no-stops", action="store_true")
+    parser.add_argument("--debian", action="store_true", help="stops of Debian guests too (scripts/build-debian-guest)")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -443,7 +514,7 @@ def main() -> None:
         results: dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-            "taps": [], "farm": [], "forms": [], "hosts": None, "watch": None,
+            "taps": [], "farm": [], "forms": [], "hosts": None, "watch": None, "stops": None,
         }
         step: Callable[[str], None] = lambda text: print(f"-- {text}", file=sys.stderr, flush=True)  # noqa: E731
         results["errors"] = []
@@ -467,7 +538,7 @@ def main() -> None:
             found = section(f"{n} taps x {args.repeat}", functools.partial(bench_taps, n, args.repeat, folder))
             if found:
                 results["taps"].append(found)
-        if args.guests or args.forms or args.hosts or not args.no_watch:
+        if args.guests or args.forms or args.hosts or not args.no_watch or not args.no_stops:
             image = build(folder / "base.img")
             for k in [int(x) for x in args.guests.split(",") if x]:
                 found = section(f"farm of {k} guests x {args.repeat}",
@@ -483,6 +554,9 @@ def main() -> None:
                                            lambda: bench_hosts(args.hosts, args.repeat, folder, image, group))
             if not args.no_watch:
                 results["watch"] = section("watch repair", lambda: bench_watch(args.repeat, folder, image, group))
+            if not args.no_stops:
+                results["stops"] = section("stops", lambda: bench_stops(args.repeat, folder, image, group,
+                                                                        args.debian))
         print(table(results))
         for error in results["errors"]:
             print(f"\nFAILED: {error['section']}: {error['error'][:300]} (logs: {error['logs']})")

@@ -173,7 +173,11 @@ class Reconciler:
     def console(self, guest: str) -> tuple[int, str]:
         """A locked descriptor on ``guest``'s console and its path; raises ConsoleError. No topology lock:
         a session may last hours, while apply and watch go on (they never touch a running guest's console)."""
-        self.require_root_for_guest("console", guest)
+        if os.geteuid() != 0:
+            raise HostError(f"`umlstate console` runs as root (it checks the guest's processes); as guest {guest}'s "
+                            "own user, attach with any terminal program",
+                            f"screen PATH, where PATH is the \"console\" of guest-{guest} in "
+                            f"{records.path_of(self.topology.state_dir)}")
         snapshot = self.observe()
         state = snapshot.guests.get(guest)
         if state is None or state.proc is None:

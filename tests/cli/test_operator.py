@@ -151,3 +151,18 @@ guests: [{{name: web, user: nobody, mem: 64M, disk: {{image: {tmp_path}/disk.img
                               f"  guest web: whether it stays down is recorded in {tmp_path}/state, which is root's")
         assert f"to fix: sudo umlstate {command} {path} web" in err
     assert not (tmp_path / "state").exists()
+
+
+@needs_root
+def test_console_as_a_user_says_how_that_user_attaches(netns: Netns, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(f"""\
+name: nr
+host: {{run_dir: {tmp_path}/run, state_dir: {tmp_path}/state}}
+guests: [{{name: web, user: nobody, mem: 64M, disk: {{image: {tmp_path}/disk.img}}}}]
+""")
+    path.chmod(0o644)
+    code, _out, err = as_nobody(netns, "console", str(path), "web")
+    assert code == 1, err
+    assert "`umlstate console` runs as root" in err
+    assert f'to fix: screen PATH, where PATH is the "console" of guest-web in {tmp_path}/state/state.json' in err

@@ -351,7 +351,7 @@ def graph(topology: str | None, fmt: str) -> None:
 
 
 def _one_guest(opts: Options, args: tuple[str, ...]) -> tuple[Reconciler, str]:
-    """The service and guest of `stop` / `start`."""
+    """The service and guest of `stop`, `start` and `console`."""
     topology, guest = _topology_and_guest(args)
     _path, t = files.load_topology(topology)
     if t.guest(guest) is None:
