@@ -96,19 +96,26 @@ def open_recorded(path: str | None, holder: identity.Identity, guest: str) -> in
     if handle is None:
         raise ConsoleError(f"guest {guest} is not running (its recorded process is gone)")
     with handle:
+        # Judged before it is opened: a terminal that is not the guest's is never opened at all.
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise ConsoleError(f"guest {guest}'s console {path} is gone: {exc.strerror}") from None
+        if not (stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in PTY_SLAVE_MAJORS
+                and (os.major(st.st_rdev) - PTY_SLAVE_MAJORS[0]) * 256 + os.minor(st.st_rdev) == int(found[1])
+                and st.st_uid == holder.uid):
+            raise ConsoleError(f"{path} is not guest {guest}'s console any more (not a pty slave of uid {holder.uid})")
+        if not holds(holder.pid, path, st) or handle.wait(0):
+            raise ConsoleError(f"{path} is not guest {guest}'s console any more: its process does not hold it")
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise ConsoleError(f"guest {guest}'s console {path} cannot be opened: {exc.strerror}") from None
         try:
-            st = os.fstat(fd)
-            if not (stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in PTY_SLAVE_MAJORS
-                    and (os.major(st.st_rdev) - PTY_SLAVE_MAJORS[0]) * 256 + os.minor(st.st_rdev) == int(found[1])
-                    and st.st_uid == holder.uid):
-                raise ConsoleError(f"{path} is not guest {guest}'s console any more (not a pty slave of uid "
-                                   f"{holder.uid})")
-            if not holds(holder.pid, path, st) or handle.wait(0):
-                raise ConsoleError(f"{path} is not guest {guest}'s console any more: its process does not hold it")
+            now = os.fstat(fd)
+            # A pts number let go of and taken again has the same inode; another user's has another owner.
+            if (now.st_dev, now.st_ino, now.st_rdev, now.st_uid) != (st.st_dev, st.st_ino, st.st_rdev, st.st_uid):
+                raise ConsoleError(f"{path} changed while it was opened; try again")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
