@@ -148,6 +148,7 @@ def up(kernel: str, force_bridge: bool, debian: bool) -> None:
   alias umlstate='{exe} --netns {HOST_NS}'
   umlstate status                    # every resource and its state
   umlstate graph --format mermaid    # the topology as a picture
+  umlstate console web               # the guest's shell on its tty1; Ctrl-] detaches
   umlstate stop web                  # mconsole cad; it stays down, even across applies
   umlstate start web
   ip netns exec {LAN_NS} ping 172.16.99.1
