@@ -134,8 +134,8 @@ def test_a_tun_node_without_its_driver_says_modprobe_tun(tmp_path: Path) -> None
                                  "the kernel has no tun driver: modprobe tun (CONFIG_TUN)")
 
 
-@needs_root
-def test_stop_and_start_as_a_user_say_they_need_root(netns: Netns, tmp_path: Path) -> None:
+def one_guest(tmp_path: Path) -> Path:
+    """A topology with one guest of nobody's, that nobody may read."""
     path = tmp_path / "t.yaml"
     path.write_text(f"""\
 name: nr
@@ -143,6 +143,12 @@ host: {{run_dir: {tmp_path}/run, state_dir: {tmp_path}/state}}
 guests: [{{name: web, user: nobody, mem: 64M, disk: {{image: {tmp_path}/disk.img}}}}]
 """)
     path.chmod(0o644)
+    return path
+
+
+@needs_root
+def test_stop_and_start_as_a_user_say_they_need_root(netns: Netns, tmp_path: Path) -> None:
+    path = one_guest(tmp_path)
     for command in ("stop", "start"):
         code, _out, err = as_nobody(netns, command, str(path), "web")
         assert code == 1, err
@@ -155,14 +161,7 @@ guests: [{{name: web, user: nobody, mem: 64M, disk: {{image: {tmp_path}/disk.img
 
 @needs_root
 def test_console_as_a_user_says_how_that_user_attaches(netns: Netns, tmp_path: Path) -> None:
-    path = tmp_path / "t.yaml"
-    path.write_text(f"""\
-name: nr
-host: {{run_dir: {tmp_path}/run, state_dir: {tmp_path}/state}}
-guests: [{{name: web, user: nobody, mem: 64M, disk: {{image: {tmp_path}/disk.img}}}}]
-""")
-    path.chmod(0o644)
-    code, _out, err = as_nobody(netns, "console", str(path), "web")
+    code, _out, err = as_nobody(netns, "console", str(one_guest(tmp_path)), "web")
     assert code == 1, err
     assert "`umlstate console` runs as root" in err
     assert f'to fix: screen PATH, where PATH is the "console" of guest-web in {tmp_path}/state/state.json' in err
