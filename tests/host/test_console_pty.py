@@ -9,6 +9,7 @@ as the guest's main process holds its console. No root needed.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import termios
 import threading
@@ -109,6 +110,27 @@ def test_a_guest_that_takes_no_input_cannot_keep_the_escape_from_working() -> No
     finally:
         later.join()
         for fd in (guest_end, session_end, typed_r, typed_w, out_r, out_w):
+            os.close(fd)
+
+
+def test_what_is_typed_as_soon_as_the_session_says_it_is_connected_reaches_the_guest() -> None:
+    """Typeahead on a terminal still cooked when the session starts is neither flushed nor lost."""
+    guest_end, session_end = os.openpty()
+    keyboard, terminal = os.openpty()  # a person's terminal, cooked as a shell leaves it
+    out_r, out_w = os.pipe()
+    tty.setraw(session_end)
+    try:
+        os.write(keyboard, b"ls\r")  # typed before the session made the terminal raw
+        announced: list[bool] = []
+        later = threading.Timer(0.3, os.write, (keyboard, b"\x1d"))
+        later.start()
+        assert console.attach(session_end, terminal, out_w, announce=lambda: announced.append(True)) == "detached"
+        later.join()
+        assert announced == [True]
+        assert select.select([guest_end], [], [], 1)[0], "the typeahead was lost"
+        assert b"ls" in os.read(guest_end, 1000)
+    finally:
+        for fd in (guest_end, session_end, keyboard, terminal, out_r, out_w):
             os.close(fd)
 
 

@@ -420,9 +420,11 @@ def console_cmd(opts: Options, args: tuple[str, ...]) -> None:
     service, guest = _one_guest(opts, args)
     fd, path = service.console(guest)
     try:
-        click.echo(f"Connected to guest {guest}'s console ({path}, tty1 in the guest). "
-                   "Escape character is ^] (Ctrl-]); press Enter for a prompt.", err=True)
-        why = console.attach(fd, sys.stdin.fileno(), sys.stdout.fileno(), utf8=console.utf8_terminal(dict(os.environ)))
+        # Said once the terminal is raw (hence the \r): whoever types on seeing it loses nothing.
+        why = console.attach(fd, sys.stdin.fileno(), sys.stdout.fileno(), utf8=console.utf8_terminal(dict(os.environ)),
+                             announce=lambda: click.echo(f"Connected to guest {guest}'s console ({path}, tty1 in the "
+                                                         "guest). Escape character is ^] (Ctrl-]); press Enter for "
+                                                         "a prompt.\r", err=True))
     finally:
         os.close(fd)
     click.echo(f"\nDisconnected from guest {guest}'s console: {why}.", err=True)

@@ -33,6 +33,7 @@ import stat
 import termios
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from umlstate.errors import ActionError
@@ -265,7 +266,8 @@ class TerminalFilter:
 
 # --- a session ------------------------------------------------------------------------------------------------
 
-def attach(fd: int, stdin: int, stdout: int, escape: int = ESCAPE, *, utf8: bool = True) -> str:
+def attach(fd: int, stdin: int, stdout: int, escape: int = ESCAPE, *, utf8: bool = True,
+           announce: Callable[[], None] | None = None) -> str:
     """Copy stdin to the console and the console, filtered, to stdout until the escape byte; say why it ended.
 
     Never blocks on the guest: what is typed waits in a buffer (at most MAX_PENDING
@@ -273,12 +275,16 @@ def attach(fd: int, stdin: int, stdout: int, escape: int = ESCAPE, *, utf8: bool
     all along, so the escape byte works even when the guest stops reading (or set
     its terminal to refuse input). A terminal on stdin is put in raw mode for the
     session and restored after, whatever happens, with RESET written first; stdin
-    that is no terminal ends the session at its end.
+    that is no terminal ends the session at its end. ``announce`` runs once the
+    terminal is raw: what is typed after it reads goes to the guest, none of it
+    echoed or flushed by the local line discipline.
     """
     saved = None
     if os.isatty(stdin):
         saved = termios.tcgetattr(stdin)
-        tty.setraw(stdin)
+        tty.setraw(stdin, termios.TCSANOW)  # not TCSAFLUSH: what was typed ahead goes to the guest
+    if announce is not None:
+        announce()
     shown = TerminalFilter(utf8=utf8)
     pending = b""
     ended: float | None = None  # stdin's end: what it typed still goes, for a little while
