@@ -52,7 +52,8 @@ taps: [{{name: uml0, owner: nobody, subnet: a}}, {{name: uml1, owner: nobody}}]
     assert data["format_version"] == 1
     states = {(r["kind"], r["target"]): r["state"] for r in data["resources"]}
     assert states == {("sysctl", "net.ipv4.ip_forward"): "drifted", ("tap", "uml0"): "missing",
-                      ("tap", "uml1"): "missing", ("address", "uml0 172.16.99.254/24"): "missing"}
+                      ("tap", "uml1"): "missing", ("address", "uml0 172.16.99.254/24"): "missing",
+                      ("ruleset", "umlstate-st"): "missing"}
     assert all(set(r) == {"kind", "target", "state", "detail"} for r in data["resources"])
 
     assert umlstate("apply", str(path), "--yes", netns=ns).returncode == 0
@@ -63,7 +64,7 @@ taps: [{{name: uml0, owner: nobody, subnet: a}}, {{name: uml1, owner: nobody}}]
     assert rows[("tap", "uml1")]["state"] == "drifted" and rows[("tap", "uml1")]["detail"] == "down"
     assert rows[("tap", "uml0")]["state"] == "ok"
     text = umlstate("status", str(path), netns=ns)
-    assert "3 of 4 resources ok." in text.stdout
+    assert "4 of 5 resources ok." in text.stdout
     assert umlstate("destroy", str(path), "--yes", netns=ns).returncode == 0
 
 

@@ -1,6 +1,6 @@
 """Golden plans: one folder per scenario, one parametrized runner for them all.
 
-fixtures/cases/<scenario>/ holds topology.yaml, observed.json (a snapshot),
+fixtures/cases/<scenario>/ holds topology.yaml, observed.json (a snapshot; see cases.py for the policy),
 optional options.json ({"adopt": true} / {"destroy": true} / {"host": "beta"}), and the expected
 plan as text (plan.txt) and as `plan --json` prints it (plan.json). A missing
 golden fails; UPDATE_GOLDEN=1 writes them all anew: review the diff.
@@ -8,39 +8,26 @@ golden fails; UPDATE_GOLDEN=1 writes them all anew: review the diff.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from umlstate.cli.render import dumps, plan_json, plan_text
-from umlstate.model.loader import load_file
-from umlstate.model.placement import place
-from umlstate.model.snapshot import Snapshot, from_json
-from umlstate.model.topology import Topology
 from umlstate.plan.planner import plan
-from umlstate.plan.result import Plan
 
-CASES = sorted(p for p in (Path(__file__).resolve().parents[2] / "fixtures" / "cases").iterdir() if p.is_dir())
+from cases import CASES, load_case
 
 
 def test_there_are_enough_scenarios() -> None:
     assert len(CASES) >= 12
 
 
-def planned_for(case: Path, topology: Topology, observed: Snapshot) -> Plan:
-    """options.json: {"adopt": true}, {"destroy": true}, {"host": "beta"} (that host's slice of a farm)."""
-    options = json.loads((case / "options.json").read_text()) if (case / "options.json").exists() else {}
-    placement = place(topology, options.pop("host", None))
-    return plan(placement.topology, observed, stretches=placement.stretches, **options)
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 def test_plan_matches_golden(case: Path) -> None:
-    topology = load_file(case / "topology.yaml")
-    observed = from_json(json.loads((case / "observed.json").read_text()))
-    planned = planned_for(case, topology, observed)
+    """options.json: {"adopt": true}, {"destroy": true}, {"host": "beta"} (that host's slice of a farm)."""
+    placement, observed, options = load_case(case)
+    planned = plan(placement.topology, observed, stretches=placement.stretches, **options)
     as_json = {**plan_json(planned), "fingerprint": "(of observed.json: changes with the snapshot's format)"}
     for golden, text in ((case / "plan.txt", plan_text(planned)), (case / "plan.json", dumps(as_json))):
         if os.environ.get("UPDATE_GOLDEN"):
@@ -51,10 +38,7 @@ def test_plan_matches_golden(case: Path) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 def test_applying_the_plan_then_planning_again_is_empty(case: Path) -> None:
-    topology = load_file(case / "topology.yaml")
-    observed = from_json(json.loads((case / "observed.json").read_text()))
-    options = json.loads((case / "options.json").read_text()) if (case / "options.json").exists() else {}
-    placement = place(topology, options.pop("host", None))
+    placement, observed, options = load_case(case)
     topology = placement.topology
     first = plan(topology, observed, stretches=placement.stretches, **options)
     if first.blockers or (first.conflicts and not options.get("adopt")):

@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 
 from umlstate.cli.render import status_text
-from umlstate.model.loader import load_file
-from umlstate.model.snapshot import Snapshot, from_json
+from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Topology
 from umlstate.plan.planner import plan
 from umlstate.plan.result import Plan
 from umlstate.plan.status import Row, status
+
+from cases import load_case
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CASES = sorted(p for p in (FIXTURES / "cases").iterdir() if p.is_dir())
@@ -35,10 +36,9 @@ NOW = STARTED + 3 * 3600 + 60  # a fixed clock: uptimes read "3h"
 
 
 def scenario(name: str | Path) -> tuple[Topology, Snapshot, Plan, list[Row]]:
-    case = FIXTURES / "cases" / name
-    topology = load_file(case / "topology.yaml")
-    observed = from_json(json.loads((case / "observed.json").read_text()))
-    planned = plan(topology, observed)
+    placement, observed, _options = load_case(FIXTURES / "cases" / name)
+    topology = placement.topology
+    planned = plan(topology, observed, stretches=placement.stretches)
     return topology, observed, planned, status(topology, observed, planned, now=NOW)
 
 
@@ -129,7 +129,7 @@ def test_a_converged_host_is_all_ok_and_lists_every_declared_resource() -> None:
     assert Counter(r.kind for r in rows) == {
         "tun-device": 1, "group": len(topology.host.groups), "sysctl": len(topology.host.sysctl),
         "tap": len(topology.taps), "address": 2, "proxy-neigh": 2, "switch": len(topology.switches),
-        "guest": len(topology.guests)}
+        "guest": len(topology.guests), "ruleset": 1}
     details = {(r.kind, r.target): r.detail for r in rows}
     assert details[("tap", "uml0")] == "owner dupont, up"
     assert details[("group", "umlusers")] == "members dupont"

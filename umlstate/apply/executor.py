@@ -26,6 +26,7 @@ from typing import assert_never
 
 import structlog
 
+from umlstate.apply import ruleset
 from umlstate.apply.boot import BOOT_TIMEOUT, BootWait
 from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, Stops, schedule
 from umlstate.errors import ActionError, HostError
@@ -33,7 +34,7 @@ from umlstate.host import console, cow, folders, logs, mconsole, netlink, proces
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.host.users import gid_of, primary_gid, uid_of
-from umlstate.model.snapshot import Proc, Records, Snapshot, unit_of
+from umlstate.model.snapshot import Proc, Records, RulesetRecord, Snapshot, unit_of
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan.cmdline import PROGRAM_PACKAGES
@@ -78,6 +79,7 @@ class Executor:
         self.result = Result()
         self.records = Records()  # as last saved: process records are added as processes start
         self.spawned: dict[str, Proc] = {}
+        self.ruleset: RulesetRecord | None = None  # the policy as nftables listed it back after loading
         self._folders: folders.Folders | None = None
 
     # --- the pass ------------------------------------------------------------------------
@@ -115,7 +117,8 @@ class Executor:
         finally:
             self.close()
         self._save(replace(final.records, pending_taps=frozenset(), boot_id=observed.boot_id,
-                           processes=self._running(observed, final)))
+                           processes=self._running(observed, final),
+                           ruleset=self.ruleset if final.records.ruleset and self.ruleset else final.records.ruleset))
         self.result.seconds = time.monotonic() - start
         return self.result
 
@@ -285,6 +288,10 @@ class Executor:
                     # since UML's mconsole log printks the text as it is and an open line is not logged yet
                     self._console(action.name, action.proc, f"log umlstate: {action.hint}\n")
                 self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.argv))
+            case A.LoadRuleset():
+                self.ruleset = ruleset.load(action)
+            case A.DeleteRuleset():
+                ruleset.delete(action)
             case A.UnplugNic():
                 self._console(action.name, action.proc, f"remove {action.ifname}",
                               hint=f"; the guest must bring {action.ifname} down first (ip link set "
@@ -471,4 +478,5 @@ def _union(a: Records, b: Records, pending_taps: set[str]) -> Records:
         pending_taps=a.pending_taps | pending_taps,
         boot_id=a.boot_id,
         processes={**b.processes, **a.processes},
+        ruleset=b.ruleset or a.ruleset,
     )

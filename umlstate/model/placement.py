@@ -76,6 +76,8 @@ def place(t: Topology, host: str | None) -> Placement:
     data["switches"] = [sw.model_dump(mode="json", exclude_unset=True) for sw in t.switches
                         if sw.name in used_switches]
     data["taps"] = [tap.model_dump(mode="json", exclude_unset=True) for tap in t.taps if tap.name in used_taps]
+    here_guests = {g.name for g in guests}
+    data["forwards"] = [f.model_dump(mode="json", exclude_unset=True) for f in t.forwards if f.to in here_guests]
     folders = {"run_dir": here.run_dir or t.host.run_dir, "state_dir": here.state_dir or t.host.state_dir}
     data["host"] = {**data.get("host", {}), **{k: v for k, v in folders.items() if v}}
     # A new model (validated, with its own name index), not a copy of the farm's.

@@ -34,7 +34,7 @@ class Problem:
 def check(topology: Topology) -> list[Problem]:
     problems: list[Problem] = []
     for rule in (_unique_names, _references, _switch_kinds, _interfaces, _paths, _subnets, _addresses, _macs,
-                 _nics, _disks, _hosts):
+                 _nics, _disks, _hosts, _policy):
         problems.extend(rule(topology))
     return problems
 
@@ -376,3 +376,38 @@ def _hosts(t: Topology) -> Iterator[Problem]:
                 yield Problem(("switches", i, "vni"), f"bridge {sw.name} has VXLAN id {vni}, like bridge "
                                                       f"{vnis[vni]}; give one of them another vni")
             vnis.setdefault(vni, sw.name)
+
+
+def _policy(t: Topology) -> Iterator[Problem]:
+    """The traffic policy's references: reach between subnets, isolated bridges, forwards to guests."""
+    subnets = {s.name for s in t.subnets}
+    for i, subnet in enumerate(t.subnets):
+        for j, other in enumerate(subnet.reach):
+            if other == subnet.name:
+                yield Problem(("subnets", i, "reach", j), f"subnet {subnet.name} lists itself in reach; its guests "
+                                                          "reach each other already")
+            elif other not in subnets:
+                yield Problem(("subnets", i, "reach", j), f"subnet {subnet.name} reaches subnet {other!r}, which "
+                                                          f"is not defined{_known(subnets)}")
+    for i, sw in enumerate(t.switches):
+        if sw.isolated and not sw.is_bridge:
+            yield Problem(("switches", i, "isolated"), f"switch {sw.name} is a {sw.kind} process: only a bridge "
+                                                       "can isolate its ports (kind: bridge)")
+    guests = {g.name: g for g in t.guests}
+    used: dict[tuple[str, int, str | None], int] = {}
+    for i, fwd in enumerate(t.forwards):
+        guest = guests.get(fwd.to)
+        if guest is None:
+            yield Problem(("forwards", i, "to"), f"forward of {fwd.proto} port {fwd.port} goes to guest {fwd.to!r}, "
+                                                 f"which is not defined{_known(set(guests))}")
+        elif not any(nic.address for nic in guest.nics):
+            yield Problem(("forwards", i, "to"), f"forward of {fwd.proto} port {fwd.port} goes to guest {fwd.to}, "
+                                                 "which has no address; give one of its NICs an address")
+        if fwd.on is not None and fwd.on_address is None and not is_valid_ifname(fwd.on):
+            yield Problem(("forwards", i, "on"), f"forward on {fwd.on!r}: neither an IPv4 address nor a valid "
+                                                 "interface name")
+        key = (fwd.proto, fwd.port, fwd.on)
+        if key in used:
+            yield Problem(("forwards", i, "port"), f"{fwd.proto} port {fwd.port} is forwarded twice (first by "
+                                                   f"forwards[{used[key]}])")
+        used.setdefault(key, i)

@@ -86,6 +86,26 @@ def unit_of(kind: str, name: str) -> str:
 
 
 @dataclass(frozen=True)
+class RulesetRecord:
+    """The traffic policy umlstate last loaded: its tables, the digest of what it rendered, and the digest
+    of how nftables listed it right after (a listing that differs later was changed by someone else)."""
+
+    tables: frozenset[str]  # "family name"
+    rendered: str
+    listed: str
+
+
+@dataclass(frozen=True)
+class RulesetState:
+    """umlstate's nftables tables in this namespace, as they are."""
+
+    tables: frozenset[str] = frozenset()  # "family name" of those present
+    listed: str | None = None  # digest of their listing (handles left out); None: none present
+    available: bool = True  # libnftables can be loaded (Debian: nftables)
+    readable: bool = True  # False: read by a user without CAP_NET_ADMIN; the rest is what the records say
+
+
+@dataclass(frozen=True)
 class Records:
     """What umlstate remembers it owns, from ``<state_dir>/state.json``.
 
@@ -104,6 +124,7 @@ class Records:
     held: frozenset[str] = frozenset()  # guests stopped by `umlstate stop`: apply leaves them down
     boot_id: str | None = None  # the boot the last apply ran in: processes recorded in another boot are gone
     processes: Mapping[str, Proc] = field(default_factory=dict)  # unit (guest-web) -> what root recorded at spawn
+    ruleset: RulesetRecord | None = None  # the traffic policy's tables, owned like marked links
 
 
 @dataclass(frozen=True)
@@ -174,6 +195,7 @@ class Snapshot:
     user_names: Mapping[int, str] = field(default_factory=dict)  # uids seen on taps and processes -> names
     group_names: Mapping[int, str] = field(default_factory=dict)  # gids seen on taps -> names
     kernels: Mapping[str, KernelFacts] = field(default_factory=dict)  # kernel path -> what it was built with
+    ruleset: RulesetState = RulesetState()
 
     def uid(self, user: str) -> int | None:
         return int(user) if user.isdigit() else self.users.get(user)

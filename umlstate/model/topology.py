@@ -94,8 +94,15 @@ class Group(_Model):
     members: tuple[UserRef, ...] = Field((), description="Users added to it; others already in it are left.")
 
 
+class Service(_Model):
+    """A port of the host itself that guests may reach (everything else on the host is closed to them)."""
+
+    proto: Literal["tcp", "udp"] = Field(description="tcp or udp.")
+    port: int = Field(ge=1, le=65535, description="The host's port.")
+
+
 class Host(_Model):
-    """Host-wide settings: folders, the tun node, groups, sysctls."""
+    """Host-wide settings: folders, the tun node, groups, sysctls, the services guests may reach."""
 
     run_dir: str | None = Field(None, description="Default /run/umlstate/<name>: root's; each process user gets "
                                                  "users/<user>/ in it for sockets and uml_dir.")
@@ -105,6 +112,8 @@ class Host(_Model):
     sysctl: dict[Annotated[str, Field(pattern=SYSCTL_KEY_RE)], SysctlValue] = Field(
         default_factory=dict, description="Keys under /proc/sys, dotted: net.ipv4.ip_forward."
     )
+    services: tuple[Service, ...] = Field((), description="Host ports guests may reach; by default they reach "
+                                                          "only ICMP echo to their gateway.")
 
 
 class ProxyArp(_Model):
@@ -122,6 +131,10 @@ class Subnet(_Model):
         None, description="The host's address on the tap serving this subnet."
     )
     proxy_arp: ProxyArp | None = Field(None, description="Make the guests reachable from the LAN.")
+    nat: bool = Field(False, description="Masquerade what the guests send out of the host (behind the host's "
+                                         "address).")
+    reach: tuple[str, ...] = Field((), description="Other subnets whose guests this subnet's guests may open "
+                                                   "connections to (by default none; replies follow).")
 
     @field_validator("cidr", mode="before")
     @classmethod
@@ -156,6 +169,8 @@ class Switch(_Model):
     subnet: str | None = Field(None, description="bridge only: the bridge carries this subnet's gateway address.")
     vni: int | None = Field(None, ge=1, le=16777215, description="bridge only, with hosts: the VXLAN id that "
                                                                   "stretches it between hosts (derived when omitted).")
+    isolated: bool = Field(False, description="bridge only: its guests reach the gateway, not each other "
+                                              "(a private VLAN).")
 
     @property
     def is_bridge(self) -> bool:
@@ -187,6 +202,10 @@ class Nic(_Model):
     mac: str | None = Field(None, description="Unicast MAC; a stable one is derived when omitted.")
     transport: Literal["auto", "legacy", "vector"] = Field(
         "auto", description="auto: the legacy form where the kernel has it (the guest keeps ethN), else vector.")
+    port_security: bool = Field(True, description="Frames only from this NIC's MAC, ARP and IP only from its "
+                                                  "address, no router advertisements or DHCP replies; false: off.")
+    allow_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
+        (), description="More source networks this NIC may send from (a router guest's other networks).")
 
     @field_validator("mac")
     @classmethod
@@ -235,6 +254,23 @@ class HostDef(_Model):
     state_dir: str | None = Field(None, description="This host's state_dir, instead of host.state_dir.")
 
 
+class Forward(_Model):
+    """A port of the host forwarded to a guest's port (DNAT): a honeypot's SSH, a lab's web server."""
+
+    port: int = Field(ge=1, le=65535, description="The host's port.")
+    proto: Literal["tcp", "udp"] = Field("tcp", description="tcp or udp.")
+    to: str = Field(description="The guest (its first NIC's address).")
+    to_port: int | None = Field(None, ge=1, le=65535, description="The guest's port (default: the same).")
+    on: str | None = Field(None, description="Only on this host interface name or address (default: all).")
+
+    @property
+    def on_address(self) -> ipaddress.IPv4Address | None:
+        try:
+            return ipaddress.IPv4Address(self.on) if self.on else None
+        except ValueError:
+            return None
+
+
 class Topology(_Model):
     """A whole host: what umlstate makes the kernel and processes look like."""
 
@@ -245,6 +281,7 @@ class Topology(_Model):
     switches: tuple[Switch, ...] = Field((), description="Switch processes.")
     guests: tuple[Guest, ...] = Field((), description="UML guests.")
     hosts: tuple[HostDef, ...] = Field((), description="Several hosts: each runs umlstate for its own slice.")
+    forwards: tuple[Forward, ...] = Field((), description="Host ports forwarded to guests.")
 
     # Resolved defaults: the one place that says where things live.
 
@@ -295,6 +332,11 @@ class Topology(_Model):
     def alias(self) -> str:
         """The ifalias that marks a link as created by this topology."""
         return f"umlstate:{self.name}"
+
+    @property
+    def table(self) -> str:
+        """The name of the nftables tables (one per family) that hold this topology's traffic policy."""
+        return f"umlstate-{self.name}"
 
     @functools.cached_property
     def link_group(self) -> int:

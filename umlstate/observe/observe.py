@@ -42,6 +42,7 @@ from umlstate.model.snapshot import (
     unit_of,
 )
 from umlstate.model.topology import DEFAULT_TUN, Topology
+from umlstate.observe import ruleset
 
 TUN_MAJOR, TUN_MINOR = 10, 200
 ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planner warns
@@ -83,6 +84,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
                  if (path := programs.get(name)) is not None and (info := kconfig.inspect(path)) is not None},
         user_names=_names({link.owner for link in links.values()} | {p.uid for p in procs}, pwd.getpwuid),
         group_names=_names({link.tun_group for link in links.values()}, grp.getgrgid),
+        ruleset=ruleset.observe(topology, recs),
     )
 
 

@@ -22,7 +22,7 @@ from umlstate.model.placement import VXLAN_PORT, Stretch
 from umlstate.model.snapshot import Proc, Snapshot, unit_of
 from umlstate.model.topology import Host, Topology
 from umlstate.plan import actions as A
-from umlstate.plan import cmdline, preflight
+from umlstate.plan import cmdline, preflight, ruleset
 from umlstate.plan.result import Builder, Plan
 from umlstate.plan.wanted import owns_link, wanted_addresses, wanted_proxies, wanted_taps
 
@@ -46,6 +46,7 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
     _addresses(desired, b)
     _link_up(desired, b)
     _proxies(desired, b)
+    ruleset.plan_step(desired, stretches or {}, b, destroy=destroy)  # before any guest starts
     _switches(desired, b)
     _guests(desired, b)
     preflight.programs(b)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Topology
+from umlstate.plan import ruleset
 from umlstate.plan.actions import Kind
 from umlstate.plan.result import Plan
 from umlstate.plan.wanted import wanted_addresses, wanted_proxies, wanted_taps
@@ -72,6 +73,9 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         wanted.append(("address", f"{name} {iface}", ""))
     for uplink, address in sorted(wanted_proxies(t)):
         wanted.append(("proxy-neigh", f"{uplink} {address}", ""))
+    policy = ruleset.render(t, {})
+    if policy is not None:
+        wanted.append(("ruleset", t.table, policy.summary))
     down: set[tuple[Kind, str]] = set()  # processes that should run and do not, whatever the plan could do
     unwell: dict[str, Row] = {}  # guests that panicked or hang: said so, whatever else the plan does
     for sw in sorted(t.switch_processes, key=lambda x: x.name):
@@ -125,7 +129,10 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         else:
             rows.append(Row(kind, target, "ok", ok_detail))
     listed = {(r.kind, r.target) for r in rows}
-    for action in plan.actions:  # owned but no longer wanted
-        if (action.kind, action.target) not in listed and action.op == "delete":
-            rows.append(Row(action.kind, action.target, "drifted", action.reason))
+    for action in plan.actions:  # owned but no longer wanted, or derived (a stretched bridge's VXLAN)
+        resource = (action.kind, action.target)
+        if resource not in listed:
+            listed.add(resource)
+            rows.append(Row(action.kind, action.target, "missing" if resource in missing else "drifted",
+                            "; ".join(by_target[resource])))
     return rows

@@ -58,6 +58,7 @@ from umlstate.plan.actions.processes import (
     UnplugNic,
     argv_diff,
 )
+from umlstate.plan.actions.ruleset import CreateRuleset, DeleteRuleset, LoadRuleset
 
 # Every action there is: apply's dispatch matches on this union, and mypy
 # (assert_never) turns an action without a handler into a type error.
@@ -70,6 +71,7 @@ AnyAction: TypeAlias = (
     | AddAddress | RemoveAddress | AddProxy | RemoveProxy
     | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
     | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers | PlugNic | UnplugNic
+    | CreateRuleset | LoadRuleset | DeleteRuleset
 )
 
 __all__ = [
@@ -82,11 +84,13 @@ __all__ = [
     "AnyAction",
     "CreateBridge",
     "CreateGroup",
+    "CreateRuleset",
     "CreateTap",
     "CreateTunNode",
     "CreateVxlan",
     "DeleteBridge",
     "DeleteGroup",
+    "DeleteRuleset",
     "DeleteTap",
     "DeleteTunNode",
     "DeleteVxlan",
@@ -97,6 +101,7 @@ __all__ = [
     "FixTunNode",
     "ForgetGroupMember",
     "Kind",
+    "LoadRuleset",
     "MarkTap",
     "Op",
     "PlugNic",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from umlstate.model.snapshot import Snapshot
 
 Op = Literal["create", "update", "delete", "replace"]
 Kind = Literal["tun-device", "group", "sysctl", "tap", "bridge", "vxlan", "fdb", "address", "proxy-neigh", "switch",
-               "guest"]
+               "guest", "ruleset"]
 
 # What carrying out each kind of change takes, for the message a run without
 # it gets before it changes anything (rather than EPERM at its first step).
@@ -25,6 +25,7 @@ PRIVILEGE: dict[Kind, str] = {
     "proxy-neigh": "proxy ARP entries need CAP_NET_ADMIN",
     "switch": "starting or signalling a process as its declared user needs root (CAP_SETUID, CAP_KILL)",
     "guest": "starting or signalling a process as its declared user needs root (CAP_SETUID, CAP_KILL)",
+    "ruleset": "nftables tables need CAP_NET_ADMIN",
 }
 
 
@@ -45,7 +46,7 @@ class Action:
     def simulate(self, s: Snapshot) -> Snapshot:
         raise NotImplementedError
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         return {"op": self.op, "kind": self.kind, "target": self.target,
                 "detail": self.detail, "reason": self.reason}
 

@@ -1,0 +1,122 @@
+"""nftables through its own interface: libnftables, speaking the JSON that `nft -j` reads and writes.
+
+Host layer, used by observation (list umlstate's tables) and apply (replace
+them in one transaction). libnftables is loaded in-process (no `nft` program
+is run, nothing is parsed from text): a command is a JSON document, and the
+kernel applies a document's commands as one transaction, all or nothing. The
+context is made after the process entered its network namespace (the CLI
+does that first), so every table read or written is that namespace's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from umlstate.errors import HostError
+
+PACKAGE = "nftables"  # Debian's package that brings libnftables and the nft program
+_OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
+_OUTPUT_STATELESS = 1 << 2  # NFT_CTX_OUTPUT_STATELESS: no counter values, so a listing is the same every time
+
+
+class NftError(HostError):
+    """nftables refused a command (the text is libnftables' own message)."""
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("nftables") or "libnftables.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+    lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+    lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def available() -> bool:
+    """Whether libnftables can be loaded here (Debian: the nftables package)."""
+    return _library() is not None
+
+
+class Nft:
+    """One libnftables context, in the namespace this process is in."""
+
+    def __init__(self) -> None:
+        lib = _library()
+        if lib is None:
+            raise HostError("nftables is not installed: umlstate's traffic policy needs libnftables",
+                            f"apt-get install {PACKAGE}")
+        self._lib = lib
+        self._ctx = lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise HostError("libnftables could not make a context (out of memory?)")
+        lib.nft_ctx_output_set_flags(self._ctx, _OUTPUT_JSON | _OUTPUT_STATELESS)
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.nft_ctx_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> Nft:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def run(self, command: str | dict[str, Any]) -> list[dict[str, Any]]:
+        """A command (text, or a JSON document {"nftables": [...]}); its JSON output's objects."""
+        text = command if isinstance(command, str) else json.dumps(command)
+        code = self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
+        out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
+        err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+        if code != 0:
+            raise NftError(f"nftables refused the command: {_first_lines(err) or f'error {code}'}")
+        if not out.strip():
+            return []
+        objects: list[dict[str, Any]] = json.loads(out).get("nftables", [])
+        return [o for o in objects if "metainfo" not in o]
+
+    def tables(self) -> list[tuple[str, str]]:
+        """(family, name) of every table in this namespace."""
+        return [(o["table"]["family"], o["table"]["name"]) for o in self.run("list tables") if "table" in o]
+
+    def listing(self, family: str, name: str) -> list[dict[str, Any]]:
+        """One table's objects as nftables prints them back, without handles (they change on every load)."""
+        return [_without_handles(o) for o in self.run(f"list table {family} {name}")]
+
+    def digest(self, tables: Iterable[str]) -> str:
+        """A digest of how nftables lists these tables ("family name"), the same for the same rules."""
+        listing = [self.listing(*table.split(" ", 1)) for table in sorted(tables)]
+        return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_handles(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_handles(v) for k, v in value.items() if k != "handle"}
+    if isinstance(value, list):
+        return [_without_handles(v) for v in value]
+    return value
+
+
+def _first_lines(text: str, lines: int = 6) -> str:
+    return "\n".join(text.strip().splitlines()[:lines])

@@ -1,0 +1,404 @@
+"""The traffic policy: the nftables ruleset a topology wants, and the planning step that keeps it loaded.
+
+Pure, in the plan layer. Guests may be hostile, so what they send is checked
+where it enters the host, with no field to ask for it (SPEC, "Guest traffic
+policy"). ``render`` turns a topology into one nftables JSON document, in up
+to three tables named ``umlstate-<topology>``:
+
+- ``netdev``: port security at the ingress of every tap a guest sends into
+  (a bridge NIC's own tap, or a tap a switch process or a guest holds): frames
+  only from the declared MACs, ARP only with a declared MAC and address as
+  sender, IPv4/IPv6 sources only the declared ones (and the link-local address
+  of each MAC), no router advertisements, redirects or DHCP server replies.
+- ``inet``: the host's own input from guest-facing links (ICMP echo to the
+  gateways, ``host.services``, replies), forwarding between subnets only where
+  ``reach`` says so, masquerade for ``nat`` subnets, ``forwards`` (DNAT), and
+  VXLAN's port open only to the other hosts' underlay addresses.
+- ``bridge``: isolated bridges, whose guests reach the gateway, not each other.
+
+Only drops decide: nftables runs every table's base chains, so an accept here
+never opens what another table (firewalld, Docker, an admin's own) closes, and
+nothing outside umlstate's own links is matched.
+
+The step loads the document whole whenever what it renders changed, or when
+nftables' listing of the loaded tables is no longer the one recorded right
+after loading (someone changed or flushed them): nftables prints rules back in
+its own words, so the listing is compared with itself, never with the render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from umlstate.model.placement import VXLAN_PORT, Stretch
+from umlstate.model.topology import Guest, Nic, Topology
+from umlstate.plan import actions as A
+from umlstate.plan.cmdline import mac_of
+from umlstate.plan.result import Builder
+
+Expr = dict[str, Any]
+
+DROP: Expr = {"drop": None}
+ACCEPT: Expr = {"accept": None}
+ANY4 = str(ipaddress.IPv4Address(0))  # an ARP probe's sender (RFC 5227): harmless, it updates no table
+NEIGHBOUR_DISCOVERY = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit"]
+
+
+# --- what each port may send ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Port:
+    """A tap guests send into, and what they may send through it."""
+
+    link: str
+    who: str  # for people: "guest web eth0", "tap uml0 (switch sw0: guests db, web)"
+    macs: tuple[str, ...]  # empty: nobody declared behind it, any MAC
+    sources4: tuple[str, ...] | None  # addresses or networks; None: not checked (no subnet, nothing declared)
+    forbidden4: tuple[str, ...]  # inside sources4, yet someone else's (the gateway, declared guests)
+    sources6: tuple[str, ...]
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address a MAC gives (EUI-64), the one a guest's kernel takes by default."""
+    octets = [int(x, 16) for x in mac.split(":")]
+    eui = [octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + bytes(eui)))
+
+
+def _nics_behind(t: Topology, tap: str) -> list[tuple[Guest, int]]:
+    """The guest NICs whose frames come out of a declared tap: on it alone, or on the switch plugged into it."""
+    found = []
+    for guest in t.guests:
+        for i, nic in enumerate(guest.nics):
+            switch = t.switch(nic.switch) if nic.switch else None
+            if nic.tap == tap or (switch is not None and switch.tap == tap):
+                found.append((guest, i))
+    return found
+
+
+def ports(t: Topology) -> list[Port]:
+    """Every secured port, by link name: bridge NICs' taps and declared taps (NICs with port_security off
+    leave their port open; on a tap shared through a switch, one such NIC opens the whole tap)."""
+    declared = {ipaddress.IPv4Address(a) for g in t.guests for n in g.nics if (a := n.address) is not None}
+    out: list[Port] = []
+    for nt in t.nic_taps():
+        guest = t.guest(nt.guest)
+        assert guest is not None
+        if guest.nics[nt.nic].port_security:
+            out.append(_port(t, nt.name, f"guest {guest.name} NIC {nt.nic}", [(guest, nt.nic)], declared=declared))
+    for tap in t.taps:
+        behind = _nics_behind(t, tap.name)
+        if all(g.nics[i].port_security for g, i in behind):
+            names = ", ".join(sorted({g.name for g, _ in behind})) or "none declared"
+            out.append(_port(t, tap.name, f"tap {tap.name} (guests {names})", behind, declared=declared,
+                             subnet=tap.subnet))
+    return sorted(out, key=lambda p: p.link)
+
+
+def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
+          declared: set[ipaddress.IPv4Address], subnet: str | None = None) -> Port:
+    macs: list[str] = []
+    sources4: list[str] = []
+    forbidden4: set[str] = set()
+    sources6: list[str] = ["::"]  # duplicate address detection
+    checked4 = True
+    for guest, i in nics:
+        nic: Nic = guest.nics[i]
+        mac = mac_of(t, guest, i)
+        macs.append(mac)
+        sources6.append(link_local(mac))
+        net = t.subnet_of_nic(nic)
+        if nic.address is not None:
+            sources4.append(str(nic.address))
+        elif net is not None:  # no address declared: any of its subnet's that is nobody else's
+            sources4.append(str(net.cidr))
+            forbidden4 |= {str(a) for a in declared if a in net.cidr and a != nic.address}
+            if net.gateway is not None:
+                forbidden4.add(str(net.gateway))
+        else:
+            checked4 = False
+        for extra in nic.allow_sources:
+            (sources4 if extra.version == 4 else sources6).append(str(extra))
+    if not nics:  # a tap nobody declared a guest behind: its subnet's spare addresses, if it has one
+        net = t.subnet(subnet) if subnet else None
+        checked4 = net is not None
+        if net is not None:
+            sources4.append(str(net.cidr))
+            forbidden4 |= {str(a) for a in declared if a in net.cidr}
+            if net.gateway is not None:
+                forbidden4.add(str(net.gateway))
+    return Port(link, who, tuple(sorted(set(macs))), tuple(sorted(set(sources4))) if checked4 else None,
+                tuple(sorted(forbidden4)), tuple(sorted(set(sources6))))
+
+
+# --- nftables JSON, a few words of it ----------------------------------------------------------------
+
+
+def _payload(protocol: str, field: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _meta(key: str) -> Expr:
+    return {"meta": {"key": key}}
+
+
+def _value(item: str | int) -> Any:
+    if isinstance(item, str) and "/" in item:
+        net = ipaddress.ip_network(item)
+        return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+    return item
+
+
+def _one_of(items: Iterable[str | int]) -> Any:
+    values = [_value(x) for x in items]
+    return values[0] if len(values) == 1 and not isinstance(values[0], dict) else {"set": values}
+
+
+def _is(left: Expr, right: Any) -> Expr:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _is_not(left: Expr, right: Any) -> Expr:
+    return {"match": {"op": "!=", "left": left, "right": right}}
+
+
+def _in(left: Expr, items: Iterable[str | int]) -> Expr:
+    return _is(left, _one_of(items))
+
+
+def _not_in(left: Expr, items: Iterable[str | int]) -> Expr:
+    return _is_not(left, _one_of(items))
+
+
+def _jump(chain: str) -> Expr:
+    return {"jump": {"target": chain}}
+
+
+ESTABLISHED = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}
+
+
+class _Document:
+    """The commands of one transaction: each table emptied (add, delete, add), then filled."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.commands: list[dict[str, Any]] = []
+        self.families: list[str] = []
+
+    def new_table(self, family: str) -> None:
+        self.families.append(family)
+        spec = {"family": family, "name": self.table}
+        self.commands += [{"add": {"table": spec}}, {"delete": {"table": spec}}, {"add": {"table": dict(spec)}}]
+
+    def chain(self, family: str, name: str, **hook: Any) -> None:
+        self.commands.append({"add": {"chain": {"family": family, "table": self.table, "name": name, **hook}}})
+
+    def rule(self, family: str, chain: str, *expr: Expr) -> None:
+        self.commands.append({"add": {"rule": {"family": family, "table": self.table, "chain": chain,
+                                               "expr": list(expr)}}})
+
+
+# --- the render --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    tables: frozenset[str]  # "family name"
+    document: str  # JSON for libnftables
+    digest: str
+    summary: str
+    groups: tuple[str, ...]
+
+
+def guest_links(t: Topology) -> list[str]:
+    """The host's links that face guests at layer 3: declared taps and bridges (a bridge NIC's tap is a port)."""
+    return sorted({tap.name for tap in t.taps} | {b.name for b in t.bridges})
+
+
+def _server(t: Topology, subnet: str) -> str | None:
+    """The link that serves a subnet (validation: at most one)."""
+    servers = [(x.name, x.subnet) for x in t.taps] + [(x.name, x.subnet) for x in t.bridges]
+    return next((name for name, served in servers if served == subnet), None)
+
+
+def render(t: Topology, stretches: Mapping[str, Stretch]) -> Rendered | None:
+    """The whole policy of this host's slice; None when it has no guest-facing link (nothing to protect)."""
+    links = guest_links(t)
+    if not links and not t.forwards:
+        return None
+    doc = _Document(t.table)
+    groups: list[str] = []
+    secured = ports(t)
+    if secured:
+        _netdev(doc, secured, groups)
+    _inet(doc, t, links, stretches, groups)
+    isolated = [b for b in t.bridges if b.isolated]
+    if isolated:
+        doc.new_table("bridge")
+        doc.chain("bridge", "forward", type="filter", hook="forward", prio=0, policy="accept")
+        for bridge in isolated:
+            members = sorted(nt.name for nt in t.nic_taps() if nt.bridge == bridge.name)
+            members += [st.link for st in stretches.values() if st.bridge == bridge.name]
+            if members:
+                doc.rule("bridge", "forward", _in(_meta("iifname"), members), _in(_meta("oifname"), members), DROP)
+            groups.append(f"isolated: bridge {bridge.name}'s guests reach the gateway, not each other")
+    document = json.dumps({"nftables": doc.commands}, sort_keys=True, separators=(",", ":"))
+    words = [f"port security on {len(secured)} port(s)"] if secured else []
+    subnets = [s for s in t.subnets if _server(t, s.name)]
+    if len(subnets) > 1:
+        words.append(f"{len(subnets)} subnets apart" + ("" if not any(s.reach for s in subnets) else ", but reach"))
+    words.append(f"host open to guests for echo{''.join(f', {s.proto}/{s.port}' for s in t.host.services)}")
+    if any(s.nat for s in t.subnets):
+        words.append("nat " + ", ".join(s.name for s in t.subnets if s.nat))
+    if t.forwards:
+        words.append(f"{len(t.forwards)} forward(s)")
+    if isolated:
+        words.append("isolated " + ", ".join(b.name for b in isolated))
+    if stretches:
+        words.append("VXLAN from the other hosts only")
+    summary = f"nftables {', '.join(doc.families)}: " + "; ".join(words)
+    return Rendered(frozenset(f"{f} {t.table}" for f in doc.families), document,
+                    hashlib.sha256(document.encode()).hexdigest()[:16], summary, tuple(groups))
+
+
+def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
+    family = "netdev"
+    doc.new_table(family)
+    for p in secured:  # a base chain per port: libnftables' JSON hooks one device per chain
+        doc.chain(family, f"port-{p.link}", type="filter", hook="ingress", dev=p.link, prio=0, policy="accept")
+    for p in secured:
+        chain = f"port-{p.link}"
+        if p.macs:
+            doc.rule(family, chain, _not_in(_payload("ether", "saddr"), p.macs), DROP)
+            doc.rule(family, chain, _not_in(_payload("arp", "saddr ether"), p.macs), DROP)
+        if p.sources4 is not None:
+            doc.rule(family, chain, _not_in(_payload("arp", "saddr ip"), [ANY4, *p.sources4]), DROP)
+            doc.rule(family, chain, _not_in(_payload("ip", "saddr"), p.sources4), DROP)
+            if p.forbidden4:
+                doc.rule(family, chain, _in(_payload("arp", "saddr ip"), p.forbidden4), DROP)
+                doc.rule(family, chain, _in(_payload("ip", "saddr"), p.forbidden4), DROP)
+        doc.rule(family, chain, _not_in(_payload("ip6", "saddr"), p.sources6), DROP)
+        doc.rule(family, chain, _in(_payload("icmpv6", "type"), ["nd-router-advert", "nd-redirect"]), DROP)
+        doc.rule(family, chain, _is(_payload("icmp", "type"), "redirect"), DROP)
+        doc.rule(family, chain, _is(_meta("protocol"), "ip"), _is(_payload("udp", "sport"), 67), DROP)
+        doc.rule(family, chain, _is(_meta("protocol"), "ip6"), _is(_payload("udp", "sport"), 547), DROP)
+        sources = "any" if p.sources4 is None else ", ".join(p.sources4)
+        but = f" but {', '.join(p.forbidden4)}" if p.forbidden4 else ""
+        groups.append(f"port {p.link}: {p.who}: MAC {', '.join(p.macs) or 'any'}; IPv4 from {sources}{but}; "
+                      "no RA, redirects or DHCP replies")
+
+
+def _inet(doc: _Document, t: Topology, links: list[str], stretches: Mapping[str, Stretch],
+          groups: list[str]) -> None:
+    family = "inet"
+    doc.new_table(family)
+    doc.chain(family, "input", type="filter", hook="input", prio=0, policy="accept")
+    doc.chain(family, "guest-input")
+    doc.chain(family, "forward", type="filter", hook="forward", prio=0, policy="accept")
+    doc.chain(family, "guest-forward")
+    for st in sorted(stretches.values(), key=lambda x: x.link):
+        doc.rule(family, "input", _is(_payload("ip", "daddr"), str(st.local)),
+                 _is(_payload("udp", "dport"), VXLAN_PORT),
+                 _not_in(_payload("ip", "saddr"), [str(r) for r in st.remotes]), DROP)
+        groups.append(f"underlay: VXLAN to {st.local} port {VXLAN_PORT} only from "
+                      f"{', '.join(str(r) for r in st.remotes)} (bridge {st.bridge})")
+    if links:
+        doc.rule(family, "input", _in(_meta("iifname"), links), _jump("guest-input"))
+        doc.rule(family, "forward", _in(_meta("iifname"), links), _jump("guest-forward"))
+    # What guests may open on the host itself.
+    doc.rule(family, "guest-input", ESTABLISHED, ACCEPT)
+    gateways = sorted({str(s.gateway) for s in t.subnets if s.gateway is not None})
+    if gateways:
+        doc.rule(family, "guest-input", _is(_payload("icmp", "type"), "echo-request"),
+                 _in(_payload("ip", "daddr"), gateways), ACCEPT)
+    doc.rule(family, "guest-input", _in(_payload("icmpv6", "type"), NEIGHBOUR_DISCOVERY), ACCEPT)
+    for service in sorted(set(t.host.services), key=lambda s: (s.proto, s.port)):
+        doc.rule(family, "guest-input", _is(_meta("l4proto"), service.proto),
+                 _is(_payload("th", "dport"), service.port), ACCEPT)
+    doc.rule(family, "guest-input", DROP)
+    opened = ", ".join(f"{s.proto}/{s.port}" for s in t.host.services) or "nothing else"
+    groups.append(f"host: guests reach ICMP echo to {', '.join(gateways) or 'no gateway'} and {opened}")
+    # Between subnets: only where reach says so; a link to itself is a bridge's own traffic (br_netfilter).
+    doc.rule(family, "guest-forward", ESTABLISHED, ACCEPT)
+    isolated = {b.name for b in t.bridges if b.isolated}
+    for link in links:
+        doc.rule(family, "guest-forward", _is(_meta("iifname"), link), _is(_meta("oifname"), link),
+                 DROP if link in isolated else ACCEPT)
+    for subnet in t.subnets:
+        here = _server(t, subnet.name)
+        for other in subnet.reach:
+            there = _server(t, other)
+            if here and there:
+                doc.rule(family, "guest-forward", _is(_meta("iifname"), here), _is(_meta("oifname"), there), ACCEPT)
+                groups.append(f"reach: subnet {subnet.name} may open connections to subnet {other}")
+    if links:
+        doc.rule(family, "guest-forward", _in(_meta("oifname"), links), DROP)
+    if len(links) > 1:
+        groups.append(f"apart: guests on {', '.join(links)} do not reach each other's links but as reach says")
+    _nat(doc, t, links, groups)
+
+
+def _nat(doc: _Document, t: Topology, links: list[str], groups: list[str]) -> None:
+    family = "inet"
+    natted = [s for s in t.subnets if s.nat]
+    if natted:
+        doc.chain(family, "postrouting", type="nat", hook="postrouting", prio=100, policy="accept")
+        for subnet in natted:
+            leaving = [_not_in(_meta("oifname"), links)] if links else []
+            doc.rule(family, "postrouting", _is(_payload("ip", "saddr"), _value(str(subnet.cidr))),
+                     *leaving, {"masquerade": None})
+            groups.append(f"nat: subnet {subnet.name} ({subnet.cidr}) leaves the host behind its address")
+    if t.forwards:
+        doc.chain(family, "prerouting", type="nat", hook="prerouting", prio=-100, policy="accept")
+        for fwd in t.forwards:
+            guest = t.guest(fwd.to)
+            address = next((n.address for n in guest.nics if n.address is not None), None) if guest else None
+            if address is None:  # validation refuses it
+                continue
+            where: list[Expr] = []
+            if fwd.on_address is not None:
+                where.append(_is(_payload("ip", "daddr"), str(fwd.on_address)))
+            elif fwd.on is not None:
+                where.append(_is(_meta("iifname"), fwd.on))
+            to_port = fwd.to_port or fwd.port
+            doc.rule(family, "prerouting", *where, _is(_meta("l4proto"), fwd.proto),
+                     _is(_payload("th", "dport"), fwd.port),
+                     {"dnat": {"family": "ip", "addr": str(address), "port": to_port}})
+            on = f" on {fwd.on}" if fwd.on else ""
+            groups.append(f"forward: {fwd.proto} port {fwd.port}{on} -> guest {fwd.to} {address}:{to_port}")
+
+
+# --- the planning step ---------------------------------------------------------------------------------
+
+
+def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, destroy: bool) -> None:
+    """Load the policy when it is missing, changed, or changed by someone else; remove it when unwanted."""
+    want = None if destroy else render(t, stretches)
+    have, record = b.s.ruleset, b.s.records.ruleset
+    if want is None:
+        if record is not None or have.tables:
+            why = "no longer in the topology" if have.tables else "gone already: only the record goes"
+            b.add(A.DeleteRuleset(why, t.table, (record.tables if record else frozenset()) | have.tables))
+        return
+    if not have.available:
+        b.error("ruleset", t.table, "nftables is not installed, and the guests' traffic policy needs it",
+                "apt-get install nftables")
+        return
+    if not have.tables:
+        b.add(A.CreateRuleset("missing", t.table, want.tables, want.document, want.digest, want.summary, want.groups))
+        return
+    if record is None:
+        why = "tables of this name not recorded as umlstate's (records lost?): loaded anew"
+    elif record.rendered != want.digest:
+        why = "the topology's policy changed"
+    elif have.tables != want.tables or have.listed != record.listed:
+        why = "changed outside umlstate (its listing is not the one loaded)"
+    else:
+        return
+    b.add(A.LoadRuleset(why, t.table, want.tables, want.document, want.digest, want.summary, want.groups))
