@@ -17,6 +17,8 @@ import json
 import random
 import secrets
 import socket
+import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,3 +291,74 @@ def test_the_policy_is_reconciled_and_leaves_other_tables_alone(farm: Farm) -> N
     tables = ns.run("nft", "list", "tables").stdout
     assert "umlstate" not in tables and "inet admin" in tables
     assert "chain keep" in ns.run("nft", "list", "table", "inet", "admin").stdout
+
+
+# --- 7. stretched bridges: VXLAN from the underlay --------------------------------------------------------
+
+UNDERLAY = {"alpha": "172.16.0.11", "beta": "172.16.0.12"}
+STRETCHED = """\
+name: {name}
+hosts:
+{hosts}subnets:
+  - {{name: guests, cidr: 172.16.99.0/24, gateway: 172.16.99.254}}
+switches:
+  - {{name: br0, kind: bridge, subnet: guests, vni: 4242}}
+guests:
+  - {{name: g1, user: nobody, host: alpha, disk: {{image: {tmp}/img}}, nics: [{{switch: br0, address: 172.16.99.1}}]}}
+  - {{name: g2, user: nobody, host: beta, disk: {{image: {tmp}/img}}, nics: [{{switch: br0, address: 172.16.99.2}}]}}
+"""
+
+
+def vxlan_packet(vni: int, inner_src: str) -> bytes:
+    """What a VXLAN peer sends in its UDP datagram: the 8-byte header, then the frame it carries."""
+    return struct.pack("!II", 0x08000000, vni << 8) + ether(BROADCAST, inner_src, 0x88B5, b"inner" * 10)
+
+
+def test_only_the_other_hosts_can_inject_into_a_stretched_bridge(tmp_path: Path) -> None:
+    lan = make_netns("umlstate-test-lan-")
+    hosts: dict[str, Netns] = {}
+    try:
+        lan.ip("link", "add", "lanbr", "type", "bridge")
+        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lanbr")
+        lan.ip("link", "set", "lanbr", "up")
+        for i, (name, address) in enumerate(UNDERLAY.items()):
+            ns = hosts[name] = make_netns()
+            ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", f"port{i}", "netns", lan.name)
+            ns.ip("addr", "add", f"{address}/16", "dev", "eth0")
+            ns.ip("link", "set", "eth0", "up")
+            lan.ip("link", "set", f"port{i}", "master", "lanbr", "up")
+        (tmp_path / "img").write_bytes(b"")
+        rows = "".join(f"  - {{name: {h}, underlay: {a}, run_dir: {tmp_path}/{h}/run, state_dir: {tmp_path}/{h}/state}}\n"
+                       for h, a in UNDERLAY.items())
+        path = tmp_path / "topology.yaml"
+        path.write_text(STRETCHED.format(name="v" + secrets.token_hex(3), hosts=rows, tmp=tmp_path))
+        for host, guest in (("alpha", "g1"), ("beta", "g2")):
+            for command in (("stop", str(path), guest), ("apply", str(path), "--yes")):
+                done = umlstate("--host", host, *command, netns=hosts[host].name)
+                assert done.returncode == 0, done.stdout + done.stderr
+        alpha = hosts["alpha"]
+        vxlan = alpha.json("-d", "link", "show", "vxlan4242")[0]
+        assert vxlan["linkinfo"]["info_data"].get("learning") is False
+
+        def send_from(ns: Netns, inner_src: str) -> None:
+            def make() -> int:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                return sock.detach()
+            with socket.socket(fileno=in_netns(ns.name, make)) as sock:
+                sock.sendto(vxlan_packet(4242, inner_src), (UNDERLAY["alpha"], 4789))
+
+        stranger, peer = "02:66:66:66:66:66", "02:12:12:12:12:12"
+        send_from(lan, stranger)  # a LAN machine (or a guest, or a local user) that knows the VNI
+        send_from(hosts["beta"], peer)  # the other host: its frames are the bridge's own traffic
+        learned: set[str] = set()
+        for _ in range(100):  # until the peer's frame, sent after the stranger's, has been learned
+            out = alpha.run("bridge", "-j", "fdb", "show", "br", "br0", "brport", "vxlan4242").stdout
+            learned = {e["mac"] for e in json.loads(out or "[]")}
+            if peer in learned:
+                break
+            time.sleep(0.05)
+        assert peer in learned
+        assert stranger not in learned
+    finally:
+        for ns in (*hosts.values(), lan):
+            remove_netns(ns)

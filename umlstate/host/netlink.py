@@ -338,6 +338,7 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:
         mac=mac,
         vni=u32(vxlan.get(IFLA_VXLAN_ID)),
         local=local,
+        learning=bool(u8(vxlan.get(IFLA_VXLAN_LEARNING))),
     ), u32(attrs.get(IFLA_MASTER)) or 0
 
 
@@ -377,8 +378,11 @@ class Batch:
 
     def create_vxlan(self, label: object, name: str, *, vni: int, local: ipaddress.IPv4Address, port: int,
                      bridge: str, group: int) -> None:
-        """ip link add NAME type vxlan id VNI local LOCAL dstport PORT learning master BRIDGE group GROUP up."""
-        data = (_u32(IFLA_VXLAN_ID, vni) + _ipv4(IFLA_VXLAN_LOCAL, local) + _nla(IFLA_VXLAN_LEARNING, b"\1")
+        """ip link add NAME type vxlan id VNI local LOCAL dstport PORT nolearning master BRIDGE group GROUP up.
+
+        No learning: a frame from the underlay never teaches the VXLAN where a MAC is (anyone who can send
+        UDP to the port could); unknown destinations flood to the other hosts' flood entries."""
+        data = (_u32(IFLA_VXLAN_ID, vni) + _ipv4(IFLA_VXLAN_LOCAL, local) + _nla(IFLA_VXLAN_LEARNING, b"\0")
                 + _nla(IFLA_VXLAN_PORT, struct.pack("!H", port)))
         body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + _nla(IFLA_IFNAME, name.encode() + b"\0")
                 + _nla(IFLA_LINKINFO, _nla(IFLA_INFO_KIND, b"vxlan") + _nla(IFLA_INFO_DATA, data))

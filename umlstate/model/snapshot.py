@@ -60,6 +60,7 @@ class Link:
     mac: str | None = None
     vni: int | None = None  # a VXLAN's id
     local: str | None = None  # a VXLAN's local underlay address
+    learning: bool = False  # a VXLAN that learns where MACs are from what the underlay sends it
 
     @property
     def is_tap(self) -> bool:

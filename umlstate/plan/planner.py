@@ -214,6 +214,7 @@ def _vxlans(t: Topology, wanted: Mapping[str, Stretch], b: Builder) -> None:
             drift = [w for w, bad in ((f"id {link.vni}, wanted {st.vni}", link.vni != st.vni),
                                       (f"local {link.local}, wanted {st.local}", link.local != str(st.local)),
                                       (f"on {master}, wanted {st.bridge}", link.master != st.bridge),
+                                      ("learning from the underlay", link.learning),
                                       ("down", not link.up)) if bad]
             if not drift:
                 _floods(name, st, b)

@@ -320,7 +320,7 @@ class CreateVxlan(_Named, Action):
 
     @property
     def detail(self) -> str:
-        return (f"ip link add {self.name} type vxlan id {self.vni} local {self.local} dstport {self.port} learning, "
+        return (f"ip link add {self.name} type vxlan id {self.vni} local {self.local} dstport {self.port} nolearning, "
                 f"master {self.bridge}, up")
 
     def simulate(self, s: Snapshot) -> Snapshot:
