@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,13 @@ MAX_SOCKET_PATH = 107
 # removes what it made there; it must have folders of its own.
 SYSTEM_FOLDERS = frozenset({"/", "/run", "/var/run", "/var", "/var/lib", "/tmp", "/var/tmp", "/etc", "/usr", "/home",
                             "/root", "/dev", "/proc", "/sys", "/srv", "/opt", "/boot", "/lib", "/bin", "/sbin"})
+
+
+# Kernel command line words umlstate writes itself, and the field each comes from: given again in args,
+# the guest would read two values (issue 18).
+OWN_WORDS = ((r"umlstate\.gw=", "the subnet's gateway"), (r"umlstate\.(eth|vec)[0-9]+=", "nics[].address"),
+             (r"umid=", "the guest's name"), (r"uml_dir=", "host.run_dir"), (r"mem=", "mem"),
+             (r"ubd0[rsc]*=", "disk"), (r"con1=", "the console umlstate makes"), (r"(eth|vec)[0-9]+[=:]", "nics"))
 
 
 @dataclass(frozen=True)
@@ -312,6 +320,11 @@ def _nics(t: Topology) -> Iterator[Problem]:
                 yield Problem(("guests", g, "nics", n),
                               f"guest {guest.name} eth{n} needs exactly one of 'switch' or 'tap'"
                               + (", not both" if nic.switch else ""))
+        for a, word in enumerate(guest.args):
+            field = next((f for pattern, f in OWN_WORDS if re.match(pattern, word)), None)
+            if field is not None:
+                yield Problem(("guests", g, "args", a), f"guest {guest.name} args repeat {word.split('=')[0]!r}, "
+                                                        f"which umlstate writes itself from {field}; set it there")
         size = _mem_bytes(guest.mem)
         if size < 16 << 20:
             yield Problem(("guests", g, "mem"), f"guest {guest.name} mem {guest.mem} is too small for "
