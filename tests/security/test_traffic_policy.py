@@ -18,6 +18,8 @@ import random
 import secrets
 import socket
 import struct
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from tapguest import (
     Sniffer,
     arp,
     attached,
+    checksum,
     ether,
     icmp_echo,
     in_netns,
@@ -362,3 +365,36 @@ def test_only_the_other_hosts_can_inject_into_a_stretched_bridge(tmp_path: Path)
     finally:
         for ns in (*hosts.values(), lan):
             remove_netns(ns)
+
+
+# --- 9. an impostor answering for a guest that is down --------------------------------------------------
+
+
+def test_an_impostor_cannot_answer_for_a_guest_that_is_down(secured: tuple[Farm, bool]) -> None:
+    """apply calls a guest ready when its address answers an echo: db is down, and web answers for it."""
+    farm, on = secured
+    with attached(farm.host.name, "web-0") as (web,):
+        stop = threading.Event()
+
+        def impostor() -> None:  # answers ARP and echo for db's 172.16.99.2, with its own MAC
+            while not stop.is_set():
+                try:
+                    frame = web.receive(lambda f: True, seconds=0.2)[-1]
+                except TimeoutError:
+                    continue
+                if is_arp_request_for(frame, "172.16.99.2"):
+                    web.send(arp(WEB, "172.16.99.2", "172.16.99.254", reply_to=frame[22:28].hex(":")))
+                elif is_ipv4(frame, 1, dst="172.16.99.2") and frame[34] == 8:
+                    echo = bytes([0, 0, 0, 0]) + frame[38:]
+                    echo = echo[:2] + struct.pack("!H", checksum(echo)) + echo[4:]
+                    web.send(ether(frame[6:12].hex(":"), WEB, ETH_P_IP, ipv4("172.16.99.2", "172.16.99.254", 1, echo)))
+
+        thread = threading.Thread(target=impostor)
+        thread.start()
+        try:
+            asked = farm.host.run(sys.executable, "-c", "from umlstate.host import icmp; "
+                                  "print(any(icmp.answers('172.16.99.2', 1.0) for _ in range(3)))")
+        finally:
+            stop.set()
+            thread.join()
+    assert asked.stdout.strip() == ("False" if on else "True")
