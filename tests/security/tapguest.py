@@ -72,7 +72,7 @@ class TapGuest:
         for frame in frames:
             os.write(self.fd, frame)
 
-    def receive(self, until: Callable[[bytes], bool], seconds: float = 5.0) -> list[bytes]:
+    def receive(self, until: Callable[[bytes], bool], seconds: float = 15.0) -> list[bytes]:
         """Frames from the host until one satisfies ``until`` (returned last), or the deadline."""
         return _read(lambda: os.read(self.fd, 65536), self.fd, until, seconds)
 
@@ -96,7 +96,7 @@ class Sniffer:
     def close(self) -> None:
         self.sock.close()
 
-    def receive(self, until: Callable[[bytes], bool], seconds: float = 5.0) -> list[bytes]:
+    def receive(self, until: Callable[[bytes], bool], seconds: float = 15.0) -> list[bytes]:
         return _read(lambda: self.sock.recv(65536), self.sock.fileno(), until, seconds)
 
 

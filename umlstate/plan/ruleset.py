@@ -71,14 +71,15 @@ def link_local(mac: str) -> str:
     return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + bytes(eui)))
 
 
-def _nics_behind(t: Topology, tap: str) -> list[tuple[Guest, int]]:
-    """The guest NICs whose frames come out of a declared tap: on it alone, or on the switch plugged into it."""
-    found = []
+def _nics_behind(t: Topology) -> dict[str, list[tuple[Guest, int]]]:
+    """Declared tap -> the guest NICs whose frames come out of it: on it alone, or on the switch plugged into it."""
+    found: dict[str, list[tuple[Guest, int]]] = {}
     for guest in t.guests:
         for i, nic in enumerate(guest.nics):
             switch = t.switch(nic.switch) if nic.switch else None
-            if nic.tap == tap or (switch is not None and switch.tap == tap):
-                found.append((guest, i))
+            tap = nic.tap or (switch.tap if switch is not None else None)
+            if tap is not None:
+                found.setdefault(tap, []).append((guest, i))
     return found
 
 
@@ -92,8 +93,9 @@ def ports(t: Topology) -> list[Port]:
         assert guest is not None
         if guest.nics[nt.nic].port_security:
             out.append(_port(t, nt.name, f"guest {guest.name} NIC {nt.nic}", [(guest, nt.nic)], declared=declared))
+    nics_behind = _nics_behind(t)
     for tap in t.taps:
-        behind = _nics_behind(t, tap.name)
+        behind = nics_behind.get(tap.name, [])
         if all(g.nics[i].port_security for g, i in behind):
             names = ", ".join(sorted({g.name for g, _ in behind})) or "none declared"
             out.append(_port(t, tap.name, f"tap {tap.name} (guests {names})", behind, declared=declared,
@@ -221,10 +223,10 @@ def guest_links(t: Topology) -> list[str]:
     return sorted({tap.name for tap in t.taps} | {b.name for b in t.bridges})
 
 
-def _server(t: Topology, subnet: str) -> str | None:
-    """The link that serves a subnet (validation: at most one)."""
+def _servers(t: Topology) -> dict[str, str]:
+    """Subnet -> the link that serves it (validation: at most one)."""
     servers = [(x.name, x.subnet) for x in t.taps] + [(x.name, x.subnet) for x in t.bridges]
-    return next((name for name, served in servers if served == subnet), None)
+    return {subnet: name for name, subnet in reversed(servers) if subnet is not None}
 
 
 def render(t: Topology, stretches: Mapping[str, Stretch]) -> Rendered | None:
@@ -250,7 +252,7 @@ def render(t: Topology, stretches: Mapping[str, Stretch]) -> Rendered | None:
             groups.append(f"isolated: bridge {bridge.name}'s guests reach the gateway, not each other")
     document = json.dumps({"nftables": doc.commands}, sort_keys=True, separators=(",", ":"))
     words = [f"port security on {len(secured)} port(s)"] if secured else []
-    subnets = [s for s in t.subnets if _server(t, s.name)]
+    subnets = [s for s in t.subnets if s.name in _servers(t)]
     if len(subnets) > 1:
         words.append(f"{len(subnets)} subnets apart" + ("" if not any(s.reach for s in subnets) else ", but reach"))
     words.append(f"host open to guests for echo{''.join(f', {s.proto}/{s.port}' for s in t.host.services)}")
@@ -330,10 +332,11 @@ def _inet(doc: _Document, t: Topology, links: list[str], stretches: Mapping[str,
     for link in links:
         doc.rule(family, "guest-forward", _is(_meta("iifname"), link), _is(_meta("oifname"), link),
                  DROP if link in isolated else ACCEPT)
+    servers = _servers(t)
     for subnet in t.subnets:
-        here = _server(t, subnet.name)
+        here = servers.get(subnet.name)
         for other in subnet.reach:
-            there = _server(t, other)
+            there = servers.get(other)
             if here and there:
                 doc.rule(family, "guest-forward", _is(_meta("iifname"), here), _is(_meta("oifname"), there), ACCEPT)
                 groups.append(f"reach: subnet {subnet.name} may open connections to subnet {other}")
