@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["farm"]  # the host + LAN + guests fixture, for end-to-end and reliability tests
+pytest_plugins = ["farm", "guestattack"]  # the host + LAN + guests fixture; a hostile guest's tools (e2e tests)
 IS_ROOT = os.geteuid() == 0
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="kernel tests need root (network namespaces, taps)")

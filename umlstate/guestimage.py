@@ -15,6 +15,8 @@ writes into the guest's kernel log (mconsole ``log``),
 ``umlstate.cad=ignore`` ignores it altogether, as a hung or odd init might; with
 ``umlstate.net=off`` it leaves its network alone, as an image unaware of umlstate would.
 A root shell waits on tty1, the console ``umlstate console`` attaches to.
+``build(..., extra={"bin/pkt": Path("pkt")})`` adds files of the caller's (the
+tests' packet tool for a hostile guest), each with its mode.
 
     python -m umlstate.guestimage /srv/uml/base.img
 """
@@ -25,7 +27,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 
 INIT = """#!/bin/sh
 # umlstate guest init: network from /proc/cmdline, clean power-off on cad.
@@ -79,11 +82,19 @@ else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
 """
 APPLETS = ("sh", "setsid", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps",
-           "dmesg")
+           "dmesg", "arping")
 
 
-def build(out: Path, size_mb: int = 8) -> Path:
-    """Write an ext2 image with busybox and the init above to ``out``."""
+def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None) -> Path:
+    """Write an ext2 image with busybox and the init above to ``out``.
+
+    ``extra`` maps a path in the image (``bin/pkt`` or ``/bin/pkt``) to a host file copied
+    there with its mode (folders made as needed, an applet link of that name replaced); the
+    image grows by their size.
+    """
+    extra = dict(extra or {})
+    places = {name: _place(name) for name in extra}
+    size_mb += -(-sum(Path(source).stat().st_size for source in extra.values()) // (1 << 20))
     busybox = shutil.which("busybox") or "/bin/busybox"
     if not Path(busybox).exists():
         raise SystemExit("busybox is not installed: apt-get install busybox-static")
@@ -98,11 +109,24 @@ def build(out: Path, size_mb: int = 8) -> Path:
         init = root / "sbin" / "init"
         init.write_text(INIT)
         init.chmod(0o755)
+        for name, source in extra.items():
+            target = root.joinpath(*places[name].parts)
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)  # never write through an applet's link into busybox
+            shutil.copy2(source, target)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.unlink(missing_ok=True)
         subprocess.run([mkfs, "-q", "-F", "-d", str(root), "-b", "1024", str(out), f"{size_mb}M"],
                        check=True, capture_output=True)
     return out
+
+
+def _place(name: str) -> PurePosixPath:
+    """A path inside the image, relative to its root; refused when it would leave it."""
+    place = PurePosixPath(name.lstrip("/"))
+    if not place.parts or any(part in ("", ".", "..") for part in place.parts):
+        raise ValueError(f"not a path inside the image: {name!r}")
+    return place
 
 
 if __name__ == "__main__":
