@@ -116,8 +116,8 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
         macs.append(mac)
         sources6.append(link_local(mac))
         net = t.subnet_of_nic(nic)
-        if nic.address is not None:
-            sources4.append(str(nic.address))
+        if nic.address is not None:  # and its other NICs' on the same subnet: Linux answers for them on any
+            sources4 += [str(o.address) for o in guest.nics if o.address is not None and t.subnet_of_nic(o) == net]
         elif net is not None:  # no address declared: any of its subnet's that is nobody else's
             sources4.append(str(net.cidr))
             forbidden4 |= {str(a) for a in declared if a in net.cidr and a != nic.address}
