@@ -128,6 +128,46 @@ def remove_netns(ns: Netns) -> None:
     sh("ip", "netns", "del", ns.name, check=False)
 
 
+@contextlib.contextmanager
+def host_and_lan() -> Iterator[tuple[Netns, Netns]]:
+    """A host namespace whose eth0 (172.16.0.1/16) is a veth to a LAN namespace's lan0 (172.16.0.2/16), like
+    the seed's LAN around the guests' 172.16.99.0/24; both removed afterwards, also on failure."""
+    host, lan = make_netns(), make_netns("umlstate-test-lan-")
+    try:
+        host.ip("link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan.name)
+        host.ip("addr", "add", "172.16.0.1/16", "dev", "eth0")
+        host.ip("link", "set", "eth0", "up")
+        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lan0")
+        lan.ip("link", "set", "lan0", "up")
+        yield host, lan
+    finally:
+        remove_netns(host)  # ends only the processes inside the namespaces made here
+        remove_netns(lan)
+
+
+@contextlib.contextmanager
+def hosts_on_lan(addresses: dict[str, str]) -> Iterator[tuple[Netns, dict[str, Netns]]]:
+    """Several host namespaces (name -> address in 172.16.0.0/16), each eth0 a port of one LAN bridge (its
+    uplink and VXLAN underlay), and the LAN namespace at 172.16.0.2; all removed afterwards."""
+    lan = make_netns("umlstate-test-lan-")
+    hosts: dict[str, Netns] = {}
+    try:
+        lan.ip("link", "add", "lanbr", "type", "bridge")
+        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lanbr")
+        lan.ip("link", "set", "lanbr", "up")
+        for i, (name, address) in enumerate(addresses.items()):
+            ns = hosts[name] = make_netns()
+            ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", f"port{i}", "netns", lan.name)
+            ns.ip("addr", "add", f"{address}/16", "dev", "eth0")
+            ns.ip("link", "set", "eth0", "up")
+            lan.ip("link", "set", f"port{i}", "master", "lanbr", "up")
+        yield lan, hosts
+    finally:
+        for ns in hosts.values():
+            remove_netns(ns)
+        remove_netns(lan)
+
+
 def remove_cgroups(topology: str) -> None:
     """The cgroups umlstate made for a topology of this test (umlstate/<name>-<digest>/<unit>), once empty."""
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()

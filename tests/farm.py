@@ -34,7 +34,7 @@ from umlstate.guestimage import build
 from umlstate.host import mconsole
 from umlstate.host.mconsole import MconsoleError
 
-from conftest import ROOT, Netns, make_netns, remove_cgroups, remove_netns, sh, umlstate
+from conftest import ROOT, Netns, host_and_lan, remove_cgroups, sh, umlstate
 
 TOPOLOGY = """\
 name: {name}
@@ -196,19 +196,12 @@ class Farm:
 
 @pytest.fixture
 def farm(tmp_path: Path, image: Path) -> Iterator[Farm]:
-    host, lan = make_netns(), make_netns("umlstate-test-lan-")
     group = "umlst-" + secrets.token_hex(3)
     try:
-        host.ip("link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan.name)
-        host.ip("addr", "add", "172.16.0.1/16", "dev", "eth0")
-        host.ip("link", "set", "eth0", "up")
-        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lan0")
-        lan.ip("link", "set", "lan0", "up")
-        made = Farm(host, lan, tmp_path, image, group)
-        yield made
+        with host_and_lan() as (host, lan):
+            made = Farm(host, lan, tmp_path, image, group)
+            yield made
     finally:
-        remove_netns(host)  # ends only the processes inside the namespaces made here
-        remove_netns(lan)
         sh("groupdel", group, check=False)
         if "made" in locals():
             remove_cgroups(made.name)

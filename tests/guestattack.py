@@ -37,6 +37,7 @@ from types import TracebackType
 import pytest
 
 from umlstate.guestimage import build
+from umlstate.host.icmp import checksum
 from umlstate.model.topology import nic_tap_name
 
 from conftest import ROOT, Netns
@@ -298,16 +299,6 @@ def random_mac() -> str:
     raw = bytearray(secrets.token_bytes(6))
     raw[0] = (raw[0] & 0xFC) | 0x02
     return mac_text(bytes(raw))
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def ethernet(dst: str, src: str, ethertype: int, payload: bytes) -> bytes:

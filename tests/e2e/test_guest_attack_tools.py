@@ -14,6 +14,8 @@ import ipaddress
 
 import pytest
 
+from umlstate.host.icmp import checksum
+
 from conftest import needs_root
 from farm import Farm
 from guestattack import (
@@ -21,7 +23,6 @@ from guestattack import (
     Frame,
     GuestShell,
     arp_sender_is,
-    checksum,
     claim,
     guest_nic,
     guest_port,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Netns, make_netns, remove_cgroups, remove_netns, sh, umlstate
+from conftest import Netns, hosts_on_lan, remove_cgroups, remove_netns, sh, umlstate
 
 pytestmark = [pytest.mark.slow]
 HOSTS = {"alpha": "172.16.0.11", "beta": "172.16.0.12", "gamma": "172.16.0.13"}
@@ -66,25 +66,12 @@ guests:
 
 @pytest.fixture
 def farm3(tmp_path: Path, image: Path) -> Iterator[Farm3]:
-    lan = make_netns("umlstate-test-lan-")
-    hosts: dict[str, Netns] = {}
     group = "umlst-" + secrets.token_hex(3)
     try:
-        lan.ip("link", "add", "lanbr", "type", "bridge")
-        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lanbr")
-        lan.ip("link", "set", "lanbr", "up")
-        for i, (name, address) in enumerate(HOSTS.items()):
-            ns = hosts[name] = make_netns()
-            ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", f"port{i}", "netns", lan.name)
-            ns.ip("addr", "add", f"{address}/16", "dev", "eth0")
-            ns.ip("link", "set", "eth0", "up")
-            lan.ip("link", "set", f"port{i}", "master", "lanbr", "up")
-        name = "h" + secrets.token_hex(3)
-        yield Farm3(lan, hosts, tmp_path, image, group, name)
+        with hosts_on_lan(HOSTS) as (lan, hosts):
+            name = "h" + secrets.token_hex(3)
+            yield Farm3(lan, hosts, tmp_path, image, group, name)
     finally:
-        for ns in hosts.values():
-            remove_netns(ns)
-        remove_netns(lan)
         sh("groupdel", group, check=False)
         if "name" in locals():
             remove_cgroups(name)

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from umlstate.host.icmp import checksum
+
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
@@ -144,15 +146,6 @@ def arp(src_mac: str, src_ip: str, dst_ip: str, *, reply_to: str | None = None, 
     body = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, op) + mac(src_mac) + ip4(src_ip)
     body += (mac(reply_to) if reply_to else bytes(6)) + ip4(dst_ip)
     return ether(reply_to or BROADCAST, frame_src or src_mac, ETH_P_ARP, body)
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
 
 
 def ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:

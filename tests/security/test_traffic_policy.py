@@ -32,7 +32,6 @@ from tapguest import (
     Sniffer,
     arp,
     attached,
-    checksum,
     ether,
     icmp_echo,
     in_netns,
@@ -43,7 +42,9 @@ from tapguest import (
     tcp_syn,
 )
 
-from conftest import Netns, make_netns, needs_root, remove_netns, umlstate
+from umlstate.host.icmp import checksum
+
+from conftest import Netns, host_and_lan, hosts_on_lan, needs_root, umlstate
 
 pytestmark = [needs_root, pytest.mark.kernel]
 
@@ -89,13 +90,7 @@ class Farm:
 
 
 def make_farm(tmp: Path, *, security: bool = True, reach: str = "[]") -> Iterator[Farm]:
-    host, lan = make_netns(), make_netns("umlstate-test-lan-")
-    try:
-        host.ip("link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan.name)
-        host.ip("addr", "add", "172.16.0.1/16", "dev", "eth0")
-        host.ip("link", "set", "eth0", "up")
-        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lan0")
-        lan.ip("link", "set", "lan0", "up")
+    with host_and_lan() as (host, lan):
         (tmp / "img").write_bytes(b"")
         name = "p" + secrets.token_hex(3)
         path = tmp / "topology.yaml"
@@ -106,9 +101,6 @@ def make_farm(tmp: Path, *, security: bool = True, reach: str = "[]") -> Iterato
             farm.cli("stop", guest)  # held down: no kernel boots, the taps and the policy are made all the same
         farm.cli("apply", "--yes")
         yield farm
-    finally:
-        remove_netns(host)
-        remove_netns(lan)
 
 
 @pytest.fixture
@@ -318,18 +310,7 @@ def vxlan_packet(vni: int, inner_src: str) -> bytes:
 
 
 def test_only_the_other_hosts_can_inject_into_a_stretched_bridge(tmp_path: Path) -> None:
-    lan = make_netns("umlstate-test-lan-")
-    hosts: dict[str, Netns] = {}
-    try:
-        lan.ip("link", "add", "lanbr", "type", "bridge")
-        lan.ip("addr", "add", "172.16.0.2/16", "dev", "lanbr")
-        lan.ip("link", "set", "lanbr", "up")
-        for i, (name, address) in enumerate(UNDERLAY.items()):
-            ns = hosts[name] = make_netns()
-            ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", f"port{i}", "netns", lan.name)
-            ns.ip("addr", "add", f"{address}/16", "dev", "eth0")
-            ns.ip("link", "set", "eth0", "up")
-            lan.ip("link", "set", f"port{i}", "master", "lanbr", "up")
+    with hosts_on_lan(UNDERLAY) as (lan, hosts):
         (tmp_path / "img").write_bytes(b"")
         rows = "".join(f"  - {{name: {h}, underlay: {a}, run_dir: {tmp_path}/{h}/run, state_dir: {tmp_path}/{h}/state}}\n"
                        for h, a in UNDERLAY.items())
@@ -362,9 +343,6 @@ def test_only_the_other_hosts_can_inject_into_a_stretched_bridge(tmp_path: Path)
             time.sleep(0.05)
         assert peer in learned
         assert stranger not in learned
-    finally:
-        for ns in (*hosts.values(), lan):
-            remove_netns(ns)
 
 
 # --- 9. an impostor answering for a guest that is down --------------------------------------------------

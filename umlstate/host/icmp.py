@@ -19,7 +19,8 @@ ECHO_REQUEST, ECHO_REPLY = 8, 0
 _HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ICMP and the IP family's headers."""
     if len(data) % 2:
         data += b"\0"
     total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -33,7 +34,7 @@ def answers(address: str, timeout: float = 0.5) -> bool:
     ident, seq = os.getpid() & 0xFFFF, int(time.monotonic() * 1000) & 0xFFFF
     payload = b"umlstate"
     packet = _HEADER.pack(ECHO_REQUEST, 0, 0, ident, seq) + payload
-    packet = _HEADER.pack(ECHO_REQUEST, 0, _checksum(packet), ident, seq) + payload
+    packet = _HEADER.pack(ECHO_REQUEST, 0, checksum(packet), ident, seq) + payload
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
