@@ -255,7 +255,7 @@ def test_json_logs_one_event_per_action_and_a_quiet_no_op(host_with_uplink: Netn
     assert applied.returncode == 0
     events = [json.loads(line) for line in applied.stderr.splitlines()]
     actions = [e for e in events if e["event"] == "action"]
-    assert len(actions) == 4 and all({"op", "kind", "target", "reason", "timestamp"} <= set(e) for e in actions)
+    assert len(actions) == 5 and all({"op", "kind", "target", "reason", "timestamp"} <= set(e) for e in actions)
     assert [e["result"] for e in events if e["event"] == "run"] == ["converged"]
 
     again = umlstate("--log-format", "json", "apply", str(path), "--yes", netns=ns)

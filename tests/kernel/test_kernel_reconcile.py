@@ -124,7 +124,7 @@ def test_plan_apply_verify_and_inspect_with_iproute2(lab: Lab) -> None:
     before = lab.state()
     plan = lab.run("plan", "--detailed-exitcode")
     assert plan.returncode == 2, plan.stderr
-    assert "Plan: 11 to add, 6 to change, 0 to destroy." in plan.stdout
+    assert "Plan: 12 to add, 6 to change, 0 to destroy." in plan.stdout  # the traffic policy too
 
     applied = lab.run("apply", "--yes")
     assert applied.returncode == 0, applied.stderr
@@ -224,7 +224,7 @@ def test_plan_json_follows_the_schema_and_a_saved_plan_refuses_a_changed_host(la
     schema = json.loads((ROOT / "schemas" / "plan.schema.json").read_text())
     jsonschema.validate(data, schema)
     assert data["format_version"] == 1 and data["netns"] == lab.ns.name
-    assert data["summary"] == {"add": 11, "change": 6, "destroy": 0}
+    assert data["summary"] == {"add": 12, "change": 6, "destroy": 0}
     assert [a["kind"] for a in data["actions"]][:3] == ["group", "group", "tun-device"]
 
     saved = lab.tmp / "plan.json"
