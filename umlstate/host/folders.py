@@ -12,12 +12,17 @@ a link or a swapped folder the user plants is refused, never followed.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from dataclasses import dataclass
+
+import structlog
 
 from umlstate.host.safefs import Dir, UnsafePath, check_trusted_folder
 from umlstate.host.users import primary_gid, uid_of
 from umlstate.model.topology import USERS_DIR, Topology
+
+log = structlog.get_logger("umlstate")
 
 LOGS_DIR = "logs"
 
@@ -88,7 +93,13 @@ class Folders:
                 home.unlink("uml", kinds=("file", "socket", "fifo", "link"))
                 return
             with home.sub("uml") as uml:
-                uml.remove_tree(guest)
+                try:
+                    uml.remove_tree(guest)
+                except UnsafePath as exc:  # nested too deep, too full, a mount: set aside, the guest starts afresh
+                    aside = f".{guest}.stale-{secrets.token_hex(4)}"
+                    os.rename(guest, aside, src_dir_fd=uml.fd, dst_dir_fd=uml.fd)
+                    log.warning("umid folder set aside", guest=guest, folder=f"{uml.path}/{aside}",
+                                why=exc.problem, fix=f"its user may remove it: rm -r {uml.path}/{aside}")
 
     def remove_user(self, user: str) -> None:
         """A user's whole folder, once nothing of theirs runs (destroy)."""

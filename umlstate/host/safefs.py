@@ -478,7 +478,8 @@ class Dir:
         removed, never followed; a mount point inside stops the removal. Each folder is first made
         root's with mode 0700, so its user can no longer add entries there, not even through a
         descriptor or working directory kept open. More than `max_entries` entries or `max_depth`
-        levels is UnsafePath; what was removed by then stays removed, folders entered stay root's.
+        levels is UnsafePath; what was removed by then stays removed, and every folder still there is
+        handed back to its owner with its mode, so root leaves nothing its user can no longer remove.
         """
         st = self.lstat(name)
         if st is None:
@@ -497,6 +498,14 @@ class Dir:
                              f"unmount it: umount {self.path}")
         os.fchown(self.fd, 0, 0)
         os.fchmod(self.fd, 0o700)
+        try:
+            self._empty_owned(dev, budget, depth_left)
+        except BaseException:
+            os.fchown(self.fd, st.st_uid, st.st_gid)
+            os.fchmod(self.fd, stat.S_IMODE(st.st_mode))
+            raise
+
+    def _empty_owned(self, dev: int, budget: _Budget, depth_left: int) -> None:
         for _ in range(_REMOVE_PASSES):
             names = _scan(self.fd, budget.left + 1)  # one more than allowed shows the budget is too small
             if not names:
