@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from umlstate.apply.boot import BOOT_TIMEOUT
-from umlstate.apply.executor import Executor
+from umlstate.apply.executor import ApplyFailed, Executor, preflight_failures
 from umlstate.errors import (
     ConflictError,
     HostError,
@@ -112,6 +112,8 @@ class Reconciler:
                 raise StalePlanError("the host changed since this plan was saved; run `umlstate plan --out` again")
             _refuse(p)
             if not p.actions:
+                if p.guest_blockers:
+                    raise ApplyFailed([], preflight_failures(p), [])
                 log.debug("run", result="in sync", actions=0)
                 return Outcome(p, (), 0.0, snapshot)
             if confirm is not None:
@@ -221,9 +223,9 @@ class Reconciler:
 
 
 def _refuse(p: Plan) -> None:
-    """Errors and conflicts stop a pass before its first change."""
-    if p.blockers:
-        raise PreflightError(list(p.blockers))
+    """Host-wide errors and conflicts stop a pass before its first change; one guest's errors stop that guest."""
+    if p.host_blockers:
+        raise PreflightError(list(p.host_blockers))
     if p.conflicts:
         lines = [f"  - {c.kind} {c.target}: {c.problem}; {c.fix}" for c in p.conflicts]
         hint = "rerun with --adopt to take over the adoptable ones" if any(c.adoptable for c in p.conflicts) \

@@ -193,6 +193,7 @@ def test_apply_returns_when_guests_answer_and_names_one_that_never_does(farm: Fa
                                                        "args: [umlstate.net=off]"))
     stuck = farm.cli("apply", "--yes", "--wait-timeout", "8")
     assert stuck.returncode == 1
-    assert "not ready within 8s (apply --wait-timeout); guest web did not answer at 172.16.99.1" in stuck.stderr
+    assert "guest web not ready within 8s (apply --wait-timeout): it did not answer at 172.16.99.1" in stuck.stderr
+    assert "failed: create guest web" in stuck.stderr and "guest db" not in stuck.stderr.split("failed:")[1]
     assert "umlstate.<if>= on /proc/cmdline" in stuck.stderr
     assert farm.cli("apply", "--yes", "--no-wait").returncode == 0, "--no-wait: booted is enough"

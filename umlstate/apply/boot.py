@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from umlstate.errors import ActionError
 from umlstate.host import icmp, logs, mconsole, processes
 from umlstate.model.snapshot import Proc
 from umlstate.plan import actions as A
@@ -56,16 +55,15 @@ class BootWait:
     def pending(self) -> bool:
         return bool(self._booting)
 
-    @property
-    def last(self) -> A.AnyAction:
-        """The action blamed when booting fails: the last start."""
-        return list(self._booting.values())[-1].action
-
     def add(self, name: str, proc: Proc, mconsole_path: str | None, offset: int, action: A.AnyAction) -> None:
         self._booting[name] = _Booting(proc, mconsole_path, offset, action)
 
-    def wait(self, logs_fd: int) -> None:
-        """Until every guest started in this pass answers; ActionError with its log when one cannot."""
+    def wait(self, logs_fd: int) -> list[tuple[A.AnyAction, str]]:
+        """Until every guest started in this pass answers, or cannot: (the action that started it, why, with
+        its log) for those that cannot. One guest's failure never stops the wait for the others."""
+        failed: dict[str, str] = {}
+        if not self._booting:
+            return []
         began = time.monotonic()
         deadline = began + self.timeout
         waiting = dict(self._booting)
@@ -76,8 +74,10 @@ class BootWait:
                 for name, boot in list(waiting.items()):
                     output = logs.read_since(logs_fd, name, boot.offset)
                     if not processes.alive(boot.proc) or "Kernel panic" in output:
-                        raise ActionError(f"guest {name} exited right after it started; "
-                                          + logs.failure_report(logs_fd, name))
+                        failed[name] = f"guest {name} exited right after it started; " + logs.failure_report(
+                            logs_fd, name)
+                        del waiting[name]
+                        continue
                     if name not in answered and boot.mconsole and mconsole.answers(boot.mconsole, owner=boot.proc.uid,
                                                                                   timeout=0.2):
                         answered[name] = time.monotonic()
@@ -93,20 +93,21 @@ class BootWait:
                                  answering=f", answering at {', '.join(told)}" if told else "")
                         del waiting[name]
                 if waiting and time.monotonic() > deadline:
-                    name = sorted(waiting)[0]
-                    what = ("did not answer at " + ", ".join(addresses_of(waiting[name].proc.argv))
-                            if name in booted else "did not boot")
-                    raise ActionError(f"guest(s) {', '.join(sorted(waiting))} not ready within {self.timeout:g}s "
-                                      f"(apply --wait-timeout); guest {name} {what}: "
-                                      + logs.failure_report(logs_fd, name)
-                                      + ("\n  hint: the guest's init must configure its network from "
-                                         "umlstate.<if>= on /proc/cmdline (README: Guests)" if name in booted else ""))
+                    for name in sorted(waiting):
+                        what = ("did not answer at " + ", ".join(addresses_of(waiting[name].proc.argv))
+                                if name in booted else "did not boot")
+                        failed[name] = (f"guest {name} not ready within {self.timeout:g}s (apply --wait-timeout): "
+                                        f"it {what}: " + logs.failure_report(logs_fd, name)
+                                        + ("\n  hint: the guest's init must configure its network from umlstate."
+                                           "<if>= on /proc/cmdline (README: Guests)" if name in booted else ""))
+                    waiting.clear()
                 if waiting:
                     if self.progress:
                         took = time.monotonic() - began
                         sys.stderr.write(f"\r  booting {', '.join(sorted(waiting))} ... {took:.1f}s \x1b[K")
                         sys.stderr.flush()
                     time.sleep(0.1)
+            return [(self._booting[name].action, why) for name, why in sorted(failed.items())]
         finally:
             self._clear_line()
             self._booting.clear()

@@ -37,6 +37,7 @@ from umlstate.host.users import gid_of, primary_gid, uid_of
 from umlstate.model.snapshot import Proc, Records, RulesetRecord, Snapshot, unit_of
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
+from umlstate.plan import graph
 from umlstate.plan.cmdline import PROGRAM_PACKAGES
 from umlstate.plan.result import Plan
 
@@ -54,14 +55,15 @@ class Result:
 
 
 class ApplyFailed(ActionError):
-    def __init__(self, cause: str, done: list[A.AnyAction], failed: A.AnyAction, left: list[A.AnyAction]) -> None:
-        self.done, self.failed, self.left = done, failed, left
-        lines = [f"failed: {failed.op} {failed.kind} {failed.target}: {cause}",
-                 f"done before the failure: {len(done)} action(s)"]
-        lines += [f"  ok   {a.kind} {a.target}: {a.detail}" for a in done[-10:]]
-        if len(done) > 10:
-            lines.insert(2, f"  ... {len(done) - 10} earlier")
-        lines.append(f"not done: {len(left) + 1} action(s), starting with {failed.kind} {failed.target}")
+    """Some actions failed; what needed them was skipped; everything else was done."""
+
+    def __init__(self, done: list[A.AnyAction], failed: list[tuple[str, str]],
+                 skipped: list[tuple[A.AnyAction, str]]) -> None:
+        """``failed``: (what, why); an action's what is "op kind target", a guest preflight stopped "guest NAME"."""
+        self.done, self.failed, self.skipped = done, failed, skipped
+        lines = [f"failed: {what}: {cause}".replace("\n", "\n  ") for what, cause in failed]
+        lines += [f"not done: {a.op} {a.kind} {a.target}: it needs {blocker}, which failed" for a, blocker in skipped]
+        lines.append(f"done: {len(done)} action(s); everything that did not need a failed one went on")
         lines.append("run `umlstate apply` again once the cause is fixed: it continues from the host as it is")
         super().__init__("\n".join(lines))
 
@@ -80,6 +82,9 @@ class Executor:
         self.records = Records()  # as last saved: process records are added as processes start
         self.spawned: dict[str, Proc] = {}
         self.ruleset: RulesetRecord | None = None  # the policy as nftables listed it back after loading
+        self.failed: list[tuple[str, str]] = []
+        self.skipped: list[tuple[A.AnyAction, str]] = []
+        self.broken: dict[str, str] = {}  # resource -> the failed resource it is broken by (itself when it failed)
         self._folders: folders.Folders | None = None
 
     # --- the pass ------------------------------------------------------------------------
@@ -95,44 +100,49 @@ class Executor:
         self._save(_union(observed.records, final.records, creating))
         in_group = frozenset(name for name, link in observed.links.items() if link.group == self.t.link_group)
         steps = schedule(plan.actions, in_group)
-        left = list(plan.actions)
+        self.failed += preflight_failures(plan)
         try:
             for step in steps:
                 match step:
                     case Batch(actions=batch):
-                        self._send(batch, left)
+                        self._send(batch)
                     case GroupDelete(actions=deletions):
-                        self._attempt(deletions[0], left, lambda: self.nl.delete_group(self.t.link_group))
-                        for action in deletions:
-                            self._done(action, left)
+                        if self._attempt(deletions[0], lambda: self.nl.delete_group(self.t.link_group)):
+                            for action in deletions:
+                                self._done(action)
                     case Single(action=action):
-                        self._attempt(action, left, partial(self._carry_out, action))
-                        self._done(action, left)
+                        if self._ready_to(action) and self._attempt(action, partial(self._carry_out, action)):
+                            self._done(action)
                     case Stops(actions=stops):
-                        self._stop_together(stops, left)
+                        self._stop_together(stops)
                     case _:
                         assert_never(step)
             if self.boot.pending:
-                self._attempt(self.boot.last, left, partial(self.boot.wait, self._logs_fd))
+                for action, cause in self.boot.wait(self._logs_fd):
+                    self._fail(action, cause)
         finally:
             self.close()
         self._save(replace(final.records, pending_taps=frozenset(), boot_id=observed.boot_id,
                            processes=self._running(observed, final),
                            ruleset=self.ruleset if final.records.ruleset and self.ruleset else final.records.ruleset))
         self.result.seconds = time.monotonic() - start
+        if self.failed:
+            raise ApplyFailed(self.result.done, self.failed, self.skipped)
         return self.result
 
-    def _stop_together(self, stops: tuple[A.StopGuest | A.ReplaceGuest, ...], left: list[A.AnyAction]) -> None:
+    def _stop_together(self, stops: tuple[A.StopGuest | A.ReplaceGuest, ...]) -> None:
         """Each guest's own shutdown runs at the same time as the others'; then the replaced ones start."""
         self._ready()  # the folders, once, before the threads
         halts = {a: a if isinstance(a, A.StopGuest) else a.stop for a in stops}
         with ThreadPoolExecutor(max_workers=min(16, len(stops))) as pool:
             running = {a: pool.submit(self.stop_guest, halt.name, halt.proc) for a, halt in halts.items()}
-        for action, future in running.items():  # in plan order: the first failure is reported
-            self._attempt(action, left, future.result)
-            if isinstance(action, A.ReplaceGuest):
-                self._attempt(action, left, partial(self._start_guest, action.start))
-            self._done(action, left)
+        for action, future in running.items():  # in plan order
+            if not self._attempt(action, future.result):
+                continue
+            if isinstance(action, A.ReplaceGuest) and not (
+                    self._ready_to(action) and self._attempt(action, partial(self._start_guest, action.start))):
+                continue
+            self._done(action)
 
     def close(self) -> None:
         """The folder descriptors a pass opened (run_dir/users, state_dir/logs)."""
@@ -146,23 +156,37 @@ class Executor:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _attempt(self, action: A.AnyAction, left: list[A.AnyAction], work: Callable[[], object]) -> None:
+    def _attempt(self, action: A.AnyAction, work: Callable[[], object]) -> bool:
+        """Carry out ``work`` for ``action``; a failure is recorded (and breaks what it provides), not raised."""
         try:
             work()
         except (ActionError, HostError, OSError) as exc:
             cause = str(exc) if not isinstance(exc, OSError) else exc.strerror or str(exc)
-            self._fail(action, cause, left)
+            self._fail(action, cause)
+            return False
+        return True
 
-    def _fail(self, action: A.AnyAction, cause: str, left: list[A.AnyAction]) -> None:
+    def _fail(self, action: A.AnyAction, cause: str) -> None:
         log.error("action failed", op=action.op, kind=action.kind, target=action.target, error=cause)
-        rest = [a for a in left if a is not action]
-        raise ApplyFailed(cause, self.result.done, action, rest) from None
+        self.failed.append((f"{action.op} {action.kind} {action.target}", cause))
+        for resource in graph.provides(action):
+            self.broken.setdefault(resource, f"{action.kind} {action.target}")
 
-    def _done(self, action: A.AnyAction, left: list[A.AnyAction]) -> None:
+    def _ready_to(self, action: A.AnyAction) -> bool:
+        """False, and the action skipped, when it needs something a failed or skipped action provides."""
+        blocker = next((self.broken[r] for r in sorted(graph.needs(action, self.t)) if r in self.broken), None)
+        if blocker is None:
+            return True
+        log.warning("action skipped", op=action.op, kind=action.kind, target=action.target, needs=blocker)
+        self.skipped.append((action, blocker))
+        for resource in graph.provides(action):
+            self.broken.setdefault(resource, blocker)
+        return False
+
+    def _done(self, action: A.AnyAction) -> None:
         log.info("action", op=action.op, kind=action.kind, target=action.target, detail=action.detail,
                  reason=action.reason)
         self.result.done.append(action)
-        left.remove(action)
         if self.crash_after is not None and len(self.result.done) >= self.crash_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -190,28 +214,26 @@ class Executor:
 
     # --- the kernel, in bulk ---------------------------------------------------------------
 
-    def _send(self, batch: tuple[Batchable, ...], left: list[A.AnyAction]) -> None:
+    def _send(self, batch: tuple[Batchable, ...]) -> None:
         """Queue each request (creating taps by ioctl on the way), send, record each acked action."""
         requests = netlink.Batch()
         for action in batch:
+            if not self._ready_to(action):
+                continue
             match action:
                 case A.CreateTap():
-                    self._attempt(action, left, partial(self._make_tap, action, requests))
+                    self._attempt(action, partial(self._make_tap, action, requests))
                 case _:
-                    self._queue(action, requests)
+                    self._attempt(action, partial(self._queue, action, requests))
         limit = None
         if self.crash_after is not None:  # the test hook stops at the exact action count
             limit = max(0, self.crash_after - len(self.result.done))
-        failed: list[tuple[Batchable, int]] = []
         for label, code in requests.send(limit):
             acked = next(a for a in batch if a is label)
             if code:
-                failed.append((acked, code))
+                self._fail(acked, f"{acked.detail}: {os.strerror(code)}")
             else:
-                self._done(acked, left)
-        if failed:
-            refused, code = failed[0]
-            self._fail(refused, f"{refused.detail}: {os.strerror(code)}", left)
+                self._done(acked)
 
     def _make_tap(self, a: A.CreateTap, requests: netlink.Batch) -> None:
         """ioctls now; the mark (ifalias, link group) queued, acked under this action's name."""
@@ -450,6 +472,12 @@ class Executor:
         proc = subprocess.run([path, *args], capture_output=True, text=True, check=False, timeout=60)
         if proc.returncode not in (0, already):
             raise ActionError(f"{program} {' '.join(args)}: {proc.stderr.strip()[:500] or f'exit {proc.returncode}'}")
+
+
+def preflight_failures(plan: Plan) -> list[tuple[str, str]]:
+    """The guests the plan does not start because of their own errors, as failures of the pass."""
+    return [(f"guest {f.target}", f"not started: {f.problem}" + (f"\n  to fix: {f.fix}" if f.fix else ""))
+            for f in plan.guest_blockers]
 
 
 def _serves(socket: str) -> bool:

@@ -378,9 +378,10 @@ def _switches(t: Topology, b: Builder) -> None:
 
 
 def _guests(t: Topology, b: Builder) -> None:
+    broken = {f.target for f in b.blockers if f.kind == "guest"}  # its own errors: not started, the rest goes on
     for guest in sorted(t.guests, key=lambda g: g.name):
         _end_guest_leftovers(guest.name, b)
-        if guest.name in b.s.records.held or b.s.programs.get(guest.kernel, "") is None:
+        if guest.name in b.s.records.held or guest.name in broken:
             continue
         kernel = cmdline.resolved(b.s.programs, guest.kernel)
         wires = cmdline.wires_of(t, guest, b.s.kernels.get(kernel))

@@ -94,10 +94,9 @@ def _stale_cow(guest: Guest, cow: str, b: Builder) -> None:
         ("modified", _utc(header.base_mtime), _utc(header.now_mtime)),
         ("size", header.base_size, header.now_size)) if was != now)
     problem = f"guest {guest.name}'s COW file {cow} was made from an earlier {guest.disk.base} ({changed})"
-    keep = ("put the old base back" if header.now_size != header.base_size else
-            f"put the old base back, or only its time: touch -d @{header.base_mtime} {guest.disk.base}")
-    fix = (f"move {cow} away to boot afresh from the new base (the guest's own changes in it are lost), "
-           f"or, to keep them, {keep}")
+    # Never a change to the base: other guests share it, and the header is the guest user's to write.
+    fix = (f"move {cow} away to boot guest {guest.name} afresh from {guest.disk.base} as it is now (the guest's "
+           "own changes in it are lost); other guests are not affected")
     if running:
         b.warn("guest", guest.name, f"{problem}: it runs now, but UML will refuse to boot it again", fix)
     else:

@@ -38,6 +38,16 @@ class Plan:
         }
 
     @property
+    def host_blockers(self) -> tuple[Finding, ...]:
+        """Errors that stop the whole pass (the tun device, a user, a program): nothing may run."""
+        return tuple(f for f in self.blockers if f.kind != "guest")
+
+    @property
+    def guest_blockers(self) -> tuple[Finding, ...]:
+        """Errors of one guest (its kernel, disk, COW file, NICs): that guest is not started, the rest goes on."""
+        return tuple(f for f in self.blockers if f.kind == "guest")
+
+    @property
     def in_sync(self) -> bool:
         return not self.actions and not self.conflicts and not self.blockers
 
