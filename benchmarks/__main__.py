@@ -21,7 +21,8 @@ and on sid's vector-only 7.2 where scripts/fetch-vector-kernel can get it);
 a farm of 12 guests on one bridge stretched over three hosts (namespaces on a
 LAN bridge, each host applying its own slice) against the same on one host;
 watch mode's repair time for a deleted tap, a killed switch and a panicked
-guest; and `umlstate stop` of one guest and `destroy` of three, busybox guests
+guest; the traffic policy's share of a 1000-tap apply, and TCP from the LAN
+into a guest with the policy and with its tables deleted; and `umlstate stop` of one guest and `destroy` of three, busybox guests
 and (--debian) Debian ones, one whose init powers off on ctrl-alt-del and a
 stock one that reboots.
 """
@@ -43,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +268,74 @@ def bench_farm(k: int, repeat: int, folder: Path, image: Path, group: str) -> di
                 timed([PY, "-m", "umlstate", "--netns", host, "destroy", str(farm_topology(k, run, image, group)),
                        "--yes"])
     return {"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
+
+
+def policy_share(n: int, folder: Path) -> dict[str, float]:
+    """One apply of n taps with JSON logs: the whole command, and the traffic policy's own load (from the
+    timestamps of its action event and the one before it): the apply without it is the difference."""
+    topology = taps_topology(n, folder)
+    with namespace() as ns:
+        uplink(ns)
+        hold_guests(topology, ns, n)
+        start = time.perf_counter()
+        done = sh(PY, "-m", "umlstate", "--netns", ns, "--log-format", "json", "apply", str(topology), "--yes")
+        seconds = time.perf_counter() - start
+        stamps = [(e.get("kind"), datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp())
+                  for line in done.stderr.splitlines() if line.startswith("{")
+                  for e in [json.loads(line)] if e.get("event") == "action"]
+        at = next(i for i, (kind, _) in enumerate(stamps) if kind == "ruleset")
+        policy = stamps[at][1] - stamps[at - 1][1]
+        sh(PY, "-m", "umlstate", "--netns", ns, "destroy", str(topology), "--yes")
+    shutil.rmtree(folder / f"state-{n}", ignore_errors=True)
+    return {"apply": seconds, "policy": policy, "without_policy": seconds - policy}
+
+
+SENDER = """
+import socket, sys, time
+data = bytes(1 << 16)
+total = int(sys.argv[2])
+start = time.perf_counter()
+with socket.create_connection((sys.argv[1], 5001), timeout=30) as s:
+    for _ in range(total // len(data)):
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)  # the guest's nc closes once it has read everything
+print(total / (time.perf_counter() - start) / 1e6)
+"""
+
+
+def bench_policy(repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
+    """The traffic policy's cost: its share of a 1000-tap apply; TCP from the LAN into a guest behind uml_switch,
+    through the policy and with its tables deleted (the same guest, alternating)."""
+    raw: dict[str, list[float]] = {"apply_1000": [], "policy_1000": [], "without_policy_1000": [],
+                                   "tcp_with_policy_mbs": [], "tcp_without_policy_mbs": []}
+    for _ in range(repeat):
+        share = policy_share(1000, folder)
+        for key in ("apply", "policy", "without_policy"):
+            raw[f"{key}_1000"].append(share[key])
+    run = folder / "policy-tcp"
+    run.mkdir()
+    run.chmod(0o755)
+    path = farm_topology(1, run, image, group)  # uml_switch: the vector tap drops GRO-merged frames (see README)
+    path.write_text(path.read_text().replace(", nics:", ", args: [umlstate.sink=5001], nics:", 1))
+    with lan_pair() as (host, lan):
+        sh(PY, "-m", "umlstate", "--netns", host, "apply", str(path), "--yes")
+        until_pings(lan, ["172.16.99.1"])
+        table_name = "umlstate-farm"
+        for _ in range(repeat):
+            for with_policy in (True, False):
+                if not with_policy:
+                    for family in ("netdev", "inet"):
+                        sh("ip", "netns", "exec", host, "nft", "delete", "table", family, table_name, check=False)
+                sent = sh("ip", "netns", "exec", lan, "python3", "-c", SENDER, "172.16.99.1", str(64 << 20),
+                          check=False)
+                if sent.returncode:
+                    raise SystemExit(f"benchmark: TCP into the guest failed: {sent.stderr.strip()[-300:]}")
+                raw["tcp_with_policy_mbs" if with_policy else "tcp_without_policy_mbs"].append(float(sent.stdout))
+                if not with_policy:
+                    sh(PY, "-m", "umlstate", "--netns", host, "apply", str(path), "--yes")  # loads it again
+        sh(PY, "-m", "umlstate", "--netns", host, "destroy", str(path), "--yes")
+    return {"raw": raw, "median": {k: statistics.median(v) for k, v in raw.items()}}
 
 
 HOSTS = {"alpha": "172.16.0.11", "beta": "172.16.0.12", "gamma": "172.16.0.13"}
@@ -493,6 +563,12 @@ def table(results: dict[str, Any]) -> str:
         w = results["watch"]["median"]
         out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s, "
                    f"panicked guest (its end to the new one answering mconsole) {w['panicked_guest']:.2f} s")
+    if results.get("policy"):
+        m = results["policy"]["median"]
+        out.append(f"\ntraffic policy: apply of 1000 taps {m['apply_1000']:.2f} s, of which loading the policy "
+                   f"{m['policy_1000']:.2f} s (without it: {m['without_policy_1000']:.2f} s); TCP from the LAN into "
+                   f"a guest {m['tcp_with_policy_mbs']:.0f} MB/s with the policy, "
+                   f"{m['tcp_without_policy_mbs']:.0f} MB/s without")
     if results.get("stops"):
         out += ["", "| stop or destroy (the whole command) | seconds |", "|---|---|"]
         out += [f"| {what} | {seconds:.2f} s |" for what, seconds in results["stops"]["median"].items()]
@@ -508,6 +584,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=12, help="guests of the three-host farm; 0 to skip")
     parser.add_argument("--no-watch", action="store_true")
     parser.add_argument("--no-stops", action="store_true")
+    parser.add_argument("--no-policy", action="store_true", help="skip the traffic policy's cost")
     parser.add_argument("--debian", action="store_true", help="stops of Debian guests too (scripts/build-debian-guest)")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
     args = parser.parse_args()
@@ -520,7 +597,7 @@ def main() -> None:
         results: dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-            "taps": [], "farm": [], "forms": [], "hosts": None, "watch": None, "stops": None,
+            "taps": [], "farm": [], "forms": [], "hosts": None, "watch": None, "stops": None, "policy": None,
         }
         step: Callable[[str], None] = lambda text: print(f"-- {text}", file=sys.stderr, flush=True)  # noqa: E731
         results["errors"] = []
@@ -544,7 +621,7 @@ def main() -> None:
             found = section(f"{n} taps x {args.repeat}", functools.partial(bench_taps, n, args.repeat, folder))
             if found:
                 results["taps"].append(found)
-        if args.guests or args.forms or args.hosts or not args.no_watch or not args.no_stops:
+        if args.guests or args.forms or args.hosts or not args.no_watch or not args.no_stops or not args.no_policy:
             image = build(folder / "base.img")
             for k in [int(x) for x in args.guests.split(",") if x]:
                 found = section(f"farm of {k} guests x {args.repeat}",
@@ -560,6 +637,8 @@ def main() -> None:
                                            lambda: bench_hosts(args.hosts, args.repeat, folder, image, group))
             if not args.no_watch:
                 results["watch"] = section("watch repair", lambda: bench_watch(args.repeat, folder, image, group))
+            if not args.no_policy:
+                results["policy"] = section("traffic policy", lambda: bench_policy(args.repeat, folder, image, group))
             if not args.no_stops:
                 results["stops"] = section("stops", lambda: bench_stops(args.repeat, folder, image, group,
                                                                         args.debian))

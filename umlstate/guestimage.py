@@ -8,7 +8,8 @@ each NIC from ``umlstate.eth<i>=`` or ``umlstate.vec<i>=`` and the default route
 ``umlstate.gw=`` on /proc/cmdline, and power off on SIGINT, which is what the
 kernel sends init on ``cad`` once ctrl-alt-del is 0. For tests, each
 ``umlstate.ping=ADDR`` word makes it ping that neighbour and log the result,
-each ``umlstate.mark=WORD`` is appended to /marks on its disk (listed at every boot),
+``umlstate.sink=PORT`` keeps a TCP sink listening there (for the benchmark's throughput), each
+``umlstate.mark=WORD`` is appended to /marks on its disk (listed at every boot),
 a NIC plugged in live is configured from the ``umlstate.vecN=`` line umlstate
 writes into the guest's kernel log (mconsole ``log``),
 ``umlstate.cad=reboot`` leaves ctrl-alt-del alone, as a careless init would, and
@@ -39,6 +40,7 @@ cad=poweroff
 grep -q 'umlstate.cad=ignore' /proc/cmdline && cad=ignore
 gw=""
 peers=""
+sink=""
 net=on
 grep -q 'umlstate.net=off' /proc/cmdline && net=off
 for word in $(cat /proc/cmdline); do
@@ -46,6 +48,7 @@ for word in $(cat /proc/cmdline); do
     case "$word" in
         umlstate.gw=*) gw="${word#*=}" ;;
         umlstate.ping=*) peers="$peers ${word#*=}" ;;
+        umlstate.sink=*) sink="${word#*=}" ;;
         umlstate.eth*=*|umlstate.vec*=*) key="${word%%=*}"; dev="${key#umlstate.}"
                          ip link set "$dev" up && ip addr add "${word#*=}" dev "$dev" ;;
     esac
@@ -60,6 +63,7 @@ done
 ip link set lo up
 [ -n "$gw" ] && ip route add default via "$gw"
 echo "umlstate-guest: ready: $(ip -4 -o addr show | grep -v ' lo ' | awk '{print $2, $4}' | tr '\\n' ' ')"
+[ -n "$sink" ] && ( while :; do nc -l -p "$sink" >/dev/null; done ) &  # benchmarks: a TCP sink
 for peer in $peers; do  # tests: check a neighbour, and say so on the console (the log)
     ( for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
           ping -c1 -W1 "$peer" >/dev/null 2>&1 && { echo "umlstate-guest: ping $peer ok"; exit 0; }
@@ -82,7 +86,7 @@ else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
 """
 APPLETS = ("sh", "setsid", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps",
-           "dmesg", "arping")
+           "dmesg", "arping", "nc")
 
 
 def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None) -> Path:
