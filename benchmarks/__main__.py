@@ -22,9 +22,9 @@ a farm of 12 guests on one bridge stretched over three hosts (namespaces on a
 LAN bridge, each host applying its own slice) against the same on one host;
 watch mode's repair time for a deleted tap, a killed switch and a panicked
 guest; the traffic policy's share of a 1000-tap apply, and TCP from the LAN
-into a guest with the policy and with its tables deleted; and `umlstate stop` of one guest and `destroy` of three, busybox guests
-and (--debian) Debian ones, one whose init powers off on ctrl-alt-del and a
-stock one that reboots.
+into a guest with the policy and with its tables deleted; and `umlstate stop`
+of one guest and `destroy` of three, busybox guests and (--debian) Debian
+ones, one whose init powers off on ctrl-alt-del and a stock one that reboots.
 """
 
 from __future__ import annotations
