@@ -20,6 +20,8 @@ import pytest
 
 from umlstate.errors import ActionError
 from umlstate.model.snapshot import Snapshot
+from umlstate.plan.result import Backoff, Plan
+from umlstate.reconcile import Outcome
 from umlstate.watch import Watcher, _drain
 
 QUIET, LONGEST = 0.15, 0.5
@@ -179,15 +181,16 @@ def test_a_flood_that_never_leaves_the_queue_empty_is_still_cut_at_longest(
 class FailingService:
     """A stand-in for the Reconciler whose passes fail ``failures`` times, then succeed."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, backoff: tuple[Backoff, ...] = ()) -> None:
         self.failures = failures
         self.passes = 0
+        self.backoff = backoff
 
-    def converge(self) -> object:
+    def converge(self) -> Outcome:
         self.passes += 1
         if self.passes <= self.failures:
             raise ActionError("guest web exited right after it started")
-        return type("Outcome", (), {"after": Snapshot()})()
+        return Outcome(Plan("t", None, (), backoff=self.backoff), (), 0.0, Snapshot())
 
     def observe(self) -> Snapshot:
         return Snapshot()
@@ -205,3 +208,12 @@ def test_a_failed_pass_is_retried_backing_off_and_a_good_one_ends_the_retries() 
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60], "doubling from RETRY_FIRST, never past RETRY_LONGEST"
     watcher._pass("test")
     assert watcher.retry_at is None and watcher.failures == 0
+
+
+def test_a_pass_that_leaves_a_guest_backing_off_wakes_watch_when_the_backoff_ends() -> None:
+    """A crash-looping guest is started when its delay ends, not at the next event or resync."""
+    watcher = Watcher(FailingService(0, (Backoff("web", time.time() + 20, 2),)), resync=300)  # type: ignore[arg-type]
+    before = time.monotonic()
+    watcher._pass("test")
+    assert watcher.retry_at is not None and 19 <= watcher.retry_at - before <= 21
+    assert watcher.failures == 0, "a backoff is no failure of the pass"

@@ -32,7 +32,7 @@ from umlstate.host import netns as netns_mod
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
 from umlstate.model.placement import Stretch
-from umlstate.model.snapshot import Snapshot
+from umlstate.model.snapshot import Snapshot, unit_of
 from umlstate.model.topology import Topology
 from umlstate.observe.observe import observe
 from umlstate.plan.actions import PRIVILEGE, Action, Kind
@@ -166,10 +166,17 @@ class Reconciler:
             return True
 
     def start_guest(self, guest: str) -> Outcome:
-        """Lift the hold, then an ordinary apply pass, verified like any other."""
+        """Lift the hold and any crash-loop backoff, then an ordinary apply pass, verified like any other."""
         self.require_root_for_guest("start", guest)
         with self.locked():
             self.hold(guest, False)
+            state = self.observe().guests.get(guest)
+            recs = records.load(self.topology.state_dir)
+            forget = state is not None and state.proc is None and not state.leftovers  # its dead run: no backoff
+            unit = unit_of("guest", guest)
+            records.save(self.topology.state_dir, replace(
+                recs, crashes={k: v for k, v in recs.crashes.items() if k != guest},
+                processes={k: v for k, v in recs.processes.items() if not (forget and k == unit)}))
         return self.converge()
 
     def console(self, guest: str) -> tuple[int, str]:
@@ -224,8 +231,8 @@ class Reconciler:
 
 def _refuse(p: Plan) -> None:
     """Host-wide errors and conflicts stop a pass before its first change; one guest's errors stop that guest."""
-    if p.host_blockers:
-        raise PreflightError(list(p.host_blockers))
+    if p.host_blockers:  # every problem at once, the guests' own too
+        raise PreflightError(list(p.blockers))
     if p.conflicts:
         lines = [f"  - {c.kind} {c.target}: {c.problem}; {c.fix}" for c in p.conflicts]
         hint = "rerun with --adopt to take over the adoptable ones" if any(c.adoptable for c in p.conflicts) \

@@ -11,7 +11,9 @@ lock, taken per pass so that cron runs and people are never starved:
   PROCESS_POLL seconds; its own children are reaped as they exit);
 - a full resync every ``resync`` seconds, as a backstop;
 - after a failed pass (a guest that panicked again at once, say), a retry
-  that backs off from RETRY_FIRST to RETRY_LONGEST, as a controller requeues.
+  that backs off from RETRY_FIRST to RETRY_LONGEST, as a controller requeues;
+- the end of a crash-looping guest's backoff (the plan's, recorded so that
+  cron honours it too), while every other repair goes on at once.
 
 Triggers are debounced, so a burst of events (an `ip link del` emits several)
 costs one pass; the events caused by its own changes cost one more, empty
@@ -80,7 +82,7 @@ class Watcher:
                 if self.stopping:
                     break
                 if reason == "resync" and retry:
-                    reason = f"retry {self.failures} after a failed pass"
+                    reason = f"retry {self.failures} after a failed pass" if self.failures else "a backoff ended"
                 elif reason == "resync":
                     next_resync = time.monotonic() + self.resync
                 self._pass(reason)
@@ -92,7 +94,7 @@ class Watcher:
     def _pass(self, reason: str) -> None:
         start = time.monotonic()
         try:
-            snapshot = self.service.converge().after
+            outcome = self.service.converge()
         except UmlstateError as exc:  # keep watching: a retry (backing off), an event or the resync tries again
             self.failures += 1
             wait = min(RETRY_LONGEST, RETRY_FIRST * 2 ** (self.failures - 1))
@@ -102,7 +104,11 @@ class Watcher:
                 self._know(self.service.observe())
         else:
             self.failures, self.retry_at = 0, None
-            self._know(snapshot)
+            # A guest in a crash loop is started when its backoff ends: wake then, whatever else happens.
+            wake = min((b.until for b in outcome.plan.backoff), default=None)
+            if wake is not None:
+                self.retry_at = time.monotonic() + max(0.0, wake - time.time()) + 0.05
+            self._know(outcome.after)
         log.debug("watch pass", reason=reason, seconds=round(time.monotonic() - start, 3))
 
     def _know(self, snapshot: Snapshot) -> None:

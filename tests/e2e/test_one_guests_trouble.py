@@ -9,10 +9,12 @@ guest (exit 1), and once the operator mends it one apply converges.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
@@ -80,3 +82,34 @@ def test_a_umid_folder_root_cannot_clear_is_set_aside_and_handed_back(farm: Farm
         "root leaves nothing in the user's folder that the user cannot remove"
     as_user("rm", "-rf", str(aside[0]))  # and the user can
     assert not aside[0].exists()
+
+
+def test_a_guest_that_dies_at_every_start_backs_off_while_its_neighbour_is_repaired(farm: Farm) -> None:
+    """CrashLoopBackOff: under watch, a guest that cannot boot (too little memory) is started a handful of
+    times in its first 40 s (at once, then 10 s, 20 s ... after each death), while a killed neighbour comes
+    back within seconds. Without the backoff, watch's own retries started it six times in 40 s."""
+    farm.write(web_mem="16M")
+    cmd = [sys.executable, "-m", "umlstate", "--netns", farm.host.name, "--log-format", "json", "watch",
+           str(farm.path), "--resync", "600"]
+    with open(farm.tmp / "watch.log", "w+") as log:
+        watcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        try:
+            began = time.monotonic()
+            assert ttl(farm.lan_ping("172.16.99.2", seconds=60)) == 63, "db is up whatever web does"
+            crash(farm, "db")
+            killed = time.monotonic()
+            assert ttl(farm.lan_ping("172.16.99.2", seconds=30)) == 63
+            back = time.monotonic() - killed
+            time.sleep(max(0.0, 40 - (time.monotonic() - began)))
+        finally:
+            watcher.send_signal(signal.SIGTERM)
+            watcher.wait(10)
+    events = [json.loads(line) for line in (farm.tmp / "watch.log").read_text().splitlines() if line.startswith("{")]
+    starts = [e for e in events if e.get("event") == "action" and e.get("kind") == "guest" and e.get("target") == "web"
+              and e.get("op") == "create"]
+    assert 2 <= len(starts) <= 4, [e.get("reason") for e in starts]
+    assert back < 20, f"the neighbour came back in {back:.1f}s"
+    now = farm.cli("status")
+    row = next(line for line in now.stdout.splitlines() if line.startswith("guest") and " web " in line)
+    assert "backing off until" in row and "crashes" in row, now.stdout
+    assert farm.cli("start", "web").returncode == 1, "start lifts the backoff and tries at once (and web fails)"

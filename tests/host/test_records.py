@@ -51,6 +51,7 @@ FULL = Records(
                           start=123456, cgroup="/umlstate.slice/lab-guest-web", sid=5000, console="/dev/pts/7"),
         "switch-sw0": Proc(pid=4000, uid=1000, argv=("/usr/bin/uml_switch", "-tap", "uml0"), started=1700000000.25),
     },
+    crashes={"web": 2},
     ruleset=RulesetRecord(frozenset({"inet umlstate-lab", "netdev umlstate-lab"}), "0123456789abcdef", "fedcba9876543210"),
 )
 

@@ -84,7 +84,8 @@ class Executor:
         self.ruleset: RulesetRecord | None = None  # the policy as nftables listed it back after loading
         self.failed: list[tuple[str, str]] = []
         self.skipped: list[tuple[A.AnyAction, str]] = []
-        self.broken: dict[str, str] = {}  # resource -> the failed resource it is broken by (itself when it failed)
+        self.broken: dict[str, str] = {}
+        self._guests = {g.name for g in topology.guests}  # resource -> the failed resource it is broken by (itself when it failed)
         self._folders: folders.Folders | None = None
 
     # --- the pass ------------------------------------------------------------------------
@@ -202,13 +203,17 @@ class Executor:
         self._save(self.records)
 
     def _running(self, observed: Snapshot, final: Snapshot) -> dict[str, Proc]:
-        """The process records to keep: those of switches and guests the plan leaves running."""
+        """The process records to keep: those of switches and guests the plan leaves running, and the last
+        run of a guest that died by itself and stays down (a crash loop backing off: its record says when it
+        started, its log when it died, so the next pass knows how long to wait)."""
         known = {**observed.records.processes, **self.spawned}
         kept = {}
         for kind, states in (("switch", final.switches), ("guest", final.guests)):
             for name, state in states.items():
                 unit = unit_of(kind, name)
-                if state.proc is not None and unit in known:
+                was = observed.guests.get(name) if kind == "guest" else None
+                died = was is not None and was.proc is None and state.proc is None and name in self._guests
+                if unit in known and (state.proc is not None or died):
                     kept[unit] = known[unit]
         return kept
 

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from umlstate.plan.result import Plan
-from umlstate.plan.status import Row
+from umlstate.plan.status import Row, backing_off
 
 FORMAT_VERSION = 1
 SYMBOLS = {"create": "+", "update": "~", "delete": "-", "replace": "-/+"}
@@ -37,6 +37,7 @@ def plan_text(plan: Plan, *, colour: bool = False) -> str:
     lines = _problems(plan, colour)
     held = [f"Guest {name} stays down: `umlstate stop` holds it until `umlstate start {name}`."
             for name in plan.held]
+    held += [f"Guest {b.guest} keeps dying soon after it starts: {backing_off(b)}." for b in plan.backoff]
     if not plan.actions:
         if not plan.conflicts and not plan.blockers:
             lines.append(f"No changes. The host{where} matches topology {plan.topology}.")

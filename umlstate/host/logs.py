@@ -157,6 +157,15 @@ def cap(folder_fd: int, name: str) -> bool:
     return True
 
 
+def modified(folder_fd: int, name: str) -> float | None:
+    """When the process's log was last written (root's file, never followed): about when it stopped."""
+    try:
+        st = _lstat(folder_fd, _log_name(name))
+    except OSError:
+        return None
+    return st.st_mtime if st is not None and stat.S_ISREG(st.st_mode) else None
+
+
 def offset(folder_fd: int, name: str) -> int:
     """The log's current size: where the output of a process started now will begin."""
     try:

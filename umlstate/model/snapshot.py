@@ -126,6 +126,7 @@ class Records:
     boot_id: str | None = None  # the boot the last apply ran in: processes recorded in another boot are gone
     processes: Mapping[str, Proc] = field(default_factory=dict)  # unit (guest-web) -> what root recorded at spawn
     ruleset: RulesetRecord | None = None  # the traffic policy's tables, owned like marked links
+    crashes: Mapping[str, int] = field(default_factory=dict)  # guest -> times in a row it died soon after starting
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class GuestState:
     leftovers: int = 0  # processes still in its cgroup after the main one died: they hold its COW file
     panic: str | None = None  # its recorded process died, and its log's latest run says why: "Kernel panic - ..."
     last_lines: tuple[str, ...] = ()  # the end of that run, sanitized, when it died
+    ended: float | None = None  # when its recorded process stopped writing its log: about when it died
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class Snapshot:
     group_names: Mapping[int, str] = field(default_factory=dict)  # gids seen on taps -> names
     kernels: Mapping[str, KernelFacts] = field(default_factory=dict)  # kernel path -> what it was built with
     ruleset: RulesetState = RulesetState()
+    now: float = 0.0  # seconds since the epoch when observed (crash-loop backoff); not part of the fingerprint
 
     def uid(self, user: str) -> int | None:
         return int(user) if user.isdigit() else self.users.get(user)
@@ -208,7 +211,7 @@ class Snapshot:
         return found.gid if found else None
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(dumps(self).encode()).hexdigest()[:16]
+        return hashlib.sha256(dumps(dataclasses.replace(self, now=0.0)).encode()).hexdigest()[:16]
 
 
 # JSON codec, for observed.json in golden tests and for saved plans.

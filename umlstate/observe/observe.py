@@ -23,6 +23,7 @@ import os
 import pwd
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +86,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         user_names=_names({link.owner for link in links.values()} | {p.uid for p in procs}, pwd.getpwuid),
         group_names=_names({link.tun_group for link in links.values()}, grp.getgrgid),
         ruleset=ruleset.observe(topology, recs),
+        now=time.time(),
     )
 
 
@@ -179,19 +181,20 @@ def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> 
                                      leftovers=leftovers)
         else:
             stale = guest is not None and os.path.lexists(f"{t.uml_dir_of(guest)}/{name}")
-            panic, lines = _last_words(t, name) if unit_of("guest", name) in recorded else (None, ())
+            panic, lines, ended = _last_words(t, name) if unit_of("guest", name) in recorded else (None, (), None)
             found[name] = GuestState(None, stale=stale, leftovers=leftovers, panic=panic,
-                                     last_lines=lines if panic else ())
+                                     last_lines=lines if panic else (), ended=ended)
     return found
 
 
-def _last_words(t: Topology, name: str) -> tuple[str | None, tuple[str, ...]]:
-    """Why a guest root started in this boot is gone, from its log (bounded): a panic, or nothing known."""
+def _last_words(t: Topology, name: str) -> tuple[str | None, tuple[str, ...], float | None]:
+    """Why and about when a guest root started in this boot is gone, from its log (bounded): a panic or
+    nothing known, and when the log was last written."""
     folder = folders.open_logs(t)
     if folder is None:
-        return None, ()
+        return None, (), None
     with folder:
-        return logs.last_words(folder.fd, name)
+        return (*logs.last_words(folder.fd, name), logs.modified(folder.fd, name))
 
 
 def _users(t: Topology) -> dict[str, int | None]:

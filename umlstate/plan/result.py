@@ -17,6 +17,15 @@ from umlstate.plan import actions as A
 
 
 @dataclass(frozen=True)
+class Backoff:
+    """A guest in a crash loop, left down until ``until`` (seconds since the epoch), like CrashLoopBackOff."""
+
+    guest: str
+    until: float
+    crashes: int
+
+
+@dataclass(frozen=True)
 class Plan:
     topology: str
     netns: str | None
@@ -27,6 +36,7 @@ class Plan:
     fingerprint: str = ""
     mode: Literal["apply", "destroy"] = "apply"
     held: tuple[str, ...] = ()  # guests `umlstate stop` keeps down: the plan leaves them so
+    backoff: tuple[Backoff, ...] = ()  # guests that keep dying soon after they start: restarted later
 
     @property
     def summary(self) -> dict[str, int]:
@@ -61,6 +71,7 @@ class Builder:
     conflicts: list[Finding] = field(default_factory=list)
     blockers: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    backoff: list[Backoff] = field(default_factory=list)
 
     def add(self, action: A.AnyAction) -> None:
         self.actions.append(action)

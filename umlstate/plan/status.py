@@ -11,13 +11,14 @@ for over HUNG_AFTER seconds whose mconsole does not answer is hung.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Topology
 from umlstate.plan import ruleset
 from umlstate.plan.actions import Kind
-from umlstate.plan.result import Plan
+from umlstate.plan.result import Backoff, Plan
 from umlstate.plan.wanted import wanted_addresses, wanted_proxies, wanted_taps
 
 State = Literal["ok", "missing", "drifted", "conflict", "panicked", "hung"]
@@ -35,6 +36,12 @@ class Row:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "state": self.state, "detail": self.detail,
                 **({"log": list(self.log)} if self.log else {})}
+
+
+def backing_off(b: Backoff) -> str:
+    """``backing off until 10:42:07 UTC (3 crashes)``."""
+    return (f"backing off until {datetime.fromtimestamp(b.until, tz=UTC):%H:%M:%S} UTC "
+            f"({b.crashes} crash{'es' if b.crashes > 1 else ''}); `umlstate start {b.guest}` starts it now")
 
 
 def _uptime(seconds: float) -> str:
@@ -112,10 +119,14 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
             missing.add(resource)
     conflicts: dict[tuple[str, str], str] = {(c.kind, c.target): f"{c.problem}; {c.fix}" for c in plan.conflicts}
 
+    waiting = {w.guest: backing_off(w) for w in plan.backoff}
     rows = []
     for kind, target, ok_detail in wanted:
         resource = (kind, target)
-        if kind == "guest" and target in unwell:  # the plan's reason, when it has one, already names the panic
+        if kind == "guest" and target in waiting:  # a crash loop: why, and when it is started again
+            row = unwell.get(target, Row("guest", target, "missing", ""))
+            rows.append(replace(row, detail="; ".join(x for x in (waiting[target], row.detail) if x)))
+        elif kind == "guest" and target in unwell:  # the plan's reason, when it has one, already names the panic
             row = unwell[target]
             rows.append(replace(row, detail="; ".join(by_target[resource])) if resource in by_target else row)
         elif resource in conflicts:

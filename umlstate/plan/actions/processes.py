@@ -92,6 +92,7 @@ class StartGuest(_Named, Action):
     user: str
     cow: str | None
     base: str | None
+    crashes: int = 0  # times in a row its runs died soon after starting: recorded, so the next backoff grows
 
     @property
     def detail(self) -> str:
@@ -101,7 +102,11 @@ class StartGuest(_Named, Action):
 
     def simulate(self, s: Snapshot) -> Snapshot:
         proc = Proc(0, s.uid(self.user) or 0, self.argv, 0.0)
-        return replace(s, guests={**s.guests, self.name: GuestState(proc, answers=True)})
+        crashes = {k: v for k, v in s.records.crashes.items() if k != self.name}
+        if self.crashes:
+            crashes[self.name] = self.crashes
+        return replace(s, guests={**s.guests, self.name: GuestState(proc, answers=True)},
+                       records=replace(s.records, crashes=crashes))
 
 
 @dataclass(frozen=True)
