@@ -84,8 +84,8 @@ class Executor:
         self.ruleset: RulesetRecord | None = None  # the policy as nftables listed it back after loading
         self.failed: list[tuple[str, str]] = []
         self.skipped: list[tuple[A.AnyAction, str]] = []
-        self.broken: dict[str, str] = {}
-        self._guests = {g.name for g in topology.guests}  # resource -> the failed resource it is broken by (itself when it failed)
+        self.broken: dict[str, str] = {}  # resource -> the failed resource it is broken by (itself when it failed)
+        self._guests = {g.name for g in topology.guests}
         self._folders: folders.Folders | None = None
 
     # --- the pass ------------------------------------------------------------------------
