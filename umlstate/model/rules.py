@@ -134,6 +134,10 @@ def _switch_kinds(t: Topology) -> Iterator[Problem]:
     for g, guest in enumerate(t.guests):
         for n, nic in enumerate(guest.nics):
             via = t.switch(nic.switch) if nic.switch else None
+            if via is not None and not via.is_bridge and via.user is not None and via.user != guest.user:
+                yield Problem(("guests", g, "nics", n, "switch"),
+                              f"guest {guest.name} runs as {guest.user}, but switch {via.name} runs as {via.user}, "
+                              f"whose socket only its own user may open; run both as one user, or use a bridge")
             if via is not None and via.is_bridge and nic.transport == "legacy":
                 yield Problem(("guests", g, "nics", n, "transport"),
                               f"guest {guest.name} NIC {n} is on bridge {via.name}, which UML reaches only through "
