@@ -43,15 +43,17 @@ def test_a_bridge_farm_comes_up_answers_the_lan_and_goes_without_a_trace(farm: F
 
 def test_a_uml_switch_on_a_vector_only_kernel_is_refused_with_the_way_out(farm: Farm, vector_kernel: str) -> None:
     farm.write(kind="uml_switch", kernel=vector_kernel)
-    before = farm.host.ip("-d", "-o", "link", "show").stdout, farm.host.sysctl("net.ipv4.ip_forward")
     plan = farm.cli("plan")
     assert plan.returncode == 1
     assert "has no daemon transport (CONFIG_UML_NET_DAEMON is not set); Linux 6.16 removed the legacy" in plan.stdout
     assert "(Linux 7.2" in plan.stdout and "kind: bridge" in plan.stdout, plan.stdout
     applied = farm.cli("apply", "--yes")
-    assert applied.returncode == 1 and "nothing was changed" in applied.stderr
-    assert (farm.host.ip("-d", "-o", "link", "show").stdout, farm.host.sysctl("net.ipv4.ip_forward")) == before
-    assert not farm.processes()
+    # Each guest's own error leaves that guest down, named with the way out; the host's plumbing goes on.
+    assert applied.returncode == 1
+    for guest in ("web", "db"):
+        assert f"failed: guest {guest}: not started" in applied.stderr, applied.stderr
+    assert "kind: bridge" in applied.stderr
+    assert not [pid for pid, (name, _argv, _ppid) in farm.process_table().items() if name == "linux.uml"]
 
 
 def test_a_vde_switch_farm_on_a_vector_only_kernel_uses_the_vector_vde_transport(farm: Farm,
