@@ -31,6 +31,10 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+# Only a whole kernel-log line that umlstate's mconsole `log` wrote is a hot-plug order: the kernel prints
+# other lines with text a guest's user controls (process names, paths), which must never add an address.
+HOTPLUG_LINES = r"""sed -n 's/^\(\[[ 0-9.]*\] \)\{0,1\}umlstate: \(umlstate\.vec[0-9]*=[0-9.]*\/[0-9]*\)$/\2/p'"""
+
 INIT = """#!/bin/sh
 # umlstate guest init: network from /proc/cmdline, clean power-off on cad.
 mount -t proc proc /proc
@@ -71,7 +75,7 @@ for peer in $peers; do  # tests: check a neighbour, and say so on the console (t
       done; echo "umlstate-guest: ping $peer failed" ) &
 done
 ( while :; do  # NICs plugged in live: umlstate says their address in the kernel log (mconsole log)
-      for word in $(dmesg | grep -o 'umlstate\\.vec[0-9]*=[0-9./]*'); do
+      for word in $(dmesg | sed -n 's/^\\(\\[[ 0-9.]*\\] \\)\\{0,1\\}umlstate: \\(umlstate\\.vec[0-9]*=[0-9.]*\\/[0-9]*\\)$/\\2/p'); do
           key="${word%%=*}"; dev="${key#umlstate.}"
           [ -e "/sys/class/net/$dev" ] || continue
           ip -4 -o addr show dev "$dev" | grep -q " ${word#*=} " && continue
