@@ -75,7 +75,7 @@ for peer in $peers; do  # tests: check a neighbour, and say so on the console (t
       done; echo "umlstate-guest: ping $peer failed" ) &
 done
 ( while :; do  # NICs plugged in live: umlstate says their address in the kernel log (mconsole log)
-      for word in $(dmesg | sed -n 's/^\\(\\[[ 0-9.]*\\] \\)\\{0,1\\}umlstate: \\(umlstate\\.vec[0-9]*=[0-9.]*\\/[0-9]*\\)$/\\2/p'); do
+      for word in $(dmesg | @HOTPLUG_LINES@); do
           key="${word%%=*}"; dev="${key#umlstate.}"
           [ -e "/sys/class/net/$dev" ] || continue
           ip -4 -o addr show dev "$dev" | grep -q " ${word#*=} " && continue
@@ -88,7 +88,7 @@ done
 if [ "$cad" = ignore ]; then trap '' INT; trap 'echo "umlstate-guest: powering off"; poweroff -f' TERM
 else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
-"""
+""".replace("@HOTPLUG_LINES@", HOTPLUG_LINES)
 APPLETS = ("sh", "setsid", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps",
            "dmesg", "arping", "nc")
 

@@ -182,6 +182,7 @@ class Snapshot:
     netns: str | None = None
     boot_id: str | None = None
     users: Mapping[str, int | None] = field(default_factory=dict)  # name -> uid, None: unknown
+    primary_gids: Mapping[str, int] = field(default_factory=dict)  # user name -> their primary group's gid
     groups: Mapping[str, HostGroup | None] = field(default_factory=dict)  # None: no such group
     tun: TunNode | None = None
     sysctls: Mapping[str, str | None] = field(default_factory=dict)  # None: no such key

@@ -63,10 +63,12 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
     switches = _switches(topology, recorded, cgroups)
     guests = _guests(topology, recorded, cgroups)
     procs = [sw.proc for sw in switches.values() if sw.proc] + [g.proc for g in guests.values() if g.proc]
+    users, primary_gids = _users(topology)
     return Snapshot(
         netns=netns,
         boot_id=boot_id,
-        users=_users(topology),
+        users=users,
+        primary_gids=primary_gids,
         groups=_groups(topology, recs),
         tun=read_tun_node(topology.host.tun.path if topology.host.tun else recs.tun_path or DEFAULT_TUN),
         sysctls={key: sysctl.read(key) for key in sorted(_sysctl_keys(topology, recs))},
@@ -197,16 +199,20 @@ def _last_words(t: Topology, name: str) -> tuple[str | None, tuple[str, ...], fl
         return (*logs.last_words(folder.fd, name), logs.modified(folder.fd, name))
 
 
-def _users(t: Topology) -> dict[str, int | None]:
+def _users(t: Topology) -> tuple[dict[str, int | None], dict[str, int]]:
+    """Each user the topology names -> uid (None: no such user), and -> their primary group's gid."""
     names = {tap.owner for tap in t.taps} | {s.runs_as for s in t.switch_processes} | {g.user for g in t.guests}
     names |= {m for g in t.host.groups for m in g.members}
-    out: dict[str, int | None] = {}
+    uids: dict[str, int | None] = {}
+    gids: dict[str, int] = {}
     for name in sorted(n for n in names if not n.isdigit()):
         try:
-            out[name] = pwd.getpwnam(name).pw_uid
+            entry = pwd.getpwnam(name)
         except KeyError:
-            out[name] = None
-    return out
+            uids[name] = None
+        else:
+            uids[name], gids[name] = entry.pw_uid, entry.pw_gid
+    return uids, gids
 
 
 def _groups(t: Topology, recs: Records) -> dict[str, HostGroup | None]:

@@ -131,8 +131,10 @@ def warnings(t: Topology, b: Builder) -> None:
         if tun.group and (group := b.s.groups.get(tun.group)) is not None:
             members |= group.members
         for sw in t.switch_processes:
+            in_group = sw.runs_as in members or (  # a member, or the group is its primary one
+                tun.group is not None and b.s.primary_gids.get(sw.runs_as, -1) == b.s.gid(tun.group))
             if sw.tap and sw.runs_as not in ("root", "0") and b.s.uid(sw.runs_as) is not None and not mode & 0o006 \
-                    and not (mode & 0o060 and sw.runs_as in members):
+                    and not (mode & 0o060 and in_group):
                 b.warn("switch", sw.name, f"switch {sw.name} runs as {sw.runs_as}, who cannot open {tun.path} "
                                           f"(mode {tun.mode}, group {tun.group or 'unchanged'})",
                        f"add {sw.runs_as} to the tun group")
