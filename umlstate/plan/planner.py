@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from umlstate.model.placement import VXLAN_PORT, Stretch
-from umlstate.model.snapshot import GuestState, Proc, Snapshot, unit_of
+from umlstate.model.snapshot import Proc, Snapshot, unit_of
 from umlstate.model.topology import Host, Topology
 from umlstate.plan import actions as A
-from umlstate.plan import cmdline, preflight, ruleset
+from umlstate.plan import backoff, cmdline, preflight, ruleset
 from umlstate.plan.result import Backoff, Builder, Plan
 from umlstate.plan.wanted import owns_link, wanted_addresses, wanted_proxies, wanted_taps
 
@@ -397,9 +397,9 @@ def _guests(t: Topology, b: Builder) -> None:
             reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
         start = A.StartGuest(reason, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)
         if state is None or state.proc is None:
-            crashes = _crashes(guest.name, state, b.s)
+            crashes = backoff.crashes(guest.name, state, b.s)
             if crashes:
-                delay = backoff_delay(crashes)
+                delay = backoff.delay(crashes)
                 until = (state.ended if state and state.ended else b.s.now) + delay
                 if b.s.now < until:
                     b.backoff.append(Backoff(guest.name, until, crashes))
@@ -427,27 +427,6 @@ def _guests(t: Topology, b: Builder) -> None:
             continue
         b.add(A.ReplaceGuest(why, A.StopGuest(why, guest.name, state.proc),
                              A.StartGuest(why, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)))
-
-
-CRASH_WINDOW = 60.0  # a run that ends sooner after its start is a crash: the next start waits
-BACKOFF_FIRST, BACKOFF_MAX = 10.0, 300.0  # seconds: 10, 20, 40, ... at most 5 minutes (Kubernetes' CrashLoopBackOff)
-
-
-def backoff_delay(crashes: int) -> float:
-    """How long after its last death a guest that crashed ``crashes`` times in a row waits: a first crash is
-    restarted at once (a panic, a kill), a loop waits longer each time."""
-    return 0.0 if crashes < 2 else min(BACKOFF_FIRST * 2.0 ** (crashes - 2), BACKOFF_MAX)
-
-
-def _crashes(name: str, state: GuestState | None, s: Snapshot) -> int:
-    """How many times in a row the guest died soon after root started it, this death included; 0: not a crash
-    (it ran long, or it was never started in this boot of the host)."""
-    dead = s.records.processes.get(unit_of("guest", name))
-    if dead is None or state is None or state.ended is None or s.records.boot_id != s.boot_id:
-        return 0
-    if state.ended - dead.started > CRASH_WINDOW:
-        return 0
-    return s.records.crashes.get(name, 0) + 1
 
 
 VECTOR_TAP = re.compile(r"(vec[0-9]+):transport=tap,")
