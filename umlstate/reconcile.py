@@ -15,11 +15,12 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
 from umlstate.apply.boot import BOOT_TIMEOUT
-from umlstate.apply.executor import ApplyFailed, Executor, preflight_failures
+from umlstate.apply.executor import STOP_TIMEOUT, ApplyFailed, Executor, preflight_failures
 from umlstate.errors import (
     ConflictError,
     HostError,
@@ -66,6 +67,23 @@ class Settings:
     command_line: str = ""  # how the user ran us, for the `sudo ...` hint of a run without root
     wait: bool = True  # apply waits until started guests answer at their addresses (--no-wait: booted is enough)
     wait_timeout: float = BOOT_TIMEOUT
+    stop_timeout: float = STOP_TIMEOUT  # how long a guest's own shutdown may take after mconsole cad
+    crash_after: int | None = None  # tests only: the executor dies like kill -9 after this many actions
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str], **given: Any) -> Settings:
+        """The settings the environment may give, read once here: $UMLSTATE_BOOT_TIMEOUT, $UMLSTATE_STOP_TIMEOUT,
+        and the tests' $UMLSTATE_TEST_CRASH_AFTER; what is ``given`` (the command line) wins."""
+        read: dict[str, Any] = {}
+        for key, name, kind in (("wait_timeout", "UMLSTATE_BOOT_TIMEOUT", float),
+                                ("stop_timeout", "UMLSTATE_STOP_TIMEOUT", float),
+                                ("crash_after", "UMLSTATE_TEST_CRASH_AFTER", int)):
+            if environ.get(name):
+                try:
+                    read[key] = kind(environ[name])
+                except ValueError:
+                    raise HostError(f"${name} is {environ[name]!r}, not a number") from None
+        return cls(**{**read, **{k: v for k, v in given.items() if v is not None}})
 
 
 class Reconciler:
@@ -118,10 +136,10 @@ class Reconciler:
                 return Outcome(p, (), 0.0, snapshot)
             if confirm is not None:
                 confirm(p)
-            crash = os.environ.get("UMLSTATE_TEST_CRASH_AFTER")
-            result = Executor(self.topology, self.netlink, crash_after=int(crash) if crash else None,
-                              progress=self.settings.progress, wait=self.settings.wait,
-                              wait_timeout=self.settings.wait_timeout).apply(p, snapshot)
+            cfg = self.settings
+            result = Executor(self.topology, self.netlink, crash_after=cfg.crash_after, progress=cfg.progress,
+                              wait=cfg.wait, wait_timeout=cfg.wait_timeout,
+                              stop_timeout=cfg.stop_timeout).apply(p, snapshot)
             after, again = self.plan(destroy=destroy)
             if again.actions or again.conflicts:
                 left = "\n".join(f"  {a.kind} {a.target}: wanted {a.detail}; observed: {a.reason}"
@@ -161,7 +179,7 @@ class Reconciler:
             self.hold(guest, True)
             if state is None or state.proc is None:
                 return False
-            with Executor(self.topology, self.netlink) as executor:
+            with Executor(self.topology, self.netlink, stop_timeout=self.settings.stop_timeout) as executor:
                 executor.stop_guest(guest, state.proc)  # logs how it went
             return True
 

@@ -12,7 +12,6 @@ boot began, bounded and sanitized (host.logs).
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -26,7 +25,7 @@ from umlstate.plan import actions as A
 
 log = structlog.get_logger("umlstate")
 
-BOOT_TIMEOUT = float(os.environ.get("UMLSTATE_BOOT_TIMEOUT", "90"))
+BOOT_TIMEOUT = 90.0  # seconds started guests may take to answer (apply --wait-timeout, $UMLSTATE_BOOT_TIMEOUT)
 BOOT_GRACE = 3.0
 ADDRESS_WORD = re.compile(r"umlstate\.(?:eth|vec)[0-9]+=([0-9.]+)/[0-9]+$")
 

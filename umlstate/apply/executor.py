@@ -45,7 +45,7 @@ log = structlog.get_logger("umlstate")
 
 SWITCH_START_TIMEOUT = 5.0
 # How long a guest's own shutdown may take after mconsole cad before it is synced and halted.
-STOP_TIMEOUT = float(os.environ.get("UMLSTATE_STOP_TIMEOUT", "60"))
+STOP_TIMEOUT = 60.0  # $UMLSTATE_STOP_TIMEOUT
 
 
 @dataclass
@@ -70,12 +70,14 @@ class ApplyFailed(ActionError):
 
 class Executor:
     def __init__(self, topology: Topology, nl: Netlink, *, crash_after: int | None = None,
-                 progress: bool = False, wait: bool = True, wait_timeout: float = BOOT_TIMEOUT) -> None:
+                 progress: bool = False, wait: bool = True, wait_timeout: float = BOOT_TIMEOUT,
+                 stop_timeout: float = STOP_TIMEOUT) -> None:
         self.t = topology
         self.nl = nl
         self.tun_path = topology.tun_path
         # Test hook (UMLSTATE_TEST_CRASH_AFTER): die like kill -9 after k actions.
         self.crash_after = crash_after
+        self.stop_timeout = stop_timeout
         self.boot = BootWait(progress, timeout=wait_timeout, answering=wait)
         self.cgroups = Cgroups.here(topology.instance)
         self.result = Result()
@@ -461,7 +463,7 @@ class Executor:
         offset = logs.offset(logs_fd, name)
         start = time.monotonic()
         how = processes.stop_guest(proc, path, unit_of("guest", name), self.cgroups,
-                                   lambda: logs.read_since(logs_fd, name, offset), cad_wait=STOP_TIMEOUT)
+                                   lambda: logs.read_since(logs_fd, name, offset), cad_wait=self.stop_timeout)
         log.info("guest stopped", guest=name, pid=proc.pid, by=how, seconds=round(time.monotonic() - start, 1))
         if how == "cad, then its reboot":
             log.warning("cad reboots", guest=name)

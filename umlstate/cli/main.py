@@ -9,7 +9,6 @@ as a bug. Plans and status go to stdout, logs to stderr.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -95,9 +94,9 @@ def _reconciler(opts: Options, topology: Topology, *, wait: bool = True, wait_ti
         raise errors.UsageError(f"{exc}\n  to fix: pass --host NAME or set UMLSTATE_HOST") from None
 
     progress = sys.stderr.isatty() and opts.log_format == "console"
-    settings = Settings(opts.netns, opts.lock_timeout, progress, " ".join(sys.argv[1:]), wait=wait)
-    if wait_timeout is not None:
-        settings = dataclasses.replace(settings, wait_timeout=wait_timeout)
+    settings = Settings.from_environment(os.environ, netns=opts.netns, lock_timeout=opts.lock_timeout,
+                                         progress=progress, command_line=" ".join(sys.argv[1:]), wait=wait,
+                                         wait_timeout=wait_timeout)
     return Reconciler(placement.topology, settings, placement.stretches)
 
 
