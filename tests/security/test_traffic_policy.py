@@ -157,6 +157,19 @@ def test_a_guest_cannot_steal_a_neighbours_mac(secured: tuple[Farm, bool]) -> No
     assert WEB in fdb(farm, "web-0")
 
 
+def test_a_guest_cannot_smuggle_arp_past_the_checks_in_a_vlan_tag(secured: tuple[Farm, bool]) -> None:
+    """The kernel strips one VLAN tag before the checks see a frame; under two (802.1ad, then 802.1Q) an ARP
+    claiming db's address to any neighbour that speaks those VLANs would pass every check that reads ARP.
+    Only IPv4, IPv6 and ARP pass."""
+    farm, on = secured
+    with attached(farm.host.name, "web-0", "db-0") as (web, db):
+        lie = arp(WEB, "172.16.99.2", "172.16.99.3")
+        web.send(lie[:12] + struct.pack("!HHHH", 0x88A8, 5, 0x8100, 7) + lie[12:])
+        web.send(arp(WEB, "172.16.99.1", "172.16.99.3"))  # broadcast too, and after it: db sees it last
+        seen = db.receive(lambda f: f[12:14] == b"\x08\x06" and f[28:32] == bytes([172, 16, 99, 1]))
+    assert any(f[12:14] in (b"\x88\xa8", b"\x81\x00") for f in seen) is not on
+
+
 # --- 3. spoofed sources towards the LAN ---------------------------------------------------------------
 
 

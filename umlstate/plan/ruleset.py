@@ -276,6 +276,8 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
         doc.chain(family, f"port-{p.link}", type="filter", hook="ingress", dev=p.link, prio=0, policy="accept")
     for p in secured:
         chain = f"port-{p.link}"
+        # Only what the checks below can read: a VLAN tag (or PPPoE, ...) would carry ARP and IP past them.
+        doc.rule(family, chain, _not_in(_meta("protocol"), ["ip", "ip6", "arp"]), DROP)
         if p.macs:
             doc.rule(family, chain, _not_in(_payload("ether", "saddr"), p.macs), DROP)
             doc.rule(family, chain, _not_in(_payload("arp", "saddr ether"), p.macs), DROP)
@@ -293,7 +295,7 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
         sources = "any" if p.sources4 is None else ", ".join(p.sources4)
         but = f" but {', '.join(p.forbidden4)}" if p.forbidden4 else ""
         groups.append(f"port {p.link}: {p.who}: MAC {', '.join(p.macs) or 'any'}; IPv4 from {sources}{but}; "
-                      "no RA, redirects or DHCP replies")
+                      "IPv4, IPv6 and ARP only (no VLAN tags); no RA, redirects or DHCP replies")
 
 
 def _inet(doc: _Document, t: Topology, links: list[str], stretches: Mapping[str, Stretch],
