@@ -13,10 +13,12 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import ipaddress
+import json
 import os
 import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -115,10 +117,30 @@ def _read(read: Callable[[], bytes], fd: int, until: Callable[[bytes], bool], se
     raise TimeoutError(f"no awaited frame in {seconds}s ({len(seen)} other frames)")
 
 
+def forwarding(netns: str, tap: str, seconds: float = 10.0) -> None:
+    """Until the kernel has seen the carrier an attached tap now has, and a bridge forwards on it: the link
+    watcher applies a carrier change later (up to a second), and a port still down drops what is sent."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        link = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", "dev", tap], capture_output=True,
+                                         text=True, check=True).stdout)[0]
+        if "LOWER_UP" in link.get("flags", []):
+            if "master" not in link:
+                return
+            ports = json.loads(subprocess.run(["ip", "netns", "exec", netns, "bridge", "-j", "link", "show", "dev",
+                                               tap], capture_output=True, text=True, check=True).stdout or "[]")
+            if ports and ports[0].get("state") == "forwarding":
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"tap {tap} did not come up on its bridge within {seconds}s")
+
+
 @contextmanager
 def attached(netns: str, *taps: str) -> Iterator[list[TapGuest]]:
     guests = [TapGuest(netns, tap) for tap in taps]
     try:
+        for tap in taps:
+            forwarding(netns, tap)
         yield guests
     finally:
         for g in guests:
