@@ -306,12 +306,7 @@ def _inet(doc: _Document, t: Topology, links: list[str], stretches: Mapping[str,
     doc.chain(family, "guest-input")
     doc.chain(family, "forward", type="filter", hook="forward", prio=0, policy="accept")
     doc.chain(family, "guest-forward")
-    for st in sorted(stretches.values(), key=lambda x: x.link):
-        doc.rule(family, "input", _is(_payload("ip", "daddr"), str(st.local)),
-                 _is(_payload("udp", "dport"), VXLAN_PORT),
-                 _not_in(_payload("ip", "saddr"), [str(r) for r in st.remotes]), DROP)
-        groups.append(f"underlay: VXLAN to {st.local} port {VXLAN_PORT} only from "
-                      f"{', '.join(str(r) for r in st.remotes)} (bridge {st.bridge})")
+    _underlay(doc, stretches, groups)
     if links:
         doc.rule(family, "input", _in(_meta("iifname"), links), _jump("guest-input"))
         doc.rule(family, "forward", _in(_meta("iifname"), links), _jump("guest-forward"))
@@ -347,6 +342,32 @@ def _inet(doc: _Document, t: Topology, links: list[str], stretches: Mapping[str,
     if len(links) > 1:
         groups.append(f"apart: guests on {', '.join(links)} do not reach each other's links but as reach says")
     _nat(doc, t, links, groups)
+
+
+def _vni(vni: int) -> Expr:
+    """A VXLAN datagram to port VXLAN_PORT carrying this VNI (8 bytes of UDP, 4 of flags, then the 24-bit id)."""
+    return _is({"payload": {"base": "th", "offset": 96, "len": 24}}, vni)
+
+
+def _underlay(doc: _Document, stretches: Mapping[str, Stretch], groups: list[str]) -> None:
+    """A stretched bridge's frames come only from the other hosts' VXLAN: the kernel's VXLAN socket takes a
+    datagram to any address of the host (its LAN address, a gateway, 127.0.0.1), and what a local user or a
+    NATed guest sends to a peer leaves with this host's underlay address as its source."""
+    family = "inet"
+    if not stretches:
+        return
+    doc.chain(family, "output", type="filter", hook="output", prio=0, policy="accept")
+    for st in sorted(stretches.values(), key=lambda x: x.link):
+        remotes = [str(r) for r in st.remotes]
+        ours = [_is(_payload("udp", "dport"), VXLAN_PORT), _vni(st.vni)]
+        doc.rule(family, "input", *ours, _not_in(_payload("ip", "saddr"), remotes), DROP)
+        doc.rule(family, "input", *ours, _is(_meta("iifname"), "lo"), DROP)
+        # Only the kernel's own VXLAN socket (no user) sends this bridge's frames to the peers.
+        doc.rule(family, "output", *ours, _in(_payload("ip", "daddr"), remotes), {"match": {
+            "op": "!=", "left": _meta("skuid"), "right": 0}}, DROP)
+        doc.rule(family, "guest-forward", *ours, DROP)  # a guest's own, before masquerade makes it the host's
+        groups.append(f"underlay: VXLAN id {st.vni} (bridge {st.bridge}) only from {', '.join(remotes)}, "
+                      "never from a local process or a guest")
 
 
 def _nat(doc: _Document, t: Topology, links: list[str], groups: list[str]) -> None:
