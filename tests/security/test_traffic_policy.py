@@ -165,9 +165,13 @@ def test_a_guest_cannot_smuggle_arp_past_the_checks_in_a_vlan_tag(secured: tuple
     with attached(farm.host.name, "web-0", "db-0") as (web, db):
         lie = arp(WEB, "172.16.99.2", "172.16.99.3")
         web.send(lie[:12] + struct.pack("!HHHH", 0x88A8, 5, 0x8100, 7) + lie[12:])
+        # Two tags of VLAN 0, which the kernel strips both: a claim to the host itself, asking it for its MAC
+        to_host = arp(WEB, "172.16.99.2", "172.16.99.254")
+        web.send(to_host[:12] + struct.pack("!HHHH", 0x8100, 0, 0x8100, 0) + to_host[12:])
         web.send(arp(WEB, "172.16.99.1", "172.16.99.3"))  # broadcast too, and after it: db sees it last
         seen = db.receive(lambda f: f[12:14] == b"\x08\x06" and f[28:32] == bytes([172, 16, 99, 1]))
     assert any(f[12:14] in (b"\x88\xa8", b"\x81\x00") for f in seen) is not on
+    assert (neighbours(farm, "br0").get("172.16.99.2") == WEB) is not on, "the host's own table too"
 
 
 # --- 3. spoofed sources towards the LAN ---------------------------------------------------------------
