@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from umlstate.errors import ActionError
+from umlstate.errors import ActionError, BackingOff
 from umlstate.model.snapshot import Snapshot
 from umlstate.plan.result import Backoff, Plan
 from umlstate.reconcile import Outcome
@@ -190,7 +190,10 @@ class FailingService:
         self.passes += 1
         if self.passes <= self.failures:
             raise ActionError("guest web exited right after it started")
-        return Outcome(Plan("t", None, (), backoff=self.backoff), (), 0.0, Snapshot())
+        outcome = Outcome(Plan("t", None, (), backoff=self.backoff), (), 0.0, Snapshot())
+        if self.backoff:  # as reconcile says it: all done, but a crash-looping guest waits
+            raise BackingOff("web backs off", min(b.until for b in self.backoff), outcome)
+        return outcome
 
     def observe(self) -> Snapshot:
         return Snapshot()

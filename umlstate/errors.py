@@ -99,6 +99,16 @@ class ActionError(UmlstateError):
     """One action of a plan failed while applying it."""
 
 
+class BackingOff(ActionError):
+    """The pass did all it could, but guests in a crash loop wait for their backoff to end (exit 1).
+
+    ``until``: the earliest end, seconds since the epoch; ``outcome``: the pass (reconcile.Outcome)."""
+
+    def __init__(self, message: str, until: float, outcome: object) -> None:
+        super().__init__(message)
+        self.until, self.outcome = until, outcome
+
+
 class VerificationError(UmlstateError):
     """After apply, the host still differs from the topology."""
 

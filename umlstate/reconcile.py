@@ -22,6 +22,7 @@ import structlog
 from umlstate.apply.boot import BOOT_TIMEOUT
 from umlstate.apply.executor import STOP_TIMEOUT, ApplyFailed, Executor, preflight_failures
 from umlstate.errors import (
+    BackingOff,
     ConflictError,
     HostError,
     PreflightError,
@@ -39,6 +40,7 @@ from umlstate.observe.observe import observe
 from umlstate.plan.actions import PRIVILEGE, Action, Kind
 from umlstate.plan.planner import plan
 from umlstate.plan.result import Plan
+from umlstate.plan.status import backing_off
 
 log = structlog.get_logger("umlstate")
 
@@ -133,7 +135,7 @@ class Reconciler:
                 if p.guest_blockers:
                     raise ApplyFailed([], preflight_failures(p), [])
                 log.debug("run", result="in sync", actions=0)
-                return Outcome(p, (), 0.0, snapshot)
+                return _settled(Outcome(p, (), 0.0, snapshot))
             if confirm is not None:
                 confirm(p)
             cfg = self.settings
@@ -149,7 +151,7 @@ class Reconciler:
             s = p.summary
             log.info("run", result="converged", added=s["add"], changed=s["change"], destroyed=s["destroy"],
                      seconds=round(result.seconds, 3))
-            return Outcome(p, tuple(result.done), result.seconds, after)
+            return _settled(Outcome(p, tuple(result.done), result.seconds, after))
 
     def _cap_logs(self, snapshot: Snapshot) -> None:
         """Every root pass keeps the running processes' logs bounded (a guest may print without end)."""
@@ -245,6 +247,16 @@ class Reconciler:
         return HostError(f"{command} must run as root, and this is {who}; nothing was changed.\n"
                          + "\n".join(f"  {line}" for line in needs),
                          f"sudo umlstate {self.settings.command_line or command}")
+
+
+def _settled(outcome: Outcome) -> Outcome:
+    """The outcome, unless guests in a crash loop still wait: then the pass did all it could, and says so."""
+    waiting = outcome.plan.backoff
+    if not waiting:
+        return outcome
+    lines = [f"  - guest {b.guest}: {backing_off(b)}" for b in waiting]
+    raise BackingOff("guests keep dying soon after they start, and wait before the next try:\n"
+                     + "\n".join(lines), min(b.until for b in waiting), outcome)
 
 
 def _refuse(p: Plan) -> None:

@@ -36,7 +36,7 @@ from types import FrameType
 
 import structlog
 
-from umlstate.errors import UmlstateError
+from umlstate.errors import BackingOff, UmlstateError
 from umlstate.host import processes
 from umlstate.model.snapshot import Proc, Snapshot
 from umlstate.reconcile import Reconciler
@@ -95,6 +95,12 @@ class Watcher:
         start = time.monotonic()
         try:
             outcome = self.service.converge()
+        except BackingOff as exc:  # all done but crash-looping guests: start each when its backoff ends
+            self.failures = 0
+            self.retry_at = time.monotonic() + max(0.0, exc.until - time.time()) + 0.05
+            log.info("watch pass: guests backing off", until=round(exc.until, 1))
+            with contextlib.suppress(UmlstateError):
+                self._know(self.service.observe())
         except UmlstateError as exc:  # keep watching: a retry (backing off), an event or the resync tries again
             self.failures += 1
             wait = min(RETRY_LONGEST, RETRY_FIRST * 2 ** (self.failures - 1))
@@ -104,10 +110,6 @@ class Watcher:
                 self._know(self.service.observe())
         else:
             self.failures, self.retry_at = 0, None
-            # A guest in a crash loop is started when its backoff ends: wake then, whatever else happens.
-            wake = min((b.until for b in outcome.plan.backoff), default=None)
-            if wake is not None:
-                self.retry_at = time.monotonic() + max(0.0, wake - time.time()) + 0.05
             self._know(outcome.after)
         log.debug("watch pass", reason=reason, seconds=round(time.monotonic() - start, 3))
 

@@ -125,8 +125,13 @@ class Executor:
                     self._fail(action, cause)
         finally:
             self.close()
+        # A crash count goes with a run that started: a start that failed before spawning made no run.
+        crashes = {**observed.records.crashes, **{g: n for g, n in final.records.crashes.items()
+                                                  if unit_of("guest", g) in self.spawned}}
+        crashes = {g: n for g, n in crashes.items()
+                   if g in final.records.crashes or unit_of("guest", g) not in self.spawned}
         self._save(replace(final.records, pending_taps=frozenset(), boot_id=observed.boot_id,
-                           processes=self._running(observed, final),
+                           processes=self._running(observed, final), crashes=crashes,
                            ruleset=self.ruleset if final.records.ruleset and self.ruleset else final.records.ruleset))
         self.result.seconds = time.monotonic() - start
         if self.failed:
