@@ -294,8 +294,17 @@ SENDER = """
 import socket, sys, time
 data = bytes(1 << 16)
 total = int(sys.argv[2])
+deadline = time.monotonic() + 20
+while True:  # the guest's busybox nc listens again a moment after each connection ends
+    try:
+        s = socket.create_connection((sys.argv[1], 5001), timeout=30)
+        break
+    except ConnectionRefusedError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
 start = time.perf_counter()
-with socket.create_connection((sys.argv[1], 5001), timeout=30) as s:
+with s:
     for _ in range(total // len(data)):
         s.sendall(data)
     s.shutdown(socket.SHUT_WR)
