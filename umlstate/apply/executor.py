@@ -284,7 +284,7 @@ class Executor:
                 self._send_now(action.create)
             case (A.CreateTap() | A.MarkTap() | A.SetLinkUp() | A.DeleteTap() | A.AddAddress() | A.RemoveAddress()
                   | A.AddProxy() | A.RemoveProxy() | A.Enslave() | A.SetBridgeUp() | A.DeleteBridge() | A.SetBridgeMac()
-                  | A.DeleteVxlan() | A.AddFlood() | A.RemoveFlood()):
+                  | A.DeleteVxlan() | A.AddFdb() | A.RemoveFdb()):
                 self._send_now(action)
             case A.CreateBridge():
                 # Now, not batched: the taps enslaved later need its ifindex.
@@ -374,8 +374,8 @@ class Executor:
                 requests.delete_link(action, action.name)
             case A.SetBridgeMac():
                 requests.set_mac(action, action.name, action.mac)
-            case A.AddFlood() | A.RemoveFlood():
-                requests.flood(action, action.vxlan, action.remote, add=isinstance(action, A.AddFlood))
+            case A.AddFdb() | A.RemoveFdb():
+                requests.fdb(action, action.vxlan, action.mac, action.remote, add=isinstance(action, A.AddFdb))
             case A.Enslave():
                 requests.enslave(action, action.name, action.bridge)
             case A.AddAddress() | A.RemoveAddress():

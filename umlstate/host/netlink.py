@@ -42,7 +42,6 @@ NTF_PROXY, NTF_SELF = 0x08, 0x02
 NUD_PERMANENT = 0x80
 NLM_F_APPEND = 0x800
 AF_BRIDGE = 7
-FLOOD = bytes(6)  # the all-zero MAC: a VXLAN's default destination, where unknown frames are flooded
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
 _NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port
@@ -67,6 +66,14 @@ def _u32(kind: int, value: int) -> bytes:
 
 def _ipv4(kind: int, address: ipaddress.IPv4Address) -> bytes:
     return _nla(kind, address.packed)
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _mac_text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def _message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
@@ -241,8 +248,8 @@ class Netlink:
                 out.add((index[link_index], ipaddress.IPv4Address(buf[where[0]:where[1]])))
         return frozenset(out)
 
-    def floods(self, index: dict[int, str], names: set[str]) -> frozenset[tuple[str, ipaddress.IPv4Address]]:
-        """(vxlan link, remote underlay) of each flood entry (all-zero MAC) on the named VXLAN links."""
+    def fdb(self, index: dict[int, str], names: set[str]) -> frozenset[tuple[str, str, ipaddress.IPv4Address]]:
+        """(vxlan link, MAC, remote underlay) of each forwarding entry with a destination on the named VXLANs."""
         out = set()
         if not names:
             return frozenset()
@@ -255,8 +262,8 @@ class Netlink:
                 continue
             attrs = _attrs(buf, start + _NDMSG.size, end)
             mac, dst = attrs.get(NDA_LLADDR), attrs.get(NDA_DST)
-            if mac and dst and buf[mac[0]:mac[1]] == FLOOD and dst[1] - dst[0] == 4:
-                out.add((index[link_index], ipaddress.IPv4Address(buf[dst[0]:dst[1]])))
+            if mac and dst and mac[1] - mac[0] == 6 and dst[1] - dst[0] == 4:
+                out.add((index[link_index], _mac_text(buf[mac[0]:mac[1]]), ipaddress.IPv4Address(buf[dst[0]:dst[1]])))
         return frozenset(out)
 
     def carrier(self, name: str) -> bool:
@@ -318,7 +325,7 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:
     data = _attrs(buf, *data_at) if data_at and kind == "tun" else {}
     vxlan = _attrs(buf, *data_at) if data_at and kind == "vxlan" else {}
     mac_at = attrs.get(IFLA_ADDRESS)
-    mac = ":".join(f"{b:02x}" for b in buf[mac_at[0]:mac_at[1]]) if mac_at and mac_at[1] - mac_at[0] == 6 else None
+    mac = _mac_text(buf[mac_at[0]:mac_at[1]]) if mac_at and mac_at[1] - mac_at[0] == 6 else None
     local_at = vxlan.get(IFLA_VXLAN_LOCAL)
     local = str(ipaddress.IPv4Address(buf[local_at[0]:local_at[1]])) if local_at and local_at[1] - local_at[0] == 4 \
         else None
@@ -369,11 +376,11 @@ class Batch:
         """ip link add NAME type bridge group GROUP [address MAC]; its mark (ifalias) follows by name."""
         body = link_request(0, name=name, kind="bridge", group=group)
         if mac is not None:
-            body += _nla(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+            body += _nla(IFLA_ADDRESS, _mac_bytes(mac))
         self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label)
 
     def set_mac(self, label: object, name: str, mac: str) -> None:
-        body = link_request(_index(name)) + _nla(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+        body = link_request(_index(name)) + _nla(IFLA_ADDRESS, _mac_bytes(mac))
         self._add(RTM_NEWLINK, 0, body, label)
 
     def create_vxlan(self, label: object, name: str, *, vni: int, local: ipaddress.IPv4Address, port: int,
@@ -389,10 +396,10 @@ class Batch:
                 + _u32(IFLA_MASTER, _index(bridge)) + _u32(IFLA_GROUP, group))
         self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label)
 
-    def flood(self, label: object, vxlan: str, remote: ipaddress.IPv4Address, *, add: bool) -> None:
-        """bridge fdb append|del 00:00:00:00:00:00 dev VXLAN dst REMOTE: frames for unknown MACs go there too."""
+    def fdb(self, label: object, vxlan: str, mac: str, remote: ipaddress.IPv4Address, *, add: bool) -> None:
+        """bridge fdb append|del MAC dev VXLAN dst REMOTE (FLOOD_MAC: frames for unknown MACs go there too)."""
         body = (_NDMSG.pack(AF_BRIDGE, _index(vxlan), NUD_PERMANENT, NTF_SELF, 0)
-                + _nla(NDA_LLADDR, FLOOD) + _ipv4(NDA_DST, remote))
+                + _nla(NDA_LLADDR, _mac_bytes(mac)) + _ipv4(NDA_DST, remote))
         flags = NLM_F_CREATE | NLM_F_APPEND if add else 0
         self._add(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, body, label)
 

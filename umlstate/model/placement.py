@@ -32,6 +32,9 @@ class Stretch:
     vni: int
     local: ipaddress.IPv4Address  # this host's underlay
     remotes: tuple[ipaddress.IPv4Address, ...]  # the other hosts with guests on the bridge
+    # (MAC, that host's underlay) of each of their guests' NICs on the bridge: the VXLAN does not learn,
+    # so these are its static forwarding entries (a frame for another MAC floods to every remote).
+    macs: tuple[tuple[str, ipaddress.IPv4Address], ...] = ()
 
     @property
     def link(self) -> str:
@@ -69,8 +72,11 @@ def place(t: Topology, host: str | None) -> Placement:
             continue
         others = sorted({underlays[g.host] for g in t.guests if g.host and g.host != here.name
                          and any(n.switch == bridge.name for n in g.nics)}, key=int)
+        macs = sorted((t.mac_of(g, i), underlays[g.host]) for g in t.guests if g.host and g.host != here.name
+                      for i, n in enumerate(g.nics) if n.switch == bridge.name)
         if others:
-            stretches[bridge.name] = Stretch(bridge.name, t.vni_of(bridge), here.underlay, tuple(others))
+            stretches[bridge.name] = Stretch(bridge.name, t.vni_of(bridge), here.underlay, tuple(others),
+                                             tuple(macs))
     data: dict[str, Any] = t.model_dump(mode="json", exclude_unset=True)
     data["guests"] = [g.model_dump(mode="json", exclude_unset=True) for g in guests]
     data["switches"] = [sw.model_dump(mode="json", exclude_unset=True) for sw in t.switches

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 
 IPv4Interface = ipaddress.IPv4Interface
 IPv4Address = ipaddress.IPv4Address
+FLOOD_MAC = "00:00:00:00:00:00"  # a VXLAN forwarding entry for this MAC is where frames for unknown MACs go
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class Snapshot:
     links: Mapping[str, Link] = field(default_factory=dict)
     addresses: Mapping[str, frozenset[IPv4Interface]] = field(default_factory=dict)
     proxies: frozenset[tuple[str, IPv4Address]] = frozenset()
-    floods: frozenset[tuple[str, IPv4Address]] = frozenset()  # (vxlan link, remote underlay): flood entries
+    # (vxlan link, MAC, remote underlay): its static forwarding entries; FLOOD_MAC's are where unknown go
+    fdb: frozenset[tuple[str, str, IPv4Address]] = frozenset()
     records: Records = Records()
     switches: Mapping[str, SwitchState] = field(default_factory=dict)
     guests: Mapping[str, GuestState] = field(default_factory=dict)

@@ -318,6 +318,15 @@ class Topology(_Model):
         """The VXLAN id of a stretched bridge: declared, or derived from the names (stable, in range)."""
         return bridge.vni or 1 + _fnv(f"{self.name}/{bridge.name}") % 16777214
 
+    def mac_of(self, guest: Guest, index: int) -> str:
+        """The MAC of a guest's NIC: declared, or a stable, locally administered unicast one (fe:fd:..., as
+        UML's own defaults) derived from the names, so that every host of a farm knows it."""
+        nic = guest.nics[index]
+        if nic.mac:
+            return nic.mac
+        digest = hashlib.sha256(f"{self.name}/{guest.name}/{index}".encode()).digest()
+        return "fe:fd:" + ":".join(f"{b:02x}" for b in digest[:4])
+
     def anycast_mac(self, bridge: Switch) -> str:
         """The bridge's MAC on every host that serves its subnet: the gateway is one MAC at every host."""
         digest = hashlib.sha256(f"{self.name}/{bridge.name}/{bridge.subnet}".encode()).digest()

@@ -75,7 +75,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         links=links,
         addresses=netlink.addresses(index, {n for n in ours if n in links}),
         proxies=netlink.proxies(index),
-        floods=netlink.floods(index, {n for n, link in links.items() if link.kind == "vxlan"}),
+        fdb=netlink.fdb(index, {n for n, link in links.items() if link.kind == "vxlan"}),
         records=recs,
         switches=switches,
         guests=guests,

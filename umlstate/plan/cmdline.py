@@ -9,7 +9,6 @@ moving to those must not touch anything else.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,17 +21,6 @@ TRANSPORT_CONFIG = {"daemon": "CONFIG_UML_NET_DAEMON", "vde": "CONFIG_UML_NET_VD
 PROGRAM_PACKAGES = {"uml_switch": "uml-utilities", "vde_switch": "vde2", "groupadd": "passwd", "groupdel": "passwd",
                     "gpasswd": "passwd",
                     "linux.uml": "user-mode-linux"}
-
-
-def derived_mac(topology: str, guest: str, index: int) -> str:
-    """A stable, locally administered unicast MAC (fe:fd:... as UML's own defaults)."""
-    digest = hashlib.sha256(f"{topology}/{guest}/{index}".encode()).digest()
-    return "fe:fd:" + ":".join(f"{b:02x}" for b in digest[:4])
-
-
-def mac_of(topology: Topology, guest: Guest, index: int) -> str:
-    nic = guest.nics[index]
-    return nic.mac or derived_mac(topology.name, guest.name, index)
 
 
 def holds_stdin(switch: Switch) -> bool:
@@ -102,7 +90,7 @@ def wire(topology: Topology, guest: Guest, index: int, kernel: KernelFacts | Non
     transport is assumed and the choice is the legacy one, as before vector kernels.
     """
     nic = guest.nics[index]
-    mac = mac_of(topology, guest, index)
+    mac = topology.mac_of(guest, index)
     legacy = kernel.transports if kernel is not None else frozenset(LEGACY) | {"vector"}
     vector = kernel.vector_transports if kernel is not None else frozenset({"tap"})
     has_vector = "vector" in legacy

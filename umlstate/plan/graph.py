@@ -49,7 +49,7 @@ def needs(a: A.AnyAction, t: Topology) -> frozenset[str]:
             return frozenset({f"link:{a.bridge}"})
         case A.AddAddress():
             return frozenset({f"link:{a.ifname}"})
-        case A.AddFlood():
+        case A.AddFdb():
             return frozenset({f"link:{a.vxlan}"})
         case A.StartSwitch():
             return frozenset({f"link:{a.tap}"} if a.tap else ())

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from umlstate.model.placement import VXLAN_PORT, Stretch
-from umlstate.model.snapshot import Proc, Snapshot, unit_of
+from umlstate.model.snapshot import FLOOD_MAC, Proc, Snapshot, unit_of
 from umlstate.model.topology import Host, Topology
 from umlstate.plan import actions as A
 from umlstate.plan import backoff, cmdline, preflight, ruleset
@@ -219,20 +219,24 @@ def _vxlans(t: Topology, wanted: Mapping[str, Stretch], b: Builder) -> None:
                                       ("learning from the underlay", link.learning),
                                       ("down", not link.up)) if bad]
             if not drift:
-                _floods(name, st, b)
+                _fdb(name, st, b)
                 continue
             b.add(A.DeleteVxlan("; ".join(drift), name, t.link_group))
         if st.bridge in b.s.links:
             b.add(create)
-            _floods(name, st, b)
+            _fdb(name, st, b)
 
 
-def _floods(name: str, st: Stretch, b: Builder) -> None:
-    have = {remote for link, remote in b.s.floods if link == name}
-    for remote in sorted(have - set(st.remotes)):
-        b.add(A.RemoveFlood("that host has no guests on the bridge any more", name, remote))
-    for remote in sorted(set(st.remotes) - have):
-        b.add(A.AddFlood("a host with guests on the bridge", name, remote))
+def _fdb(name: str, st: Stretch, b: Builder) -> None:
+    """The VXLAN's static forwarding entries: a flood entry per other host, and each remote guest's MAC."""
+    want = {(FLOOD_MAC, remote) for remote in st.remotes} | set(st.macs)
+    have = {(mac, remote) for link, mac, remote in b.s.fdb if link == name}
+    for mac, remote in sorted(have - want):
+        b.add(A.RemoveFdb("no guest of that host has this MAC on the bridge any more" if mac != FLOOD_MAC
+                          else "that host has no guests on the bridge any more", name, mac, remote))
+    for mac, remote in sorted(want - have):
+        b.add(A.AddFdb("a host with guests on the bridge" if mac == FLOOD_MAC else "a guest's NIC on that host",
+                       name, mac, remote))
 
 
 def _taps(t: Topology, b: Builder, adopt: bool) -> None:

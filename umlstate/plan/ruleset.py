@@ -38,7 +38,6 @@ from typing import Any
 from umlstate.model.placement import VXLAN_PORT, Stretch
 from umlstate.model.topology import Guest, Nic, Topology
 from umlstate.plan import actions as A
-from umlstate.plan.cmdline import mac_of
 from umlstate.plan.result import Builder
 
 Expr = dict[str, Any]
@@ -112,7 +111,7 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
     checked4 = True
     for guest, i in nics:
         nic: Nic = guest.nics[i]
-        mac = mac_of(t, guest, i)
+        mac = t.mac_of(guest, i)
         macs.append(mac)
         sources6.append(link_local(mac))
         net = t.subnet_of_nic(nic)

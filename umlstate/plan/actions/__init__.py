@@ -26,7 +26,7 @@ from umlstate.plan.actions.host import (
 )
 from umlstate.plan.actions.network import (
     AddAddress,
-    AddFlood,
+    AddFdb,
     AddProxy,
     CreateBridge,
     CreateTap,
@@ -38,7 +38,7 @@ from umlstate.plan.actions.network import (
     FixTap,
     MarkTap,
     RemoveAddress,
-    RemoveFlood,
+    RemoveFdb,
     RemoveProxy,
     ReplaceTap,
     SetBridgeMac,
@@ -67,7 +67,7 @@ AnyAction: TypeAlias = (
     | CreateGroup | AddGroupMember | RemoveGroupMember | ForgetGroupMember | DeleteGroup
     | SetSysctl | RestoreSysctl
     | CreateTap | FixTap | MarkTap | SetLinkUp | DeleteTap | ReplaceTap | Enslave
-    | CreateBridge | SetBridgeUp | SetBridgeMac | DeleteBridge | CreateVxlan | DeleteVxlan | AddFlood | RemoveFlood
+    | CreateBridge | SetBridgeUp | SetBridgeMac | DeleteBridge | CreateVxlan | DeleteVxlan | AddFdb | RemoveFdb
     | AddAddress | RemoveAddress | AddProxy | RemoveProxy
     | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
     | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers | PlugNic | UnplugNic
@@ -78,7 +78,7 @@ __all__ = [
     "PRIVILEGE",
     "Action",
     "AddAddress",
-    "AddFlood",
+    "AddFdb",
     "AddGroupMember",
     "AddProxy",
     "AnyAction",
@@ -106,7 +106,7 @@ __all__ = [
     "Op",
     "PlugNic",
     "RemoveAddress",
-    "RemoveFlood",
+    "RemoveFdb",
     "RemoveGroupMember",
     "RemoveProxy",
     "ReplaceGuest",

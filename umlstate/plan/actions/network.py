@@ -1,4 +1,4 @@
-"""Actions on the kernel's network: taps, bridges, VXLAN links and their flood entries, addresses, proxy ARP."""
+"""Actions on the kernel's network: taps, bridges, VXLAN links and their forwarding entries, addresses, proxy ARP."""
 
 from __future__ import annotations
 
@@ -93,8 +93,8 @@ def without_link(s: Snapshot, name: str) -> Snapshot:
     enslavement of its ports go with it; its pending record (made before a crash could mark it) too."""
     links = {k: (replace(v, master=None) if v.master == name else v) for k, v in s.links.items() if k != name}
     addresses = {k: v for k, v in s.addresses.items() if k != name}
-    floods = frozenset(f for f in s.floods if f[0] != name)
-    return replace(s, links=links, addresses=addresses, floods=floods,
+    fdb = frozenset(f for f in s.fdb if f[0] != name)
+    return replace(s, links=links, addresses=addresses, fdb=fdb,
                    records=replace(s.records, pending_taps=s.records.pending_taps - {name}))
 
 
@@ -346,40 +346,43 @@ class DeleteVxlan(_Named, Action):
 
 
 @dataclass(frozen=True)
-class AddFlood(Action):
-    """Frames for MACs not learned yet go to this host too (bridge fdb append 00:00:00:00:00:00)."""
+class AddFdb(Action):
+    """A static forwarding entry of a VXLAN: frames for MAC go to that host (bridge fdb append); FLOOD_MAC's
+    entries are where frames for MACs without one go."""
 
     op: ClassVar[Op] = "create"
     kind: ClassVar[Kind] = "fdb"
     vxlan: str
+    mac: str
     remote: ipaddress.IPv4Address
 
     @property
     def target(self) -> str:
-        return f"{self.vxlan} {self.remote}"
+        return f"{self.vxlan} {self.mac} {self.remote}"
 
     @property
     def detail(self) -> str:
-        return f"bridge fdb append 00:00:00:00:00:00 dev {self.vxlan} dst {self.remote}"
+        return f"bridge fdb append {self.mac} dev {self.vxlan} dst {self.remote}"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        return replace(s, floods=s.floods | {(self.vxlan, self.remote)})
+        return replace(s, fdb=s.fdb | {(self.vxlan, self.mac, self.remote)})
 
 
 @dataclass(frozen=True)
-class RemoveFlood(Action):
+class RemoveFdb(Action):
     op: ClassVar[Op] = "delete"
     kind: ClassVar[Kind] = "fdb"
     vxlan: str
+    mac: str
     remote: ipaddress.IPv4Address
 
     @property
     def target(self) -> str:
-        return f"{self.vxlan} {self.remote}"
+        return f"{self.vxlan} {self.mac} {self.remote}"
 
     @property
     def detail(self) -> str:
-        return f"bridge fdb del 00:00:00:00:00:00 dev {self.vxlan} dst {self.remote}"
+        return f"bridge fdb del {self.mac} dev {self.vxlan} dst {self.remote}"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        return replace(s, floods=s.floods - {(self.vxlan, self.remote)})
+        return replace(s, fdb=s.fdb - {(self.vxlan, self.mac, self.remote)})
