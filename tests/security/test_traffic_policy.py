@@ -43,12 +43,13 @@ from tapguest import (
 )
 
 from umlstate.host.icmp import checksum
+from umlstate.plan.ruleset import SENDERS_PER_PORT
 
 from conftest import Netns, host_and_lan, hosts_on_lan, needs_root, umlstate
 
 pytestmark = [needs_root, pytest.mark.kernel]
 
-WEB, DB, DMZ = "fe:fd:00:00:00:01", "fe:fd:00:00:00:02", "fe:fd:00:00:00:03"
+WEB, DB, DMZ, LAB = "fe:fd:00:00:00:01", "fe:fd:00:00:00:02", "fe:fd:00:00:00:03", "fe:fd:00:00:00:04"
 WEB_LL = "fe80::fcfd:ff:fe00:1"  # the link-local address WEB's MAC gives (EUI-64)
 TOPOLOGY = """\
 name: {name}
@@ -69,6 +70,7 @@ guests:
   - {{name: db, user: nobody, disk: {{image: {tmp}/img}}, nics: [{{switch: br0, address: 172.16.99.2, mac: "{db}"}}]}}
   - {{name: dmzweb, user: nobody, disk: {{image: {tmp}/img}},
      nics: [{{switch: br1, address: 172.16.98.1, mac: "{dmz}"}}]}}
+  - {{name: lab, user: nobody, disk: {{image: {tmp}/img}}, nics: [{{switch: br1, mac: "{lab}"}}]}}  # no address
 """
 
 
@@ -94,10 +96,10 @@ def make_farm(tmp: Path, *, security: bool = True, reach: str = "[]") -> Iterato
         (tmp / "img").write_bytes(b"")
         name = "p" + secrets.token_hex(3)
         path = tmp / "topology.yaml"
-        path.write_text(TOPOLOGY.format(name=name, tmp=tmp, web=WEB, db=DB, dmz=DMZ, reach=reach,
+        path.write_text(TOPOLOGY.format(name=name, tmp=tmp, web=WEB, db=DB, dmz=DMZ, lab=LAB, reach=reach,
                                         security="true" if security else "false"))
         farm = Farm(host, lan, path, name)
-        for guest in ("web", "db", "dmzweb"):
+        for guest in ("web", "db", "dmzweb", "lab"):
             farm.cli("stop", guest)  # held down: no kernel boots, the taps and the policy are made all the same
         farm.cli("apply", "--yes")
         yield farm
@@ -278,6 +280,20 @@ def test_floods_do_not_fill_the_hosts_tables(secured: tuple[Farm, bool]) -> None
         assert learned <= 2 and entries <= 1, (learned, entries)
     else:
         assert learned > 100 and entries > 50, (learned, entries)
+
+
+def test_a_nic_without_an_address_uses_a_few_of_its_subnets_addresses_at_a_time(farm: Farm) -> None:
+    """It may take any spare address of its subnet, but each one the host hears takes a neighbour entry."""
+    senders = [f"172.16.98.{i}" for i in range(10, 110)]
+    with attached(farm.host.name, "lab-0") as (lab,):
+        for sender in senders:
+            lab.send(arp(LAB, sender, "172.16.98.254"))
+        lab.receive(lambda f: f[12:14] == b"\x08\x06", seconds=10)  # the first ones are answered
+    entries = set(neighbours(farm, "br1"))
+    assert entries and entries <= set(senders[:SENDERS_PER_PORT]), sorted(entries)
+    # What the flood put in the policy's dynamic set is no drift.
+    plan = umlstate("plan", str(farm.path), "--detailed-exitcode", netns=farm.host.name)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
 
 
 # --- the policy as a resource ---------------------------------------------------------------------------------

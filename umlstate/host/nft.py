@@ -22,7 +22,9 @@ from typing import Any
 from umlstate.errors import HostError
 
 PACKAGE = "nftables"  # Debian's package that brings libnftables and the nft program
-_HANDLE = re.compile(rb'"handle": [0-9]+, ?|, "handle": [0-9]+')
+# What changes while the rules stay the same: handles (new on every load), and the elements that traffic
+# puts in dynamic sets (the only named sets umlstate makes).
+_CHANGING = re.compile(rb'"handle": [0-9]+, ?|, "handle": [0-9]+|, "elem": \[[^\]]*\]')
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
 _OUTPUT_STATELESS = 1 << 2  # NFT_CTX_OUTPUT_STATELESS: no counter values, so a listing is the same every time
 
@@ -107,13 +109,14 @@ class Nft:
     def digest(self, tables: Iterable[str]) -> str:
         """A digest of how nftables lists these tables ("family name"), the same for the same rules.
 
-        The listing's text as nftables writes it, without handles (they change on every load): not
-        parsed, since a thousand ports' listing takes longer to walk in Python than to make."""
+        The listing's text as nftables writes it, without handles (they change on every load) and the elements
+        of dynamic sets (traffic fills them): not parsed, since a thousand ports' listing takes longer to walk
+        in Python than to make."""
         digest = hashlib.sha256()
         for table in sorted(tables):
             family, name = table.split(" ", 1)
             self._call(f"list table {family} {name}")
-            digest.update(_HANDLE.sub(b"", self._lib.nft_ctx_get_output_buffer(self._ctx) or b""))
+            digest.update(_CHANGING.sub(b"", self._lib.nft_ctx_get_output_buffer(self._ctx) or b""))
         return digest.hexdigest()[:16]
 
 

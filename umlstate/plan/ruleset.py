@@ -46,6 +46,11 @@ DROP: Expr = {"drop": None}
 ACCEPT: Expr = {"accept": None}
 ANY4 = str(ipaddress.IPv4Address(0))  # an ARP probe's sender (RFC 5227): harmless, it updates no table
 NEIGHBOUR_DISCOVERY = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit"]
+# A port that may send from a whole network (a NIC without an address, a router's allow_sources) uses at most
+# this many of its addresses at a time: each one the host hears from takes an entry of its neighbour table,
+# which every namespace of the machine shares. An address unused for SENDER_TIMEOUT frees its place.
+SENDERS_PER_PORT = 32
+SENDER_TIMEOUT = 600
 
 
 # --- what each port may send ----------------------------------------------------------------------
@@ -60,6 +65,7 @@ class Port:
     macs: tuple[str, ...]  # empty: nobody declared behind it, any MAC
     sources4: tuple[str, ...] | None  # addresses or networks; None: not checked (no subnet, nothing declared)
     forbidden4: tuple[str, ...]  # inside sources4, yet someone else's (the gateway, declared guests)
+    onlink4: tuple[str, ...]  # subnets in sources4 (no address declared): any of their addresses, a few at a time
     sources6: tuple[str, ...]
 
 
@@ -107,6 +113,7 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
     macs: list[str] = []
     sources4: list[str] = []
     forbidden4: set[str] = set()
+    onlink4: set[str] = set()
     sources6: list[str] = ["::"]  # duplicate address detection
     checked4 = True
     for guest, i in nics:
@@ -119,6 +126,7 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
             sources4 += [str(o.address) for o in guest.nics if o.address is not None and t.subnet_of_nic(o) == net]
         elif net is not None:  # no address declared: any of its subnet's that is nobody else's
             sources4.append(str(net.cidr))
+            onlink4.add(str(net.cidr))
             forbidden4 |= {str(a) for a in declared if a in net.cidr and a != nic.address}
             if net.gateway is not None:
                 forbidden4.add(str(net.gateway))
@@ -131,11 +139,12 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
         checked4 = net is not None
         if net is not None:
             sources4.append(str(net.cidr))
+            onlink4.add(str(net.cidr))
             forbidden4 |= {str(a) for a in declared if a in net.cidr}
             if net.gateway is not None:
                 forbidden4.add(str(net.gateway))
     return Port(link, who, tuple(sorted(set(macs))), tuple(sorted(set(sources4))) if checked4 else None,
-                tuple(sorted(forbidden4)), tuple(sorted(set(sources6))))
+                tuple(sorted(forbidden4)), tuple(sorted(onlink4)), tuple(sorted(set(sources6))))
 
 
 # --- nftables JSON, a few words of it ----------------------------------------------------------------
@@ -199,6 +208,12 @@ class _Document:
 
     def chain(self, family: str, name: str, **hook: Any) -> None:
         self.commands.append({"add": {"chain": {"family": family, "table": self.table, "name": name, **hook}}})
+
+    def bounded_set(self, family: str, name: str, kind: str, size: int, timeout: int) -> None:
+        """A set the rules fill as traffic passes, at most ``size`` elements, each for ``timeout`` s (nftables
+        1.0.6's JSON knows no "dynamic" flag; the kernel makes the set dynamic for the update statement)."""
+        self.commands.append({"add": {"set": {"family": family, "table": self.table, "name": name, "type": kind,
+                                              "size": size, "flags": ["timeout"], "timeout": timeout}}})
 
     def rule(self, family: str, chain: str, *expr: Expr) -> None:
         self.commands.append({"add": {"rule": {"family": family, "table": self.table, "chain": chain,
@@ -286,6 +301,10 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
             if p.forbidden4:
                 doc.rule(family, chain, _in(_payload("arp", "saddr ip"), p.forbidden4), DROP)
                 doc.rule(family, chain, _in(_payload("ip", "saddr"), p.forbidden4), DROP)
+            networks = [s for s in p.sources4 if "/" in s]
+            if networks:
+                _bounded_senders(doc, family, chain, name=f"senders-{p.link}", networks=networks,
+                                 onlink=list(p.onlink4))
         doc.rule(family, chain, _not_in(_payload("ip6", "saddr"), p.sources6), DROP)
         doc.rule(family, chain, _in(_payload("icmpv6", "type"), ["nd-router-advert", "nd-redirect"]), DROP)
         doc.rule(family, chain, _is(_payload("icmp", "type"), "redirect"), DROP)
@@ -293,8 +312,23 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
         doc.rule(family, chain, _is(_meta("protocol"), "ip6"), _is(_payload("udp", "sport"), 547), DROP)
         sources = "any" if p.sources4 is None else ", ".join(p.sources4)
         but = f" but {', '.join(p.forbidden4)}" if p.forbidden4 else ""
-        groups.append(f"port {p.link}: {p.who}: MAC {', '.join(p.macs) or 'any'}; IPv4 from {sources}{but}; "
+        few = f" ({SENDERS_PER_PORT} at a time)" if any("/" in s for s in p.sources4 or ()) else ""
+        groups.append(f"port {p.link}: {p.who}: MAC {', '.join(p.macs) or 'any'}; IPv4 from {sources}{but}{few}; "
                       "IPv4, IPv6 and ARP only (no VLAN tags); no RA, redirects or DHCP replies")
+
+
+def _bounded_senders(doc: _Document, family: str, chain: str, *, name: str, networks: list[str],
+                     onlink: list[str]) -> None:
+    """At most SENDERS_PER_PORT addresses at a time as ARP sender (of any network the port may use) or as
+    IPv4 source on its own subnets (a router's forwarded sources lie beyond it and take no neighbour entry).
+
+    ``update`` puts the address in the set (or renews it); on a full set it fails and the rule stops there,
+    so the next rule, which drops what the set lacks, drops it."""
+    doc.bounded_set(family, name, "ipv4_addr", SENDERS_PER_PORT, SENDER_TIMEOUT)
+    for field, where in ((_payload("arp", "saddr ip"), networks), (_payload("ip", "saddr"), onlink)):
+        if where:
+            doc.rule(family, chain, _in(field, where), {"set": {"op": "update", "elem": field, "set": f"@{name}"}})
+            doc.rule(family, chain, _in(field, where), _is_not(field, f"@{name}"), DROP)
 
 
 def _inet(doc: _Document, t: Topology, links: list[str], stretches: Mapping[str, Stretch],
