@@ -250,6 +250,7 @@ class Executor:
     def _make_tap(self, a: A.CreateTap, requests: netlink.Batch) -> None:
         """ioctls now; the mark (ifalias, link group) queued, acked under this action's name."""
         tun.create_tap(self.tun_path, a.name, uid_of(a.owner), gid_of(a.group) if a.group else None)
+        sysctl.quiet_ipv6(a.name)
         requests.set_link(a, a.name, alias=a.alias, group=a.link_group)
 
     # --- one action at a time ----------------------------------------------------------------
@@ -284,20 +285,25 @@ class Executor:
                 self._send_now(action.create)
             case (A.CreateTap() | A.MarkTap() | A.SetLinkUp() | A.DeleteTap() | A.AddAddress() | A.RemoveAddress()
                   | A.AddProxy() | A.RemoveProxy() | A.Enslave() | A.SetBridgeUp() | A.DeleteBridge() | A.SetBridgeMac()
-                  | A.DeleteVxlan() | A.AddFdb() | A.RemoveFdb()):
+                  | A.LimitFdb() | A.DeleteVxlan() | A.AddFdb() | A.RemoveFdb()):
                 self._send_now(action)
             case A.CreateBridge():
                 # Now, not batched: the taps enslaved later need its ifindex.
                 requests = netlink.Batch()
-                requests.create_bridge(action, action.name, group=action.link_group, mac=action.mac)
+                requests.create_bridge(action, action.name, group=action.link_group, fdb_max=A.BRIDGE_FDB_MAX,
+                                       mac=action.mac)
                 requests.mark_by_name(action, action.name, alias=action.alias)
                 self._acked(action, requests)
+                sysctl.quiet_ipv6(action.name)
             case A.CreateVxlan():
                 requests = netlink.Batch()
                 requests.create_vxlan(action, action.name, vni=action.vni, local=action.local, port=action.port,
                                       bridge=action.bridge, group=action.link_group)
                 requests.mark_by_name(action, action.name, alias=action.alias)
                 self._acked(action, requests)
+                sysctl.quiet_ipv6(action.name)
+            case A.QuietIpv6():
+                sysctl.quiet_ipv6(action.link)
             case A.StartSwitch():
                 self._start_switch(action)
             case A.StopSwitch():
@@ -374,6 +380,8 @@ class Executor:
                 requests.delete_link(action, action.name)
             case A.SetBridgeMac():
                 requests.set_mac(action, action.name, action.mac)
+            case A.LimitFdb():
+                requests.limit_fdb(action, action.name, A.BRIDGE_FDB_MAX)
             case A.AddFdb() | A.RemoveFdb():
                 requests.fdb(action, action.vxlan, action.mac, action.remote, add=isinstance(action, A.AddFdb))
             case A.Enslave():

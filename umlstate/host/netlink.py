@@ -31,7 +31,10 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_EXT_MASK = 3, 10, 18, 20, 27, 29
+IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC = 3, 10, 18, 20, 26
+IFLA_GROUP, IFLA_EXT_MASK = 27, 29
+IFLA_INET6_CONF, DEVCONF_ACCEPT_RA, DEVCONF_AUTOCONF = 2, 3, 5  # IPv6's per-link sysctls, as an s32 array
+IFLA_BR_FDB_MAX_LEARNED = 49  # Linux 6.8; older kernels ignore it (a bridge's attributes are parsed leniently)
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_TUN_OWNER, IFLA_TUN_GROUP, IFLA_TUN_TYPE, IFLA_TUN_PI, IFLA_TUN_PERSIST = 1, 2, 3, 4, 6
 IFLA_ADDRESS = 1
@@ -74,6 +77,11 @@ def _mac_bytes(mac: str) -> bytes:
 
 def _mac_text(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw)
+
+
+def _bridge_info(fdb_max: int) -> bytes:
+    data = _u32(IFLA_BR_FDB_MAX_LEARNED, fdb_max)
+    return _nla(IFLA_LINKINFO, _nla(IFLA_INFO_KIND, b"bridge") + _nla(IFLA_INFO_DATA, data))
 
 
 def _message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
@@ -324,6 +332,14 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:
     # IFLA_INFO_DATA is the link kind's own: a bridge's forward delay is no tun owner.
     data = _attrs(buf, *data_at) if data_at and kind == "tun" else {}
     vxlan = _attrs(buf, *data_at) if data_at and kind == "vxlan" else {}
+    bridge = _attrs(buf, *data_at) if data_at and kind == "bridge" else {}
+    spec = attrs.get(IFLA_AF_SPEC)
+    inet6 = _attrs(buf, *spec).get(socket.AF_INET6) if spec else None
+    conf = _attrs(buf, *inet6).get(IFLA_INET6_CONF) if inet6 else None
+    autoconf = None
+    if conf and conf[1] - conf[0] > 4 * DEVCONF_AUTOCONF:
+        ra, auto = (struct.unpack_from("=i", buf, conf[0] + 4 * i)[0] for i in (DEVCONF_ACCEPT_RA, DEVCONF_AUTOCONF))
+        autoconf = bool(ra or auto)
     mac_at = attrs.get(IFLA_ADDRESS)
     mac = _mac_text(buf[mac_at[0]:mac_at[1]]) if mac_at and mac_at[1] - mac_at[0] == 6 else None
     local_at = vxlan.get(IFLA_VXLAN_LOCAL)
@@ -346,6 +362,8 @@ def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:
         vni=u32(vxlan.get(IFLA_VXLAN_ID)),
         local=local,
         learning=bool(u8(vxlan.get(IFLA_VXLAN_LEARNING))),
+        autoconf=autoconf,
+        fdb_max=u32(bridge.get(IFLA_BR_FDB_MAX_LEARNED)),
     ), u32(attrs.get(IFLA_MASTER)) or 0
 
 
@@ -372,12 +390,18 @@ class Batch:
         self._messages.append(_message(kind, NLM_F_REQUEST | NLM_F_ACK | flags, len(self._messages) + 1, body))
         self.labels.append(label)
 
-    def create_bridge(self, label: object, name: str, *, group: int, mac: str | None = None) -> None:
-        """ip link add NAME type bridge group GROUP [address MAC]; its mark (ifalias) follows by name."""
-        body = link_request(0, name=name, kind="bridge", group=group)
+    def create_bridge(self, label: object, name: str, *, group: int, fdb_max: int, mac: str | None = None) -> None:
+        """ip link add NAME type bridge fdb_max_learned N group GROUP [address MAC]; its mark (ifalias) follows
+        by name."""
+        body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _nla(IFLA_IFNAME, name.encode() + b"\0")
+                + _bridge_info(fdb_max) + _u32(IFLA_GROUP, group))
         if mac is not None:
             body += _nla(IFLA_ADDRESS, _mac_bytes(mac))
         self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label)
+
+    def limit_fdb(self, label: object, name: str, fdb_max: int) -> None:
+        """ip link set NAME type bridge fdb_max_learned N."""
+        self._add(RTM_NEWLINK, 0, link_request(_index(name)) + _bridge_info(fdb_max), label)
 
     def set_mac(self, label: object, name: str, mac: str) -> None:
         body = link_request(_index(name)) + _nla(IFLA_ADDRESS, _mac_bytes(mac))

@@ -23,6 +23,23 @@ def read(key: str) -> str | None:
         return None
 
 
+def quiet_ipv6(link: str) -> None:
+    """No router advertisements taken and no address autoconfiguration on a link umlstate made.
+
+    By path, not by dotted key: a link's name may hold a dot. Nothing to do where the kernel runs without
+    IPv6 (the folder is missing)."""
+    assert "/" not in link and link not in {".", ".."}, f"bug: {link!r} is no link name"
+    for key in ("accept_ra", "autoconf"):
+        try:
+            fd = os.open(f"/proc/sys/net/ipv6/conf/{link}/{key}", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            os.write(fd, b"0\n")
+        finally:
+            os.close(fd)
+
+
 def write(key: str, value: str) -> None:
     fd = os.open(path_of(key), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:

@@ -62,6 +62,8 @@ class Link:
     vni: int | None = None  # a VXLAN's id
     local: str | None = None  # a VXLAN's local underlay address
     learning: bool = False  # a VXLAN that learns where MACs are from what the underlay sends it
+    autoconf: bool | None = None  # takes IPv6 router advertisements or autoconfigures; None: no IPv6 on it
+    fdb_max: int | None = None  # a bridge's bound on learned MACs (0: none); None: the kernel has none (< 6.8)
 
     @property
     def is_tap(self) -> bool:

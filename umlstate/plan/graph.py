@@ -24,8 +24,8 @@ def provides(a: A.AnyAction) -> frozenset[str]:
     own = f"{a.kind}:{a.target}"
     match a:
         case A.CreateTap() | A.FixTap() | A.MarkTap() | A.SetLinkUp() | A.DeleteTap() | A.Enslave() \
-                | A.CreateBridge() | A.SetBridgeUp() | A.SetBridgeMac() | A.DeleteBridge() | A.CreateVxlan() \
-                | A.DeleteVxlan():
+                | A.CreateBridge() | A.SetBridgeUp() | A.SetBridgeMac() | A.LimitFdb() | A.DeleteBridge() \
+                | A.CreateVxlan() | A.DeleteVxlan():
             return frozenset({own, f"link:{a.name}"})
         case A.ReplaceTap():
             return frozenset({own, f"link:{a.create.name}"})
@@ -41,8 +41,10 @@ def needs(a: A.AnyAction, t: Topology) -> frozenset[str]:
             return frozenset({f"tun-device:{t.tun_path}"})
         case A.FixTap():
             return frozenset({f"tun-device:{t.tun_path}", f"link:{a.name}"})
-        case A.MarkTap() | A.SetLinkUp() | A.SetBridgeUp() | A.SetBridgeMac():  # changes of a link: it must be there
+        case A.MarkTap() | A.SetLinkUp() | A.SetBridgeUp() | A.SetBridgeMac() | A.LimitFdb():  # it must be there
             return frozenset({f"link:{a.name}"})
+        case A.QuietIpv6():
+            return frozenset({f"link:{a.link}"})
         case A.Enslave():
             return frozenset({f"link:{a.name}", f"link:{a.bridge}"})
         case A.CreateVxlan():

@@ -46,6 +46,7 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
     _enslave(desired, b)
     _addresses(desired, b)
     _link_up(desired, b)
+    _hardened(desired, wanted_vxlans, b)
     _proxies(desired, b)
     ruleset.plan_step(desired, stretches or {}, b, destroy=destroy)  # before any guest starts
     _switches(desired, b)
@@ -315,6 +316,20 @@ def _addresses(t: Topology, b: Builder) -> None:
             b.add(A.RemoveAddress("not in the topology", name, extra))
         if name in wanted and wanted[name] not in current:
             b.add(A.AddAddress("missing", name, wanted[name]))
+
+
+def _hardened(t: Topology, wanted: Mapping[str, Stretch], b: Builder) -> None:
+    """The links umlstate made take no IPv6 autoconfiguration; its bridges learn a bounded number of MACs."""
+    names = {tap.name for tap in wanted_taps(t)} | {x.name for x in t.bridges} | set(wanted)
+    for name in sorted(names):
+        link = b.s.links.get(name)
+        if link is None or not owns_link(t, b.s, name):
+            continue
+        if link.autoconf:
+            b.add(A.QuietIpv6("takes router advertisements or autoconfigures", name))
+        if link.kind == "bridge" and link.fdb_max is not None and link.fdb_max != A.BRIDGE_FDB_MAX:
+            b.add(A.LimitFdb(f"learns {'any number of' if not link.fdb_max else f'up to {link.fdb_max}'} MACs",
+                             name))
 
 
 def _link_up(t: Topology, b: Builder) -> None:

@@ -25,6 +25,7 @@ from umlstate.plan.actions.host import (
     SetSysctl,
 )
 from umlstate.plan.actions.network import (
+    BRIDGE_FDB_MAX,
     AddAddress,
     AddFdb,
     AddProxy,
@@ -36,7 +37,9 @@ from umlstate.plan.actions.network import (
     DeleteVxlan,
     Enslave,
     FixTap,
+    LimitFdb,
     MarkTap,
+    QuietIpv6,
     RemoveAddress,
     RemoveFdb,
     RemoveProxy,
@@ -67,7 +70,8 @@ AnyAction: TypeAlias = (
     | CreateGroup | AddGroupMember | RemoveGroupMember | ForgetGroupMember | DeleteGroup
     | SetSysctl | RestoreSysctl
     | CreateTap | FixTap | MarkTap | SetLinkUp | DeleteTap | ReplaceTap | Enslave
-    | CreateBridge | SetBridgeUp | SetBridgeMac | DeleteBridge | CreateVxlan | DeleteVxlan | AddFdb | RemoveFdb
+    | CreateBridge | SetBridgeUp | SetBridgeMac | LimitFdb | DeleteBridge | CreateVxlan | DeleteVxlan | AddFdb
+    | RemoveFdb | QuietIpv6
     | AddAddress | RemoveAddress | AddProxy | RemoveProxy
     | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
     | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers | PlugNic | UnplugNic
@@ -75,6 +79,7 @@ AnyAction: TypeAlias = (
 )
 
 __all__ = [
+    "BRIDGE_FDB_MAX",
     "PRIVILEGE",
     "Action",
     "AddAddress",
@@ -101,10 +106,12 @@ __all__ = [
     "FixTunNode",
     "ForgetGroupMember",
     "Kind",
+    "LimitFdb",
     "LoadRuleset",
     "MarkTap",
     "Op",
     "PlugNic",
+    "QuietIpv6",
     "RemoveAddress",
     "RemoveFdb",
     "RemoveGroupMember",

@@ -9,6 +9,9 @@ from typing import ClassVar
 from umlstate.model.snapshot import Link, Snapshot
 from umlstate.plan.actions.base import Action, Kind, Op, _Named
 
+# What a bridge learns at most: far above a farm's guests, far below what a MAC flood would leave.
+BRIDGE_FDB_MAX = 1024
+
 # --- taps ------------------------------------------------------------------------
 
 
@@ -25,12 +28,12 @@ class CreateTap(_Named, Action):
     @property
     def detail(self) -> str:
         group = f", group {self.group}" if self.group else ""
-        return f"tunctl: owner {self.owner}{group}, persistent, no PI, alias {self.alias}"
+        return f"tunctl: owner {self.owner}{group}, persistent, no PI, alias {self.alias}, no IPv6 autoconf"
 
     def simulate(self, s: Snapshot) -> Snapshot:
         link = Link(self.name, kind="tun", tun_type="tap", up=False, alias=self.alias, group=self.link_group,
                     owner=s.uid(self.owner), tun_group=s.gid(self.group) if self.group else None,
-                    persist=True, pi=False)
+                    persist=True, pi=False, autoconf=False)
         return replace(s, links={**s.links, self.name: link},
                        addresses={**s.addresses, self.name: frozenset()})
 
@@ -234,10 +237,12 @@ class CreateBridge(_Named, Action):
     @property
     def detail(self) -> str:
         address = f" address {self.mac}" if self.mac else ""
-        return f"ip link add {self.name}{address} type bridge, alias {self.alias}"
+        return (f"ip link add {self.name}{address} type bridge fdb_max_learned {BRIDGE_FDB_MAX}, alias {self.alias}, "
+                "no IPv6 autoconf")
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        link = Link(self.name, kind="bridge", up=False, alias=self.alias, group=self.link_group, mac=self.mac)
+        link = Link(self.name, kind="bridge", up=False, alias=self.alias, group=self.link_group, mac=self.mac,
+                    autoconf=False, fdb_max=BRIDGE_FDB_MAX)
         return replace(s, links={**s.links, self.name: link}, addresses={**s.addresses, self.name: frozenset()},
                        records=replace(s.records, pending_taps=s.records.pending_taps | {self.name}))
 
@@ -303,6 +308,43 @@ class SetBridgeMac(_Named, Action):
         return replace(s, links={**s.links, self.name: replace(s.links[self.name], mac=self.mac)})
 
 
+@dataclass(frozen=True)
+class LimitFdb(_Named, Action):
+    """A bound on the MACs a bridge learns: a guest sending from random MACs fills no more (Linux 6.8)."""
+
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "bridge"
+    name: str
+
+    @property
+    def detail(self) -> str:
+        return f"ip link set {self.name} type bridge fdb_max_learned {BRIDGE_FDB_MAX}"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, links={**s.links, self.name: replace(s.links[self.name], fdb_max=BRIDGE_FDB_MAX)})
+
+
+@dataclass(frozen=True)
+class QuietIpv6(Action):
+    """No IPv6 router advertisements taken and no autoconfiguration on a link umlstate made: a guest's RA
+    would give the host a route and an address (its port's policy drops RAs too, unless switched off)."""
+
+    op: ClassVar[Op] = "update"
+    kind: ClassVar[Kind] = "sysctl"
+    link: str
+
+    @property
+    def target(self) -> str:
+        return f"net.ipv6.conf.{self.link}"
+
+    @property
+    def detail(self) -> str:
+        return "accept_ra 0, autoconf 0"
+
+    def simulate(self, s: Snapshot) -> Snapshot:
+        return replace(s, links={**s.links, self.link: replace(s.links[self.link], autoconf=False)})
+
+
 # --- VXLAN: a bridge stretched between hosts -----------------------------------------------
 
 
@@ -325,7 +367,7 @@ class CreateVxlan(_Named, Action):
 
     def simulate(self, s: Snapshot) -> Snapshot:
         link = Link(self.name, kind="vxlan", up=True, alias=self.alias, group=self.link_group, master=self.bridge,
-                    vni=self.vni, local=str(self.local))
+                    vni=self.vni, local=str(self.local), autoconf=False)
         return replace(s, links={**s.links, self.name: link},
                        records=replace(s.records, pending_taps=s.records.pending_taps | {self.name}))
 
