@@ -9,15 +9,49 @@ shows as drift.
 
 from __future__ import annotations
 
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
 from umlstate.host import nft
 from umlstate.model.snapshot import RulesetRecord
 from umlstate.plan import actions as A
+from umlstate.plan.ruleset import port_link
 
 
 def load(action: A.LoadRuleset) -> RulesetRecord:
+    document, left_out = without_missing_ports(json.loads(action.document), _exists)
     with nft.Nft() as n:
-        n.run(action.document)
-        return RulesetRecord(action.tables, action.rendered, n.digest(action.tables))
+        n.run(document)
+        return RulesetRecord(action.tables, action.rendered, n.digest(action.tables), left_out)
+
+
+def _exists(link: str) -> bool:
+    try:
+        socket.if_nametoindex(link)
+    except OSError:
+        return False
+    return True
+
+
+def without_missing_ports(document: dict[str, Any], exists: Callable[[str], bool]) -> tuple[dict[str, Any],
+                                                                                          frozenset[str]]:
+    """The document without the chains (and their rules and sets) of ports whose link is not there.
+
+    Such a link is a tap whose creation failed in this pass: its guest does not start, so nothing is left
+    unguarded, and one guest's trouble does not keep the others' policy out."""
+    missing = {link for c in document["nftables"]
+               if (link := port_link(c.get("add", {}).get("chain", {}).get("name", ""))) and not exists(link)}
+    if not missing:
+        return document, frozenset()
+
+    def keep(command: dict[str, Any]) -> bool:
+        add = command.get("add", {})
+        name = add.get("chain", {}).get("name") or add.get("rule", {}).get("chain") or add.get("set", {}).get("name")
+        return not name or port_link(name) not in missing
+
+    return {"nftables": [c for c in document["nftables"] if keep(c)]}, frozenset(missing)
 
 
 def delete(action: A.DeleteRuleset) -> None:

@@ -97,6 +97,9 @@ class RulesetRecord:
     tables: frozenset[str]  # "family name"
     rendered: str
     listed: str
+    # Ports whose chain was left out: their link did not exist (before Linux 6.16, nftables cannot hook a
+    # device that is not there, and the whole transaction would fail). Loaded once the link is there.
+    left_out: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

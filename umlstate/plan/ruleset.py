@@ -51,6 +51,7 @@ NEIGHBOUR_DISCOVERY = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-s
 # which every namespace of the machine shares. An address unused for SENDER_TIMEOUT frees its place.
 SENDERS_PER_PORT = 32
 SENDER_TIMEOUT = 600
+PORT_CHAIN, SENDERS_SET = "port-", "senders-"  # each port's ingress chain and set: PREFIX + its link
 
 
 # --- what each port may send ----------------------------------------------------------------------
@@ -287,9 +288,9 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
     family = "netdev"
     doc.new_table(family)
     for p in secured:  # a base chain per port: libnftables' JSON hooks one device per chain
-        doc.chain(family, f"port-{p.link}", type="filter", hook="ingress", dev=p.link, prio=0, policy="accept")
+        doc.chain(family, PORT_CHAIN + p.link, type="filter", hook="ingress", dev=p.link, prio=0, policy="accept")
     for p in secured:
-        chain = f"port-{p.link}"
+        chain = PORT_CHAIN + p.link
         # Only what the checks below can read: a VLAN tag (or PPPoE, ...) would carry ARP and IP past them.
         doc.rule(family, chain, _not_in(_meta("protocol"), ["ip", "ip6", "arp"]), DROP)
         if p.macs:
@@ -303,7 +304,7 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
                 doc.rule(family, chain, _in(_payload("ip", "saddr"), p.forbidden4), DROP)
             networks = [s for s in p.sources4 if "/" in s]
             if networks:
-                _bounded_senders(doc, family, chain, name=f"senders-{p.link}", networks=networks,
+                _bounded_senders(doc, family, chain, name=SENDERS_SET + p.link, networks=networks,
                                  onlink=list(p.onlink4))
         doc.rule(family, chain, _not_in(_payload("ip6", "saddr"), p.sources6), DROP)
         doc.rule(family, chain, _in(_payload("icmpv6", "type"), ["nd-router-advert", "nd-redirect"]), DROP)
@@ -315,6 +316,14 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
         few = f" ({SENDERS_PER_PORT} at a time)" if any("/" in s for s in p.sources4 or ()) else ""
         groups.append(f"port {p.link}: {p.who}: MAC {', '.join(p.macs) or 'any'}; IPv4 from {sources}{but}{few}; "
                       "IPv4, IPv6 and ARP only (no VLAN tags); no RA, redirects or DHCP replies")
+
+
+def port_link(name: str) -> str | None:
+    """The link a port's chain or set is named after (``port-LINK``, ``senders-LINK``); None for the others."""
+    for prefix in (PORT_CHAIN, SENDERS_SET):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return None
 
 
 def _bounded_senders(doc: _Document, family: str, chain: str, *, name: str, networks: list[str],
@@ -452,6 +461,8 @@ def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, dest
         why = "tables of this name not recorded as umlstate's (records lost?): loaded anew"
     elif record.rendered != want.digest:
         why = "the topology's policy changed"
+    elif record.left_out & set(b.s.links):
+        why = f"port(s) {', '.join(sorted(record.left_out & set(b.s.links)))} left out, their link is there now"
     elif have.tables != want.tables or have.listed != record.listed:
         why = "changed outside umlstate (its listing is not the one loaded)"
     else:
