@@ -198,6 +198,17 @@ def router_advert(src_mac: str, src_ip6: str) -> bytes:
     return ether("33:33:00:00:00:01", src_mac, ETH_P_IPV6, header + body)
 
 
+def neighbour_advert(src_mac: str, src_ip6: str, target: str, dst_mac: str, dst_ip6: str) -> bytes:
+    """An unsolicited IPv6 neighbour advertisement (override set): TARGET is at SRC_MAC."""
+    src, dst = ipaddress.IPv6Address(src_ip6).packed, ipaddress.IPv6Address(dst_ip6).packed
+    option = struct.pack("!BB", 2, 1) + mac(src_mac)  # target link-layer address
+    body = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + ipaddress.IPv6Address(target).packed + option
+    pseudo = src + dst + struct.pack("!I3xB", len(body), 58)
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
+    header = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src + dst
+    return ether(dst_mac, src_mac, ETH_P_IPV6, header + body)
+
+
 def is_ipv4(frame: bytes, proto: int | None = None, src: str | None = None, dst: str | None = None) -> bool:
     if len(frame) < 34 or frame[12:14] != struct.pack("!H", ETH_P_IP):
         return False

@@ -39,6 +39,7 @@ from tapguest import (
     ipv4,
     is_arp_request_for,
     is_ipv4,
+    neighbour_advert,
     router_advert,
     tcp_syn,
 )
@@ -53,6 +54,7 @@ pytestmark = [needs_root, pytest.mark.kernel]
 
 WEB, DB, DMZ, LAB = "fe:fd:00:00:00:01", "fe:fd:00:00:00:02", "fe:fd:00:00:00:03", "fe:fd:00:00:00:04"
 WEB_LL = "fe80::fcfd:ff:fe00:1"  # the link-local address WEB's MAC gives (EUI-64)
+DB_LL = "fe80::fcfd:ff:fe00:2"
 TOPOLOGY = """\
 name: {name}
 host:
@@ -146,6 +148,18 @@ def test_a_guest_cannot_take_over_a_neighbours_address(secured: tuple[Farm, bool
         web.send(arp(WEB, "172.16.99.1", "172.16.99.254"))
         web.receive(lambda f: f[12:14] == b"\x08\x06")
     assert neighbours(farm, "br0")["172.16.99.2"] == (DB if on else WEB)
+
+
+def test_a_guest_cannot_take_over_a_neighbours_ipv6_address(secured: tuple[Farm, bool]) -> None:
+    """The IPv6 twin: web, from its own link-local address and MAC, advertises db's link-local address."""
+    farm, on = secured
+    farm.host.run("ip", "-6", "neigh", "replace", DB_LL, "lladdr", DB, "dev", "br0", "nud", "stale")
+    with attached(farm.host.name, "web-0") as (web,):  # to all nodes, as unsolicited adverts go
+        web.send(neighbour_advert(WEB, WEB_LL, DB_LL, "33:33:00:00:00:01", "ff02::1"))
+        web.send(arp(WEB, "172.16.99.1", "172.16.99.254"))  # after the lie on the same path: answered, it was seen
+        web.receive(lambda f: f[12:14] == b"\x08\x06")
+    entry = {n["dst"]: n.get("lladdr") for n in farm.host.json("-6", "neigh", "show", "dev", "br0")}
+    assert entry[DB_LL] == (DB if on else WEB), entry
 
 
 # --- 2. stealing a neighbour's MAC -----------------------------------------------------------------

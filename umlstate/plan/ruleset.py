@@ -307,6 +307,12 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
                 _bounded_senders(doc, family, chain, name=SENDERS_SET + p.link, networks=networks,
                                  onlink=list(p.onlink4))
         doc.rule(family, chain, _not_in(_payload("ip6", "saddr"), p.sources6), DROP)
+        targets = _own_targets(p.sources6)
+        if targets:  # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
+            advert = _is(_payload("icmpv6", "type"), "nd-neighbor-advert")
+            for offset, halves in ((64, {t >> 64 for t in targets}), (128, {t & (1 << 64) - 1 for t in targets})):
+                doc.rule(family, chain, advert, _not_in(_raw_th(offset, 64), [f"{h:#018x}" for h in sorted(halves)]),
+                         DROP)
         doc.rule(family, chain, _in(_payload("icmpv6", "type"), ["nd-router-advert", "nd-redirect"]), DROP)
         doc.rule(family, chain, _is(_payload("icmp", "type"), "redirect"), DROP)
         doc.rule(family, chain, _is(_meta("protocol"), "ip"), _is(_payload("udp", "sport"), 67), DROP)
@@ -315,7 +321,23 @@ def _netdev(doc: _Document, secured: list[Port], groups: list[str]) -> None:
         but = f" but {', '.join(p.forbidden4)}" if p.forbidden4 else ""
         few = f" ({SENDERS_PER_PORT} at a time)" if any("/" in s for s in p.sources4 or ()) else ""
         groups.append(f"port {p.link}: {p.who}: MAC {', '.join(p.macs) or 'any'}; IPv4 from {sources}{but}{few}; "
-                      "IPv4, IPv6 and ARP only (no VLAN tags); no RA, redirects or DHCP replies")
+                      "IPv4, IPv6 and ARP only (no VLAN tags); no RA, redirects, DHCP replies, "
+                      "or neighbour adverts for others")
+
+
+def _own_targets(sources6: Iterable[str]) -> list[int]:
+    """The addresses a port may advertise in IPv6 neighbour discovery, as integers: its own link-local ones
+    (all in fe80::/64, one high half, so the two halves checked apart admit nothing else); none where other
+    IPv6 sources are allowed (a router's allow_sources: its adverts are then not checked)."""
+    own = [ipaddress.IPv6Address(a) for a in sources6 if a != "::" and "/" not in a]
+    if len(own) != sum(1 for a in sources6 if a != "::") or any(not a.is_link_local for a in own):
+        return []
+    return sorted(int(a) for a in own)
+
+
+def _raw_th(offset: int, length: int) -> Expr:
+    """Bits of the transport header (here ICMPv6), as nftables' raw payload ``@th,OFFSET,LENGTH``."""
+    return {"payload": {"base": "th", "offset": offset, "len": length}}
 
 
 def port_link(name: str) -> str | None:
