@@ -270,6 +270,15 @@ def bench_farm(k: int, repeat: int, folder: Path, image: Path, group: str) -> di
     return {"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
 
 
+def policy_seconds(json_log: str) -> float:
+    """How long the policy's load took in an apply logged as JSON: from the action event before it to its own."""
+    stamps = [(e.get("kind"), datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp())
+              for line in json_log.splitlines() if line.startswith("{")
+              for e in [json.loads(line)] if e.get("event") == "action"]
+    at = next(i for i, (kind, _) in enumerate(stamps) if kind == "ruleset")
+    return stamps[at][1] - stamps[at - 1][1]
+
+
 def policy_share(n: int, folder: Path) -> dict[str, float]:
     """One apply of n taps with JSON logs: the whole command, and the traffic policy's own load (from the
     timestamps of its action event and the one before it): the apply without it is the difference."""
@@ -280,11 +289,7 @@ def policy_share(n: int, folder: Path) -> dict[str, float]:
         start = time.perf_counter()
         done = sh(PY, "-m", "umlstate", "--netns", ns, "--log-format", "json", "apply", str(topology), "--yes")
         seconds = time.perf_counter() - start
-        stamps = [(e.get("kind"), datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp())
-                  for line in done.stderr.splitlines() if line.startswith("{")
-                  for e in [json.loads(line)] if e.get("event") == "action"]
-        at = next(i for i, (kind, _) in enumerate(stamps) if kind == "ruleset")
-        policy = stamps[at][1] - stamps[at - 1][1]
+        policy = policy_seconds(done.stderr)
         sh(PY, "-m", "umlstate", "--netns", ns, "destroy", str(topology), "--yes")
     shutil.rmtree(folder / f"state-{n}", ignore_errors=True)
     return {"apply": seconds, "policy": policy, "without_policy": seconds - policy}
@@ -317,11 +322,26 @@ def bench_policy(repeat: int, folder: Path, image: Path, group: str) -> dict[str
     """The traffic policy's cost: its share of a 1000-tap apply; TCP from the LAN into a guest behind uml_switch,
     through the policy and with its tables deleted (the same guest, alternating)."""
     raw: dict[str, list[float]] = {"apply_1000": [], "policy_1000": [], "without_policy_1000": [],
+                                   "answering_4": [], "answering_4_policy": [], "answering_4_without_policy": [],
                                    "tcp_with_policy_mbs": [], "tcp_without_policy_mbs": []}
-    for _ in range(repeat):
+    for r in range(repeat):
         share = policy_share(1000, folder)
         for key in ("apply", "policy", "without_policy"):
             raw[f"{key}_1000"].append(share[key])
+        run = folder / f"policy-farm-{r}"  # 4 guests on a bridge (each its own port), empty to all answering
+        run.mkdir()
+        run.chmod(0o755)
+        path = farm_topology(4, run, image, group, form="bridge")
+        with lan_pair() as (host, lan):
+            start = time.perf_counter()
+            done = sh(PY, "-m", "umlstate", "--netns", host, "--log-format", "json", "apply", str(path), "--yes")
+            until_pings(lan, [f"172.16.99.{i + 1}" for i in range(4)])
+            seconds = time.perf_counter() - start
+            policy = policy_seconds(done.stderr)
+            raw["answering_4"].append(seconds)
+            raw["answering_4_policy"].append(policy)
+            raw["answering_4_without_policy"].append(seconds - policy)
+            sh(PY, "-m", "umlstate", "--netns", host, "destroy", str(path), "--yes")
     run = folder / "policy-tcp"
     run.mkdir()
     run.chmod(0o755)
@@ -575,7 +595,10 @@ def table(results: dict[str, Any]) -> str:
     if results.get("policy"):
         m = results["policy"]["median"]
         out.append(f"\ntraffic policy: apply of 1000 taps {m['apply_1000']:.2f} s, of which loading the policy "
-                   f"{m['policy_1000']:.2f} s (without it: {m['without_policy_1000']:.2f} s); TCP from the LAN into "
+                   f"{m['policy_1000']:.2f} s (without it: {m['without_policy_1000']:.2f} s); 4 guests on a bridge, "
+                   f"empty to all answering {m['answering_4']:.2f} s, of which loading the policy "
+                   f"{m['answering_4_policy']:.3f} s (without it: {m['answering_4_without_policy']:.2f} s); "
+                   "TCP from the LAN into "
                    f"a guest {m['tcp_with_policy_mbs']:.0f} MB/s with the policy, "
                    f"{m['tcp_without_policy_mbs']:.0f} MB/s without")
     if results.get("stops"):
