@@ -135,6 +135,7 @@ class Reconciler:
                 if p.guest_blockers:
                     raise ApplyFailed([], preflight_failures(p), [])
                 log.debug("run", result="in sync", actions=0)
+                self._note_generation(snapshot)
                 return _settled(Outcome(p, (), 0.0, snapshot))
             if confirm is not None:
                 confirm(p)
@@ -152,6 +153,17 @@ class Reconciler:
             log.info("run", result="converged", added=s["add"], changed=s["change"], destroyed=s["destroy"],
                      seconds=round(result.seconds, 3))
             return _settled(Outcome(p, tuple(result.done), result.seconds, after))
+
+    def _note_generation(self, snapshot: Snapshot) -> None:
+        """The policy was read in full and found as loaded, though something else changed nftables since (a
+        table of its own): the generation of now is recorded, so the next passes need not read it again."""
+        record, seen = snapshot.records.ruleset, snapshot.ruleset
+        if record is not None and seen.generation and seen.generation != record.generation \
+                and seen.listed == record.listed and seen.tables == record.tables:
+            recs = records.load(self.topology.state_dir)
+            if recs.ruleset == record:
+                noted = replace(record, generation=seen.generation)
+                records.save(self.topology.state_dir, replace(recs, ruleset=noted))
 
     def _cap_logs(self, snapshot: Snapshot) -> None:
         """Every root pass keeps the running processes' logs bounded (a guest may print without end)."""

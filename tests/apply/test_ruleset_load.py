@@ -13,10 +13,10 @@ from dataclasses import replace
 
 from umlstate.apply.ruleset import without_missing_ports
 from umlstate.model.loader import load_text
-from umlstate.model.snapshot import RulesetRecord, RulesetState, Snapshot
+from umlstate.model.snapshot import Link, RulesetRecord, RulesetState, Snapshot
 from umlstate.plan import actions as A
 from umlstate.plan.planner import plan
-from umlstate.plan.ruleset import render
+from umlstate.plan.ruleset import inputs_of, render
 
 TOPOLOGY = """\
 name: lab
@@ -51,13 +51,15 @@ def test_the_plan_loads_a_left_out_port_once_its_link_is_there() -> None:
     t = load_text(TOPOLOGY)
     rendered = render(t, {})
     assert rendered is not None
+    taps = {name: Link(name, kind="tun", tun_type="tap") for name in ("web-0", "lab-0")}
 
-    def reloads(left_out: frozenset[str]) -> list[str]:
-        record = RulesetRecord(rendered.tables, rendered.digest, "listed", left_out)
-        s = Snapshot(ruleset=RulesetState(rendered.tables, "listed"))
+    def reloads(left_out: frozenset[str], links: dict[str, Link]) -> list[str]:
+        record = RulesetRecord(rendered.tables, rendered.digest, "listed", left_out, inputs=inputs_of(t, {}))
+        s = Snapshot(links=links, ruleset=RulesetState(rendered.tables, "listed"))
         s = replace(s, records=replace(s.records, ruleset=record))
         return [a.reason for a in plan(t, s).actions if isinstance(a, A.LoadRuleset)]
 
-    assert reloads(frozenset()) == [], "loaded whole: nothing to do"
-    # The plan makes the tap first (it is missing), so the reload that follows finds it there.
-    assert reloads(frozenset({"lab-0"})) == ["port(s) lab-0 left out, their link is there now"]
+    assert reloads(frozenset(), taps) == [], "loaded whole: nothing to do"
+    assert reloads(frozenset({"lab-0"}), {"web-0": taps["web-0"]}) == \
+        ["port(s) lab-0 left out, their link is there now"], "the plan makes the missing tap, then loads its port"
+    assert reloads(frozenset({"lab-0"}), taps) == ["port(s) lab-0 left out, their link is there now"]

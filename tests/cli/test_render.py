@@ -39,7 +39,7 @@ ACTIONS: tuple[A.AnyAction, ...] = (
     A.DeleteTap("no longer in the topology", "uml9", GROUP),
     A.ReplaceTap("has packet information (PI) on", tap("uml1", "has packet information (PI) on")),
 )
-CHANGES = Plan("lab", NS, ACTIONS, fingerprint="0123456789abcdef", held=("db",))
+CHANGES = Plan("lab", NS, ACTIONS, given_fingerprint="0123456789abcdef", held=("db",))
 ERROR = Finding("error", "switch", "sw0", "uml_switch (switch sw0) is not installed", "apt-get install uml-utilities")
 CONFLICT = Finding("conflict", "tap", "uml2", "tap uml2 exists and is not umlstate's", "umlstate apply --adopt",
                    adoptable=True)

@@ -16,7 +16,7 @@ from typing import Any
 from umlstate.model.placement import Placement, place
 from umlstate.model.snapshot import Snapshot, from_json
 from umlstate.plan import actions as A
-from umlstate.plan.ruleset import render
+from umlstate.plan.ruleset import inputs_of, render
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CASES = sorted(p for p in (FIXTURES / "cases").iterdir() if p.is_dir())
@@ -41,4 +41,5 @@ def policy_loaded(placement: Placement, s: Snapshot) -> Snapshot:
     if want is None:
         return s
     t = placement.topology
-    return A.LoadRuleset("", t.table, want.tables, want.document, want.digest, want.summary, want.groups).simulate(s)
+    return A.LoadRuleset("", t.table, want.tables, want.document, want.digest, want.summary, want.groups,
+                         inputs_of(t, placement.stretches)).simulate(s)

@@ -24,7 +24,8 @@ def load(action: A.LoadRuleset) -> RulesetRecord:
     document, left_out = without_missing_ports(json.loads(action.document), _exists)
     with nft.Nft() as n:
         n.run(document)
-        return RulesetRecord(action.tables, action.rendered, n.digest(action.tables), left_out)
+        listed = n.digest(action.tables)
+    return RulesetRecord(action.tables, action.rendered, listed, left_out, nft.generation() or "", action.inputs)
 
 
 def _exists(link: str) -> bool:

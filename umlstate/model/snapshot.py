@@ -100,6 +100,10 @@ class RulesetRecord:
     # Ports whose chain was left out: their link did not exist (before Linux 6.16, nftables cannot hook a
     # device that is not there, and the whole transaction would fail). Loaded once the link is there.
     left_out: frozenset[str] = frozenset()
+    # nftables' ruleset generation right after the load: while it stays the same nothing in this namespace's
+    # nftables changed, and the listing need not be read again (host.nft.generation).
+    generation: str = ""
+    inputs: str = ""  # what the render was made from (plan.ruleset.inputs_of)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class RulesetState:
     listed: str | None = None  # digest of their listing (handles left out); None: none present
     available: bool = True  # libnftables can be loaded (Debian: nftables)
     readable: bool = True  # False: read by a user without CAP_NET_ADMIN; the rest is what the records say
+    generation: str | None = None  # nftables' ruleset generation here (host.nft.generation); None: unknown
 
 
 @dataclass(frozen=True)

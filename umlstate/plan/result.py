@@ -8,6 +8,7 @@ are collected beside the actions.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,10 +34,17 @@ class Plan:
     conflicts: tuple[Finding, ...] = ()  # foreign objects where the topology wants its own
     blockers: tuple[Finding, ...] = ()  # host problems found in preflight: nothing may run
     warnings: tuple[Finding, ...] = ()
-    fingerprint: str = ""
+    given_fingerprint: str = ""  # tests: a fingerprint without an observation
     mode: Literal["apply", "destroy"] = "apply"
     held: tuple[str, ...] = ()  # guests `umlstate stop` keeps down: the plan leaves them so
     backoff: tuple[Backoff, ...] = ()  # guests that keep dying soon after they start: restarted later
+    observed: Snapshot | None = field(default=None, compare=False, repr=False)  # what the plan was made from
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The observed host's digest, which a saved plan carries: made only when asked (a thousand taps' snapshot
+        takes a third of a second to serialize, and a quiet pass never needs it)."""
+        return self.observed.fingerprint() if self.observed is not None else self.given_fingerprint
 
     @property
     def summary(self) -> dict[str, int]:

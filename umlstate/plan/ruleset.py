@@ -28,9 +28,12 @@ its own words, so the listing is compared with itself, never with the render.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
+import marshal
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -267,7 +270,8 @@ def render(t: Topology, stretches: Mapping[str, Stretch]) -> Rendered | None:
             groups.append(f"isolated: bridge {bridge.name}'s guests reach the gateway, not each other")
     document = json.dumps({"nftables": doc.commands}, sort_keys=True, separators=(",", ":"))
     words = [f"port security on {len(secured)} port(s)"] if secured else []
-    subnets = [s for s in t.subnets if s.name in _servers(t)]
+    served = _servers(t)
+    subnets = [s for s in t.subnets if s.name in served]
     if len(subnets) > 1:
         words.append(f"{len(subnets)} subnets apart" + ("" if not any(s.reach for s in subnets) else ", but reach"))
     words.append(f"host open to guests for echo{''.join(f', {s.proto}/{s.port}' for s in t.host.services)}")
@@ -463,10 +467,37 @@ def _nat(doc: _Document, t: Topology, links: list[str], groups: list[str]) -> No
 # --- the planning step ---------------------------------------------------------------------------------
 
 
+def inputs_of(t: Topology, stretches: Mapping[str, Stretch]) -> str:
+    """A digest of what the render reads (and of the render's own code): while it stays the one recorded
+    at the last load, the render would be the same, and a quiet pass need not make it again."""
+    parts = t.model_dump_json(include={"name": True, "host": {"services"}, "subnets": True, "switches": True,
+                                       "taps": True, "forwards": True,
+                                       "guests": {"__all__": {"name", "nics"}}})
+    digest = hashlib.sha256(parts.encode())
+    digest.update(repr(sorted(stretches.items())).encode())
+    digest.update(_code_digest())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _code_digest() -> bytes:
+    """This module's functions as compiled: a new umlstate that renders differently renders again."""
+    here = sys.modules[__name__]
+    codes = [value.__code__ for value in vars(here).values()
+             if callable(value) and getattr(value, "__module__", None) == __name__ and hasattr(value, "__code__")]
+    return hashlib.sha256(b"".join(marshal.dumps(c) for c in sorted(codes, key=lambda c: c.co_name))).digest()
+
+
 def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, destroy: bool) -> None:
     """Load the policy when it is missing, changed, or changed by someone else; remove it when unwanted."""
-    want = None if destroy else render(t, stretches)
     have, record = b.s.ruleset, b.s.records.ruleset
+    # Taps made in this pass: before Linux 6.16 a port's chain went with its old tap, so it is hooked anew.
+    new_taps = sorted(n for n, link in b.s.links.items() if link.is_tap and n not in b.origin.links)
+    inputs = "" if destroy else inputs_of(t, stretches)
+    if record is not None and record.inputs == inputs and have.available and have.tables == record.tables \
+            and have.listed == record.listed and not new_taps and not record.left_out & set(b.s.links):
+        return  # as loaded, from the same topology: no render needed
+    want = None if destroy else render(t, stretches)
     if want is None:
         if record is not None or have.tables:
             why = "no longer in the topology" if have.tables else "gone already: only the record goes"
@@ -477,7 +508,8 @@ def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, dest
                 "apt-get install nftables")
         return
     if not have.tables:
-        b.add(A.CreateRuleset("missing", t.table, want.tables, want.document, want.digest, want.summary, want.groups))
+        b.add(A.CreateRuleset("missing", t.table, want.tables, want.document, want.digest, want.summary, want.groups,
+                              inputs))
         return
     if record is None:
         why = "tables of this name not recorded as umlstate's (records lost?): loaded anew"
@@ -487,6 +519,10 @@ def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, dest
         why = f"port(s) {', '.join(sorted(record.left_out & set(b.s.links)))} left out, their link is there now"
     elif have.tables != want.tables or have.listed != record.listed:
         why = "changed outside umlstate (its listing is not the one loaded)"
+    elif new_taps:
+        why = f"tap(s) {', '.join(new_taps[:3])}{' ...' if len(new_taps) > 3 else ''} made anew: their ports hooked"
+    elif record.inputs != inputs:
+        why = "umlstate renders the same topology anew (a new version, or a change outside the policy)"
     else:
         return
-    b.add(A.LoadRuleset(why, t.table, want.tables, want.document, want.digest, want.summary, want.groups))
+    b.add(A.LoadRuleset(why, t.table, want.tables, want.document, want.digest, want.summary, want.groups, inputs))

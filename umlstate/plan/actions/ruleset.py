@@ -25,6 +25,7 @@ class LoadRuleset(Action):
     rendered: str  # digest of the document
     summary: str
     groups: tuple[str, ...]
+    inputs: str = ""  # plan.ruleset.inputs_of: what the render was made from
 
     @property
     def target(self) -> str:
@@ -36,7 +37,7 @@ class LoadRuleset(Action):
 
     def simulate(self, s: Snapshot) -> Snapshot:
         # As if nftables listed it back as rendered: the executor records the real listing's digest.
-        record = RulesetRecord(self.tables, self.rendered, self.rendered)
+        record = RulesetRecord(self.tables, self.rendered, self.rendered, inputs=self.inputs)
         return replace(s, ruleset=RulesetState(self.tables, self.rendered),
                        records=replace(s.records, ruleset=record))
 
