@@ -34,6 +34,7 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:null",
 }
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_STR = "tag:yaml.org,2002:str"
 # libyaml's composer is ~10x faster on large topologies, with the same marks.
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Aliases can expand a small file into a huge tree ("billion laughs").
@@ -49,6 +50,7 @@ class _Doc:
     keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     problems: list[Diagnostic] = field(default_factory=list)
     nodes: int = 0
+    constructor: yaml.constructor.SafeConstructor = field(default_factory=yaml.constructor.SafeConstructor)
 
     def error(self, mark: Any, message: str) -> None:
         """At a YAML mark (pure-Python or libyaml: both have .line and .column) or a (line, col)."""
@@ -250,11 +252,13 @@ def _convert(node: yaml.Node, loc: Loc, doc: _Doc, depth: int) -> Any:
     assert isinstance(node, yaml.ScalarNode)
     if node.tag == _TIMESTAMP:
         return node.value  # a date-like string stays a string
+    if node.tag == _STR:
+        return node.value  # most values: what construct_object would return, without its bookkeeping
     if node.tag not in _CORE_TAGS:
         doc.error(node.start_mark, f"tag {node.tag} is not allowed; only plain values are")
         return None
     try:
-        return yaml.constructor.SafeConstructor().construct_object(node)
+        return doc.constructor.construct_object(node)
     except (ValueError, yaml.YAMLError) as exc:
         doc.error(node.start_mark, f"cannot read value {node.value[:40]!r}: {exc}")
         return None
