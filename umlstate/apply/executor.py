@@ -240,8 +240,9 @@ class Executor:
         limit = None
         if self.crash_after is not None:  # the test hook stops at the exact action count
             limit = max(0, self.crash_after - len(self.result.done))
+        by_id = {id(a): a for a in batch}  # the labels are the actions themselves
         for label, code in requests.send(limit):
-            acked = next(a for a in batch if a is label)
+            acked = by_id[id(label)]
             if code:
                 self._fail(acked, f"{acked.detail}: {os.strerror(code)}")
             else:
