@@ -137,8 +137,8 @@ def bench_taps(n: int, repeat: int, folder: Path) -> dict[str, Any]:
     script = folder / f"script-{n}.sh"
     script.write_text("set -e\n" + "".join(f"ip {line}\n" for line in ip_batch_script(n).splitlines()))
     raw: dict[str, list[float]] = {k: [] for k in ("umlstate_apply", "ip_batch", "shell_script", "noop_plan",
-                                                  "umlstate_destroy", "group_delete", "apply_rss_kib",
-                                                  "plan_rss_kib")}
+                                                  "noop_apply", "umlstate_destroy", "group_delete",
+                                                  "apply_rss_kib", "plan_rss_kib")}
     umlstate = [PY, "-m", "umlstate"]
     for _ in range(repeat):
         # A: umlstate apply, no-op plan, destroy
@@ -152,6 +152,9 @@ def bench_taps(n: int, repeat: int, folder: Path) -> dict[str, Any]:
             assert code == 0, "the no-op plan must be empty"
             raw["noop_plan"].append(seconds)
             raw["plan_rss_kib"].append(rss)
+            seconds, code, _ = timed([*umlstate, "--netns", ns, "apply", str(topology), "--yes"])
+            assert code == 0, "the in-sync apply must succeed"
+            raw["noop_apply"].append(seconds)
             raw["umlstate_destroy"].append(timed([*umlstate, "--netns", ns, "destroy", str(topology), "--yes"])[0])
             shutil.rmtree(folder / f"state-{n}", ignore_errors=True)
         # B: ip -batch, then one delete by link group
@@ -559,13 +562,14 @@ def bench_stops(repeat: int, folder: Path, image: Path, group: str, debian: bool
 
 
 def table(results: dict[str, Any]) -> str:
-    out = ["| N taps | umlstate apply | ip -batch | ratio | script (1 ip/step) | no-op plan | destroy | "
-           "group delete | ratio | apply RSS | plan RSS |", "|" + "---|" * 11]
+    out = ["| N taps | umlstate apply | ip -batch | ratio | script (1 ip/step) | no-op plan | in-sync apply | "
+           "destroy | group delete | ratio | apply RSS | plan RSS |", "|" + "---|" * 12]
     for r in results["taps"]:
         m = r["median"]
         out.append(f"| {r['n']} | {m['umlstate_apply']:.3f} s | {m['ip_batch']:.3f} s | "
                    f"{m['umlstate_apply'] / m['ip_batch']:.1f}x | {m['shell_script']:.2f} s | "
-                   f"{m['noop_plan']:.3f} s | {m['umlstate_destroy']:.3f} s | {m['group_delete']:.3f} s | "
+                   f"{m['noop_plan']:.3f} s | {m['noop_apply']:.3f} s | {m['umlstate_destroy']:.3f} s | "
+                   f"{m['group_delete']:.3f} s | "
                    f"{m['umlstate_destroy'] / m['group_delete']:.1f}x | {m['apply_rss_kib'] / 1024:.0f} MB | "
                    f"{m['plan_rss_kib'] / 1024:.0f} MB |")
     taps = {r["n"]: r["median"] for r in results["taps"]}
