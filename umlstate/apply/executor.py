@@ -13,10 +13,8 @@ have just created the group; processes are recorded as they start.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
-import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,19 +24,18 @@ from typing import assert_never
 
 import structlog
 
-from umlstate.apply import ruleset
 from umlstate.apply.boot import BOOT_TIMEOUT, BootWait
+from umlstate.apply.host import Host, System
 from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, Stops, schedule
 from umlstate.errors import ActionError, HostError
-from umlstate.host import console, cow, folders, logs, mconsole, netlink, processes, records, sysctl, tun
+from umlstate.host import console, cow, folders, logs, mconsole, netlink, processes
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
-from umlstate.host.users import gid_of, primary_gid, uid_of
+from umlstate.host.users import primary_gid, uid_of
 from umlstate.model.snapshot import Proc, Records, RulesetRecord, Snapshot, unit_of
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan import graph
-from umlstate.plan.cmdline import PROGRAM_PACKAGES
 from umlstate.plan.result import Plan
 
 log = structlog.get_logger("umlstate")
@@ -71,9 +68,11 @@ class ApplyFailed(ActionError):
 class Executor:
     def __init__(self, topology: Topology, nl: Netlink, *, crash_after: int | None = None,
                  progress: bool = False, wait: bool = True, wait_timeout: float = BOOT_TIMEOUT,
-                 stop_timeout: float = STOP_TIMEOUT) -> None:
+                 stop_timeout: float = STOP_TIMEOUT, host: Host | None = None) -> None:
+        """``host``: where network and system actions go (``System(nl)``, the host itself, by default)."""
         self.t = topology
         self.nl = nl
+        self.host: Host = host if host is not None else System(nl)
         self.tun_path = topology.tun_path
         # Test hook (UMLSTATE_TEST_CRASH_AFTER): die like kill -9 after k actions.
         self.crash_after = crash_after
@@ -110,7 +109,7 @@ class Executor:
                     case Batch(actions=batch):
                         self._send(batch)
                     case GroupDelete(actions=deletions):
-                        if self._attempt(deletions[0], lambda: self.nl.delete_group(self.t.link_group)):
+                        if self._attempt(deletions[0], lambda: self.host.delete_group(self.t.link_group)):
                             for action in deletions:
                                 self._done(action)
                     case Single(action=action):
@@ -202,7 +201,7 @@ class Executor:
 
     def _save(self, recs: Records) -> None:
         self.records = replace(recs, processes={**recs.processes, **self.spawned})
-        records.save(self.t.state_dir, self.records)
+        self.host.save_records(self.t.state_dir, self.records)
 
     def _remember(self, unit: str, proc: Proc) -> None:
         """A process just started: recorded at once, so a crash right after never loses it."""
@@ -228,7 +227,7 @@ class Executor:
 
     def _send(self, batch: tuple[Batchable, ...]) -> None:
         """Queue each request (creating taps by ioctl on the way), send, record each acked action."""
-        requests = netlink.Batch()
+        requests = self.host.batch()
         for action in batch:
             if not self._ready_to(action):
                 continue
@@ -241,7 +240,7 @@ class Executor:
         if self.crash_after is not None:  # the test hook stops at the exact action count
             limit = max(0, self.crash_after - len(self.result.done))
         by_id = {id(a): a for a in batch}  # the labels are the actions themselves
-        for label, code in requests.send(limit):
+        for label, code in self.host.send(requests, limit):
             acked = by_id[id(label)]
             if code:
                 self._fail(acked, f"{acked.detail}: {os.strerror(code)}")
@@ -250,37 +249,39 @@ class Executor:
 
     def _make_tap(self, a: A.CreateTap, requests: netlink.Batch) -> None:
         """ioctls now; the mark (ifalias, link group) queued, acked under this action's name."""
-        tun.create_tap(self.tun_path, a.name, uid_of(a.owner), gid_of(a.group) if a.group else None)
-        sysctl.quiet_ipv6(a.name)
+        h = self.host
+        h.create_tap(self.tun_path, a.name, h.uid(a.owner), h.gid(a.group) if a.group else None)
+        h.quiet_ipv6(a.name)
         requests.set_link(a, a.name, alias=a.alias, group=a.link_group)
 
     # --- one action at a time ----------------------------------------------------------------
 
     def _carry_out(self, action: A.AnyAction) -> None:
+        h = self.host
         match action:
             case A.CreateTunNode():
-                tun.make_node(action.path, action.mode, gid_of(action.group) if action.group else None)
+                h.make_node(action.path, action.mode, h.gid(action.group) if action.group else None)
             case A.FixTunNode():
-                tun.fix_node(action.path, action.mode, gid_of(action.group) if action.group else None)
+                h.fix_node(action.path, action.mode, h.gid(action.group) if action.group else None)
             case A.RestoreTunNode():
-                tun.fix_node(action.path, action.mode, action.gid)
+                h.fix_node(action.path, action.mode, action.gid)
             case A.DeleteTunNode():
-                tun.delete_node(action.path)
+                h.delete_node(action.path)
             case A.CreateGroup():
-                self._run("groupadd", action.name, already=9)  # 9: it exists (made meanwhile): what we want
+                h.run("groupadd", action.name, already=9)  # 9: it exists (made meanwhile): what we want
             case A.DeleteGroup():
-                self._run("groupdel", action.name)
+                h.run("groupdel", action.name)
             case A.AddGroupMember():
-                self._run("gpasswd", "-a", action.user, action.group)
+                h.run("gpasswd", "-a", action.user, action.group)
             case A.RemoveGroupMember():
-                self._run("gpasswd", "-d", action.user, action.group)
+                h.run("gpasswd", "-d", action.user, action.group)
             case A.ForgetGroupMember():
                 pass  # only the record changes: the final save writes it
             case A.SetSysctl() | A.RestoreSysctl():
-                sysctl.write(action.key, action.value)
+                h.write_sysctl(action.key, action.value)
             case A.FixTap():
-                tun.fix_tap(self.tun_path, action.name, uid_of(action.owner),
-                            gid_of(action.group) if action.group else None)
+                h.fix_tap(self.tun_path, action.name, h.uid(action.owner),
+                          h.gid(action.group) if action.group else None)
             case A.ReplaceTap():
                 self._send_now(A.DeleteTap(action.reason, action.create.name, action.create.link_group))
                 self._send_now(action.create)
@@ -290,21 +291,21 @@ class Executor:
                 self._send_now(action)
             case A.CreateBridge():
                 # Now, not batched: the taps enslaved later need its ifindex.
-                requests = netlink.Batch()
+                requests = self.host.batch()
                 requests.create_bridge(action, action.name, group=action.link_group, fdb_max=A.BRIDGE_FDB_MAX,
                                        mac=action.mac)
                 requests.mark_by_name(action, action.name, alias=action.alias)
                 self._acked(action, requests)
-                sysctl.quiet_ipv6(action.name)
+                h.quiet_ipv6(action.name)
             case A.CreateVxlan():
-                requests = netlink.Batch()
+                requests = self.host.batch()
                 requests.create_vxlan(action, action.name, vni=action.vni, local=action.local, port=action.port,
                                       bridge=action.bridge, group=action.link_group)
                 requests.mark_by_name(action, action.name, alias=action.alias)
                 self._acked(action, requests)
-                sysctl.quiet_ipv6(action.name)
+                h.quiet_ipv6(action.name)
             case A.QuietIpv6():
-                sysctl.quiet_ipv6(action.link)
+                h.quiet_ipv6(action.link)
             case A.StartSwitch():
                 self._start_switch(action)
             case A.StopSwitch():
@@ -330,9 +331,9 @@ class Executor:
                     self._console(action.name, action.proc, f"log umlstate: {action.hint}\n")
                 self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.argv))
             case A.LoadRuleset():
-                self.ruleset = ruleset.load(action)
+                self.ruleset = h.load_ruleset(action)
             case A.DeleteRuleset():
-                ruleset.delete(action)
+                h.delete_ruleset(action)
             case A.UnplugNic():
                 self._console(action.name, action.proc, f"remove {action.ifname}",
                               hint=f"; the guest must bring {action.ifname} down first (ip link set "
@@ -341,9 +342,8 @@ class Executor:
             case _:
                 assert_never(action)
 
-    @staticmethod
-    def _acked(action: A.AnyAction, requests: netlink.Batch) -> None:
-        for _label, code in requests.send():
+    def _acked(self, action: A.AnyAction, requests: netlink.Batch) -> None:
+        for _label, code in self.host.send(requests):
             if code:
                 raise ActionError(f"{action.detail}: {os.strerror(code)}")
 
@@ -360,12 +360,12 @@ class Executor:
 
     def _send_now(self, action: Batchable) -> None:
         """One request, acked before the next step (a replaced tap's name must be free first)."""
-        requests = netlink.Batch()
+        requests = self.host.batch()
         if isinstance(action, A.CreateTap):
             self._make_tap(action, requests)
         else:
             self._queue(action, requests)
-        for _label, code in requests.send():
+        for _label, code in self.host.send(requests):
             if code:
                 raise ActionError(f"{action.detail}: {os.strerror(code)}")
 
@@ -484,15 +484,6 @@ class Executor:
         elif how not in ("cad", "already gone"):
             log.warning("cad ignored", guest=name)
         return how
-
-    def _run(self, program: str, *args: str, already: int | None = None) -> None:
-        """One of passwd's programs; ``already``: the exit status that means the change was made already."""
-        path = shutil.which(program)
-        if path is None:
-            raise HostError(f"program {program} is not installed", f"apt-get install {PROGRAM_PACKAGES[program]}")
-        proc = subprocess.run([path, *args], capture_output=True, text=True, check=False, timeout=60)
-        if proc.returncode not in (0, already):
-            raise ActionError(f"{program} {' '.join(args)}: {proc.stderr.strip()[:500] or f'exit {proc.returncode}'}")
 
 
 def preflight_failures(plan: Plan) -> list[tuple[str, str]]:

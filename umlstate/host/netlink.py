@@ -382,13 +382,20 @@ class Batch:
     def __init__(self) -> None:
         self._messages: list[bytes] = []
         self.labels: list[object] = []
+        self.said: list[str] = []  # each request in `ip`'s words, for people and the golden host-call tests
+
+    @staticmethod
+    def index(name: str) -> int:
+        """The ifindex of a link that exists now (a request about it carries the number)."""
+        return _index(name)
 
     def __len__(self) -> int:
         return len(self._messages)
 
-    def _add(self, kind: int, flags: int, body: bytes, label: object) -> None:
+    def _add(self, kind: int, flags: int, body: bytes, label: object, said: str) -> None:
         self._messages.append(_message(kind, NLM_F_REQUEST | NLM_F_ACK | flags, len(self._messages) + 1, body))
         self.labels.append(label)
+        self.said.append(said)
 
     def create_bridge(self, label: object, name: str, *, group: int, fdb_max: int, mac: str | None = None) -> None:
         """ip link add NAME type bridge fdb_max_learned N group GROUP [address MAC]; its mark (ifalias) follows
@@ -397,15 +404,18 @@ class Batch:
                 + _bridge_info(fdb_max) + _u32(IFLA_GROUP, group))
         if mac is not None:
             body += _nla(IFLA_ADDRESS, _mac_bytes(mac))
-        self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label)
+        address = f" address {mac}" if mac else ""
+        self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label,
+                  f"link add {name}{address} group {group} type bridge fdb_max_learned {fdb_max}")
 
     def limit_fdb(self, label: object, name: str, fdb_max: int) -> None:
         """ip link set NAME type bridge fdb_max_learned N."""
-        self._add(RTM_NEWLINK, 0, link_request(_index(name)) + _bridge_info(fdb_max), label)
+        self._add(RTM_NEWLINK, 0, link_request(self.index(name)) + _bridge_info(fdb_max), label,
+                  f"link set {name} type bridge fdb_max_learned {fdb_max}")
 
     def set_mac(self, label: object, name: str, mac: str) -> None:
-        body = link_request(_index(name)) + _nla(IFLA_ADDRESS, _mac_bytes(mac))
-        self._add(RTM_NEWLINK, 0, body, label)
+        body = link_request(self.index(name)) + _nla(IFLA_ADDRESS, _mac_bytes(mac))
+        self._add(RTM_NEWLINK, 0, body, label, f"link set {name} address {mac}")
 
     def create_vxlan(self, label: object, name: str, *, vni: int, local: ipaddress.IPv4Address, port: int,
                      bridge: str, group: int) -> None:
@@ -417,37 +427,46 @@ class Batch:
                 + _nla(IFLA_VXLAN_PORT, struct.pack("!H", port)))
         body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + _nla(IFLA_IFNAME, name.encode() + b"\0")
                 + _nla(IFLA_LINKINFO, _nla(IFLA_INFO_KIND, b"vxlan") + _nla(IFLA_INFO_DATA, data))
-                + _u32(IFLA_MASTER, _index(bridge)) + _u32(IFLA_GROUP, group))
-        self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label)
+                + _u32(IFLA_MASTER, self.index(bridge)) + _u32(IFLA_GROUP, group))
+        self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, label,
+                  f"link add {name} up master {bridge} group {group} type vxlan id {vni} local {local} "
+                  f"dstport {port} nolearning")
 
     def fdb(self, label: object, vxlan: str, mac: str, remote: ipaddress.IPv4Address, *, add: bool) -> None:
         """bridge fdb append|del MAC dev VXLAN dst REMOTE (FLOOD_MAC: frames for unknown MACs go there too)."""
-        body = (_NDMSG.pack(AF_BRIDGE, _index(vxlan), NUD_PERMANENT, NTF_SELF, 0)
+        body = (_NDMSG.pack(AF_BRIDGE, self.index(vxlan), NUD_PERMANENT, NTF_SELF, 0)
                 + _nla(NDA_LLADDR, _mac_bytes(mac)) + _ipv4(NDA_DST, remote))
         flags = NLM_F_CREATE | NLM_F_APPEND if add else 0
-        self._add(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, body, label)
+        self._add(RTM_NEWNEIGH if add else RTM_DELNEIGH, flags, body, label,
+                  f"fdb {'append' if add else 'del'} {mac} dev {vxlan} dst {remote}")
 
     def mark_by_name(self, label: object, name: str, *, alias: str) -> None:
         """Set the ifalias of a link made earlier in this batch (its index is not known yet)."""
-        self._add(RTM_NEWLINK, 0, link_request(0, name=name, alias=alias), label)
+        self._add(RTM_NEWLINK, 0, link_request(0, name=name, alias=alias), label, f"link set {name} alias {alias}")
 
     def enslave(self, label: object, name: str, bridge: str) -> None:
-        self._add(RTM_NEWLINK, 0, link_request(_index(name), master=_index(bridge)), label)
+        self._add(RTM_NEWLINK, 0, link_request(self.index(name), master=self.index(bridge)), label,
+                  f"link set {name} master {bridge}")
 
     def set_link(self, label: object, name: str, *, alias: str | None = None, group: int | None = None,
                  up: bool = False) -> None:
-        self._add(RTM_NEWLINK, 0, link_request(_index(name), alias=alias, group=group, up=up), label)
+        words = [w for w, on in ((f"alias {alias}", alias is not None), (f"group {group}", group is not None),
+                                 ("up", up)) if on]
+        self._add(RTM_NEWLINK, 0, link_request(self.index(name), alias=alias, group=group, up=up), label,
+                  f"link set {name} {' '.join(words)}")
 
     def delete_link(self, label: object, name: str) -> None:
-        self._add(RTM_DELLINK, 0, link_request(_index(name)), label)
+        self._add(RTM_DELLINK, 0, link_request(self.index(name)), label, f"link del {name}")
 
     def address(self, label: object, name: str, address: ipaddress.IPv4Interface, *, add: bool) -> None:
-        body = address_request(_index(name), address, add=add)
-        self._add(RTM_NEWADDR if add else RTM_DELADDR, NLM_F_CREATE | NLM_F_EXCL if add else 0, body, label)
+        body = address_request(self.index(name), address, add=add)
+        self._add(RTM_NEWADDR if add else RTM_DELADDR, NLM_F_CREATE | NLM_F_EXCL if add else 0, body, label,
+                  f"addr {'add' if add else 'del'} {address} dev {name}")
 
     def proxy(self, label: object, uplink: str, address: ipaddress.IPv4Address, *, add: bool) -> None:
-        body = proxy_request(_index(uplink), address)
-        self._add(RTM_NEWNEIGH if add else RTM_DELNEIGH, NLM_F_CREATE | NLM_F_EXCL if add else 0, body, label)
+        body = proxy_request(self.index(uplink), address)
+        self._add(RTM_NEWNEIGH if add else RTM_DELNEIGH, NLM_F_CREATE | NLM_F_EXCL if add else 0, body, label,
+                  f"neigh {'add' if add else 'del'} proxy {address} dev {uplink}")
 
     def send(self, limit: int | None = None) -> list[tuple[object, int]]:
         """Send the first ``limit`` (default: all) requests; return (label, errno) for each, 0 when it took."""
@@ -472,4 +491,5 @@ class Batch:
         out = [(self.labels[i], results.get(i + 1, errno.EIO)) for i in range(len(messages))]
         self._messages.clear()
         self.labels.clear()
+        self.said.clear()
         return out

@@ -1,0 +1,149 @@
+"""Golden "plan -> host calls": what the executor asks of the host for each scenario, without root.
+
+For each golden scenario (fixtures/cases/<scenario>/) whose plan apply accepts, the plan's network
+and system actions are carried out by the real executor against a recording host
+(umlstate.apply.host.Host): taps and the tun node, rtnetlink requests in `ip`'s words, sysctls,
+passwd's programs, the nftables policy, the records. Switch and guest processes are left out
+(the executor starts them itself; the end-to-end tests run them on real guests). The calls go to
+host-calls.txt beside the plan; UPDATE_GOLDEN=1 writes them anew. An optional fails.json
+(["netlink: link add br0 ", ...], each the start of a call) makes those calls fail, to pin what a
+failure stops and what goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from umlstate.apply.executor import ApplyFailed, Executor
+from umlstate.errors import ActionError
+from umlstate.host import netlink
+from umlstate.model.snapshot import Records, RulesetRecord
+from umlstate.plan import actions as A
+from umlstate.plan.planner import plan
+
+from cases import CASES, load_case
+
+PROCESSES = {"switch", "guest"}
+
+
+class RecordingBatch(netlink.Batch):
+    """Requests as the real batch builds them, about links that need not exist here."""
+
+    def __init__(self, indexes: dict[str, int]) -> None:
+        super().__init__()
+        self.indexes = indexes
+
+    def index(self, name: str) -> int:  # type: ignore[override]
+        return self.indexes.setdefault(name, 100 + len(self.indexes))
+
+
+class RecordingHost:
+    """Says what it was asked, in order; a call named in ``fails`` fails as the kernel would refuse it."""
+
+    def __init__(self, fails: set[str]) -> None:
+        self.calls: list[str] = []
+        self.fails = fails
+        self.indexes: dict[str, int] = {}
+
+    def refused(self, said: str) -> bool:
+        return any(said.startswith(prefix) for prefix in self.fails)
+
+    def _call(self, said: str) -> None:
+        self.calls.append(said)
+        if self.refused(said):
+            raise ActionError(f"{said}: refused (fails.json)")
+
+    def uid(self, user: str) -> int:
+        return 1000 + sum(map(ord, user)) % 1000  # a stable number for a user this machine need not have
+
+    def gid(self, group: str) -> int:
+        return 2000 + sum(map(ord, group)) % 1000
+
+    def create_tap(self, tun_path: str, name: str, uid: int, gid: int | None) -> None:
+        self._call(f"create_tap {name}")
+        self.calls[-1] = f"create_tap {name} via {tun_path} owner {uid} group {gid}"
+
+    def fix_tap(self, tun_path: str, name: str, uid: int, gid: int | None) -> None:
+        self._call(f"fix_tap {name} owner {uid} group {gid}")
+
+    def make_node(self, path: str, mode: int | None, gid: int | None) -> None:
+        self._call(f"make_node {path} mode {mode:o} group {gid}" if mode is not None else f"make_node {path}")
+
+    def fix_node(self, path: str, mode: int | None, gid: int | None) -> None:
+        self._call(f"fix_node {path} mode {'-' if mode is None else f'{mode:o}'} group {gid}")
+
+    def delete_node(self, path: str) -> None:
+        self._call(f"delete_node {path}")
+
+    def quiet_ipv6(self, link: str) -> None:
+        self._call(f"quiet_ipv6 {link}")
+
+    def write_sysctl(self, key: str, value: str) -> None:
+        self._call(f"sysctl {key}={value}")
+
+    def batch(self) -> netlink.Batch:
+        return RecordingBatch(self.indexes)
+
+    def send(self, requests: netlink.Batch, limit: int | None = None) -> list[tuple[object, int]]:
+        out = []
+        for label, said in zip(requests.labels[:limit], requests.said[:limit], strict=True):
+            self.calls.append(f"netlink: {said}")
+            out.append((label, errno.EPERM if self.refused(f"netlink: {said}") else 0))
+        self.calls.append(f"netlink: sent {len(out)} request(s) together")
+        return out
+
+    def delete_group(self, group: int) -> None:
+        self._call(f"netlink: link del group {group}")
+
+    def run(self, program: str, *args: str, already: int | None = None) -> None:
+        self._call(" ".join((program, *args)))
+
+    def load_ruleset(self, action: A.LoadRuleset) -> RulesetRecord:
+        self._call(f"nft: load {', '.join(sorted(action.tables))} ({len(json.loads(action.document)['nftables'])} "
+                   "commands in one transaction)")
+        return RulesetRecord(action.tables, action.rendered, "listed", inputs=action.inputs)
+
+    def delete_ruleset(self, action: A.DeleteRuleset) -> None:
+        self._call(f"nft: delete {', '.join(sorted(action.tables))}")
+
+    def save_records(self, state_dir: str, recs: Records) -> None:
+        self.calls.append(f"records: save {state_dir} (pending taps: {', '.join(sorted(recs.pending_taps)) or 'none'})")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_host_calls_match_golden(case: Path) -> None:
+    placement, observed, options = load_case(case)
+    planned = plan(placement.topology, observed, stretches=placement.stretches, **options)
+    if planned.blockers or (planned.conflicts and not options.get("adopt")):
+        pytest.skip("apply refuses this plan")
+    kept = tuple(a for a in planned.actions if a.kind not in PROCESSES)
+    fails = set(json.loads((case / "fails.json").read_text())) if (case / "fails.json").exists() else set()
+    host = RecordingHost(fails)
+    executor = Executor(placement.topology, netlink.Netlink(), host=host)
+    try:
+        executor.apply(dataclasses.replace(planned, actions=kept), observed)
+        ending = ["applied"]
+    except ApplyFailed as exc:
+        ending = [f"failed: {what}: {why}" for what, why in exc.failed]
+        ending += [f"skipped: {a.op} {a.kind} {a.target} (needs {blocker})" for a, blocker in exc.skipped]
+    text = "\n".join([*host.calls, "--", *ending]) + "\n"
+    golden = case / "host-calls.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert golden.exists(), f"{golden} is missing: run UPDATE_GOLDEN=1 pytest {__file__} and review it"
+    assert text == golden.read_text()
+
+
+def test_a_failure_stops_only_what_needs_it() -> None:
+    """The scenario with fails.json: its bridge is refused; the other bridge's steps all went on."""
+    text = (Path(__file__).resolve().parents[2] / "fixtures" / "cases" / "bridge-fails-its-dependents-only"
+            / "host-calls.txt").read_text()
+    assert "failed: create bridge br0" in text
+    assert "skipped: update tap web-0 (needs bridge br0)" in text
+    assert "netlink: link set br1 up" in text and "netlink: addr add 10.0.1.254/24 dev br1" in text
