@@ -29,6 +29,7 @@ problem on stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -76,6 +77,11 @@ def cow_of(doc: dict[str, Any], guest: dict[str, Any], host: str) -> str | None:
     if not isinstance(disk, dict) or not disk.get("base"):
         return None
     return str(disk.get("cow") or f"{state_dir(doc, host).rstrip('/')}/{guest['name']}.cow")
+
+
+def in_state_dir(path: str, doc: dict[str, Any], host: str) -> bool:
+    """Whether a COW file lies directly in ``host``'s state_dir (the folder umlstate keeps root's alone)."""
+    return os.path.dirname(os.path.normpath(path)) == os.path.normpath(state_dir(doc, host)) and ".." not in path
 
 
 def placed_on(doc: dict[str, Any], host: str) -> dict[str, dict[str, Any]]:
@@ -168,13 +174,23 @@ def compute(new_text: str, hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
                             f"add it (umlstate_host={to}) or limit the run to neither")
             continue
         cow_to = cow_of(new, target, str(to))
-        if cow_from is None or cow_to is None:
+        carry = cow_from is not None and cow_to is not None
+        if not carry:
             warnings.append(f"guest {guest} has no base+COW disk on both sides: it moves without its disk")
+        outside = [f"{path} on {host}" for path, host in ((cow_from, source), (cow_to, str(to)))
+                   if path is not None and not in_state_dir(path, new, host)]
+        if carry and outside:
+            # Root packs and unpacks the file by path: only in umlstate's state_dir, which umlstate refuses to
+            # use unless root's alone, can no guest's user swap the folder or the file for a link meanwhile.
+            carry = False
+            warnings.append(f"guest {guest}'s COW file lies outside state_dir ({'; '.join(outside)}): root does not "
+                            "carry a disk through a folder others may write; it moves without its disk (copy it "
+                            "yourself, or keep disk.cow in state_dir)")
         moves.append({
             "guest": guest, "from": source, "to": to,
             "from_inventory": source_inv, "to_inventory": inventory_of[str(to)],
             "cow_from": cow_from, "cow_to": cow_to,
-            "carry": cow_from is not None and cow_to is not None,
+            "carry": carry,
             "user": str(target.get("user") or user or ""),
         })
     if problems:

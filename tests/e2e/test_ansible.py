@@ -124,6 +124,20 @@ def test_a_guest_that_is_gone_or_has_no_cow_file_carries_nothing() -> None:
     assert any("without its disk" in w for w in out["warnings"])
 
 
+def test_a_cow_file_outside_state_dir_is_not_carried() -> None:
+    """Root would pack it by path in a folder its user may own, who could swap it for a link meanwhile."""
+    mine = {"disk": {"base": "/srv/base.img", "cow": "/home/dupont/g2.cow"}}
+    old = farm_doc({"g1": "alpha", "g2": "beta"}, g2=mine)
+    out = moves.compute(yaml.safe_dump(farm_doc({"g1": "alpha", "g2": "gamma"}, g2=mine)), seen({h: old for h in HOSTS}))
+    assert [(m["guest"], m["carry"]) for m in out["moves"]] == [("g2", False)]
+    assert any("outside state_dir (/home/dupont/g2.cow on beta; /home/dupont/g2.cow on gamma)" in w
+               for w in out["warnings"]), out["warnings"]
+    sneaky = {"disk": {"base": "/srv/base.img", "cow": "/srv/beta/../beta/g2.cow"}}
+    old = farm_doc({"g2": "beta"}, g2=sneaky)
+    out = moves.compute(yaml.safe_dump(farm_doc({"g2": "gamma"})), seen({h: old for h in HOSTS}))
+    assert [(m["guest"], m["carry"]) for m in out["moves"]] == [("g2", False)]
+
+
 def test_a_move_to_a_host_outside_the_run_or_a_guest_in_two_places_is_an_error() -> None:
     old = farm_doc({"g1": "alpha", "g2": "beta"})
     new = yaml.safe_dump(farm_doc({"g1": "alpha", "g2": "gamma"}))
