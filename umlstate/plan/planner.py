@@ -19,11 +19,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 
-from umlstate.model.placement import VXLAN_PORT, Stretch
-from umlstate.model.snapshot import FLOOD_MAC, Proc, Snapshot, unit_of
+from umlstate.model.placement import Stretch
+from umlstate.model.snapshot import Proc, Snapshot, unit_of
 from umlstate.model.topology import Host, Topology
 from umlstate.plan import actions as A
 from umlstate.plan import backoff, cmdline, preflight, ruleset
+from umlstate.plan import bridge as bridge_kind
+from umlstate.plan import vxlan as vxlan_kind
 from umlstate.plan.result import Backoff, Builder, Plan
 from umlstate.plan.wanted import owns_link, wanted_addresses, wanted_proxies, wanted_taps
 
@@ -40,8 +42,8 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
     _groups(desired, b)
     _tun_node(desired, b)
     _sysctls(desired, b)
-    _bridges(desired, b)
-    _vxlans(desired, wanted_vxlans, b)
+    bridge_kind.plan_step(desired, b)
+    vxlan_kind.plan_step(desired, wanted_vxlans, b)
     _taps(desired, b, adopt)
     _enslave(desired, b)
     _addresses(desired, b)
@@ -184,60 +186,6 @@ def _sysctls(t: Topology, b: Builder) -> None:
             continue
         if current != want:
             b.add(A.SetSysctl(f"is {current}, wanted {want}", key, want, current))
-
-
-def _bridges(t: Topology, b: Builder) -> None:
-    for bridge in sorted(t.bridges, key=lambda x: x.name):
-        link = b.s.links.get(bridge.name)
-        mac = t.anycast_mac(bridge) if bridge.subnet else None
-        if link is None:
-            b.add(A.CreateBridge("missing", bridge.name, t.alias, t.link_group, mac))
-        elif link.kind != "bridge" or not owns_link(t, b.s, bridge.name):
-            what = f"a {link.kind or 'plain'} link" if link.kind != "bridge" else "a bridge not made by umlstate"
-            b.conflict("bridge", bridge.name, f"{what} named {bridge.name} exists", "rename or remove it by hand",
-                       adoptable=False)
-        elif link.alias != t.alias or link.group != t.link_group:
-            b.conflict("bridge", bridge.name, f"bridge {bridge.name} was made by an interrupted run and never marked",
-                       f"remove it (ip link del {bridge.name}); the next apply makes it again", adoptable=False)
-        elif mac is not None and link.mac != mac:
-            b.add(A.SetBridgeMac(f"address {link.mac}, wanted the gateway's {mac}", bridge.name, mac))
-
-
-def _vxlans(t: Topology, wanted: Mapping[str, Stretch], b: Builder) -> None:
-    """Each bridge shared with other hosts: one VXLAN on it, flooding to exactly those hosts."""
-    for name, st in sorted(wanted.items()):
-        create = A.CreateVxlan("missing", name, st.vni, st.local, VXLAN_PORT, st.bridge, t.alias, t.link_group)
-        link = b.s.links.get(name)
-        if link is not None and not owns_link(t, b.s, name):
-            b.conflict("vxlan", name, f"a {link.kind or 'plain'} link named {name} exists, not made by umlstate",
-                       "rename or remove it by hand", adoptable=False)
-            continue
-        if link is not None:
-            master = link.master or "no bridge"
-            drift = [w for w, bad in ((f"id {link.vni}, wanted {st.vni}", link.vni != st.vni),
-                                      (f"local {link.local}, wanted {st.local}", link.local != str(st.local)),
-                                      (f"on {master}, wanted {st.bridge}", link.master != st.bridge),
-                                      ("learning from the underlay", link.learning),
-                                      ("down", not link.up)) if bad]
-            if not drift:
-                _fdb(name, st, b)
-                continue
-            b.add(A.DeleteVxlan("; ".join(drift), name, t.link_group))
-        if st.bridge in b.s.links:
-            b.add(create)
-            _fdb(name, st, b)
-
-
-def _fdb(name: str, st: Stretch, b: Builder) -> None:
-    """The VXLAN's static forwarding entries: a flood entry per other host, and each remote guest's MAC."""
-    want = {(FLOOD_MAC, remote) for remote in st.remotes} | set(st.macs)
-    have = {(mac, remote) for link, mac, remote in b.s.fdb if link == name}
-    for mac, remote in sorted(have - want):
-        b.add(A.RemoveFdb("no guest of that host has this MAC on the bridge any more" if mac != FLOOD_MAC
-                          else "that host has no guests on the bridge any more", name, mac, remote))
-    for mac, remote in sorted(want - have):
-        b.add(A.AddFdb("a host with guests on the bridge" if mac == FLOOD_MAC else "a guest's NIC on that host",
-                       name, mac, remote))
 
 
 def _taps(t: Topology, b: Builder, adopt: bool) -> None:

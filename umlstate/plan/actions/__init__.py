@@ -10,7 +10,22 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+from umlstate.plan.actions.address import (
+    AddAddress,
+    AddProxy,
+    RemoveAddress,
+    RemoveProxy,
+)
 from umlstate.plan.actions.base import PRIVILEGE, Action, Kind, Op
+from umlstate.plan.actions.bridge import (
+    BRIDGE_FDB_MAX,
+    CreateBridge,
+    DeleteBridge,
+    Enslave,
+    LimitFdb,
+    SetBridgeMac,
+    SetBridgeUp,
+)
 from umlstate.plan.actions.host import (
     AddGroupMember,
     CreateGroup,
@@ -23,30 +38,6 @@ from umlstate.plan.actions.host import (
     RestoreSysctl,
     RestoreTunNode,
     SetSysctl,
-)
-from umlstate.plan.actions.network import (
-    BRIDGE_FDB_MAX,
-    AddAddress,
-    AddFdb,
-    AddProxy,
-    CreateBridge,
-    CreateTap,
-    CreateVxlan,
-    DeleteBridge,
-    DeleteTap,
-    DeleteVxlan,
-    Enslave,
-    FixTap,
-    LimitFdb,
-    MarkTap,
-    QuietIpv6,
-    RemoveAddress,
-    RemoveFdb,
-    RemoveProxy,
-    ReplaceTap,
-    SetBridgeMac,
-    SetBridgeUp,
-    SetLinkUp,
 )
 from umlstate.plan.actions.processes import (
     EndGuestLeftovers,
@@ -62,6 +53,16 @@ from umlstate.plan.actions.processes import (
     argv_diff,
 )
 from umlstate.plan.actions.ruleset import CreateRuleset, DeleteRuleset, LoadRuleset
+from umlstate.plan.actions.tap import (
+    CreateTap,
+    DeleteTap,
+    FixTap,
+    MarkTap,
+    QuietIpv6,
+    ReplaceTap,
+    SetLinkUp,
+)
+from umlstate.plan.actions.vxlan import AddFdb, CreateVxlan, DeleteVxlan, RemoveFdb
 
 # Every action there is: apply's dispatch matches on this union, and mypy
 # (assert_never) turns an action without a handler into a type error.
