@@ -248,6 +248,9 @@ if command == "plan":
     same = os.path.exists(state) and open(state).read() == json.dumps(slice_)
     sys.exit(0 if same else 2)
 assert command == "apply" and "--yes" in rest, sys.argv
+if os.path.exists(state) and open(state).read() == json.dumps(slice_):  # as umlstate apply plans first
+    print("No changes. The host matches topology lab.")
+    sys.exit(0)
 state_dir = next(h["state_dir"] for h in doc["hosts"] if h["name"] == host)
 cows = {{}}
 for guest in slice_:
@@ -265,7 +268,7 @@ for guest in slice_:
 with open("{tmp}/calls.log", "a") as log:
     log.write(json.dumps({{"t": time.time(), "host": host, "netns": netns, "guests": slice_, "cows": cows}}) + "\\n")
 open(state, "w").write(json.dumps(slice_))
-print("stand-in applied", host, slice_)
+print("Apply complete: stand-in applied", host, slice_)
 '''
 
 
