@@ -28,3 +28,18 @@ def plan_step(t: Topology, b: Builder) -> None:
                        f"remove it (ip link del {bridge.name}); the next apply makes it again", adoptable=False)
         elif mac is not None and link.mac != mac:
             b.add(A.SetBridgeMac(f"address {link.mac}, wanted the gateway's {mac}", bridge.name, mac))
+
+
+def remove_step(t: Topology, b: Builder) -> None:
+    """After the taps' and VXLANs': a bridge goes once nothing is on it."""
+    bridges = {bridge.name for bridge in t.bridges}
+    for name in sorted(b.s.links):
+        if owns_link(t, b.s, name) and b.s.links[name].kind == "bridge" and name not in bridges:
+            b.add(A.DeleteBridge("no longer in the topology", name, t.link_group))
+
+
+def link_up(t: Topology, b: Builder) -> None:
+    for bridge in sorted(t.bridges, key=lambda x: x.name):
+        link = b.s.links.get(bridge.name)
+        if link is not None and owns_link(t, b.s, bridge.name) and link.kind == "bridge" and not link.up:
+            b.add(A.SetBridgeUp("down" if bridge.name in b.origin.links else "a new bridge starts down", bridge.name))

@@ -52,3 +52,10 @@ def _fdb(name: str, st: Stretch, b: Builder) -> None:
     for mac, remote in sorted(want - have):
         b.add(A.AddFdb("a host with guests on the bridge" if mac == FLOOD_MAC else "a guest's NIC on that host",
                        name, mac, remote))
+
+
+def remove_step(t: Topology, wanted: Mapping[str, Stretch], b: Builder) -> None:
+    """After the taps', before the bridges': a VXLAN leaves its bridge first."""
+    for name in sorted(b.s.links):
+        if owns_link(t, b.s, name) and b.s.links[name].kind == "vxlan" and name not in wanted:
+            b.add(A.DeleteVxlan("no other host has guests on its bridge any more", name, t.link_group))

@@ -1,0 +1,113 @@
+"""The guest kind's planning steps: each guest started, replaced, hot-plugged, stopped, or left to back off.
+
+Plan layer, called by the planner last: a guest needs its taps, switch and policy. A guest broken by its
+own preflight findings is left out and the rest go on; a crash loop waits (plan/backoff.py). Its actions are
+in plan/actions/processes.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from umlstate.model.snapshot import Proc, unit_of
+from umlstate.model.topology import Topology
+from umlstate.plan import actions as A
+from umlstate.plan import backoff, cmdline
+from umlstate.plan.result import Backoff, Builder
+
+
+def remove_step(t: Topology, b: Builder) -> None:
+    """Processes first of all removals: a guest leaves before its switch, a switch before its tap."""
+    wanted = {g.name for g in t.guests}
+    for name, state in sorted(b.s.guests.items()):
+        if name not in wanted and state.proc is not None:
+            b.add(A.StopGuest("no longer in the topology", name, state.proc))
+        _end_leftovers(name, b)
+
+
+def plan_step(t: Topology, b: Builder) -> None:
+    broken = {f.target for f in b.blockers if f.kind == "guest"}  # its own errors: not started, the rest goes on
+    for guest in sorted(t.guests, key=lambda g: g.name):
+        _end_leftovers(guest.name, b)
+        if guest.name in b.s.records.held or guest.name in broken:
+            continue
+        kernel = cmdline.resolved(b.s.programs, guest.kernel)
+        wires = cmdline.wires_of(t, guest, b.s.kernels.get(kernel))
+        if isinstance(wires, list):  # a NIC this kernel cannot wire: preflight said so
+            continue
+        argv = cmdline.guest_argv(t, guest, kernel, wires)
+        state = b.s.guests.get(guest.name)
+        if state is not None and state.panic:
+            reason = f"its log says: {state.panic}"  # the guest's word, of a guest that is gone
+        else:
+            reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
+        start = A.StartGuest(reason, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)
+        if state is None or state.proc is None:
+            crashes = backoff.crashes(guest.name, state, b.s)
+            if crashes:
+                delay = backoff.delay(crashes)
+                until = (state.ended if state and state.ended else b.s.now) + delay
+                if b.s.now < until:
+                    b.backoff.append(Backoff(guest.name, until, crashes))
+                    continue
+                after = f": restarted {delay:g}s after" if delay else ""
+                start = replace(start, crashes=crashes, reason=f"{reason}; it died {crashes} time(s) in a row soon "
+                                                               f"after starting{after}")
+            b.add(start)
+            continue
+        restarted = sorted(n.switch for n in guest.nics if n.switch in b.restarted_switches)
+        uid = b.s.uid(guest.user)
+        running = cmdline.without_console(state.proc.argv)
+        live = _hotplug(guest.name, state.proc, running, argv) if not restarted and state.proc.uid == uid else None
+        if live is not None:
+            for action in live:
+                b.add(action)
+            continue
+        if running != cmdline.without_console(argv):
+            why = "command line changed"
+        elif uid is not None and state.proc.uid != uid:
+            why = f"runs as uid {state.proc.uid}, not {guest.user}"
+        elif restarted:
+            why = f"switch {', '.join(x or '' for x in restarted)} restarted: the guest must reconnect"
+        else:
+            continue
+        b.add(A.ReplaceGuest(why, A.StopGuest(why, guest.name, state.proc),
+                             A.StartGuest(why, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)))
+
+
+def _end_leftovers(name: str, b: Builder) -> None:
+    state = b.s.guests.get(name)
+    if state is not None and state.proc is None and state.leftovers:
+        b.add(A.EndGuestLeftovers("its main process died (SIGKILL, OOM); its helpers live on", name, state.leftovers,
+                                  b.s.records.processes.get(unit_of("guest", name))))
+
+
+VECTOR_TAP = re.compile(r"(vec[0-9]+):transport=tap,")
+HINT = re.compile(r"umlstate\.(vec[0-9]+)=")
+
+
+def _hotplug(name: str, proc: Proc, running: tuple[str, ...], argv: tuple[str, ...]
+             ) -> list[A.PlugNic | A.UnplugNic] | None:
+    """NICs added to (or taken from the end of) a running guest, when that is all that changed.
+
+    Only vector tap NICs, whose device UML makes and removes at run time; None when
+    anything else differs, so the guest is replaced as before.
+    """
+    old, new = running, cmdline.without_console(argv)
+    added = [w for w in new if w not in old]
+    removed = [w for w in old if w not in new]
+    if bool(added) == bool(removed):
+        return None
+    changed, longer, shorter = (added, new, old) if added else (removed, old, new)
+    if [w for w in longer if w not in changed] != list(shorter):
+        return None  # not a plain addition or removal: order or other words changed
+    nics = {m[1]: w for w in changed if (m := VECTOR_TAP.match(w))}
+    hints = {m[1]: w for w in changed if (m := HINT.match(w))}
+    if not nics or len(nics) + len(hints) != len(changed) or not set(hints) <= set(nics):
+        return None
+    if added:
+        return [A.PlugNic("NIC added to a running guest", name, proc, word, hints.get(ifname), argv)
+                for ifname, word in sorted(nics.items())]
+    return [A.UnplugNic("NIC gone from the topology", name, proc, ifname, argv)
+            for ifname in sorted(nics, reverse=True)]
