@@ -12,7 +12,6 @@ boot began, bounded and sanitized (host.logs).
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from umlstate.host import icmp, logs, mconsole, processes
+from umlstate.model.guestline import GuestLine
 from umlstate.model.snapshot import Proc
 from umlstate.plan import actions as A
 
@@ -27,18 +27,10 @@ log = structlog.get_logger("umlstate")
 
 BOOT_TIMEOUT = 90.0  # seconds started guests may take to answer (apply --wait-timeout, $UMLSTATE_BOOT_TIMEOUT)
 BOOT_GRACE = 3.0
-ADDRESS_WORD = re.compile(r"umlstate\.(?:eth|vec)[0-9]+=([0-9.]+)/[0-9]+$")
-
-
-def addresses_of(argv: tuple[str, ...]) -> list[str]:
-    """The addresses a guest was told on its command line: what must answer before it is ready."""
-    return [m[1] for w in argv if (m := ADDRESS_WORD.match(w))]
-
-
 @dataclass
 class _Booting:
     proc: Proc
-    mconsole: str | None
+    line: GuestLine  # what it was told: its mconsole socket, the addresses that must answer
     offset: int  # where this boot's output starts in its log
     action: A.AnyAction
 
@@ -54,8 +46,8 @@ class BootWait:
     def pending(self) -> bool:
         return bool(self._booting)
 
-    def add(self, name: str, proc: Proc, mconsole_path: str | None, offset: int, action: A.AnyAction) -> None:
-        self._booting[name] = _Booting(proc, mconsole_path, offset, action)
+    def add(self, name: str, proc: Proc, line: GuestLine, offset: int, action: A.AnyAction) -> None:
+        self._booting[name] = _Booting(proc, line, offset, action)
 
     def wait(self, logs_fd: int) -> list[tuple[A.AnyAction, str]]:
         """Until every guest started in this pass answers, or cannot: (the action that started it, why, with
@@ -77,23 +69,22 @@ class BootWait:
                             logs_fd, name)
                         del waiting[name]
                         continue
-                    if name not in answered and boot.mconsole and mconsole.answers(boot.mconsole, owner=boot.proc.uid,
-                                                                                  timeout=0.2):
+                    if name not in answered and mconsole.answers(boot.line.mconsole, owner=boot.proc.uid, timeout=0.2):
                         answered[name] = time.monotonic()
                     if name in answered and ("as init process" in output
                                              or time.monotonic() - answered[name] > BOOT_GRACE):
                         booted.add(name)
                     if name in booted and (not self.answering or all(icmp.answers(a, 0.2)
-                                                                     for a in addresses_of(boot.proc.argv))):
+                                                                     for a in boot.line.addresses)):
                         self._clear_line()
-                        told = addresses_of(boot.proc.argv) if self.answering else []
+                        told = boot.line.addresses if self.answering else []
                         log.info("guest ready", guest=name, pid=boot.proc.pid,
                                  seconds=round(time.monotonic() - began, 1),
                                  answering=f", answering at {', '.join(told)}" if told else "")
                         del waiting[name]
                 if waiting and time.monotonic() > deadline:
                     for name in sorted(waiting):
-                        what = ("did not answer at " + ", ".join(addresses_of(waiting[name].proc.argv))
+                        what = ("did not answer at " + ", ".join(waiting[name].line.addresses)
                                 if name in booted else "did not boot")
                         failed[name] = (f"guest {name} not ready within {self.timeout:g}s (apply --wait-timeout): "
                                         f"it {what}: " + logs.failure_report(logs_fd, name)

@@ -325,11 +325,11 @@ class Executor:
             case A.EndGuestLeftovers():
                 processes.end_all(unit_of("guest", action.name), self.cgroups, action.recorded)
             case A.PlugNic():
-                self._console(action.name, action.proc, f"config {action.word}")
-                if action.hint:  # the guest's init reads it from its kernel log; the newline ends the record,
+                self._console(action.name, action.proc, f"config {action.nic.word}")
+                if action.nic.hint:  # the guest's init reads it from its kernel log; the newline ends the record,
                     # since UML's mconsole log printks the text as it is and an open line is not logged yet
-                    self._console(action.name, action.proc, f"log umlstate: {action.hint}\n")
-                self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.argv))
+                    self._console(action.name, action.proc, f"log umlstate: {action.nic.hint}\n")
+                self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.line.argv))
             case A.LoadRuleset():
                 self.ruleset = h.load_ruleset(action)
             case A.DeleteRuleset():
@@ -338,7 +338,7 @@ class Executor:
                 self._console(action.name, action.proc, f"remove {action.ifname}",
                               hint=f"; the guest must bring {action.ifname} down first (ip link set "
                                    f"{action.ifname} down), then apply again")
-                self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.argv))
+                self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.line.argv))
             case _:
                 assert_never(action)
 
@@ -451,7 +451,7 @@ class Executor:
             log.warning("guest starts without a console", guest=a.name, error=exc.strerror or str(exc))
             pty = None
         proc = self._spawn("guest", a.name, a.argv, a.user, pty=pty)
-        self.boot.add(a.name, proc, processes.mconsole_path(proc, a.name), offset, a)
+        self.boot.add(a.name, proc, a.line, offset, a)
 
     def _make_cow(self, path: str, base: str, uid: int) -> None:
         """A COW file made natively (no uml_mkcow), owned by the guest's user, mode 0600; never by path."""

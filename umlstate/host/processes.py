@@ -31,6 +31,7 @@ from umlstate.errors import ActionError
 from umlstate.host import identity, mconsole
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.console import Pty
+from umlstate.model.guestline import GuestLine
 from umlstate.model.snapshot import Proc
 from umlstate.model.topology import DEFAULT_TUN
 
@@ -275,8 +276,8 @@ def _wait_gone(proc: Proc, seconds: float) -> bool:
 
 def mconsole_path(proc: Proc, name: str) -> str | None:
     """A guest's mconsole socket, from the uml_dir root gave it when it started it (never from the guest)."""
-    uml_dir = next((w[len("uml_dir="):] for w in proc.argv if w.startswith("uml_dir=")), None)
-    return f"{uml_dir}/{name}/mconsole" if uml_dir else None
+    line = GuestLine.parse(proc.argv)
+    return line.mconsole if line is not None and line.umid == name else None
 
 
 def _mconsole_quiet(path: str, text: str, owner: int) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from umlstate.model.guestline import GuestLine, Nic
 from umlstate.model.placement import VXLAN_MTU
 from umlstate.model.snapshot import KernelFacts
 from umlstate.model.topology import Guest, Switch, Topology, nic_tap_name
@@ -140,8 +141,6 @@ def wire(topology: Topology, guest: Guest, index: int, kernel: KernelFacts | Non
                    + (f", and tap {tap.name} can go" if tap is not None else "") + ")")
 
 
-CONSOLE_WORD = "con1=fd:0"  # the guest's tty1 is its stdin, the master of the pty root makes for it
-
 REMOVED = "; Linux 6.16 removed the legacy transports, only vecN:transport=... remains"
 LEGACY = ("daemon", "vde", "tuntap")
 
@@ -152,30 +151,17 @@ def _kernel_name(kernel: KernelFacts | None) -> str:
     return f"the kernel {kernel.path}" + (f" (Linux {kernel.version})" if kernel.version else "")
 
 
-def guest_argv(topology: Topology, guest: Guest, kernel: str, wires: tuple[Wire, ...]) -> tuple[str, ...]:
-    """The whole command line, in a fixed order so that equal topologies give equal argv."""
-    argv = [kernel, f"umid={guest.name}", f"uml_dir={topology.uml_dir_of(guest)}", f"mem={guest.mem}"]
+def guest_line(topology: Topology, guest: Guest, kernel: str, wires: tuple[Wire, ...]) -> GuestLine:
+    """The guest's whole command line: its wires, and the address and gateway each NIC's subnet gives it."""
     cow = topology.cow_of(guest)
-    argv.append(f"ubd0={cow},{guest.disk.base}" if cow else f"ubd0={guest.disk.image}")
-    # The first console (the kernel's, /dev/console) to stdout, the guest's log; tty1 to the pty root
-    # makes for `umlstate console` (its stdin); the others nowhere.
-    argv += ["con=null", "con0=null,fd:1", CONSOLE_WORD, "ssl=null"]
-    gateway_told = False
-    argv += [w.word for w in wires]
+    nics: list[Nic] = []
     for nic, w in zip(guest.nics, wires, strict=True):
         subnet = topology.subnet_of_nic(nic)
-        if nic.address is not None and subnet is not None:
-            argv.append(f"umlstate.{w.ifname}={nic.address}/{subnet.cidr.prefixlen}")
-        if subnet is not None and subnet.gateway is not None and not gateway_told:
-            argv.append(f"umlstate.gw={subnet.gateway}")
-            gateway_told = True
-    argv += guest.args
-    return tuple(argv)
-
-
-def without_console(argv: tuple[str, ...]) -> tuple[str, ...]:
-    """A guest's command line as far as a restart matters: one started before guests had consoles is not replaced."""
-    return tuple(w for w in argv if w != CONSOLE_WORD)
+        address = f"{nic.address}/{subnet.cidr.prefixlen}" if nic.address is not None and subnet is not None else None
+        first = subnet is not None and subnet.gateway is not None and not any(n.gateway for n in nics)
+        nics.append(Nic(w.ifname, w.word, address, str(subnet.gateway) if first and subnet else None))
+    return GuestLine(kernel, guest.name, topology.uml_dir_of(guest), guest.mem,
+                     f"{cow},{guest.disk.base}" if cow else f"{guest.disk.image}", tuple(nics), tuple(guest.args))
 
 
 def wires_of(topology: Topology, guest: Guest, kernel: KernelFacts | None) -> tuple[Wire, ...] | list[Unwired]:

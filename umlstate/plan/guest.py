@@ -7,9 +7,9 @@ in plan/actions/processes.py.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
+from umlstate.model.guestline import GuestLine
 from umlstate.model.snapshot import Proc, unit_of
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
@@ -36,13 +36,13 @@ def plan_step(t: Topology, b: Builder) -> None:
         wires = cmdline.wires_of(t, guest, b.s.kernels.get(kernel))
         if isinstance(wires, list):  # a NIC this kernel cannot wire: preflight said so
             continue
-        argv = cmdline.guest_argv(t, guest, kernel, wires)
+        line = cmdline.guest_line(t, guest, kernel, wires)
         state = b.s.guests.get(guest.name)
         if state is not None and state.panic:
             reason = f"its log says: {state.panic}"  # the guest's word, of a guest that is gone
         else:
             reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
-        start = A.StartGuest(reason, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)
+        start = A.StartGuest(reason, guest.name, line, guest.user, t.cow_of(guest), guest.disk.base)
         if state is None or state.proc is None:
             crashes = backoff.crashes(guest.name, state, b.s)
             if crashes:
@@ -58,13 +58,13 @@ def plan_step(t: Topology, b: Builder) -> None:
             continue
         restarted = sorted(n.switch for n in guest.nics if n.switch in b.restarted_switches)
         uid = b.s.uid(guest.user)
-        running = cmdline.without_console(state.proc.argv)
-        live = _hotplug(guest.name, state.proc, running, argv) if not restarted and state.proc.uid == uid else None
+        running = GuestLine.parse(state.proc.argv)  # as root recorded it at spawn
+        live = _hotplug(guest.name, state.proc, running, line) if not restarted and state.proc.uid == uid else None
         if live is not None:
             for action in live:
                 b.add(action)
             continue
-        if running != cmdline.without_console(argv):
+        if running is None or not running.same_but_nics(line) or running.nics != line.nics:
             why = "command line changed"
         elif uid is not None and state.proc.uid != uid:
             why = f"runs as uid {state.proc.uid}, not {guest.user}"
@@ -73,7 +73,7 @@ def plan_step(t: Topology, b: Builder) -> None:
         else:
             continue
         b.add(A.ReplaceGuest(why, A.StopGuest(why, guest.name, state.proc),
-                             A.StartGuest(why, guest.name, argv, guest.user, t.cow_of(guest), guest.disk.base)))
+                             A.StartGuest(why, guest.name, line, guest.user, t.cow_of(guest), guest.disk.base)))
 
 
 def _end_leftovers(name: str, b: Builder) -> None:
@@ -83,31 +83,18 @@ def _end_leftovers(name: str, b: Builder) -> None:
                                   b.s.records.processes.get(unit_of("guest", name))))
 
 
-VECTOR_TAP = re.compile(r"(vec[0-9]+):transport=tap,")
-HINT = re.compile(r"umlstate\.(vec[0-9]+)=")
-
-
-def _hotplug(name: str, proc: Proc, running: tuple[str, ...], argv: tuple[str, ...]
-             ) -> list[A.PlugNic | A.UnplugNic] | None:
+def _hotplug(name: str, proc: Proc, old: GuestLine | None, new: GuestLine) -> list[A.PlugNic | A.UnplugNic] | None:
     """NICs added to (or taken from the end of) a running guest, when that is all that changed.
 
     Only vector tap NICs, whose device UML makes and removes at run time; None when
     anything else differs, so the guest is replaced as before.
     """
-    old, new = running, cmdline.without_console(argv)
-    added = [w for w in new if w not in old]
-    removed = [w for w in old if w not in new]
-    if bool(added) == bool(removed):
+    if old is None or not old.same_but_nics(new) or old.nics == new.nics:
         return None
-    changed, longer, shorter = (added, new, old) if added else (removed, old, new)
-    if [w for w in longer if w not in changed] != list(shorter):
-        return None  # not a plain addition or removal: order or other words changed
-    nics = {m[1]: w for w in changed if (m := VECTOR_TAP.match(w))}
-    hints = {m[1]: w for w in changed if (m := HINT.match(w))}
-    if not nics or len(nics) + len(hints) != len(changed) or not set(hints) <= set(nics):
-        return None
-    if added:
-        return [A.PlugNic("NIC added to a running guest", name, proc, word, hints.get(ifname), argv)
-                for ifname, word in sorted(nics.items())]
-    return [A.UnplugNic("NIC gone from the topology", name, proc, ifname, argv)
-            for ifname in sorted(nics, reverse=True)]
+    longer, shorter = (new, old) if len(new.nics) > len(old.nics) else (old, new)
+    changed = longer.nics[len(shorter.nics):]
+    if longer.nics[:len(shorter.nics)] != shorter.nics or not all(n.live for n in changed):
+        return None  # not a plain addition or removal at the end: order or other NICs changed
+    if longer is new:
+        return [A.PlugNic("NIC added to a running guest", name, proc, nic, new) for nic in changed]
+    return [A.UnplugNic("NIC gone from the topology", name, proc, nic.ifname, new) for nic in reversed(changed)]

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from umlstate.model.guestline import GuestLine, Nic
 from umlstate.model.snapshot import GuestState, Proc, Snapshot, SwitchState
 from umlstate.plan import cmdline
 from umlstate.plan.actions.base import Action, Kind, Op, _Named
-
-NIC_WORD = re.compile(r"(eth|vec)[0-9]+[=:]")  # a NIC on UML's command line
-
-
-def nic_summary(word: str) -> str:
-    """What the guest sees and how it is wired, from one NIC word: `vec0 vector tap web-0`, `eth0 daemon`."""
-    name, _, spec = word.replace(":", "=", 1).partition("=")
-    if name.startswith("vec"):
-        options = dict(o.partition("=")[::2] for o in spec.split(","))
-        transport = options.get("transport", "?")
-        return (f"{name} vector {transport}" + (f" {options['ifname']}" if "ifname" in options else "")
-                + (f" mtu {options['mtu']}" if "mtu" in options else ""))
-    parts = spec.split(",")
-    return f"{name} {parts[0]}" + (f" {parts[1]}" if parts[0] == "tuntap" and len(parts) > 1 else "")
 
 # --- switches and guests -------------------------------------------------------------
 
@@ -88,17 +74,19 @@ class StartGuest(_Named, Action):
     op: ClassVar[Op] = "create"
     kind: ClassVar[Kind] = "guest"
     name: str
-    argv: tuple[str, ...]
+    line: GuestLine
     user: str
     cow: str | None
     base: str | None
     crashes: int = 0  # times in a row its runs died soon after starting: recorded, so the next backoff grows
 
     @property
+    def argv(self) -> tuple[str, ...]:
+        return self.line.argv
+
+    @property
     def detail(self) -> str:
-        mem = next((w for w in self.argv if w.startswith("mem=")), "")
-        nics = [nic_summary(w) for w in self.argv if NIC_WORD.match(w)]
-        return f"boot as {self.user}: {self.argv[0]} {mem}" + "".join(f"; {n}" for n in nics)
+        return f"boot as {self.user}: {self.line.summary}"
 
     def simulate(self, s: Snapshot) -> Snapshot:
         proc = Proc(0, s.uid(self.user) or 0, self.argv, 0.0)
@@ -195,20 +183,15 @@ class PlugNic(_Named, Action):
     kind: ClassVar[Kind] = "guest"
     name: str
     proc: Proc
-    word: str  # vecN:transport=tap,ifname=TAP,mac=MAC
-    hint: str | None  # umlstate.vecN=ADDR/PFX
-    argv: tuple[str, ...]  # the guest's command line with this NIC
-
-    @property
-    def ifname(self) -> str:
-        return self.word.split(":", 1)[0]
+    nic: Nic  # vecN:transport=tap,ifname=TAP,mac=MAC, told umlstate.vecN=ADDR/PFX
+    line: GuestLine  # the guest's command line with this NIC
 
     @property
     def detail(self) -> str:
-        return f"plug {nic_summary(self.word)} live (mconsole config), no restart"
+        return f"plug {self.nic.summary} live (mconsole config), no restart"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        return _with_argv(s, self.name, self.argv)
+        return _with_argv(s, self.name, self.line.argv)
 
 
 @dataclass(frozen=True)
@@ -220,14 +203,14 @@ class UnplugNic(_Named, Action):
     name: str
     proc: Proc
     ifname: str
-    argv: tuple[str, ...]  # the guest's command line without this NIC
+    line: GuestLine  # the guest's command line without this NIC
 
     @property
     def detail(self) -> str:
         return f"unplug {self.ifname} live (mconsole remove), no restart"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        return _with_argv(s, self.name, self.argv)
+        return _with_argv(s, self.name, self.line.argv)
 
 
 def _with_argv(s: Snapshot, name: str, argv: tuple[str, ...]) -> Snapshot:
