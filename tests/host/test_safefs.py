@@ -28,7 +28,8 @@ from types import FrameType
 
 import pytest
 
-from umlstate.host.safefs import Dir, UnsafePath, check_trusted_folder, read_bounded, read_tail
+from umlstate.host.safefs import Dir, UnsafePath, read_bounded, read_tail
+from umlstate.host.trusted import check_trusted_folder
 
 KiB = 1024
 GiB = 1 << 30

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from umlstate import errors
 from umlstate.errors import HostError, StalePlanError
-from umlstate.host.safefs import UnsafePath, check_trusted_folder, read_bounded
+from umlstate.host.safefs import UnsafePath, read_bounded
+from umlstate.host.trusted import check_trusted_folder
 from umlstate.model.loader import load_document, load_file
 from umlstate.model.topology import Topology
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from umlstate.host.safefs import Dir, UnsafePath, check_trusted_folder
+from umlstate.host.safefs import Dir, UnsafePath
+from umlstate.host.trusted import check_trusted_folder
 from umlstate.host.users import primary_gid, uid_of
 from umlstate.model.topology import USERS_DIR, Topology
 

@@ -13,8 +13,8 @@ two of root's system calls. So here:
 - reads stop at a byte bound the caller gives; owners and modes are set on descriptors (or through
   /proc/self/fd for entries that must not be opened), never by name.
 
-`check_trusted_folder` is the other half: it vets the paths (run_dir, state_dir) that only root may
-write, so that they can be trusted before any per-user folder is made inside them.
+host/trusted.py is the other half: it vets the paths (run_dir, state_dir) that only root may write, so
+that they can be trusted before any per-user folder is made inside them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from types import TracebackType
 
 from umlstate.errors import HostError
 
-__all__ = ["Dir", "UnsafePath", "check_trusted_folder", "read_bounded", "read_tail"]
+__all__ = ["Dir", "UnsafePath", "describe", "kind_of", "read_bounded", "read_tail"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO does not wait for a writer (it is then refused by fstat);
@@ -39,9 +39,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CHUNK = 1 << 16
-_MAX_LINKS = 40  # the kernel's own limit on symlinks followed in one lookup
 _REMOVE_PASSES = 4  # once a folder is locked one pass empties it and the next sees it empty; the rest is margin
-_GO_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 _KINDS = {
     stat.S_IFREG: "file",
@@ -58,7 +56,7 @@ class UnsafePath(HostError):
     """A path root was asked to use could make it act on something a user planted or chose."""
 
 
-def _kind(st: os.stat_result) -> str:
+def kind_of(st: os.stat_result) -> str:
     return _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
 
 
@@ -69,7 +67,7 @@ def _owner(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _describe(st: os.stat_result) -> str:
+def describe(st: os.stat_result) -> str:
     return f"owned by {_owner(st.st_uid)} with mode {stat.S_IMODE(st.st_mode):04o}"
 
 
@@ -81,7 +79,7 @@ def _check_name(name: str) -> str:
 
 
 def _planted(shown: str, st: os.stat_result, wanted: str) -> UnsafePath:
-    return UnsafePath(f"{shown} is a {_kind(st)} ({_describe(st)}) where umlstate expects {wanted}; "
+    return UnsafePath(f"{shown} is a {kind_of(st)} ({describe(st)}) where umlstate expects {wanted}; "
                       "it refuses to use it", f"check who put it there (it may be an attack), then remove {shown}")
 
 
@@ -94,73 +92,6 @@ def _open_error(dir_fd: int, name: str, shown: str, err: OSError) -> Exception:
     except OSError:
         return err  # gone again: report what open saw
     return _planted(shown, st, "a folder" if err.errno == errno.ENOTDIR else "a regular file")
-
-
-# ---------------------------------------------------------------------------------------------
-# Trusted folders (run_dir, state_dir): vetted by path, since only root may change them.
-
-
-def _untrusted(subject: str, comp: str, st: os.stat_result, why: str, fix: str) -> UnsafePath:
-    return UnsafePath(f"{subject} is not safe for root: {comp} is {_describe(st)}; {why}", fix)
-
-
-def check_trusted_folder(path: str, what: str) -> None:
-    """Raise UnsafePath unless only root can change what `path` (absolute) names.
-
-    `path` and every folder on the way from / must be owned by root and not writable by group or
-    others. A sticky folder (like /tmp, mode 1777) may be crossed, as others cannot rename or replace
-    the root-owned entry below it, but it cannot be the folder itself. A symlink on the way is followed
-    only if owned by root (its folder was checked like any other) and its target is checked the same
-    way. A missing tail passes, since root will make it with `Dir.open(create=True)`, unless others
-    could write where it would be made, and so make it first.
-
-    Once this passes, nothing but root can change where `path` leads, so `os.path.realpath(path)` is
-    safe to hand to `Dir.open`, which refuses links of any owner.
-    """
-    if not os.path.isabs(path):
-        raise UnsafePath(f"{what} {path!r} is not an absolute path", "give the full path, starting with /")
-    subject = f"{what} {path}"
-    todo = [c for c in reversed(path.split("/")) if c not in ("", ".")]  # a stack: next component last
-    root_st = os.lstat("/")
-    cur, cur_st = "/", root_st
-    fix_owner = "chown root:root {0} && chmod go-w {0}"
-    if cur_st.st_uid != 0:
-        raise _untrusted(subject, cur, cur_st, "it must be owned by root", fix_owner.format(cur))
-    links = 0
-    while todo:
-        name = todo.pop()
-        if cur_st.st_mode & _GO_WRITE and not cur_st.st_mode & stat.S_ISVTX:
-            raise _untrusted(subject, cur, cur_st, "others could replace what it holds", f"chmod go-w {cur}")
-        if name == "..":  # a folder already checked on the way down
-            cur = os.path.dirname(cur)
-            cur_st = os.lstat(cur)
-            continue
-        child = os.path.join(cur, name)
-        try:
-            st = os.lstat(child)
-        except FileNotFoundError:
-            if cur_st.st_mode & _GO_WRITE:
-                raise _untrusted(subject, cur, cur_st, f"another user could create {child} before root does",
-                                 f"create it as root first: mkdir -m 755 {child}") from None
-            return
-        if st.st_uid != 0:
-            how = "chown -h root:root {0}" if stat.S_ISLNK(st.st_mode) else fix_owner
-            raise _untrusted(subject, child, st, "it must be owned by root", how.format(child))
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > _MAX_LINKS:
-                raise UnsafePath(f"{what} {path}: more than {_MAX_LINKS} symbolic links on the way",
-                                 f"point {what} at the real folder")
-            target = os.readlink(child)
-            todo.extend(reversed([c for c in target.split("/") if c not in ("", ".")]))
-            if target.startswith("/"):
-                cur, cur_st = "/", root_st
-            continue  # a relative target resolves from the link's own folder, which `cur` still is
-        if not stat.S_ISDIR(st.st_mode):
-            raise UnsafePath(f"{what} {path}: {child} is a {_kind(st)}, not a folder", f"point {what} at a folder")
-        cur, cur_st = child, st
-    if cur_st.st_mode & _GO_WRITE:  # the folder itself: sticky or not, others must not write in it
-        raise _untrusted(subject, cur, cur_st, "others could write in it", f"chmod go-w {cur}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +350,7 @@ class Dir:
             if not stat.S_ISREG(st.st_mode):
                 raise _planted(shown, st, "a regular file")
             if st.st_uid != 0:
-                raise UnsafePath(f"{shown} is {_describe(st)}, not a log file of root's", f"remove {shown}")
+                raise UnsafePath(f"{shown} is {describe(st)}, not a log file of root's", f"remove {shown}")
             if st.st_nlink != 1:
                 raise UnsafePath(f"{shown} has {st.st_nlink} hard links, so it is also a file elsewhere",
                                  f"remove {shown}")
@@ -463,7 +394,7 @@ class Dir:
         st = self.lstat(name)
         if st is None:
             return False
-        if _kind(st) not in kinds or stat.S_ISDIR(st.st_mode):
+        if kind_of(st) not in kinds or stat.S_ISDIR(st.st_mode):
             raise _planted(self._show(name), st, " or ".join(f"a {k}" for k in kinds))
         try:
             os.unlink(name, dir_fd=self.fd)
