@@ -3,16 +3,15 @@
 For each golden scenario (fixtures/cases/<scenario>/) whose plan apply accepts, the plan's network
 and system actions are carried out by the real executor against a recording host
 (umlstate.apply.host.Host): taps and the tun node, rtnetlink requests in `ip`'s words, sysctls,
-passwd's programs, the nftables policy, the records. Switch and guest processes are left out
-(the executor starts them itself; the end-to-end tests run them on real guests). The calls go to
-host-calls.txt beside the plan; UPDATE_GOLDEN=1 writes them anew. An optional fails.json
+passwd's programs, the nftables policy, the records; and, through its process port
+(umlstate.apply.processes.ProcessHost), switches and guests started, stopped, ended and spoken to
+(the end-to-end tests run them on real guests). The calls go to host-calls.txt beside the plan; UPDATE_GOLDEN=1 writes them anew. An optional fails.json
 (["netlink: link add br0 ", ...], each the start of a call) makes those calls fail, to pin what a
 failure stops and what goes on.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -21,15 +20,14 @@ from pathlib import Path
 import pytest
 
 from umlstate.apply.executor import ApplyFailed, Executor
+from umlstate.apply.processes import Remember
 from umlstate.errors import ActionError
 from umlstate.host import netlink
-from umlstate.model.snapshot import Records, RulesetRecord
+from umlstate.model.snapshot import Proc, Records, RulesetRecord, unit_of
 from umlstate.plan import actions as A
 from umlstate.plan.planner import plan
 
 from cases import CASES, load_case
-
-PROCESSES = {"switch", "guest"}
 
 
 class RecordingBatch(netlink.Batch):
@@ -115,6 +113,42 @@ class RecordingHost:
     def save_records(self, state_dir: str, recs: Records) -> None:
         self.calls.append(f"records: save {state_dir} (pending taps: {', '.join(sorted(recs.pending_taps)) or 'none'})")
 
+    # --- the process port ---
+
+    def _started(self, kind: str, name: str, user: str, argv: tuple[str, ...], remember: Remember) -> None:
+        self._call(f"start {kind} {name} as {user}: {' '.join(argv)}")
+        remember(unit_of(kind, name), Proc(9000 + len(self.calls), self.uid(user), argv, 1.0))
+
+    def start_switch(self, a: A.StartSwitch, remember: Remember) -> None:
+        self._started("switch", a.name, a.user, a.argv, remember)
+
+    def stop_switch(self, name: str, proc: Proc) -> None:
+        self._call(f"stop switch {name} pid {proc.pid}")
+
+    def end_leftovers(self, kind: str, name: str, recorded: Proc | None) -> None:
+        self._call(f"end what is left of {kind} {name}" + (f" (pid {recorded.pid})" if recorded else ""))
+
+    def start_guest(self, a: A.StartGuest, remember: Remember) -> None:
+        if a.cow and a.base:
+            self._call(f"cow {a.cow} of {a.base} for {a.user}")
+        self._started("guest", a.name, a.user, a.argv, remember)
+
+    def stop_guest(self, name: str, proc: Proc) -> str:
+        self._call(f"stop guest {name} pid {proc.pid}")
+        return "cad"
+
+    def console(self, name: str, proc: Proc, command: str, hint: str = "") -> None:
+        self._call(f"mconsole {name}: {command!r}")
+
+    def prepare(self) -> object:
+        return None
+
+    def booted(self) -> list[tuple[A.AnyAction, str]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 def test_host_calls_match_golden(case: Path) -> None:
@@ -122,12 +156,11 @@ def test_host_calls_match_golden(case: Path) -> None:
     planned = plan(placement.topology, observed, stretches=placement.stretches, **options)
     if planned.blockers or (planned.conflicts and not options.get("adopt")):
         pytest.skip("apply refuses this plan")
-    kept = tuple(a for a in planned.actions if a.kind not in PROCESSES)
     fails = set(json.loads((case / "fails.json").read_text())) if (case / "fails.json").exists() else set()
     host = RecordingHost(fails)
-    executor = Executor(placement.topology, netlink.Netlink(), host=host)
+    executor = Executor(placement.topology, netlink.Netlink(), host=host, procs=host)
     try:
-        executor.apply(dataclasses.replace(planned, actions=kept), observed)
+        executor.apply(planned, observed)
         ending = ["applied"]
     except ApplyFailed as exc:
         ending = [f"failed: {what}: {why}" for what, why in exc.failed]

@@ -1,4 +1,4 @@
-"""Carry out a plan on the host, in order, stopping at the first failure.
+"""Carry out a plan on the host, in order; a failure stops only what needs what failed (plan/graph.py).
 
 Apply layer, after the planner. Before the first change it writes the
 records of everything the plan will create (write-ahead, atomic), so a run
@@ -7,14 +7,15 @@ not yet marked is still umlstate's. ``scheduler`` says which actions go to
 the kernel together; every other action goes to ``_carry_out``, one ``match``
 over the closed union of actions, so an action without a handler is a type
 error. Handlers resolve users and groups when they run, since the plan may
-have just created the group; processes are recorded as they start.
+have just created the group; processes are recorded as they start. Every
+host call goes through a port: ``Host`` (apply/host.py) for the kernel and
+the system, ``ProcessHost`` (apply/processes.py) for switches and guests.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,12 +27,11 @@ import structlog
 
 from umlstate.apply.boot import BOOT_TIMEOUT, BootWait
 from umlstate.apply.host import Host, System
+from umlstate.apply.processes import Processes, ProcessHost
 from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, Stops, schedule
 from umlstate.errors import ActionError, HostError
-from umlstate.host import console, cow, folders, logs, mconsole, netlink, processes
-from umlstate.host.cgroups import Cgroups
+from umlstate.host import netlink
 from umlstate.host.netlink import Netlink
-from umlstate.host.users import primary_gid, uid_of
 from umlstate.model.snapshot import Proc, Records, RulesetRecord, Snapshot, unit_of
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
@@ -68,17 +68,17 @@ class ApplyFailed(ActionError):
 class Executor:
     def __init__(self, topology: Topology, nl: Netlink, *, crash_after: int | None = None,
                  progress: bool = False, wait: bool = True, wait_timeout: float = BOOT_TIMEOUT,
-                 stop_timeout: float = STOP_TIMEOUT, host: Host | None = None) -> None:
-        """``host``: where network and system actions go (``System(nl)``, the host itself, by default)."""
+                 stop_timeout: float = STOP_TIMEOUT, host: Host | None = None,
+                 procs: ProcessHost | None = None) -> None:
+        """``host``, ``procs``: where network and system actions go, and switch and guest processes (the host
+        itself, ``System(nl)`` and ``Processes``, by default)."""
         self.t = topology
-        self.nl = nl
         self.host: Host = host if host is not None else System(nl)
+        self.procs: ProcessHost = procs if procs is not None else Processes(
+            topology, nl, BootWait(progress, timeout=wait_timeout, answering=wait), stop_timeout=stop_timeout)
         self.tun_path = topology.tun_path
         # Test hook (UMLSTATE_TEST_CRASH_AFTER): die like kill -9 after k actions.
         self.crash_after = crash_after
-        self.stop_timeout = stop_timeout
-        self.boot = BootWait(progress, timeout=wait_timeout, answering=wait)
-        self.cgroups = Cgroups.here(topology.instance)
         self.result = Result()
         self.records = Records()  # as last saved: process records are added as processes start
         self.spawned: dict[str, Proc] = {}
@@ -87,7 +87,6 @@ class Executor:
         self.skipped: list[tuple[A.AnyAction, str]] = []
         self.broken: dict[str, str] = {}  # resource -> the failed resource it is broken by (itself when it failed)
         self._guests = {g.name for g in topology.guests}
-        self._folders: folders.Folders | None = None
 
     # --- the pass ------------------------------------------------------------------------
 
@@ -119,9 +118,8 @@ class Executor:
                         self._stop_together(stops)
                     case _:
                         assert_never(step)
-            if self.boot.pending:
-                for action, cause in self.boot.wait(self._logs_fd):
-                    self._fail(action, cause)
+            for action, cause in self.procs.booted():
+                self._fail(action, cause)
         finally:
             self.close()
         # A crash count goes with a run that started: a start that failed before spawning made no run.
@@ -139,23 +137,24 @@ class Executor:
 
     def _stop_together(self, stops: tuple[A.StopGuest | A.ReplaceGuest, ...]) -> None:
         """Each guest's own shutdown runs at the same time as the others'; then the replaced ones start."""
-        self._ready()  # the folders, once, before the threads
+        self.procs.prepare()  # the folders, once, before the threads
         halts = {a: a if isinstance(a, A.StopGuest) else a.stop for a in stops}
         with ThreadPoolExecutor(max_workers=min(16, len(stops))) as pool:
             running = {a: pool.submit(self.stop_guest, halt.name, halt.proc) for a, halt in halts.items()}
         for action, future in running.items():  # in plan order
             if not self._attempt(action, future.result):
                 continue
-            if isinstance(action, A.ReplaceGuest) and not (
-                    self._ready_to(action) and self._attempt(action, partial(self._start_guest, action.start))):
+            start = partial(self.procs.start_guest, action.start, self._remember) \
+                if isinstance(action, A.ReplaceGuest) else None
+            if start is not None and not (self._ready_to(action) and self._attempt(action, start)):
                 continue
             self._done(action)
 
     def close(self) -> None:
-        """The folder descriptors a pass opened (run_dir/users, state_dir/logs)."""
-        if self._folders is not None:
-            self._folders.close()
-            self._folders = None
+        self.procs.close()
+
+    def stop_guest(self, name: str, proc: Proc) -> str:
+        return self.procs.stop_guest(name, proc)
 
     def __enter__(self) -> Executor:
         return self
@@ -257,7 +256,7 @@ class Executor:
     # --- one action at a time ----------------------------------------------------------------
 
     def _carry_out(self, action: A.AnyAction) -> None:
-        h = self.host
+        h, p = self.host, self.procs
         match action:
             case A.CreateTunNode():
                 h.make_node(action.path, action.mode, h.gid(action.group) if action.group else None)
@@ -307,37 +306,37 @@ class Executor:
             case A.QuietIpv6():
                 h.quiet_ipv6(action.link)
             case A.StartSwitch():
-                self._start_switch(action)
+                p.start_switch(action, self._remember)
             case A.StopSwitch():
-                self._stop_switch(action.name, action.proc)
+                p.stop_switch(action.name, action.proc)
             case A.ReplaceSwitch():
-                self._stop_switch(action.stop.name, action.stop.proc)
-                self._start_switch(action.start)
+                p.stop_switch(action.stop.name, action.stop.proc)
+                p.start_switch(action.start, self._remember)
             case A.EndSwitchLeftovers():
-                processes.end_all(unit_of("switch", action.name), self.cgroups, action.recorded)
+                p.end_leftovers("switch", action.name, action.recorded)
             case A.StartGuest():
-                self._start_guest(action)
+                p.start_guest(action, self._remember)
             case A.StopGuest():
-                self.stop_guest(action.name, action.proc)
+                p.stop_guest(action.name, action.proc)
             case A.ReplaceGuest():
-                self.stop_guest(action.stop.name, action.stop.proc)
-                self._start_guest(action.start)
+                p.stop_guest(action.stop.name, action.stop.proc)
+                p.start_guest(action.start, self._remember)
             case A.EndGuestLeftovers():
-                processes.end_all(unit_of("guest", action.name), self.cgroups, action.recorded)
+                p.end_leftovers("guest", action.name, action.recorded)
             case A.PlugNic():
-                self._console(action.name, action.proc, f"config {action.nic.word}")
+                p.console(action.name, action.proc, f"config {action.nic.word}")
                 if action.nic.hint:  # the guest's init reads it from its kernel log; the newline ends the record,
                     # since UML's mconsole log printks the text as it is and an open line is not logged yet
-                    self._console(action.name, action.proc, f"log umlstate: {action.nic.hint}\n")
+                    p.console(action.name, action.proc, f"log umlstate: {action.nic.hint}\n")
                 self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.line.argv))
             case A.LoadRuleset():
                 self.ruleset = h.load_ruleset(action)
             case A.DeleteRuleset():
                 h.delete_ruleset(action)
             case A.UnplugNic():
-                self._console(action.name, action.proc, f"remove {action.ifname}",
-                              hint=f"; the guest must bring {action.ifname} down first (ip link set "
-                                   f"{action.ifname} down), then apply again")
+                p.console(action.name, action.proc, f"remove {action.ifname}",
+                          hint=f"; the guest must bring {action.ifname} down first (ip link set "
+                               f"{action.ifname} down), then apply again")
                 self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.line.argv))
             case _:
                 assert_never(action)
@@ -346,17 +345,6 @@ class Executor:
         for _label, code in self.host.send(requests):
             if code:
                 raise ActionError(f"{action.detail}: {os.strerror(code)}")
-
-    @staticmethod
-    def _console(name: str, proc: Proc, command: str, hint: str = "") -> None:
-        """One mconsole command to a running guest; a refusal or silence fails the action."""
-        path = processes.mconsole_path(proc, name)
-        if path is None:
-            raise ActionError(f"guest {name} was started without a uml_dir: no mconsole to reach it")
-        try:
-            mconsole.command(path, command, owner=proc.uid, timeout=5.0)
-        except mconsole.MconsoleError as exc:
-            raise ActionError(f"{exc}{hint}") from None
 
     def _send_now(self, action: Batchable) -> None:
         """One request, acked before the next step (a replaced tap's name must be free first)."""
@@ -396,112 +384,10 @@ class Executor:
             case _:
                 assert_never(action)
 
-    # --- processes ---------------------------------------------------------------------------
-
-    @property
-    def _logs_fd(self) -> int:
-        return self._ready().logs.fd
-
-    def _ready(self) -> folders.Folders:
-        """run_dir, the users' folders and state_dir/logs, checked and made once per pass."""
-        if self._folders is None:
-            self._folders = folders.Folders.prepare(self.t)
-        return self._folders
-
-    def _spawn(self, kind: str, name: str, argv: tuple[str, ...], user: str, *, stale_socket: str | None = None,
-               hold_stdin: bool = False, pty: console.Pty | None = None) -> Proc:
-        unit = unit_of(kind, name)
-        fd = logs.open_for_child(self._logs_fd, name, argv)
-        try:
-            proc = processes.spawn(argv, uid_of(user), fd, unit=unit, cgroups=self.cgroups, tun_path=self.tun_path,
-                                   stale_socket=stale_socket, hold_stdin=hold_stdin, console=pty)
-        finally:
-            os.close(fd)
-            if pty is not None:
-                pty.close()
-        if proc.start:
-            self._remember(unit, proc)
-        return proc
-
-    def _start_switch(self, a: A.StartSwitch) -> None:
-        proc = self._spawn("switch", a.name, a.argv, a.user, stale_socket=a.socket, hold_stdin=a.holds_stdin)
-        deadline = time.monotonic() + SWITCH_START_TIMEOUT
-        while not _serves(a.socket) or (a.tap and not self.nl.carrier(a.tap)):
-            if not processes.alive(proc) or time.monotonic() > deadline:
-                what = f"attach to tap {a.tap}" if _serves(a.socket) else f"create its socket {a.socket}"
-                raise ActionError(f"switch {a.name} did not {what}; "
-                                  + logs.failure_report(self._logs_fd, a.name))
-            time.sleep(0.02)
-
-    def _stop_switch(self, name: str, proc: Proc) -> None:
-        how = processes.stop_switch(proc, unit_of("switch", name), self.cgroups)
-        log.debug("switch stopped", switch=name, pid=proc.pid, by=how)
-
-    def _start_guest(self, a: A.StartGuest) -> None:
-        ready = self._ready()
-        uid = uid_of(a.user)
-        if a.cow and a.base:
-            self._make_cow(a.cow, a.base, uid)
-        # Left by a dead run: UML would refuse the umid if its pid file names a live pid.
-        ready.clear_umid(a.user, a.name)
-        offset = logs.offset(ready.logs.fd, a.name)
-        try:
-            pty = console.allocate(uid)
-        except OSError as exc:  # no pty left (kernel.pty.max): the guest runs, without a console to attach to
-            log.warning("guest starts without a console", guest=a.name, error=exc.strerror or str(exc))
-            pty = None
-        proc = self._spawn("guest", a.name, a.argv, a.user, pty=pty)
-        self.boot.add(a.name, proc, a.line, offset, a)
-
-    def _make_cow(self, path: str, base: str, uid: int) -> None:
-        """A COW file made natively (no uml_mkcow), owned by the guest's user, mode 0600; never by path."""
-        try:
-            base_stat = os.stat(base)
-        except OSError as exc:
-            raise ActionError(f"base image {base}: {exc.strerror}") from None
-        if not stat.S_ISREG(base_stat.st_mode):
-            raise ActionError(f"base image {base} is not a regular file")
-        with folders.open_folder(os.path.dirname(path)) as folder:
-            name = os.path.basename(path)
-            if folder.lstat(name) is not None:
-                return  # exists: the guest's, with the changes it made; the planner checked its header
-            fd = folder.create_file(name, 0o600, uid=uid, gid=primary_gid(uid))
-            try:
-                cow.write_new(fd, base, base_stat)
-            finally:
-                os.close(fd)
-
-    def stop_guest(self, name: str, proc: Proc) -> str:
-        path = processes.mconsole_path(proc, name) or ""
-        logs_fd = self._logs_fd
-        offset = logs.offset(logs_fd, name)
-        start = time.monotonic()
-        how = processes.stop_guest(proc, path, unit_of("guest", name), self.cgroups,
-                                   lambda: logs.read_since(logs_fd, name, offset), cad_wait=self.stop_timeout)
-        log.info("guest stopped", guest=name, pid=proc.pid, by=how, seconds=round(time.monotonic() - start, 1))
-        if how == "cad, then its reboot":
-            log.warning("cad reboots", guest=name)
-        elif how not in ("cad", "already gone"):
-            log.warning("cad ignored", guest=name)
-        return how
-
-
 def preflight_failures(plan: Plan) -> list[tuple[str, str]]:
     """The guests the plan does not start because of their own errors, as failures of the pass."""
     return [(f"guest {f.target}", f"not started: {f.problem}" + (f"\n  to fix: {f.fix}" if f.fix else ""))
             for f in plan.guest_blockers]
-
-
-def _serves(socket: str) -> bool:
-    """A switch's socket is there: uml_switch's unix socket or vde_switch's folder, never through a link.
-
-    It is in the switch user's folder: only looked at (lstat), never acted on.
-    """
-    try:
-        mode = os.lstat(socket).st_mode
-    except OSError:
-        return False
-    return stat.S_ISSOCK(mode) or stat.S_ISDIR(mode)
 
 
 def _union(a: Records, b: Records, pending_taps: set[str]) -> Records:

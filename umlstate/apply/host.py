@@ -5,9 +5,8 @@ through a ``Host``: taps and the tun node (ioctls), rtnetlink batches, sysctls,
 passwd's programs, the nftables policy and the records. ``System`` is the host
 itself; the golden "plan -> host calls" tests give the executor a recording
 host instead, and read what a plan makes it do without root
-(tests/plan/test_host_calls.py). Switch and guest processes are started and
-stopped by the executor's own process code (host.processes), which the
-end-to-end tests drive on real guests.
+(tests/plan/test_host_calls.py). Switch and guest processes have a port of
+their own beside it, apply/processes.py.
 """
 
 from __future__ import annotations
