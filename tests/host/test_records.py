@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from umlstate.errors import HostError
-from umlstate.host import records
+from umlstate.host import records, safefs
 from umlstate.model.snapshot import Proc, Records, RulesetRecord
 
 from conftest import IS_ROOT, needs_root
@@ -180,7 +180,7 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_file(
 
     view = types.SimpleNamespace(**{name: getattr(os, name) for name in dir(os) if not name.startswith("__")})
     view.fsync = fsync
-    monkeypatch.setattr(records, "os", view)
+    monkeypatch.setattr(safefs, "os", view)  # records write through safefs's atomic write
     with pytest.raises(type(failure)):
         records.save(str(state_dir), FULL)
     assert sorted(os.listdir(state_dir)) == ["state.json"]

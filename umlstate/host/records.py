@@ -2,7 +2,8 @@
 
 Read by observation into ``snapshot.Records``; written by the executor before
 each change that creates something (write-ahead), so that a run killed at any
-moment leaves records the next run trusts. Writes are atomic (rename).
+moment leaves records the next run trusts. Writes are atomic (rename), through
+the descriptor of state_dir once it is vetted as root's alone (host/trusted.py).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from umlstate.errors import HostError
+from umlstate.host import folders
 from umlstate.model.snapshot import Records, records_from_json, to_json
 
 FORMAT_VERSION = 1
@@ -67,29 +68,12 @@ def _unreadable(path: Path, why: str) -> HostError:
 
 
 def save(state_dir: str, records: Records) -> None:
-    data = {"format_version": FORMAT_VERSION, **to_json(records)}
-    folder = Path(state_dir)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state.", suffix=".tmp")
-    try:
-        # World-readable, so `status` and `plan` work for a monitoring user;
-        # nothing in it is secret, and only root may change it.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path_of(state_dir))
-        # The rename itself must survive a power cut, not only the file's bytes.
-        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(folder_fd)
-        finally:
-            os.close(folder_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Through the trusted folder's descriptor, atomically and durably (the file, then the rename)."""
+    data = json.dumps({"format_version": FORMAT_VERSION, **to_json(records)}, indent=1, sort_keys=True) + "\n"
+    # World-readable, so `status` and `plan` work for a monitoring user; nothing in it is secret, and only
+    # root may change it.
+    with folders.open_trusted(state_dir, create=True) as folder:
+        folder.write_atomic(path_of(state_dir).name, data.encode(), 0o644)
 
 
 def _mode(path: Path) -> str:
