@@ -102,10 +102,6 @@ class Folders:
                     log.warning("umid folder set aside", guest=guest, folder=f"{uml.path}/{aside}",
                                 why=exc.problem, fix=f"its user may remove it: rm -r {uml.path}/{aside}")
 
-    def remove_user(self, user: str) -> None:
-        """A user's whole folder, once nothing of theirs runs (destroy)."""
-        self.users.remove_tree(user)
-
     def close(self) -> None:
         self.users.close()
         self.logs.close()

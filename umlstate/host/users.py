@@ -37,17 +37,3 @@ def primary_gid(uid: int) -> int:
         return pwd.getpwuid(uid).pw_gid
     except KeyError:
         return uid
-
-
-def find_uid(user: str) -> int | None:
-    try:
-        return uid_of(user)
-    except HostError:
-        return None
-
-
-def find_gid(group: str) -> int | None:
-    try:
-        return gid_of(group)
-    except HostError:
-        return None

@@ -50,11 +50,6 @@ def switch_argv(topology: Topology, switch: Switch, program: str) -> tuple[str, 
     return tuple(argv)
 
 
-def socket_in(argv: tuple[str, ...] | list[str]) -> str | None:
-    """The socket a switch's argv serves (uml_switch -unix, vde_switch -s), as switch_argv writes it."""
-    return _value_after(argv, ("-unix", "-s", "--sock"))
-
-
 def tap_in(argv: tuple[str, ...] | list[str]) -> str | None:
     """The tap a switch's argv plugs into (uml_switch -tap, vde_switch -t)."""
     return _value_after(argv, ("-tap", "-t"))
