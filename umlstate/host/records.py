@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from umlstate.errors import HostError
-from umlstate.host import folders
+from umlstate.host import folders, safefs
 from umlstate.model.snapshot import Records, records_from_json, to_json
 
 FORMAT_VERSION = 1
@@ -72,7 +72,10 @@ def save(state_dir: str, records: Records) -> None:
     data = json.dumps({"format_version": FORMAT_VERSION, **to_json(records)}, indent=1, sort_keys=True) + "\n"
     # World-readable, so `status` and `plan` work for a monitoring user; nothing in it is secret, and only
     # root may change it.
-    with folders.open_trusted(state_dir, create=True) as folder:
+    # As root, state_dir must be root's alone up to /; anyone else writes with only their own rights.
+    opened = folders.open_trusted(state_dir, create=True) if os.geteuid() == 0 else \
+        safefs.Dir.open(os.path.abspath(state_dir), create=True)
+    with opened as folder:
         folder.write_atomic(path_of(state_dir).name, data.encode(), 0o644)
 
 

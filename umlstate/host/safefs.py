@@ -368,7 +368,7 @@ class Dir:
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise _planted(self._show(name), st, "a regular file")
         tmp = f".{name[:200]}.{secrets.token_hex(6)}.tmp"
-        fd = self.create_file(tmp, mode)
+        fd = self.create_file(tmp, mode, uid=os.geteuid(), gid=os.getegid())  # root's, when root writes it
         try:
             try:
                 view = memoryview(data)
