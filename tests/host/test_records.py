@@ -29,7 +29,7 @@ import pytest
 
 from umlstate.errors import HostError
 from umlstate.host import records, safefs
-from umlstate.model.snapshot import Proc, Records, RulesetRecord
+from umlstate.model.snapshot import Proc, Records, RulesetRecord, SeedRecord
 
 from conftest import IS_ROOT, needs_root
 
@@ -53,6 +53,8 @@ FULL = Records(
     },
     crashes={"web": 2},
     ruleset=RulesetRecord(frozenset({"inet umlstate-lab", "netdev umlstate-lab"}), "0123456789abcdef", "fedcba9876543210"),
+    seeds={"r1": SeedRecord("/var/lib/umlstate/lab/seeds/r1.img", "ab" * 32)},
+    routes=frozenset({("10.0.34.0/24", "10.0.1.1")}),
 )
 
 

@@ -33,7 +33,7 @@ def test_the_parts_of_a_line_are_typed() -> None:
     line = GuestLine("/usr/bin/linux.uml", "web", "/run/u/uml", "96M", "/s/web.cow,/srv/base.img",
                      (Nic("eth0", "eth0=daemon,fe:fd:0:0:0:1,unix,/run/sw.ctl", "10.0.0.1/24"),
                       Nic("vec1", "vec1:transport=tap,ifname=web-1,mac=fe:fd:0:0:0:2,mtu=1450", "10.1.0.1/24", "10.1.0.254")),
-                     ("umlstate.mark=m1",))
+                     args=("umlstate.mark=m1",))
     again = GuestLine.parse(line.argv)
     assert again == line
     assert line.addresses == ["10.0.0.1", "10.1.0.1"] and line.gateway == "10.1.0.254"

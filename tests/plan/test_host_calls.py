@@ -113,6 +113,12 @@ class RecordingHost:
     def save_records(self, state_dir: str, recs: Records) -> None:
         self.calls.append(f"records: save {state_dir} (pending taps: {', '.join(sorted(recs.pending_taps)) or 'none'})")
 
+    def write_seed(self, path: str, files: tuple[tuple[str, bytes], ...], user: str) -> None:
+        self._call(f"seed: write {path} for {user}'s group: {', '.join(name for name, _ in files)}")
+
+    def delete_seed(self, path: str) -> None:
+        self._call(f"seed: delete {path}")
+
     # --- the process port ---
 
     def _started(self, kind: str, name: str, user: str, argv: tuple[str, ...], remember: Remember) -> None:

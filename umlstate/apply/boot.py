@@ -27,10 +27,12 @@ log = structlog.get_logger("umlstate")
 
 BOOT_TIMEOUT = 90.0  # seconds started guests may take to answer (apply --wait-timeout, $UMLSTATE_BOOT_TIMEOUT)
 BOOT_GRACE = 3.0
+NETWORK_UP = "umlstate: network up"  # what a guest's init says once its network is up (umlstate's images do)
 @dataclass
 class _Booting:
     proc: Proc
-    line: GuestLine  # what it was told: its mconsole socket, the addresses that must answer
+    line: GuestLine  # what it was told: its mconsole socket
+    answer_at: tuple[str, ...]  # where it must answer; none: its own "network up" report must be in its log
     offset: int  # where this boot's output starts in its log
     action: A.AnyAction
 
@@ -46,8 +48,11 @@ class BootWait:
     def pending(self) -> bool:
         return bool(self._booting)
 
-    def add(self, name: str, proc: Proc, line: GuestLine, offset: int, action: A.AnyAction) -> None:
-        self._booting[name] = _Booting(proc, line, offset, action)
+    def add(self, name: str, proc: Proc, line: GuestLine, offset: int, action: A.AnyAction, *,
+            answer_at: tuple[str, ...] | None = None) -> None:
+        """``answer_at``: None, every address it was told; empty, none the host can see (its report then)."""
+        told = tuple(line.addresses) if answer_at is None else answer_at
+        self._booting[name] = _Booting(proc, line, told, offset, action)
 
     def wait(self, logs_fd: int) -> list[tuple[A.AnyAction, str]]:
         """Until every guest started in this pass answers, or cannot: (the action that started it, why, with
@@ -74,18 +79,18 @@ class BootWait:
                     if name in answered and ("as init process" in output
                                              or time.monotonic() - answered[name] > BOOT_GRACE):
                         booted.add(name)
-                    if name in booted and (not self.answering or all(icmp.answers(a, 0.2)
-                                                                     for a in boot.line.addresses)):
+                    if name in booted and self._up(boot, output):
                         self._clear_line()
-                        told = boot.line.addresses if self.answering else []
+                        told = list(boot.answer_at) if self.answering else []
                         log.info("guest ready", guest=name, pid=boot.proc.pid,
                                  seconds=round(time.monotonic() - began, 1),
                                  answering=f", answering at {', '.join(told)}" if told else "")
                         del waiting[name]
                 if waiting and time.monotonic() > deadline:
                     for name in sorted(waiting):
-                        what = ("did not answer at " + ", ".join(waiting[name].line.addresses)
-                                if name in booted else "did not boot")
+                        at = ", ".join(waiting[name].answer_at)
+                        what = ((f"did not answer at {at}" if at else f"never said {NETWORK_UP!r} in its log, and "
+                                 "the host is on none of its subnets") if name in booted else "did not boot")
                         failed[name] = (f"guest {name} not ready within {self.timeout:g}s (apply --wait-timeout): "
                                         f"it {what}: " + logs.failure_report(logs_fd, name)
                                         + ("\n  hint: the guest's init must configure its network from umlstate."
@@ -101,6 +106,14 @@ class BootWait:
         finally:
             self._clear_line()
             self._booting.clear()
+
+    def _up(self, boot: _Booting, output: str) -> bool:
+        """Answering where the host can see it; where it cannot (a subnet without the host), its own report."""
+        if not self.answering:
+            return True
+        if not boot.answer_at and boot.line.addresses:
+            return NETWORK_UP in output
+        return all(icmp.answers(a, 0.2) for a in boot.answer_at)
 
     def _clear_line(self) -> None:
         if self.progress:

@@ -32,7 +32,7 @@ from umlstate.apply.scheduler import Batch, Batchable, GroupDelete, Single, Stop
 from umlstate.errors import ActionError, HostError
 from umlstate.host import netlink
 from umlstate.host.netlink import Netlink
-from umlstate.model.snapshot import Proc, Records, RulesetRecord, Snapshot, unit_of
+from umlstate.model.snapshot import Proc, Records, RulesetRecord, SeedRecord, Snapshot, unit_of
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan import graph
@@ -83,6 +83,7 @@ class Executor:
         self.records = Records()  # as last saved: process records are added as processes start
         self.spawned: dict[str, Proc] = {}
         self.ruleset: RulesetRecord | None = None  # the policy as nftables listed it back after loading
+        self.seeds: dict[str, SeedRecord | None] = {}  # seed disks written (None: removed) in this pass
         self.failed: list[tuple[str, str]] = []
         self.skipped: list[tuple[A.AnyAction, str]] = []
         self.broken: dict[str, str] = {}  # resource -> the failed resource it is broken by (itself when it failed)
@@ -127,8 +128,9 @@ class Executor:
                                                   if unit_of("guest", g) in self.spawned}}
         crashes = {g: n for g, n in crashes.items()
                    if g in final.records.crashes or unit_of("guest", g) not in self.spawned}
+        seeds = {g: r for g, r in {**observed.records.seeds, **self.seeds}.items() if r is not None}
         self._save(replace(final.records, pending_taps=frozenset(), boot_id=observed.boot_id,
-                           processes=self._running(observed, final), crashes=crashes,
+                           processes=self._running(observed, final), crashes=crashes, seeds=seeds,
                            ruleset=self.ruleset if final.records.ruleset and self.ruleset else final.records.ruleset))
         self.result.seconds = time.monotonic() - start
         if self.failed:
@@ -285,8 +287,8 @@ class Executor:
                 self._send_now(A.DeleteTap(action.reason, action.create.name, action.create.link_group))
                 self._send_now(action.create)
             case (A.CreateTap() | A.MarkTap() | A.SetLinkUp() | A.DeleteTap() | A.AddAddress() | A.RemoveAddress()
-                  | A.AddProxy() | A.RemoveProxy() | A.Enslave() | A.SetBridgeUp() | A.DeleteBridge() | A.SetBridgeMac()
-                  | A.LimitFdb() | A.DeleteVxlan() | A.AddFdb() | A.RemoveFdb()):
+                  | A.AddProxy() | A.RemoveProxy() | A.AddRoute() | A.RemoveRoute() | A.Enslave() | A.SetBridgeUp()
+                  | A.DeleteBridge() | A.SetBridgeMac() | A.LimitFdb() | A.DeleteVxlan() | A.AddFdb() | A.RemoveFdb()):
                 self._send_now(action)
             case A.CreateBridge():
                 # Now, not batched: the taps enslaved later need its ifindex.
@@ -338,6 +340,12 @@ class Executor:
                           hint=f"; the guest must bring {action.ifname} down first (ip link set "
                                f"{action.ifname} down), then apply again")
                 self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.line.argv))
+            case A.WriteSeed() | A.RewriteSeed():
+                h.write_seed(action.path, action.seed.files, action.user)
+                self.seeds[action.name] = SeedRecord(action.path, action.seed.digest)
+            case A.DeleteSeed():
+                h.delete_seed(action.path)
+                self.seeds[action.name] = None
             case _:
                 assert_never(action)
 
@@ -379,6 +387,8 @@ class Executor:
                 requests.address(action, action.ifname, action.address, add=isinstance(action, A.AddAddress))
             case A.AddProxy() | A.RemoveProxy():
                 requests.proxy(action, action.uplink, action.address, add=isinstance(action, A.AddProxy))
+            case A.AddRoute() | A.RemoveRoute():
+                requests.route(action, action.to, action.via, add=isinstance(action, A.AddRoute))
             case A.CreateTap():
                 raise AssertionError("CreateTap goes through _make_tap")
             case _:
@@ -396,6 +406,7 @@ def _union(a: Records, b: Records, pending_taps: set[str]) -> Records:
         b,
         sysctl_originals={**b.sysctl_originals, **a.sysctl_originals},
         proxies=a.proxies | b.proxies,
+        routes=a.routes | b.routes,
         groups_created=a.groups_created | b.groups_created,
         members_added=a.members_added | b.members_added,
         tun_created=a.tun_created or b.tun_created,

@@ -2,7 +2,7 @@
 
 Apply layer. The executor carries the plan's network and system actions out
 through a ``Host``: taps and the tun node (ioctls), rtnetlink batches, sysctls,
-passwd's programs, the nftables policy and the records. ``System`` is the host
+passwd's programs, the nftables policy, guests' seed disks and the records. ``System`` is the host
 itself; the golden "plan -> host calls" tests give the executor a recording
 host instead, and read what a plan makes it do without root
 (tests/plan/test_host_calls.py). Switch and guest processes have a port of
@@ -17,8 +17,8 @@ from typing import Protocol
 
 from umlstate.apply import ruleset
 from umlstate.errors import ActionError, HostError
-from umlstate.host import netlink, records, sysctl, tun
-from umlstate.host.users import gid_of, uid_of
+from umlstate.host import netlink, records, seed, sysctl, tun
+from umlstate.host.users import gid_of, primary_gid, uid_of
 from umlstate.model.snapshot import Records, RulesetRecord
 from umlstate.plan import actions as A
 from umlstate.plan.cmdline import PROGRAM_PACKAGES
@@ -56,6 +56,10 @@ class Host(Protocol):
     def delete_ruleset(self, action: A.DeleteRuleset) -> None: ...
 
     def save_records(self, state_dir: str, recs: Records) -> None: ...
+
+    def write_seed(self, path: str, files: tuple[tuple[str, bytes], ...], user: str) -> None: ...
+
+    def delete_seed(self, path: str) -> None: ...
 
 
 class System:
@@ -117,3 +121,10 @@ class System:
 
     def save_records(self, state_dir: str, recs: Records) -> None:
         records.save(state_dir, recs)
+
+    def write_seed(self, path: str, files: tuple[tuple[str, bytes], ...], user: str) -> None:
+        """Readable by the guest's user's group: the guest opens it as that user."""
+        seed.write(path, files, primary_gid(uid_of(user)))
+
+    def delete_seed(self, path: str) -> None:
+        seed.delete(path)

@@ -125,7 +125,7 @@ class Processes:
             log.warning("guest starts without a console", guest=a.name, error=exc.strerror or str(exc))
             pty = None
         proc = self._spawn("guest", a.name, a.argv, a.user, remember, pty=pty)
-        self.boot.add(a.name, proc, a.line, offset, a)
+        self.boot.add(a.name, proc, a.line, offset, a, answer_at=a.answer_at)
 
     def stop_guest(self, name: str, proc: Proc) -> str:
         path = processes.mconsole_path(proc, name) or ""

@@ -25,10 +25,11 @@ from umlstate.plan import actions as A
 
 # One rtnetlink request each: queued and sent in bulk.
 NETLINK = (A.MarkTap, A.SetLinkUp, A.DeleteTap, A.AddAddress, A.RemoveAddress, A.AddProxy, A.RemoveProxy, A.Enslave,
-           A.SetBridgeUp, A.DeleteBridge, A.SetBridgeMac, A.LimitFdb, A.DeleteVxlan, A.AddFdb, A.RemoveFdb)
+           A.SetBridgeUp, A.DeleteBridge, A.SetBridgeMac, A.LimitFdb, A.DeleteVxlan, A.AddFdb, A.RemoveFdb, A.AddRoute,
+           A.RemoveRoute)
 Batchable: TypeAlias = (A.MarkTap | A.SetLinkUp | A.DeleteTap | A.AddAddress | A.RemoveAddress | A.AddProxy
                         | A.RemoveProxy | A.CreateTap | A.Enslave | A.SetBridgeUp | A.DeleteBridge | A.SetBridgeMac
-                        | A.LimitFdb | A.DeleteVxlan | A.AddFdb | A.RemoveFdb)
+                        | A.LimitFdb | A.DeleteVxlan | A.AddFdb | A.RemoveFdb | A.AddRoute | A.RemoveRoute)
 LinkDeletion: TypeAlias = A.DeleteTap | A.DeleteBridge | A.DeleteVxlan
 
 

@@ -21,7 +21,7 @@ from umlstate.errors import HostError, StalePlanError
 from umlstate.host.safefs import UnsafePath, read_bounded
 from umlstate.host.trusted import check_trusted_folder
 from umlstate.model.loader import load_document, load_file
-from umlstate.model.topology import Topology
+from umlstate.model.topology import GUEST_FILE_MAX, Topology
 
 TOPOLOGY_DEFAULTS = ("./topology.yaml", "/etc/umlstate/topology.yaml")
 MAX_PLAN_BYTES = 16 << 20
@@ -76,11 +76,16 @@ def check_file_safety(path: str) -> None:
                         f"chown root: {path} && chmod go-w {path}")
 
 
+def read_guest_file(path: str) -> bytes:
+    """A guest file's ``from``: anyone's file, so read with a bound and never through a link or a FIFO."""
+    return read_bounded(path, GUEST_FILE_MAX + 1)
+
+
 def load_topology(given: str | None) -> tuple[str, Topology]:
     """The topology file a command names (or the default one), vetted as root, loaded and validated."""
     path = resolve_topology(given)
     check_file_safety(path)
-    return path, load_file(path)
+    return path, load_file(path, read_guest_file)
 
 
 def load_target(given: str | None, netns: str | None) -> tuple[Topology, SavedPlan | None]:
@@ -88,7 +93,7 @@ def load_target(given: str | None, netns: str | None) -> tuple[Topology, SavedPl
     path = resolve_topology(given)
     check_file_safety(path)
     if not path.endswith(".json"):
-        return load_file(path), None
+        return load_file(path, read_guest_file), None
     try:
         saved = SavedPlan.model_validate(json.loads(read_bounded(path, MAX_PLAN_BYTES)))
     except (OSError, UnsafePath, ValueError, ValidationError) as exc:

@@ -31,6 +31,11 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTA_DST, RTA_GATEWAY, RTA_TABLE = 1, 5, 15
+RT_TABLE_MAIN, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 0, 1
+# The protocol umlstate's routes carry (`ip route ... proto 186`): its mark, as the ifalias is a link's.
+RTPROT_UMLSTATE = 186
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC = 3, 10, 18, 20, 26
 IFLA_GROUP, IFLA_EXT_MASK = 27, 29
 IFLA_INET6_CONF, DEVCONF_ACCEPT_RA, DEVCONF_AUTOCONF = 2, 3, 5  # IPv6's per-link sysctls, as an s32 array
@@ -51,6 +56,7 @@ _NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, index, state, flags, type
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst len, src len, tos, table, protocol, scope, type, flags
 _NLA = struct.Struct("=HH")
 
 
@@ -120,6 +126,16 @@ def address_request(index: int, address: ipaddress.IPv4Interface, *, add: bool) 
 def proxy_request(index: int, address: ipaddress.IPv4Address) -> bytes:
     """ndmsg with NTF_PROXY + NDA_DST, as `ip neigh add|del proxy ADDR dev DEV`."""
     return _NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, NTF_PROXY, 0) + _ipv4(NDA_DST, address)
+
+
+def route_request(to: ipaddress.IPv4Network | None, via: ipaddress.IPv4Address) -> bytes:
+    """rtmsg + RTA_DST (none: the default route) + RTA_GATEWAY, in the main table with umlstate's protocol,
+    as `ip route add|del TO via VIA proto 186`."""
+    body = _RTMSG.pack(socket.AF_INET, to.prefixlen if to else 0, 0, 0, RT_TABLE_MAIN, RTPROT_UMLSTATE,
+                       RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    if to is not None:
+        body += _ipv4(RTA_DST, to.network_address)
+    return body + _ipv4(RTA_GATEWAY, via)
 
 
 def link_dump_request(kind: str | None) -> bytes:
@@ -254,6 +270,26 @@ class Netlink:
             where = _attrs(buf, start + _NDMSG.size, end).get(NDA_DST)
             if family == socket.AF_INET and where and link_index in index and where[1] - where[0] == 4:
                 out.add((index[link_index], ipaddress.IPv4Address(buf[where[0]:where[1]])))
+        return frozenset(out)
+
+    def routes(self) -> frozenset[tuple[str, ipaddress.IPv4Address]]:
+        """(to, via) of each IPv4 route of the main table that carries umlstate's protocol (to: a network, or
+        ``default``)."""
+        out = set()
+        for kind, buf, start, end in _dump("route", RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+            if kind != RTM_NEWROUTE:
+                continue
+            family, dst_len, _src, _tos, table, protocol, _scope, _type, _flags = _RTMSG.unpack_from(buf, start)
+            attrs = _attrs(buf, start + _RTMSG.size, end)
+            if (t := attrs.get(RTA_TABLE)) and t[1] - t[0] == 4:
+                (table,) = struct.unpack_from("=I", buf, t[0])
+            gw = attrs.get(RTA_GATEWAY)
+            if family != socket.AF_INET or protocol != RTPROT_UMLSTATE or table != RT_TABLE_MAIN or not gw \
+                    or gw[1] - gw[0] != 4:
+                continue
+            dst = attrs.get(RTA_DST)
+            to = str(ipaddress.IPv4Network((bytes(buf[dst[0]:dst[0] + 4]), dst_len))) if dst and dst_len else "default"
+            out.add((to, ipaddress.IPv4Address(bytes(buf[gw[0]:gw[1]]))))
         return frozenset(out)
 
     def fdb(self, index: dict[int, str], names: set[str]) -> frozenset[tuple[str, str, ipaddress.IPv4Address]]:
@@ -467,6 +503,11 @@ class Batch:
         body = proxy_request(self.index(uplink), address)
         self._add(RTM_NEWNEIGH if add else RTM_DELNEIGH, NLM_F_CREATE | NLM_F_EXCL if add else 0, body, label,
                   f"neigh {'add' if add else 'del'} proxy {address} dev {uplink}")
+
+    def route(self, label: object, to: str, via: ipaddress.IPv4Address, *, add: bool) -> None:
+        body = route_request(None if to == "default" else ipaddress.IPv4Network(to), via)
+        self._add(RTM_NEWROUTE if add else RTM_DELROUTE, NLM_F_CREATE | NLM_F_EXCL if add else 0, body, label,
+                  f"route {'add' if add else 'del'} {to} via {via} proto {RTPROT_UMLSTATE}")
 
     def send(self, limit: int | None = None) -> list[tuple[object, int]]:
         """Send the first ``limit`` (default: all) requests; return (label, errno) for each, 0 when it took."""

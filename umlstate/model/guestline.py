@@ -17,6 +17,7 @@ CONSOLE_WORD = "con1=fd:0"  # the guest's tty1 is its stdin, the master of the p
 # The first console (the kernel's, /dev/console) to stdout, the guest's log; the others nowhere.
 QUIET_CONSOLES = ("con=null", "con0=null,fd:1")
 NO_SERIAL = "ssl=null"
+SEED_WORD = "ubd1r="  # the seed disk, read-only: /dev/ubdb in the guest (plan/seed.py)
 HINT_PREFIX = "umlstate."  # umlstate.<ifname>=ADDR/PFX, umlstate.gw=GATEWAY: read by the guest's init
 
 
@@ -86,12 +87,14 @@ class GuestLine:
     mem: str
     disk: str  # what follows ubd0=: COW,BASE or IMAGE
     nics: tuple[Nic, ...] = ()
+    seed: str | None = None  # its seed disk, read-only (ubd1r=): the guest's /dev/ubdb
     args: tuple[str, ...] = ()  # the topology's extra words, last
     console: bool = True  # con1=fd:0; guests started before umlstate made consoles lack it
 
     @cached_property
     def argv(self) -> tuple[str, ...]:
         words = [self.kernel, f"umid={self.umid}", f"uml_dir={self.uml_dir}", f"mem={self.mem}", f"ubd0={self.disk}",
+                 *([f"{SEED_WORD}{self.seed}"] if self.seed else []),
                  *QUIET_CONSOLES, *([CONSOLE_WORD] if self.console else []), NO_SERIAL]
         words += [n.word for n in self.nics]
         words += [h for n in self.nics for h in n.hints]
@@ -130,6 +133,7 @@ class GuestLine:
             return None
         umid, uml_dir, mem, disk = (w.partition("=")[2] for w in words[1:5])
         rest = words[5:]
+        seed = rest.pop(0)[len(SEED_WORD):] if rest[0].startswith(SEED_WORD) else None
         if rest[:len(QUIET_CONSOLES)] != list(QUIET_CONSOLES):
             return None
         rest = rest[len(QUIET_CONSOLES):]
@@ -151,7 +155,7 @@ class GuestLine:
             told.append(replace(nic, address=address, gateway=gateway))
         if any(_own(word) for word in rest):  # args never repeat what umlstate writes (model/rules.py)
             return None
-        line = cls(words[0], umid, uml_dir, mem, disk, tuple(told), tuple(rest), console)
+        line = cls(words[0], umid, uml_dir, mem, disk, tuple(told), seed, tuple(rest), console)
         return line if line.argv == tuple(argv) else None
 
 

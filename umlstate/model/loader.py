@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from umlstate.errors import Diagnostic, TopologyError
+from umlstate.errors import Diagnostic, TopologyError, UmlstateError
 from umlstate.model import rules
-from umlstate.model.topology import Topology
+from umlstate.model.topology import GUEST_FILE_MAX, Topology
 
 Loc = tuple[str | int, ...]
 
@@ -46,6 +46,7 @@ _MAX_BYTES = 4 << 20
 @dataclass
 class _Doc:
     file: str
+    read_from: ReadFrom | None = None
     values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     problems: list[Diagnostic] = field(default_factory=list)
@@ -66,8 +67,12 @@ class _Doc:
         return self.values.get(loc, (1, 1))
 
 
-def load_file(path: str | os.PathLike[str]) -> Topology:
-    """Read and validate a topology file; raise TopologyError listing every problem."""
+ReadFrom = Callable[[str], bytes]  # reads a guest file's `from` (the CLI's: bounded, never through a link)
+
+
+def load_file(path: str | os.PathLike[str], read_from: ReadFrom | None = None) -> Topology:
+    """Read and validate a topology file; raise TopologyError listing every problem. With ``read_from``,
+    each guest file's ``from`` (relative to the topology's folder) is read into its ``content``."""
     name = os.fspath(path)
     try:
         raw = Path(name).read_bytes()
@@ -78,11 +83,11 @@ def load_file(path: str | os.PathLike[str]) -> Topology:
         raise TopologyError([Diagnostic(1, 1, "this is a folder, not a topology file", name)]) from None
     except OSError as exc:
         raise TopologyError([Diagnostic(1, 1, f"cannot read the file: {exc.strerror}", name)]) from None
-    return load_bytes(raw, name)
+    return load_bytes(raw, name, read_from)
 
 
-def load_bytes(raw: bytes, file: str = "<topology>") -> Topology:
-    doc = _Doc(file)
+def load_bytes(raw: bytes, file: str = "<topology>", read_from: ReadFrom | None = None) -> Topology:
+    doc = _Doc(file, read_from)
     if len(raw) > _MAX_BYTES:
         doc.error((1, 1), f"the file is {len(raw)} bytes; a topology is at most {_MAX_BYTES}")
         raise TopologyError(doc.problems)
@@ -114,6 +119,7 @@ def _validate(data: Any, doc: _Doc) -> Topology:
         kind = "nothing" if data is None else type(data).__name__
         doc.error(doc.where(()), f"the top level must be a mapping with at least 'name', found {kind}")
         raise TopologyError(doc.problems)
+    _read_guest_files(data, doc)
     try:
         topology = Topology.model_validate(data)
     except ValidationError as exc:
@@ -129,6 +135,37 @@ def _validate(data: Any, doc: _Doc) -> Topology:
     if doc.problems:
         raise TopologyError(doc.problems)
     return topology
+
+
+def _read_guest_files(data: dict[str, Any], doc: _Doc) -> None:
+    """Each guest file's ``from``, read into its ``content`` (in place), where the file says it is."""
+    guests = data.get("guests")
+    for g, guest in enumerate(guests if isinstance(guests, list) else []):
+        files = guest.get("files") if isinstance(guest, dict) else None
+        for f, entry in enumerate(files if isinstance(files, list) else []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("from"), str):
+                continue
+            loc: Loc = ("guests", g, "files", f, "from")
+            if "content" in entry:
+                doc.error(doc.where(loc, key=True), "a file takes exactly one of 'content' and 'from', not both")
+                continue
+            if doc.read_from is None:
+                continue
+            path = os.path.join(os.path.dirname(os.path.abspath(doc.file)), entry["from"])
+            try:
+                raw = doc.read_from(path)
+            except (OSError, UmlstateError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+                doc.error(doc.where(loc), f"cannot read {path}: {why}")
+                continue
+            if len(raw) > GUEST_FILE_MAX:
+                doc.error(doc.where(loc), f"{path} is larger than {GUEST_FILE_MAX} bytes, the most a guest file "
+                                          "may be (give the guest a disk for more)")
+                continue
+            try:
+                entry["content"] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                doc.error(doc.where(loc), f"{path} is not UTF-8 text")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class Problem:
 def check(topology: Topology) -> list[Problem]:
     problems: list[Problem] = []
     for rule in (_unique_names, _references, _switch_kinds, _interfaces, _paths, _subnets, _addresses, _macs,
-                 _nics, _disks, _hosts, _policy):
+                 _nics, _disks, _hosts, _policy, _lab):
         problems.extend(rule(topology))
     return problems
 
@@ -428,3 +428,33 @@ def _policy(t: Topology) -> Iterator[Problem]:
             yield Problem(("forwards", i, "port"), f"{fwd.proto} port {fwd.port} is forwarded twice (first by "
                                                    f"forwards[{used[key]}])")
         used.setdefault(key, i)
+
+
+def _lab(t: Topology) -> Iterator[Problem]:
+    """What a guest is told beyond its addresses: routes through neighbours it has, files it can be given."""
+    for g, guest in enumerate(t.guests):
+        nets = [(n, s) for n, nic in enumerate(guest.nics) if (s := t.subnet_of_nic(nic)) is not None]
+        defaults = 0
+        for r, route in enumerate(guest.routes):
+            loc: Loc = ("guests", g, "routes", r)
+            defaults += route.to == "default"
+            if not any(route.via in s.cidr for _, s in nets):
+                on = ", ".join(f"{s.name} ({s.cidr})" for _, s in nets) or "no subnet"
+                yield Problem((*loc, "via"), f"guest {guest.name} route to {route.to} goes via {route.via}, which "
+                                             f"is on none of its NICs' subnets ({on})")
+            if route.to == "default" and defaults == 2:
+                yield Problem((*loc, "to"), f"guest {guest.name} has more than one default route")
+        paths: set[str] = set()
+        for f, file in enumerate(guest.files):
+            loc = ("guests", g, "files", f)
+            if file.content is None and file.from_ is None:
+                yield Problem(loc, f"guest {guest.name} file {file.path} needs 'content' or 'from'")
+            if file.path in paths:
+                yield Problem((*loc, "path"), f"guest {guest.name} has two files at {file.path}")
+            paths.add(file.path)
+    hosted = [s for s in t.subnets if s.gateway is not None]
+    for r, route in enumerate(t.host.routes):
+        if not any(route.via in s.cidr for s in hosted):
+            on = ", ".join(f"{s.name} ({s.cidr})" for s in hosted) or "none"
+            yield Problem(("host", "routes", r, "via"), f"host route to {route.to} goes via {route.via}, which is on "
+                                                        f"no subnet the host has a gateway on ({on})")

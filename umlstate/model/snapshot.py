@@ -118,6 +118,14 @@ class RulesetState:
 
 
 @dataclass(frozen=True)
+class SeedRecord:
+    """A guest's seed disk as root wrote it: where, and the digest of what it holds (plan/seed.py)."""
+
+    path: str
+    digest: str
+
+
+@dataclass(frozen=True)
 class Records:
     """What umlstate remembers it owns, from ``<state_dir>/state.json``.
 
@@ -127,6 +135,7 @@ class Records:
 
     sysctl_originals: Mapping[str, str] = field(default_factory=dict)
     proxies: frozenset[tuple[str, str]] = frozenset()  # (uplink, address)
+    routes: frozenset[tuple[str, str]] = frozenset()  # (to, via) of host routes umlstate added
     groups_created: frozenset[str] = frozenset()
     members_added: frozenset[tuple[str, str]] = frozenset()  # (group, user)
     tun_created: bool = False
@@ -138,6 +147,7 @@ class Records:
     processes: Mapping[str, Proc] = field(default_factory=dict)  # unit (guest-web) -> what root recorded at spawn
     ruleset: RulesetRecord | None = None  # the traffic policy's tables, owned like marked links
     crashes: Mapping[str, int] = field(default_factory=dict)  # guest -> times in a row it died soon after starting
+    seeds: Mapping[str, SeedRecord] = field(default_factory=dict)  # guest -> its seed disk, written by root
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,7 @@ class Snapshot:
     links: Mapping[str, Link] = field(default_factory=dict)
     addresses: Mapping[str, frozenset[IPv4Interface]] = field(default_factory=dict)
     proxies: frozenset[tuple[str, IPv4Address]] = frozenset()
+    routes: frozenset[tuple[str, IPv4Address]] = frozenset()  # (to, via) of routes with umlstate's protocol
     # (vxlan link, MAC, remote underlay): its static forwarding entries; FLOOD_MAC's are where unknown go
     fdb: frozenset[tuple[str, str, IPv4Address]] = frozenset()
     records: Records = Records()
@@ -212,6 +223,7 @@ class Snapshot:
     group_names: Mapping[int, str] = field(default_factory=dict)  # gids seen on taps -> names
     kernels: Mapping[str, KernelFacts] = field(default_factory=dict)  # kernel path -> what it was built with
     ruleset: RulesetState = RulesetState()
+    seeds: Mapping[str, SeedRecord] = field(default_factory=dict)  # recorded seed disks still there, by guest
     now: float = 0.0  # seconds since the epoch when observed (crash-loop backoff); not part of the fingerprint
 
     def uid(self, user: str) -> int | None:

@@ -25,6 +25,7 @@ SYSCTL_KEY_RE = r"^[a-z0-9_-]+(\.[a-zA-Z0-9_-]+)+$"
 USER_RE = r"^([a-z_][a-z0-9_-]{0,31}\$?|[0-9]{1,10})$"
 DEFAULT_TUN = "/dev/net/tun"  # where UML, uml_switch and tunctl open the tun device
 USERS_DIR = "users"  # run_dir/users/<user>/: what each user's processes may write
+SEEDS_DIR = "seeds"  # state_dir/seeds/<guest>.img: each seeded guest's seed disk
 
 
 def _scalar_to_str(value: Any) -> Any:
@@ -101,6 +102,13 @@ class Service(_Model):
     port: int = Field(ge=1, le=65535, description="The host's port.")
 
 
+class Route(_Model):
+    """A route: to a network (or ``default``) through a neighbour on one of the NICs' subnets."""
+
+    to: Literal["default"] | ipaddress.IPv4Network = Field(description="A network, e.g. 10.0.34.0/24, or default.")
+    via: ipaddress.IPv4Address = Field(description="The next hop: an address on a subnet of one of the NICs.")
+
+
 class Host(_Model):
     """Host-wide settings: folders, the tun node, groups, sysctls, the services guests may reach."""
 
@@ -114,6 +122,8 @@ class Host(_Model):
     )
     services: tuple[Service, ...] = Field((), description="Host ports guests may reach; by default they reach "
                                                           "only ICMP echo to their gateway.")
+    routes: tuple[Route, ...] = Field((), description="Routes on the host towards networks behind guests, e.g. "
+                                      "{to: 10.0.34.0/24, via: 10.0.1.1}.")
 
 
 class ProxyArp(_Model):
@@ -222,6 +232,22 @@ class Nic(_Model):
         return value.lower()
 
 
+class GuestFile(_Model):
+    """A file put into the guest before its startup runs (from its seed disk, at every boot)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    path: str = Field(pattern=r"^/[^\x00]*$", description="Absolute path inside the guest.")
+    content: str | None = Field(None, description="The file's text (exactly one of content, from).")
+    from_: str | None = Field(None, alias="from", description="A host file to copy, relative to the topology "
+                              "file's folder; read by root with a bound, never through a link.")
+    mode: str = Field("0644", pattern=MODE_RE, description="Its mode inside the guest.")
+
+
+GUEST_FILE_MAX = 1 << 20  # bytes of one files[] entry: a router's configuration, not a disk image
+HOSTNAME_RE = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+
+
 class Guest(_Model):
     """A User-Mode-Linux guest: one linux.uml process tree."""
 
@@ -234,6 +260,18 @@ class Guest(_Model):
     disk: Disk = Field(description="Exactly one of base or image.")
     args: tuple[str, ...] = Field((), description="Extra kernel command line words.")
     host: str | None = Field(None, description="With hosts: where the guest runs (a hosts[].name).")
+    hostname: str | None = Field(None, pattern=HOSTNAME_RE, description="Default: the guest's name.")
+    sysctl: dict[Annotated[str, Field(pattern=SYSCTL_KEY_RE)], SysctlValue] = Field(
+        default_factory=dict, description="Set in the guest at every boot, e.g. net.ipv4.ip_forward: 1.")
+    routes: tuple[Route, ...] = Field((), description="Routes in the guest; a default one replaces the route "
+                                      "through the first subnet's gateway.")
+    files: tuple[GuestFile, ...] = Field((), description="Files put into the guest at every boot, before startup.")
+    startup: str | None = Field(None, description="Run as root in the guest at every boot, after its network.")
+
+    @property
+    def seeded(self) -> bool:
+        """Told more than its addresses: it boots with a seed disk (plan/seed.py) that says the rest."""
+        return bool(self.hostname or self.sysctl or self.routes or self.files or self.startup)
 
     @field_validator("mem", mode="before")
     @classmethod
@@ -361,6 +399,10 @@ class Topology(_Model):
 
     def mconsole_of(self, guest: Guest) -> str:
         return f"{self.uml_dir_of(guest)}/{guest.name}/mconsole"
+
+    def seed_of(self, guest: Guest) -> str | None:
+        """Its seed disk, root's, read-only to the guest (ubd1r=): where it learns what it is to be."""
+        return f"{self.state_dir}/{SEEDS_DIR}/{guest.name}.img" if guest.seeded else None
 
     def cow_of(self, guest: Guest) -> str | None:
         if guest.disk.base is None:

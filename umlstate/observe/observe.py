@@ -75,6 +75,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         links=links,
         addresses=netlink.addresses(index, {n for n in ours if n in links}),
         proxies=netlink.proxies(index),
+        routes=netlink.routes() if topology.host.routes or recs.routes else frozenset(),
         fdb=netlink.fdb(index, {n for n, link in links.items() if link.kind == "vxlan"}),
         records=recs,
         switches=switches,
@@ -88,6 +89,7 @@ def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot
         user_names=_names({link.owner for link in links.values()} | {p.uid for p in procs}, pwd.getpwuid),
         group_names=_names({link.tun_group for link in links.values()}, grp.getgrgid),
         ruleset=ruleset.observe(topology, recs),
+        seeds={g: r for g, r in recs.seeds.items() if _regular(r.path)},
         now=time.time(),
     )
 
@@ -105,6 +107,8 @@ def _programs(t: Topology, recs: Records) -> dict[str, str | None]:
     names = {sw.kind for sw in t.switch_processes} | {g.kernel for g in t.guests}
     if t.host.groups or recs.groups_created or recs.members_added:
         names |= {"groupadd", "groupdel", "gpasswd"}
+    if any(g.seeded for g in t.guests):
+        names |= {"mkfs.vfat", "mcopy"}
     out: dict[str, str | None] = {}
     for name in sorted(names):
         if "/" in name:
@@ -112,6 +116,14 @@ def _programs(t: Topology, recs: Records) -> dict[str, str | None]:
         else:
             out[name] = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin:/sbin:/bin")
     return out
+
+
+def _regular(path: str) -> bool:
+    """A regular file is there (root's own, in state_dir: looked at, never followed)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _files(t: Topology) -> dict[str, bool]:

@@ -20,7 +20,7 @@ from umlstate.model.topology import Guest, Switch, Topology, nic_tap_name
 # CONFIG_ option that a kernel needs for each transport (from linux.uml --showconfig).
 TRANSPORT_CONFIG = {"daemon": "CONFIG_UML_NET_DAEMON", "vde": "CONFIG_UML_NET_VDE", "tuntap": "CONFIG_UML_NET_TUNTAP"}
 PROGRAM_PACKAGES = {"uml_switch": "uml-utilities", "vde_switch": "vde2", "groupadd": "passwd", "groupdel": "passwd",
-                    "gpasswd": "passwd",
+                    "gpasswd": "passwd", "mkfs.vfat": "dosfstools", "mcopy": "mtools",
                     "linux.uml": "user-mode-linux"}
 
 
@@ -150,13 +150,15 @@ def guest_line(topology: Topology, guest: Guest, kernel: str, wires: tuple[Wire,
     """The guest's whole command line: its wires, and the address and gateway each NIC's subnet gives it."""
     cow = topology.cow_of(guest)
     nics: list[Nic] = []
+    told_gw = any(r.to == "default" for r in guest.routes)  # its own default route replaces the gateway's
     for nic, w in zip(guest.nics, wires, strict=True):
         subnet = topology.subnet_of_nic(nic)
         address = f"{nic.address}/{subnet.cidr.prefixlen}" if nic.address is not None and subnet is not None else None
-        first = subnet is not None and subnet.gateway is not None and not any(n.gateway for n in nics)
+        first = subnet is not None and subnet.gateway is not None and not told_gw and not any(n.gateway for n in nics)
         nics.append(Nic(w.ifname, w.word, address, str(subnet.gateway) if first and subnet else None))
     return GuestLine(kernel, guest.name, topology.uml_dir_of(guest), guest.mem,
-                     f"{cow},{guest.disk.base}" if cow else f"{guest.disk.image}", tuple(nics), tuple(guest.args))
+                     f"{cow},{guest.disk.base}" if cow else f"{guest.disk.image}", tuple(nics),
+                     topology.seed_of(guest), tuple(guest.args))
 
 
 def wires_of(topology: Topology, guest: Guest, kernel: KernelFacts | None) -> tuple[Wire, ...] | list[Unwired]:

@@ -8,7 +8,7 @@ guest's trouble (its COW file, its kernel, its folder) stays its own, as in
 Terraform, where a failed resource stops only its dependents.
 
 Resources are named ``link:NAME`` (a tap, bridge or VXLAN link), ``switch:NAME``,
-``guest:NAME``, ``ruleset`` (guests never start without their policy), and
+``guest:NAME``, ``seed:NAME`` (its seed disk), ``ruleset`` (guests never start without their policy), and
 ``KIND:TARGET`` for everything else.
 """
 
@@ -31,6 +31,8 @@ def provides(a: A.AnyAction) -> frozenset[str]:
             return frozenset({own, f"link:{a.create.name}"})
         case A.CreateRuleset() | A.LoadRuleset():
             return frozenset({own, RULESET})
+        case A.WriteSeed() | A.RewriteSeed():
+            return frozenset({f"seed:{a.name}"})
         case _:
             return frozenset({own})
 
@@ -68,7 +70,7 @@ def needs(a: A.AnyAction, t: Topology) -> frozenset[str]:
 def _guest_needs(name: str, t: Topology) -> frozenset[str]:
     """Its NICs' links or switch processes, and the traffic policy: a guest never runs unprotected."""
     guest = t.guest(name)
-    found = {RULESET}
+    found = {RULESET} | ({f"seed:{name}"} if guest is not None and guest.seeded else set())
     for i, nic in enumerate(guest.nics if guest else ()):
         switch = t.switch(nic.switch) if nic.switch else None
         if switch is not None and switch.is_bridge:

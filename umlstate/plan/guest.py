@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from umlstate.model.guestline import GuestLine
 from umlstate.model.snapshot import Proc, unit_of
-from umlstate.model.topology import Topology
+from umlstate.model.topology import Guest, Topology
 from umlstate.plan import actions as A
 from umlstate.plan import backoff, cmdline
 from umlstate.plan.result import Backoff, Builder
@@ -42,7 +42,8 @@ def plan_step(t: Topology, b: Builder) -> None:
             reason = f"its log says: {state.panic}"  # the guest's word, of a guest that is gone
         else:
             reason = "stale files of a dead guest, ignored; not running" if state and state.stale else "not running"
-        start = A.StartGuest(reason, guest.name, line, guest.user, t.cow_of(guest), guest.disk.base)
+        start = A.StartGuest(reason, guest.name, line, guest.user, t.cow_of(guest), guest.disk.base,
+                             answer_at=_answer_at(t, guest))
         if state is None or state.proc is None:
             crashes = backoff.crashes(guest.name, state, b.s)
             if crashes:
@@ -73,7 +74,8 @@ def plan_step(t: Topology, b: Builder) -> None:
         else:
             continue
         b.add(A.ReplaceGuest(why, A.StopGuest(why, guest.name, state.proc),
-                             A.StartGuest(why, guest.name, line, guest.user, t.cow_of(guest), guest.disk.base)))
+                             A.StartGuest(why, guest.name, line, guest.user, t.cow_of(guest), guest.disk.base,
+                                          answer_at=_answer_at(t, guest))))
 
 
 def _end_leftovers(name: str, b: Builder) -> None:
@@ -81,6 +83,18 @@ def _end_leftovers(name: str, b: Builder) -> None:
     if state is not None and state.proc is None and state.leftovers:
         b.add(A.EndGuestLeftovers("its main process died (SIGKILL, OOM); its helpers live on", name, state.leftovers,
                                   b.s.records.processes.get(unit_of("guest", name))))
+
+
+def _answer_at(t: Topology, guest: Guest) -> tuple[str, ...]:
+    """Its addresses the host can ping: on a subnet where the host has its gateway, or behind a host route."""
+    found = []
+    for nic in guest.nics:
+        subnet = t.subnet_of_nic(nic)
+        if nic.address is None or subnet is None:
+            continue
+        if subnet.gateway is not None or any(r.to != "default" and nic.address in r.to for r in t.host.routes):
+            found.append(str(nic.address))
+    return tuple(found)
 
 
 def _hotplug(name: str, proc: Proc, old: GuestLine | None, new: GuestLine) -> list[A.PlugNic | A.UnplugNic] | None:

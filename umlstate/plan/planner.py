@@ -8,7 +8,8 @@ The planner walks the kinds in dependency order, each kind's step in a module
 of its name (plan/tap.py, plan/guest.py, ...): first it removes what umlstate
 owns but no longer wants (so a removal never trips over a creation), then
 groups, the tun node, sysctls, bridges, VXLANs, taps, addresses, link state,
-proxy entries, the policy, switches and guests. Every action is simulated on the working snapshot as soon as it is
+proxy entries, host routes, the policy, guests' seed disks, switches and guests. Every
+action is simulated on the working snapshot as soon as it is
 chosen, so later steps see the host as the earlier actions will leave it.
 Destroy is the plan towards a topology that wants nothing.
 """
@@ -20,7 +21,21 @@ from collections.abc import Mapping
 from umlstate.model.placement import Stretch
 from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Host, Topology
-from umlstate.plan import address, bridge, guest, hardening, host, preflight, proxy, ruleset, switch, tap, vxlan
+from umlstate.plan import (
+    address,
+    bridge,
+    guest,
+    hardening,
+    host,
+    preflight,
+    proxy,
+    route,
+    ruleset,
+    seed,
+    switch,
+    tap,
+    vxlan,
+)
 from umlstate.plan.result import Builder, Plan
 
 
@@ -36,6 +51,7 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
     guest.remove_step(desired, b)
     switch.remove_step(desired, b)
     proxy.remove_step(desired, b)
+    route.remove_step(desired, b)
     tap.remove_step(desired, b)
     vxlan.remove_step(desired, wanted_vxlans, b)
     bridge.remove_step(desired, b)
@@ -50,7 +66,9 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
     tap.link_up(desired, b)
     hardening.plan_step(desired, wanted_vxlans, b)
     proxy.plan_step(desired, b)
+    route.plan_step(desired, b)
     ruleset.plan_step(desired, stretches or {}, b, destroy=destroy)  # before any guest starts
+    seed.plan_step(desired, b)
     switch.plan_step(desired, b)
     guest.plan_step(desired, b)
     preflight.programs(b)

@@ -111,9 +111,10 @@ def _utc(epoch: int | None) -> str:
 
 def programs(b: Builder) -> None:
     """The programs the chosen actions run, where observation found them missing."""
-    needed = {A.CreateGroup: "groupadd", A.DeleteGroup: "groupdel", A.AddGroupMember: "gpasswd",
-              A.RemoveGroupMember: "gpasswd"}
-    for program in sorted({needed[type(a)] for a in b.actions if type(a) in needed}):
+    needed = {A.CreateGroup: ("groupadd",), A.DeleteGroup: ("groupdel",), A.AddGroupMember: ("gpasswd",),
+              A.RemoveGroupMember: ("gpasswd",), A.WriteSeed: ("mkfs.vfat", "mcopy"),
+              A.RewriteSeed: ("mkfs.vfat", "mcopy")}
+    for program in sorted({p for a in b.actions if type(a) in needed for p in needed[type(a)]}):
         if b.s.programs.get(program, "") is None:
             b.error("host", program, f"program {program} is not installed",
                     f"apt-get install {cmdline.PROGRAM_PACKAGES[program]}")

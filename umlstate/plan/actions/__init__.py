@@ -52,7 +52,9 @@ from umlstate.plan.actions.processes import (
     UnplugNic,
     argv_diff,
 )
+from umlstate.plan.actions.route import AddRoute, RemoveRoute
 from umlstate.plan.actions.ruleset import CreateRuleset, DeleteRuleset, LoadRuleset
+from umlstate.plan.actions.seed import DeleteSeed, RewriteSeed, Seed, WriteSeed
 from umlstate.plan.actions.tap import (
     CreateTap,
     DeleteTap,
@@ -73,10 +75,11 @@ AnyAction: TypeAlias = (
     | CreateTap | FixTap | MarkTap | SetLinkUp | DeleteTap | ReplaceTap | Enslave
     | CreateBridge | SetBridgeUp | SetBridgeMac | LimitFdb | DeleteBridge | CreateVxlan | DeleteVxlan | AddFdb
     | RemoveFdb | QuietIpv6
-    | AddAddress | RemoveAddress | AddProxy | RemoveProxy
+    | AddAddress | RemoveAddress | AddProxy | RemoveProxy | AddRoute | RemoveRoute
     | StartSwitch | StopSwitch | ReplaceSwitch | EndSwitchLeftovers
     | StartGuest | StopGuest | ReplaceGuest | EndGuestLeftovers | PlugNic | UnplugNic
     | CreateRuleset | LoadRuleset | DeleteRuleset
+    | WriteSeed | RewriteSeed | DeleteSeed
 )
 
 __all__ = [
@@ -87,6 +90,7 @@ __all__ = [
     "AddFdb",
     "AddGroupMember",
     "AddProxy",
+    "AddRoute",
     "AnyAction",
     "CreateBridge",
     "CreateGroup",
@@ -97,6 +101,7 @@ __all__ = [
     "DeleteBridge",
     "DeleteGroup",
     "DeleteRuleset",
+    "DeleteSeed",
     "DeleteTap",
     "DeleteTunNode",
     "DeleteVxlan",
@@ -117,11 +122,14 @@ __all__ = [
     "RemoveFdb",
     "RemoveGroupMember",
     "RemoveProxy",
+    "RemoveRoute",
     "ReplaceGuest",
     "ReplaceSwitch",
     "ReplaceTap",
     "RestoreSysctl",
     "RestoreTunNode",
+    "RewriteSeed",
+    "Seed",
     "SetBridgeMac",
     "SetBridgeUp",
     "SetLinkUp",
@@ -131,5 +139,6 @@ __all__ = [
     "StopGuest",
     "StopSwitch",
     "UnplugNic",
+    "WriteSeed",
     "argv_diff",
 ]

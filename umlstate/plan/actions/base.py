@@ -9,7 +9,7 @@ from umlstate.model.snapshot import Snapshot
 
 Op = Literal["create", "update", "delete", "replace"]
 Kind = Literal["tun-device", "group", "sysctl", "tap", "bridge", "vxlan", "fdb", "address", "proxy-neigh", "switch",
-               "guest", "ruleset"]
+               "guest", "ruleset", "route"]
 
 # What carrying out each kind of change takes, for the message a run without
 # it gets before it changes anything (rather than EPERM at its first step).
@@ -26,6 +26,7 @@ PRIVILEGE: dict[Kind, str] = {
     "switch": "starting or signalling a process as its declared user needs root (CAP_SETUID, CAP_KILL)",
     "guest": "starting or signalling a process as its declared user needs root (CAP_SETUID, CAP_KILL)",
     "ruleset": "nftables tables need CAP_NET_ADMIN",
+    "route": "routes need CAP_NET_ADMIN",
 }
 
 

@@ -79,6 +79,9 @@ class StartGuest(_Named, Action):
     cow: str | None
     base: str | None
     crashes: int = 0  # times in a row its runs died soon after starting: recorded, so the next backoff grows
+    # Where the host can see it answer once it is up: its addresses on subnets the host is on or routes to.
+    # None: all it was told; empty: nowhere, so ready is its own report (a lab subnet without the host).
+    answer_at: tuple[str, ...] | None = None
 
     @property
     def argv(self) -> tuple[str, ...]:

@@ -1,0 +1,128 @@
+"""Labs (issue 20): guests that route for each other, told who they are through a seed disk.
+
+Kathara's static-routing lab in umlstate's words, on real guests in namespaces: the LAN reaches a PC
+behind two guest routers (its TTL shows the hops), each router gets its forwarding sysctl, its routes,
+a file and a startup script from its seed disk (vfat, cloud-init's NoCloud layout), and a guest on a
+subnet the host is not on is ready from its own report.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from farm import Farm, ttl
+
+pytestmark = [pytest.mark.slow]
+
+LAB = """\
+name: {name}
+host:
+  run_dir: {tmp}/run
+  state_dir: {tmp}/state
+  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
+  groups:
+    - {{name: {group}, members: [nobody]}}
+  sysctl:
+    net.ipv4.ip_forward: 1
+  routes:
+    - {{to: 10.0.34.0/24, via: 10.0.1.1}}
+subnets:
+  - {{name: a, cidr: 10.0.1.0/24, gateway: 10.0.1.254}}
+  - {{name: core, cidr: 10.0.12.0/30}}
+  - {{name: b, cidr: 10.0.34.0/24}}
+  - {{name: island, cidr: 10.0.99.0/24}}
+switches:
+  - {{name: bra, kind: bridge, subnet: a}}
+  - {{name: brc, kind: bridge, subnet: core}}
+  - {{name: brb, kind: bridge, subnet: b}}
+  - {{name: bri, kind: bridge, subnet: island}}
+guests:
+  - name: r1
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    hostname: router-one
+    sysctl: {{net.ipv4.ip_forward: 1}}
+    routes: [{{to: 10.0.34.0/24, via: 10.0.12.2}}]
+    files: [{{path: /etc/lab/r1.conf, content: "router r1 of {name}\\n"}}]
+    startup: |
+      echo "r1 says: $(cat /etc/lab/r1.conf) as $(hostname)"
+    nics:
+      - {{switch: bra, address: 10.0.1.1, allow_sources: [10.0.12.0/30, 10.0.34.0/24]}}
+      - {{switch: brc, address: 10.0.12.1, allow_sources: [172.16.0.0/16, 10.0.1.0/24]}}
+  - name: r2
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    sysctl: {{net.ipv4.ip_forward: 1}}
+    routes: [{{to: default, via: 10.0.12.1}}]
+    nics:
+      - {{switch: brc, address: 10.0.12.2, allow_sources: [10.0.34.0/24]}}
+      - {{switch: brb, address: 10.0.34.1, allow_sources: [172.16.0.0/16, 10.0.1.0/24, 10.0.12.0/30]}}
+  - name: pc
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    routes: [{{to: default, via: 10.0.34.1}}]
+    nics: [{{switch: brb, address: 10.0.34.2}}]
+  - name: lonely
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    hostname: lonely
+    nics: [{{switch: bri, address: 10.0.99.1}}]
+"""
+
+
+def write_lab(farm: Farm) -> None:
+    farm.path.write_text(LAB.format(name=farm.name, tmp=farm.tmp, group=farm.group, image=farm.image))
+
+
+def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_pc(farm: Farm) -> None:
+    write_lab(farm)
+    applied = farm.cli("apply", "--yes")
+    said = applied.stdout + applied.stderr
+    assert applied.returncode == 0, said
+    # A subnet without the host: lonely is ready from its own report, not from an answer the host cannot get.
+    assert "umlstate: network up" in farm.log("lonely")
+    farm.lan.ip("route", "add", "10.0.0.0/8", "via", "172.16.0.1")
+    # The LAN's ping crosses the host, r1 and r2: 64 - 3 on the way back.
+    assert ttl(farm.lan_ping("10.0.34.2", seconds=60)) == 61, said + farm.log("r2")[-800:]
+    assert ttl(farm.lan_ping("10.0.1.1")) == 63
+    routes = farm.host.ip("route", "show", "proto", "186").stdout
+    assert "10.0.34.0/24 via 10.0.1.1" in routes, routes
+    r1 = farm.log("r1")
+    assert f"umlstate-guest: startup: r1 says: router r1 of {farm.name} as router-one" in r1, r1[-1500:]
+    assert "ubd1r=" in " ".join(farm.recorded("guest-r1")["argv"])
+    assert "umlstate.gw=" not in " ".join(farm.recorded("guest-pc")["argv"]), "its own default route replaces it"
+    plan = farm.cli("plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+
+    # A change reaches the running guest at its next boot; the plan says so, and nothing restarts.
+    farm.path.write_text(farm.path.read_text().replace("router r1 of", "router one of"))
+    changed = farm.cli("plan")
+    assert "~ guest r1" in changed.stdout and "reads it at its next boot" in changed.stdout, changed.stdout
+    assert "-/+ guest" not in changed.stdout
+    assert farm.cli("apply", "--yes").returncode == 0
+    assert farm.cli("plan", "--detailed-exitcode").returncode == 0
+
+    destroyed = farm.cli("destroy", "--yes")
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert farm.host.ip("route", "show", "proto", "186").stdout.strip() == ""
+    assert not list((farm.tmp / "state" / "seeds").glob("*.img"))
+    assert not farm.processes()
+
+
+def test_a_route_through_no_neighbour_and_a_file_without_content_are_refused_where_they_are_written(
+        farm: Farm) -> None:
+    write_lab(farm)
+    text = farm.path.read_text().replace("via: 10.0.12.2}]", "via: 10.9.9.9}]")
+    text = text.replace('content: "router r1 of', 'from: nowhere.conf, mode: "0600"}]\n    #')
+    farm.path.write_text(text)
+    checked = farm.cli("validate")
+    assert checked.returncode == 65
+    out = json.dumps(checked.stdout + checked.stderr)
+    assert "route to 10.0.34.0/24 goes via 10.9.9.9, which is on none of its NICs' subnets" in out, out
+    assert "nowhere.conf" in out and "cannot read" in out, out
