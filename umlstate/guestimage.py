@@ -38,6 +38,8 @@ from pathlib import Path, PurePosixPath
 # other lines with text a guest's user controls (process names, paths), which must never add an address.
 HOTPLUG_LINES = r"""sed -n 's/^\(\[[ 0-9.]*\] \)\{0,1\}umlstate: \(umlstate\.vec[0-9]*=[0-9.]*\/[0-9]*\)$/\2/p'"""
 
+CHECK_LINES = r"""sed -n 's/^\(\[[ 0-9.]*\] \)\{0,1\}umlstate: umlstate\.check=\([a-z0-9]*\)$/\2/p'"""
+
 INIT = """#!/bin/sh
 # umlstate guest init: network from /proc/cmdline, clean power-off on cad.
 mount -t proc proc /proc
@@ -99,6 +101,21 @@ if [ -s "$seed/startup" ]; then  # after its network, as root, at every boot; wh
     sh "$seed/startup" 2>&1 | sed 's/^/umlstate-guest: startup: /'
 fi
 echo "umlstate: network up"  # its own report: ready, where the host cannot see it (apply/boot.py)
+run_checks() {  # $1: a nonce ("boot", or umlstate check's); results as plan/checks.py reads them
+    [ -s "$seed/checks" ] || return 0
+    while read -r n addr expect; do
+        tries=1; [ "$1" = boot ] && [ "$expect" = pass ] && tries=30  # at boot, its peers may still be booting
+        got=fail
+        while [ "$tries" -gt 0 ]; do
+            ping -c1 -W1 "$addr" >/dev/null 2>&1 && { got=pass; break; }
+            tries=$((tries - 1))
+        done
+        if [ "$got" = pass ]; then said=answered; else said="no answer"; fi
+        if [ "$got" = "$expect" ]; then r=ok; else r=failed; fi
+        echo "umlstate-check: $1 $n $r $(date +%s) ping $addr: $said, expected $expect"
+    done < "$seed/checks"
+}
+[ -n "$seed" ] && run_checks boot &
 [ -n "$sink" ] && ( while :; do nc -l -p "$sink" >/dev/null; done ) &  # benchmarks: a TCP sink
 for peer in $peers; do  # tests: check a neighbour, and say so on the console (the log)
     ( for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
@@ -106,7 +123,12 @@ for peer in $peers; do  # tests: check a neighbour, and say so on the console (t
           sleep 1
       done; echo "umlstate-guest: ping $peer failed" ) &
 done
-( while :; do  # NICs plugged in live: umlstate says their address in the kernel log (mconsole log)
+( asked=""
+  while :; do  # NICs plugged in live: umlstate says their address in the kernel log (mconsole log)
+      for nonce in $(dmesg | @CHECK_LINES@); do  # `umlstate check`: run the checks again, once per ask
+          case " $asked " in *" $nonce "*) continue ;; esac
+          asked="$asked $nonce"; [ -n "$seed" ] && run_checks "$nonce" &
+      done
       for word in $(dmesg | @HOTPLUG_LINES@); do
           key="${word%%=*}"; dev="${key#umlstate.}"
           [ -e "/sys/class/net/$dev" ] || continue
@@ -120,9 +142,10 @@ done
 if [ "$cad" = ignore ]; then trap '' INT; trap 'echo "umlstate-guest: powering off"; poweroff -f' TERM
 else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
-""".replace("@HOTPLUG_LINES@", HOTPLUG_LINES)
+""".replace("@HOTPLUG_LINES@", HOTPLUG_LINES).replace("@CHECK_LINES@", CHECK_LINES)
 APPLETS = ("sh", "setsid", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps",
-           "dmesg", "arping", "nc", "insmod", "hostname", "mkdir", "chmod", "sed", "uname", "sync", "traceroute")
+           "dmesg", "arping", "nc", "date", "insmod", "hostname", "mkdir", "chmod", "sed", "uname", "sync",
+           "traceroute")
 # The modules a guest needs to read its seed disk (vfat), for each UML kernel whose modules are installed
 # (Debian builds them as modules): /lib/modules/<version>/<name>.ko in the image.
 UML_MODULES = "/usr/lib/uml/modules"

@@ -11,7 +11,10 @@ nothing: what to show and how is the caller's; confirmation is a callback.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,7 +32,7 @@ from umlstate.errors import (
     StalePlanError,
     VerificationError,
 )
-from umlstate.host import console, folders, logs, processes, records
+from umlstate.host import console, folders, logs, mconsole, processes, records
 from umlstate.host import netns as netns_mod
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
@@ -37,11 +40,14 @@ from umlstate.model.placement import Stretch
 from umlstate.model.snapshot import Snapshot, unit_of
 from umlstate.model.topology import Topology
 from umlstate.observe.observe import observe
+from umlstate.plan import checks
 from umlstate.plan.actions import PRIVILEGE, Action, Kind
+from umlstate.plan.checks import CheckResult
 from umlstate.plan.planner import plan
 from umlstate.plan.result import Plan
 from umlstate.plan.status import backing_off
 
+CHECK_TIMEOUT = 40.0  # seconds the guests have to run their checks and report (each ping waits a second)
 log = structlog.get_logger("umlstate")
 
 Confirm = Callable[[Plan], None]  # shows the plan and raises to cancel; called only when there are changes
@@ -178,6 +184,34 @@ class Reconciler:
                         log.info("log capped", process=name, kept=f"{name}.log.1")
         except (OSError, HostError) as exc:  # no logs folder yet, or one that is not root's: apply says so
             log.debug("logs not capped", error=str(exc))
+
+    def check(self, timeout: float = CHECK_TIMEOUT) -> list[tuple[int, CheckResult | None]]:
+        """Each guest that runs checks runs them now (asked through mconsole, whose socket root recorded); its
+        results, each the guest's own line in its log, or None where none came within ``timeout``."""
+        if os.geteuid() != 0:
+            raise self._not_root("check", [f"checks: {PRIVILEGE['check']}"])
+        nonce = secrets.token_hex(4)
+        snapshot = self.observe()
+        asked = set()
+        for name in sorted({c.from_ for c in self.topology.checks}):
+            state = snapshot.guests.get(name)
+            path = processes.mconsole_path(state.proc, name) if state is not None and state.proc else None
+            if state is None or state.proc is None or path is None:
+                continue
+            with contextlib.suppress(mconsole.MconsoleError):  # a guest that does not take it reports nothing
+                mconsole.command(path, "log " + checks.ASK.format(nonce=nonce), owner=state.proc.uid, timeout=5.0)
+                asked.add(name)
+        wanted = [n for n, c in enumerate(self.topology.checks) if c.from_ in asked]
+        found: dict[int, CheckResult] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(wanted) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with folders.open_trusted(f"{self.topology.state_dir}/{folders.LOGS_DIR}") as logs_dir:
+                for name in asked:
+                    for n, result in checks.results(logs.tail(logs_dir.fd, name)).items():
+                        if result.nonce == nonce and n in wanted:
+                            found[n] = result
+        return [(n, found.get(n)) for n in range(len(self.topology.checks))]
 
     def hold(self, guest: str, held: bool) -> None:
         """Record that `umlstate stop` keeps ``guest`` down (or no longer does); under the lock."""

@@ -205,6 +205,7 @@ UNWELL = [
         ("sysrq: Trigger a crash", "Kernel panic - not syncing: sysrq triggered crash")),
     Row("guest", "app", "hung", "pid 42, up 3m, its mconsole does not answer"),
 ]
+FAILED_CHECK = [Row("check", "pc ping r1", "failed", "failed at 2026-12-03 17:05:02 UTC: ping 10.0.1.1: no answer")]
 
 
 def test_status_text_shows_a_panicked_guests_last_lines_under_its_row() -> None:
@@ -221,8 +222,8 @@ def test_status_text_shows_a_panicked_guests_last_lines_under_its_row() -> None:
 
 
 def test_status_text_colours_the_state_only_when_asked() -> None:
-    plain = status_text(ROWS + UNWELL, BLOCKED)
-    painted = status_text(ROWS + UNWELL, BLOCKED, colour=True)
+    plain = status_text(ROWS + UNWELL + FAILED_CHECK, BLOCKED)
+    painted = status_text(ROWS + UNWELL + FAILED_CHECK, BLOCKED, colour=True)
     assert "\x1b[" not in plain
     # The same text underneath, but for the padding a painted state keeps on a row without detail.
     assert [line.rstrip() for line in ANSI.sub("", painted).splitlines()] == plain.splitlines()

@@ -9,6 +9,8 @@ subnet the host is not on is ready from its own report.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -73,7 +75,23 @@ guests:
     disk: {{base: {image}}}
     hostname: lonely
     nics: [{{switch: bri, address: 10.0.99.1}}]
+checks:
+  - {{from: pc, ping: r1}}
+  - {{from: pc, ping: 10.0.99.1, expect: fail}}
+  - {{from: lonely, ping: pc}}
 """
+
+
+def check_rows(farm: Farm, until: Callable[[dict[str, dict[str, str]]], bool]) -> dict[str, dict[str, str]]:
+    """status's check rows by target, once ``until`` holds (the guests run their checks as they boot)."""
+    deadline = time.monotonic() + 90
+    while True:
+        status = json.loads(farm.cli("status", "--json").stdout)
+        rows = {r["target"]: r for r in status["resources"] if r["kind"] == "check"}
+        if (len(rows) == 3 and all(r["state"] != "missing" for r in rows.values()) and until(rows)) \
+                or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
 
 
 def write_lab(farm: Farm) -> None:
@@ -99,6 +117,17 @@ def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_
     assert "umlstate.gw=" not in " ".join(farm.recorded("guest-pc")["argv"]), "its own default route replaces it"
     plan = farm.cli("plan", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stdout + plan.stderr
+
+    # Checks: each guest ran its own once its network was up; status shows each one's last result.
+    rows = check_rows(farm, until=lambda r: r["lonely ping pc"]["state"] == "failed")
+    assert rows["pc ping r1"]["state"] == "ok" and "passed at" in rows["pc ping r1"]["detail"], rows
+    assert rows["pc ping 10.0.99.1 (expect fail)"]["state"] == "ok", rows
+    assert "ping 10.0.34.2: no answer, expected pass" in rows["lonely ping pc"]["detail"], rows
+    assert farm.cli("status").returncode == 2, "a failing check is not ok"
+    checked = farm.cli("check")
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "ok         pc ping r1: ping 10.0.1.1: answered, expected pass" in checked.stdout, checked.stdout
+    assert "FAILED     lonely ping pc" in checked.stdout and "2 of 3 check(s)" in checked.stdout, checked.stdout
 
     # A change reaches the running guest at its next boot; the plan says so, and nothing restarts.
     farm.path.write_text(farm.path.read_text().replace("router r1 of", "router one of"))

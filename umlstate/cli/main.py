@@ -397,6 +397,38 @@ def start(opts: Options, args: tuple[str, ...]) -> None:
     click.echo(f"Guest {guest} is running{pid}; apply keeps it so again.")
 
 
+@cli.command("check")
+@topology_arg
+@click.pass_obj
+@run_safely
+def check_cmd(opts: Options, topology: str | None) -> None:
+    """Run the topology's checks now, in the guests that declare them, and say how each went.
+
+    Exit 0 when every check went as expected, 2 when one did not (or its guest did not report).
+
+    \b
+    Example:
+      umlstate --netns lab check topology.yaml
+    """
+    _path, t = files.load_topology(topology)
+    if not t.checks:
+        click.echo("The topology declares no checks.")
+        return
+    results = _reconciler(opts, t).check()
+    bad = 0
+    for n, result in results:
+        c = t.checks[n]
+        if result is None:
+            bad += 1
+            click.echo(f"  no answer  {c.label}: {c.from_} did not report (is it running, with a seed disk?)")
+        else:
+            bad += not result.ok
+            click.echo(f"  {'ok' if result.ok else 'FAILED':9}  {c.label}: {result.detail}")
+    click.echo(f"{len(results) - bad} of {len(results)} check(s) went as expected.")
+    if bad:
+        sys.exit(errors.EXIT_CHANGES)
+
+
 @cli.command("console")
 @click.argument("args", nargs=-1, required=True, metavar="[TOPOLOGY] GUEST")
 @click.pass_obj

@@ -77,7 +77,8 @@ def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-STATE_COLOURS = {"ok": "32", "missing": "33", "drifted": "33", "conflict": "31", "panicked": "31", "hung": "31"}
+STATE_COLOURS = {"ok": "32", "missing": "33", "drifted": "33", "conflict": "31", "panicked": "31", "hung": "31",
+                 "failed": "31"}
 
 
 def status_text(rows: list[Row], plan: Plan, *, colour: bool = False) -> str:

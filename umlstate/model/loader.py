@@ -177,7 +177,8 @@ class _Rest:
     broken: set[str]  # names of the objects left out
 
 
-_LISTS: tuple[tuple[str | int, ...], ...] = (("subnets",), ("taps",), ("switches",), ("guests",), ("host", "groups"))
+_LISTS: tuple[tuple[str | int, ...], ...] = (("subnets",), ("taps",), ("switches",), ("guests",), ("checks",),
+                                           ("host", "groups"), ("host", "routes"))
 
 
 def _without_broken(data: dict[str, Any], errors: list[ErrorDetails]) -> _Rest | None:

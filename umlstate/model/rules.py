@@ -452,6 +452,12 @@ def _lab(t: Topology) -> Iterator[Problem]:
             if file.path in paths:
                 yield Problem((*loc, "path"), f"guest {guest.name} has two files at {file.path}")
             paths.add(file.path)
+    for c, check in enumerate(t.checks):
+        if t.guest(check.from_) is None:
+            yield Problem(("checks", c, "from"), f"check {check.label}: no guest is named {check.from_!r}")
+        if t.check_target(check) is None:
+            what = "a guest without an address" if t.guest(check.ping) else "neither a guest nor an IPv4 address"
+            yield Problem(("checks", c, "ping"), f"check {check.label}: {check.ping!r} is {what}")
     hosted = [s for s in t.subnets if s.gateway is not None]
     for r, route in enumerate(t.host.routes):
         if not any(route.via in s.cidr for s in hosted):

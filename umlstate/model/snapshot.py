@@ -166,6 +166,7 @@ class GuestState:
     panic: str | None = None  # its recorded process died, and its log's latest run says why: "Kernel panic - ..."
     last_lines: tuple[str, ...] = ()  # the end of that run, sanitized, when it died
     ended: float | None = None  # when its recorded process stopped writing its log: about when it died
+    checks: Mapping[int, tuple[bool, float, str]] = field(default_factory=dict)  # check -> (ok, when, detail)
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,7 @@ class Guest(_Model):
 
     @property
     def seeded(self) -> bool:
-        """Told more than its addresses: it boots with a seed disk (plan/seed.py) that says the rest."""
+        """Told more than its addresses by its own fields (Topology.has_seed counts the checks it runs too)."""
         return bool(self.hostname or self.sysctl or self.routes or self.files or self.startup)
 
     @field_validator("mem", mode="before")
@@ -290,6 +290,20 @@ class HostDef(_Model):
     underlay: ipaddress.IPv4Address = Field(description="This host's address that VXLAN tunnels use.")
     run_dir: str | None = Field(None, description="This host's run_dir, instead of host.run_dir.")
     state_dir: str | None = Field(None, description="This host's state_dir, instead of host.state_dir.")
+
+
+class Check(_Model):
+    """What the lab must do, run by a guest once its network is up (and on `umlstate check`); status shows it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from", description="The guest that runs it.")
+    ping: str = Field(description="A guest (its first address) or an IPv4 address it pings.")
+    expect: Literal["pass", "fail"] = Field("pass", description="fail: the ping must not be answered.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.from_} ping {self.ping}" + (" (expect fail)" if self.expect == "fail" else "")
 
 
 class Forward(_Model):
@@ -320,6 +334,8 @@ class Topology(_Model):
     guests: tuple[Guest, ...] = Field((), description="UML guests.")
     hosts: tuple[HostDef, ...] = Field((), description="Several hosts: each runs umlstate for its own slice.")
     forwards: tuple[Forward, ...] = Field((), description="Host ports forwarded to guests.")
+    checks: tuple[Check, ...] = Field((), description="What the lab must do: pings run by guests, reported by "
+                                      "status and `umlstate check`.")
 
     # Resolved defaults: the one place that says where things live.
 
@@ -400,9 +416,23 @@ class Topology(_Model):
     def mconsole_of(self, guest: Guest) -> str:
         return f"{self.uml_dir_of(guest)}/{guest.name}/mconsole"
 
+    def has_seed(self, guest: Guest) -> bool:
+        """Told more than its addresses (its own fields, or checks it runs): it boots with a seed disk."""
+        return guest.seeded or any(c.from_ == guest.name for c in self.checks)
+
     def seed_of(self, guest: Guest) -> str | None:
         """Its seed disk, root's, read-only to the guest (ubd1r=): where it learns what it is to be."""
-        return f"{self.state_dir}/{SEEDS_DIR}/{guest.name}.img" if guest.seeded else None
+        return f"{self.state_dir}/{SEEDS_DIR}/{guest.name}.img" if self.has_seed(guest) else None
+
+    def check_target(self, check: Check) -> str | None:
+        """The address a check pings: the named guest's first address, or the address given."""
+        guest = self.guest(check.ping)
+        if guest is not None:
+            return next((str(n.address) for n in guest.nics if n.address is not None), None)
+        try:
+            return str(ipaddress.IPv4Address(check.ping))
+        except ValueError:
+            return None
 
     def cow_of(self, guest: Guest) -> str | None:
         if guest.disk.base is None:

@@ -44,6 +44,7 @@ from umlstate.model.snapshot import (
 )
 from umlstate.model.topology import DEFAULT_TUN, Topology
 from umlstate.observe import ruleset
+from umlstate.plan import checks
 
 TUN_MAJOR, TUN_MINOR = 10, 200
 ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planner warns
@@ -107,7 +108,7 @@ def _programs(t: Topology, recs: Records) -> dict[str, str | None]:
     names = {sw.kind for sw in t.switch_processes} | {g.kernel for g in t.guests}
     if t.host.groups or recs.groups_created or recs.members_added:
         names |= {"groupadd", "groupdel", "gpasswd"}
-    if any(g.seeded for g in t.guests):
+    if any(t.has_seed(g) for g in t.guests):
         names |= {"mkfs.vfat", "mcopy"}
     out: dict[str, str | None] = {}
     for name in sorted(names):
@@ -192,13 +193,26 @@ def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> 
             # The socket sits in the user's folder: the client checks it is theirs, and bounds the reply.
             path = processes.mconsole_path(proc, name)
             found[name] = GuestState(proc, answers=path is not None and mconsole.answers(path, owner=proc.uid),
-                                     leftovers=leftovers)
+                                     leftovers=leftovers, checks=_check_results(t, name))
         else:
             stale = guest is not None and os.path.lexists(f"{t.uml_dir_of(guest)}/{name}")
             panic, lines, ended = _last_words(t, name) if unit_of("guest", name) in recorded else (None, (), None)
             found[name] = GuestState(None, stale=stale, leftovers=leftovers, panic=panic,
                                      last_lines=lines if panic else (), ended=ended)
     return found
+
+
+def _check_results(t: Topology, name: str) -> dict[int, tuple[bool, float, str]]:
+    """The latest result of each check the guest runs, from its log's latest run (bounded; its own word)."""
+    if not any(c.from_ == name for c in t.checks):
+        return {}
+    folder = folders.open_logs(t)
+    if folder is None:
+        return {}
+    with folder:
+        said = checks.results(logs.tail(folder.fd, name))
+    return {n: (r.ok, r.when, r.detail) for n, r in said.items()
+            if n < len(t.checks) and t.checks[n].from_ == name}
 
 
 def _last_words(t: Topology, name: str) -> tuple[str | None, tuple[str, ...], float | None]:

@@ -70,7 +70,7 @@ def needs(a: A.AnyAction, t: Topology) -> frozenset[str]:
 def _guest_needs(name: str, t: Topology) -> frozenset[str]:
     """Its NICs' links or switch processes, and the traffic policy: a guest never runs unprotected."""
     guest = t.guest(name)
-    found = {RULESET} | ({f"seed:{name}"} if guest is not None and guest.seeded else set())
+    found = {RULESET} | ({f"seed:{name}"} if guest is not None and t.has_seed(guest) else set())
     for i, nic in enumerate(guest.nics if guest else ()):
         switch = t.switch(nic.switch) if nic.switch else None
         if switch is not None and switch.is_bridge:

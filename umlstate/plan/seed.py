@@ -12,7 +12,8 @@ layout, so that images with cloud-init read it unmodified:
 
 and the same facts as plain lines under ``umlstate/`` for inits without cloud-init (umlstate's busybox image
 and ``contrib/guest``): ``hostname``, ``sysctl`` (KEY=VALUE), ``routes`` (TO VIA), ``files`` (N MODE PATH,
-the content in ``files.d/N``) and ``startup``. This module renders it (pure); its actions are in
+the content in ``files.d/N``), ``startup`` and ``checks`` (N ADDRESS EXPECT, results in its log as
+``umlstate-check: NONCE N ok|failed TIME DETAIL``, plan/checks.py). This module renders it (pure); its actions are in
 plan/actions/seed.py, root writes it through apply's host port (host/seed.py).
 """
 
@@ -44,7 +45,7 @@ def default_route(t: Topology, guest: Guest) -> str | None:
 
 def seed_of(t: Topology, guest: Guest) -> Seed | None:
     """The seed disk's files; None for a guest told nothing beyond its addresses (it has no seed disk)."""
-    if not guest.seeded:
+    if not t.has_seed(guest):
         return None
     hostname = guest.hostname or guest.name
     sysctl = "".join(f"{k} = {v}\n" for k, v in sorted(guest.sysctl.items()))
@@ -56,6 +57,9 @@ def seed_of(t: Topology, guest: Guest) -> Seed | None:
         "umlstate/routes": "".join(f"{to} {via}\n" for to, via in [*routes, *declared]),
         "umlstate/files": "".join(f"{i} {f.mode} {f.path}\n" for i, f in enumerate(guest.files)),
         "umlstate/startup": guest.startup or "",
+        # N TARGET EXPECT: N is the check's place in the topology, which its results name (umlstate-check: lines)
+        "umlstate/checks": "".join(f"{n} {t.check_target(c)} {c.expect}\n" for n, c in enumerate(t.checks)
+                                   if c.from_ == guest.name),
     }
     plain.update({f"umlstate/files.d/{i}": f.content or "" for i, f in enumerate(guest.files)})
     write_files: list[dict[str, Any]] = [{"path": f.path, "content": f.content or "", "permissions": f.mode}

@@ -21,7 +21,7 @@ from umlstate.plan.actions import Kind
 from umlstate.plan.result import Backoff, Plan
 from umlstate.plan.wanted import wanted_addresses, wanted_proxies, wanted_taps
 
-State = Literal["ok", "missing", "drifted", "conflict", "panicked", "hung"]
+State = Literal["ok", "missing", "drifted", "conflict", "panicked", "hung", "failed"]
 HUNG_AFTER = 60.0  # seconds up after which a guest whose mconsole stays silent is hung, not booting
 
 
@@ -146,4 +146,22 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
             listed.add(resource)
             rows.append(Row(action.kind, action.target, "missing" if resource in missing else "drifted",
                             "; ".join(by_target[resource])))
+    rows += _checks(t, s)
+    return rows
+
+
+def _checks(t: Topology, s: Snapshot) -> list[Row]:
+    """Each check's latest result, as the guest that runs it reported it (plan/checks.py)."""
+    rows = []
+    for n, check in enumerate(t.checks):
+        state = s.guests.get(check.from_)
+        said = state.checks.get(n) if state is not None else None
+        if said is None:
+            why = "not run yet" if state is not None and state.proc is not None else f"{check.from_} is not running"
+            rows.append(Row("check", check.label, "missing", why))
+            continue
+        ok, when, detail = said
+        at = datetime.fromtimestamp(when, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        rows.append(Row("check", check.label, "ok" if ok else "failed", f"{'passed' if ok else 'failed'} at {at}: "
+                        f"{detail}"))
     return rows

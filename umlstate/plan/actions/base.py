@@ -9,7 +9,7 @@ from umlstate.model.snapshot import Snapshot
 
 Op = Literal["create", "update", "delete", "replace"]
 Kind = Literal["tun-device", "group", "sysctl", "tap", "bridge", "vxlan", "fdb", "address", "proxy-neigh", "switch",
-               "guest", "ruleset", "route"]
+               "guest", "ruleset", "route", "check"]
 
 # What carrying out each kind of change takes, for the message a run without
 # it gets before it changes anything (rather than EPERM at its first step).
@@ -27,6 +27,7 @@ PRIVILEGE: dict[Kind, str] = {
     "guest": "starting or signalling a process as its declared user needs root (CAP_SETUID, CAP_KILL)",
     "ruleset": "nftables tables need CAP_NET_ADMIN",
     "route": "routes need CAP_NET_ADMIN",
+    "check": "asking a guest to run its checks goes through its mconsole, which only its user and root reach",
 }
 
 
