@@ -24,7 +24,9 @@ watch mode's repair time for a deleted tap, a killed switch and a panicked
 guest; the traffic policy's share of a 1000-tap apply, and TCP from the LAN
 into a guest with the policy and with its tables deleted; and `umlstate stop`
 of one guest and `destroy` of three, busybox guests and (--debian) Debian
-ones, one whose init powers off on ctrl-alt-del and a stock one that reboots.
+ones, one whose init powers off on ctrl-alt-del and a stock one that reboots;
+and Kathara's static-routing lab (two guest routers, a PC behind them, checks)
+from empty until the apply returns, and until every check has passed.
 """
 
 from __future__ import annotations
@@ -271,6 +273,83 @@ def bench_farm(k: int, repeat: int, folder: Path, image: Path, group: str) -> di
                 timed([PY, "-m", "umlstate", "--netns", host, "destroy", str(farm_topology(k, run, image, group)),
                        "--yes"])
     return {"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
+
+
+LAB = """\
+name: benchlab
+host:
+  run_dir: {folder}/run
+  state_dir: {folder}/state
+  tun: {{path: {folder}/dev/tun, mode: "0660", group: {group}}}
+  groups: [{{name: {group}, members: [nobody]}}]
+  sysctl: {{net.ipv4.ip_forward: 1}}
+  routes: [{{to: 10.0.34.0/24, via: 10.0.1.1}}]
+subnets:
+  - {{name: a, cidr: 10.0.1.0/24, gateway: 10.0.1.254}}
+  - {{name: core, cidr: 10.0.12.0/30}}
+  - {{name: b, cidr: 10.0.34.0/24}}
+switches:
+  - {{name: bra, kind: bridge, subnet: a}}
+  - {{name: brc, kind: bridge, subnet: core}}
+  - {{name: brb, kind: bridge, subnet: b}}
+guests:
+  - name: r1
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    sysctl: {{net.ipv4.ip_forward: 1}}
+    routes: [{{to: 10.0.34.0/24, via: 10.0.12.2}}]
+    nics:
+      - {{switch: bra, address: 10.0.1.1, allow_sources: [10.0.12.0/30, 10.0.34.0/24]}}
+      - {{switch: brc, address: 10.0.12.1, allow_sources: [172.16.0.0/16, 10.0.1.0/24]}}
+  - name: r2
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    sysctl: {{net.ipv4.ip_forward: 1}}
+    routes: [{{to: default, via: 10.0.12.1}}]
+    nics:
+      - {{switch: brc, address: 10.0.12.2, allow_sources: [10.0.34.0/24]}}
+      - {{switch: brb, address: 10.0.34.1, allow_sources: [172.16.0.0/16, 10.0.1.0/24, 10.0.12.0/30]}}
+  - name: pc
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    routes: [{{to: default, via: 10.0.34.1}}]
+    nics: [{{switch: brb, address: 10.0.34.2}}]
+checks:
+  - {{from: pc, ping: r1}}
+  - {{from: pc, ping: 10.0.1.254}}
+  - {{from: r1, ping: pc}}
+"""
+
+
+def bench_lab(repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
+    """The static-routing lab from empty: until apply returns, and until status shows every check passed."""
+    raw: dict[str, list[float]] = {"apply": [], "checks_passed": []}
+    for r in range(repeat):
+        run = folder / f"lab-{r}"
+        run.mkdir()
+        run.chmod(0o755)
+        topology = run / "lab.yaml"
+        topology.write_text(LAB.format(folder=run, group=group, image=image))
+        with lan_pair() as (host, _lan):
+            cli = [PY, "-m", "umlstate", "--netns", host]
+            start = time.perf_counter()
+            timed([*cli, "apply", str(topology), "--yes"])
+            raw["apply"].append(time.perf_counter() - start)
+            deadline = time.monotonic() + 120
+            while True:
+                rows = json.loads(sh(*cli, "status", "--json", str(topology), check=False).stdout)["resources"]
+                states = [row["state"] for row in rows if row["kind"] == "check"]
+                if len(states) == 3 and all(state == "ok" for state in states):
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"benchmark: the lab's checks did not all pass within 120 s: {states}")
+                time.sleep(0.1)
+            raw["checks_passed"].append(time.perf_counter() - start)
+            timed([*cli, "destroy", str(topology), "--yes"])
+    return {"raw": raw, "median": {m: statistics.median(v) for m, v in raw.items()}}
 
 
 def policy_seconds(json_log: str) -> float:
@@ -596,6 +675,10 @@ def table(results: dict[str, Any]) -> str:
         w = results["watch"]["median"]
         out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s, "
                    f"panicked guest (its end to the new one answering mconsole) {w['panicked_guest']:.2f} s")
+    if results.get("lab"):
+        m = results["lab"]["median"]
+        out.append(f"\nstatic-routing lab (2 routers, a PC, 3 checks), from empty: apply {m['apply']:.2f} s, "
+                   f"every check passed {m['checks_passed']:.2f} s")
     if results.get("policy"):
         m = results["policy"]["median"]
         out.append(f"\ntraffic policy: apply of 1000 taps {m['apply_1000']:.2f} s, of which loading the policy "
@@ -621,6 +704,7 @@ def main() -> None:
     parser.add_argument("--no-watch", action="store_true")
     parser.add_argument("--no-stops", action="store_true")
     parser.add_argument("--no-policy", action="store_true", help="skip the traffic policy's cost")
+    parser.add_argument("--no-lab", action="store_true", help="skip the static-routing lab")
     parser.add_argument("--debian", action="store_true", help="stops of Debian guests too (scripts/build-debian-guest)")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
     args = parser.parse_args()
@@ -634,6 +718,7 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
             "taps": [], "farm": [], "forms": [], "hosts": None, "watch": None, "stops": None, "policy": None,
+            "lab": None,
         }
         step: Callable[[str], None] = lambda text: print(f"-- {text}", file=sys.stderr, flush=True)  # noqa: E731
         results["errors"] = []
@@ -657,7 +742,8 @@ def main() -> None:
             found = section(f"{n} taps x {args.repeat}", functools.partial(bench_taps, n, args.repeat, folder))
             if found:
                 results["taps"].append(found)
-        if args.guests or args.forms or args.hosts or not args.no_watch or not args.no_stops or not args.no_policy:
+        if args.guests or args.forms or args.hosts or not args.no_watch or not args.no_stops or not args.no_policy \
+                or not args.no_lab:
             image = build(folder / "base.img")
             for k in [int(x) for x in args.guests.split(",") if x]:
                 found = section(f"farm of {k} guests x {args.repeat}",
@@ -673,6 +759,8 @@ def main() -> None:
                                            lambda: bench_hosts(args.hosts, args.repeat, folder, image, group))
             if not args.no_watch:
                 results["watch"] = section("watch repair", lambda: bench_watch(args.repeat, folder, image, group))
+            if not args.no_lab:
+                results["lab"] = section("static-routing lab", lambda: bench_lab(args.repeat, folder, image, group))
             if not args.no_policy:
                 results["policy"] = section("traffic policy", lambda: bench_policy(args.repeat, folder, image, group))
             if not args.no_stops:
