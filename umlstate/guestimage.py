@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 # Only a whole kernel-log line that umlstate's mconsole `log` wrote is a hot-plug order: the kernel prints
@@ -153,8 +153,12 @@ SEED_MODULES = ("kernel/fs/fat/fat.ko", "kernel/fs/fat/vfat.ko", "kernel/fs/nls/
                 "kernel/fs/nls/nls_iso8859-1.ko")
 
 
-def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None) -> Path:
+def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None,
+          modules: Sequence[Path] = (Path(UML_MODULES),)) -> Path:
     """Write an ext2 image with busybox and the init above to ``out``.
+
+    ``modules``: folders of UML kernels' modules (``<version>/kernel/...``, as Debian installs them and
+    scripts/fetch-vector-kernel keeps them); the seed modules of each version go into the image.
 
     ``extra`` maps a path in the image (``bin/pkt`` or ``/bin/pkt``) to a host file copied
     there with its mode (folders made as needed, an applet link of that name replaced); the
@@ -174,7 +178,8 @@ def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None) 
         shutil.copy2(busybox, root / "bin" / "busybox")
         for applet in APPLETS:
             (root / "bin" / applet).symlink_to("busybox")
-        for version in sorted(Path(UML_MODULES).iterdir()) if Path(UML_MODULES).is_dir() else ():
+        versions = [v for folder in modules if folder.is_dir() for v in sorted(folder.iterdir()) if v.is_dir()]
+        for version in versions:
             for module in SEED_MODULES:
                 if (version / module).is_file():
                     (root / "lib" / "modules" / version.name).mkdir(parents=True, exist_ok=True)
