@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from umlstate.guestimage import UML_MODULES, build
 
@@ -165,3 +166,51 @@ def test_a_route_through_no_neighbour_and_a_file_without_content_are_refused_whe
     out = json.dumps(checked.stdout + checked.stderr)
     assert "route to 10.0.34.0/24 goes via 10.9.9.9, which is on none of its NICs' subnets" in out, out
     assert "nowhere.conf" in out and "cannot read" in out, out
+
+
+KATHARA = {  # Kathara's static-routing lab (main-labs/basic-topics/static-routing), its routes uncommented
+    "lab.conf": 'LAB_DESCRIPTION="static routes"\n\nr1[0]="A"\nr1[1]="B"\nr1[image]="kathara/core"\n\n'
+                'r2[0]="C"\nr2[1]="B"\nr2[image]="kathara/core"\n\npc1[0]="A"\npc1[image]="kathara/core"\n\n'
+                'pc2[0]="C"\npc2[image]="kathara/core"\n',
+    "r1.startup": "ifconfig eth0 195.11.14.1/24 up\nifconfig eth1 100.0.0.9/30 up\n"
+                  "route add -net 200.1.1.0/24 gw 100.0.0.10 dev eth1\n",
+    "r2.startup": "ifconfig eth0 200.1.1.1/24 up\nifconfig eth1 100.0.0.10/30 up\n"
+                  "route add -net 195.11.14.0/24 gw 100.0.0.9 dev eth1\n",
+    "pc1.startup": "ifconfig eth0 195.11.14.5/24 up\nroute add default gw 195.11.14.1 dev eth0\n",
+    "pc2.startup": "ip address add 200.1.1.7/24 dev eth0\nip route add default via 200.1.1.1 dev eth0\n",
+    "r1/etc/lab/motd": "r1 of the static-routing lab\n",
+}
+
+
+def test_katharas_static_routing_lab_imports_and_runs(farm: Farm) -> None:
+    lab = farm.tmp / "kathara-static-routing"
+    for name, text in KATHARA.items():
+        (lab / name).parent.mkdir(parents=True, exist_ok=True)
+        (lab / name).write_text(text)
+    out = farm.tmp / "imported.yaml"
+    imported = farm.run("import", "kathara", str(lab), "--image", str(farm.image), "--out", str(out),
+                        "--host-on", "A=195.11.14.254")
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    topology = yaml.safe_load(out.read_text())
+    assert [g["name"] for g in topology["guests"]] == ["pc1", "pc2", "r1", "r2"]
+    r1 = topology["guests"][2]
+    assert r1["routes"] == [{"to": "200.1.1.0/24", "via": "100.0.0.10"}]
+    assert r1["files"] == [{"path": "/etc/lab/motd", "from": "kathara-static-routing/r1/etc/lab/motd"}]
+    # Where this farm keeps its state, and the checks a student would write.
+    topology["name"] = farm.name
+    topology["host"] |= {"run_dir": f"{farm.tmp}/run", "state_dir": f"{farm.tmp}/state",
+                         "tun": {"path": f"{farm.tmp}/dev/tun", "mode": "0660", "group": farm.group},
+                         "groups": [{"name": farm.group, "members": ["nobody"]}]}
+    topology["checks"] = [{"from": "pc1", "ping": "pc2"}, {"from": "pc2", "ping": "pc1"}]
+    for guest in topology["guests"]:
+        guest["mem"] = "96M"
+    out.write_text(yaml.safe_dump(topology, sort_keys=False))
+    applied = farm.run("apply", str(out), "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert farm.host.run("ping", "-c1", "-W2", "195.11.14.5").returncode == 0, "the host is on collision domain A"
+    deadline = time.monotonic() + 90
+    while (checked := farm.run("check", str(out))).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "2 of 2 check(s) went as expected" in checked.stdout
+    assert farm.run("destroy", str(out), "--yes").returncode == 0

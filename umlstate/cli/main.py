@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -427,6 +429,44 @@ def check_cmd(opts: Options, topology: str | None) -> None:
     click.echo(f"{len(results) - bad} of {len(results)} check(s) went as expected.")
     if bad:
         sys.exit(errors.EXIT_CHANGES)
+
+
+@cli.group("import")
+def import_group() -> None:
+    """Write a umlstate topology from another tool's lab."""
+
+
+@import_group.command("kathara")
+@click.argument("lab", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="The topology's name (default: the lab folder's, shortened).")
+@click.option("--user", default="nobody", show_default=True, help="The user the guests run as.")
+@click.option("--image", required=True, help="The UML base image every guest boots (Kathara's are Docker images).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here (files' `from` then relative to it) instead of standard output.")
+@click.option("--host-on", multiple=True, metavar="CD=ADDRESS",
+              help="Put the host on this collision domain, with this address as the subnet's gateway.")
+@run_safely
+def import_kathara(lab: Path, name: str | None, user: str, image: str, out: Path | None,  # noqa: PLR0917
+                   host_on: tuple[str, ...]) -> None:
+    """A Kathara or Netkit lab (lab.conf, *.startup, device folders) as a topology.
+
+    \b
+    Example:
+      umlstate import kathara static-routing --image /srv/uml/base.img --out lab.yaml
+    """
+    from umlstate.cli import kathara
+
+    pairs = [h.partition("=") for h in host_on]
+    if any(not sep for _cd, sep, _a in pairs):
+        raise click.UsageError("--host-on takes CD=ADDRESS, e.g. --host-on A=195.11.14.254")
+    default = re.sub(r"[^a-z0-9-]", "-", lab.resolve().name.lower())[:12].strip("-") or "lab"
+    text = kathara.convert(lab, name=name or default, user=user, image=image, out=out,
+                           host_on={cd: address for cd, _sep, address in pairs})
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"Wrote {out}; check it with `umlstate validate {out}`.")
 
 
 @cli.command("console")

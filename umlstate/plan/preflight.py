@@ -121,6 +121,14 @@ def programs(b: Builder) -> None:
 
 
 def warnings(t: Topology, b: Builder) -> None:
+    for guest in t.guests:  # a router: what it forwards from elsewhere leaves it with sources not its own
+        if guest.sysctl.get("net.ipv4.ip_forward", "0").strip() != "1":
+            continue
+        bare = [f"eth{i}" for i, nic in enumerate(guest.nics) if nic.port_security and not nic.allow_sources]
+        if bare:
+            b.warn("guest", guest.name, f"guest {guest.name} forwards (net.ipv4.ip_forward: 1), but {', '.join(bare)} "
+                   "declares no allow_sources: its port security drops what it forwards from other networks",
+                   "list the networks it forwards from under nics[].allow_sources")
     if any(sn.proxy_arp for sn in t.subnets) and b.s.sysctls.get("net.ipv4.ip_forward") != "1":
         b.warn("sysctl", "net.ipv4.ip_forward", "proxy ARP is configured but net.ipv4.ip_forward is not 1: the "
                "kernel only answers proxy entries and forwards to the guests when forwarding is on",
