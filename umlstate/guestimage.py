@@ -98,7 +98,7 @@ if [ -n "$seed" ]; then
 fi
 echo "umlstate-guest: ready: $(ip -4 -o addr show | grep -v ' lo ' | awk '{print $2, $4}' | tr '\\n' ' ')"
 if [ -s "$seed/startup" ]; then  # after its network, as root, at every boot; what it says goes to the log
-    sh "$seed/startup" 2>&1 | sed 's/^/umlstate-guest: startup: /'
+    ( sh "$seed/startup" 2>&1 | sed 's/^/umlstate-guest: startup: /' ) &  # a daemon it starts keeps the pipe
 fi
 echo "umlstate: network up"  # its own report: ready, where the host cannot see it (apply/boot.py)
 run_checks() {  # $1: a nonce ("boot", or umlstate check's); results as plan/checks.py reads them

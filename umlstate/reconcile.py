@@ -190,27 +190,26 @@ class Reconciler:
         results, each the guest's own line in its log, or None where none came within ``timeout``."""
         if os.geteuid() != 0:
             raise self._not_root("check", [f"checks: {PRIVILEGE['check']}"])
-        nonce = secrets.token_hex(4)
         snapshot = self.observe()
-        asked = set()
+        asked: dict[str, str] = {}  # guest -> the nonce it alone was given
         for name in sorted({c.from_ for c in self.topology.checks}):
             state = snapshot.guests.get(name)
             path = processes.mconsole_path(state.proc, name) if state is not None and state.proc else None
             if state is None or state.proc is None or path is None:
                 continue
+            nonce = secrets.token_hex(4)
             with contextlib.suppress(mconsole.MconsoleError):  # a guest that does not take it reports nothing
                 mconsole.command(path, "log " + checks.ASK.format(nonce=nonce), owner=state.proc.uid, timeout=5.0)
-                asked.add(name)
-        wanted = [n for n, c in enumerate(self.topology.checks) if c.from_ in asked]
+                asked[name] = nonce
+        wanted = {n for n, c in enumerate(self.topology.checks) if c.from_ in asked}
         found: dict[int, CheckResult] = {}
         deadline = time.monotonic() + timeout
         while len(found) < len(wanted) and time.monotonic() < deadline:
             time.sleep(0.2)
             with folders.open_trusted(f"{self.topology.state_dir}/{folders.LOGS_DIR}") as logs_dir:
-                for name in asked:
-                    for n, result in checks.results(logs.tail(logs_dir.fd, name)).items():
-                        if result.nonce == nonce and n in wanted:
-                            found[n] = result
+                for name, nonce in asked.items():
+                    said = checks.results(self.topology, name, logs.tail(logs_dir.fd, name))
+                    found |= {n: r for n, r in said.items() if r.nonce == nonce}
         return [(n, found.get(n)) for n in range(len(self.topology.checks))]
 
     def hold(self, guest: str, held: bool) -> None:

@@ -52,12 +52,12 @@ def test_a_lab_becomes_bridges_subnets_guests_routes_files_and_startup(tmp_path:
 def test_two_subnets_on_one_collision_domain_are_refused_by_name(tmp_path: Path) -> None:
     lab = write(tmp_path / "lab", {**LAB, "pc1.startup": "ifconfig eth0 10.9.9.5/24 up\n"})
     with pytest.raises(UsageError, match=r"collision domain A has several subnets \(10.0.1.0/24, 10.9.9.0/24\)"):
-        convert(lab, name="lab", user="nobody", image="/srv/uml/base.img")
+        convert(lab, name="lab", user="nobody", image="/srv/uml/base.img", out=tmp_path / "lab.yaml")
 
 
 def test_a_link_in_a_device_folder_is_left_out(tmp_path: Path) -> None:
     lab = write(tmp_path / "lab", LAB)
     (lab / "r1" / "etc" / "shadow").symlink_to("/etc/shadow")
-    text = convert(lab, name="lab", user="nobody", image="/srv/uml/base.img")
+    text = convert(lab, name="lab", user="nobody", image="/srv/uml/base.img", out=tmp_path / "lab.yaml")
     assert "/etc/shadow is not a regular file: left out" in text
     assert "from: /etc/shadow" not in text

@@ -9,6 +9,7 @@ subnet the host is not on is ready from its own report.
 from __future__ import annotations
 
 import json
+import pwd
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 import yaml
 
 from umlstate.guestimage import UML_MODULES, build
+from umlstate.model.topology import Check
+from umlstate.plan.checks import check_id
 
 from farm import Farm, ttl
 
@@ -78,6 +81,8 @@ guests:
     mem: 96M
     disk: {{base: {image}}}
     hostname: lonely
+    startup: |  # a hostile guest forges a result of pc's check in its own log
+      echo "umlstate-check: boot {forged} failed 1700000000 forged by lonely" > /dev/console
     nics: [{{switch: bri, address: 10.0.99.1}}]
 checks:
   - {{from: pc, ping: r1}}
@@ -105,7 +110,8 @@ def write_lab(farm: Farm, kernel: str = "linux.uml") -> None:
         if not (Path(kernel).parent / "modules").is_dir():
             pytest.skip(f"{kernel} was fetched without its modules: its guests cannot read a seed disk")
         image = build(farm.tmp / "lab.img", modules=(Path(UML_MODULES), Path(kernel).parent / "modules"))
-    text = LAB.format(name=farm.name, tmp=farm.tmp, group=farm.group, image=image)
+    forged = check_id(Check.model_validate({"from": "pc", "ping": "r1"}))
+    text = LAB.format(name=farm.name, tmp=farm.tmp, group=farm.group, image=image, forged=forged)
     farm.path.write_text(text.replace("    user: nobody\n", f"    user: nobody\n    kernel: {kernel}\n"))
 
 
@@ -125,6 +131,9 @@ def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_
     r1 = farm.log("r1")
     assert f"umlstate-guest: startup: r1 says: router r1 of {farm.name} as router-one" in r1, r1[-1500:]
     assert "ubd1r=" in " ".join(farm.recorded("guest-r1")["argv"])
+    seed = (farm.tmp / "state" / "seeds" / "r1.img").stat()
+    assert (seed.st_uid, seed.st_gid, seed.st_mode & 0o777) == (pwd.getpwnam("nobody").pw_uid, 0, 0o400), \
+        "the guest's user alone reads its seed"
     assert "umlstate.gw=" not in " ".join(farm.recorded("guest-pc")["argv"]), "its own default route replaces it"
     plan = farm.cli("plan", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stdout + plan.stderr
@@ -132,6 +141,7 @@ def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_
     # Checks: each guest ran its own once its network was up; status shows each one's last result.
     rows = check_rows(farm, until=lambda r: r["lonely ping pc"]["state"] == "failed")
     assert rows["pc ping r1"]["state"] == "ok" and "passed at" in rows["pc ping r1"]["detail"], rows
+    assert "forged" in farm.log("lonely"), "lonely did print its forgery; it counts for nothing"
     assert rows["pc ping 10.0.99.1 (expect fail)"]["state"] == "ok", rows
     assert "ping 10.0.34.2: no answer, expected pass" in rows["lonely ping pc"]["detail"], rows
     assert farm.cli("status").returncode == 2, "a failing check is not ok"

@@ -84,6 +84,7 @@ class Executor:
         self.spawned: dict[str, Proc] = {}
         self.ruleset: RulesetRecord | None = None  # the policy as nftables listed it back after loading
         self.seeds: dict[str, SeedRecord | None] = {}  # seed disks written (None: removed) in this pass
+        self.unrouted: set[tuple[str, str]] = set()  # host routes recorded ahead whose add failed: not ours
         self.failed: list[tuple[str, str]] = []
         self.skipped: list[tuple[A.AnyAction, str]] = []
         self.broken: dict[str, str] = {}  # resource -> the failed resource it is broken by (itself when it failed)
@@ -131,6 +132,7 @@ class Executor:
         seeds = {g: r for g, r in {**observed.records.seeds, **self.seeds}.items() if r is not None}
         self._save(replace(final.records, pending_taps=frozenset(), boot_id=observed.boot_id,
                            processes=self._running(observed, final), crashes=crashes, seeds=seeds,
+                           routes=final.records.routes - self.unrouted,
                            ruleset=self.ruleset if final.records.ruleset and self.ruleset else final.records.ruleset))
         self.result.seconds = time.monotonic() - start
         if self.failed:
@@ -176,6 +178,8 @@ class Executor:
 
     def _fail(self, action: A.AnyAction, cause: str) -> None:
         log.error("action failed", op=action.op, kind=action.kind, target=action.target, error=cause)
+        if isinstance(action, A.AddRoute):  # e.g. it exists already, someone else's: never to be removed as ours
+            self.unrouted.add((action.to, str(action.via)))
         self.failed.append((f"{action.op} {action.kind} {action.target}", cause))
         for resource in graph.provides(action):
             self.broken.setdefault(resource, f"{action.kind} {action.target}")
@@ -342,7 +346,7 @@ class Executor:
                 self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.line.argv))
             case A.WriteSeed() | A.RewriteSeed():
                 h.write_seed(action.path, action.seed.files, action.user)
-                self.seeds[action.name] = SeedRecord(action.path, action.seed.digest)
+                self.seeds[action.name] = SeedRecord(action.path, action.seed.digest, action.user)
             case A.DeleteSeed():
                 h.delete_seed(action.path)
                 self.seeds[action.name] = None

@@ -18,7 +18,7 @@ from typing import Protocol
 from umlstate.apply import ruleset
 from umlstate.errors import ActionError, HostError
 from umlstate.host import netlink, records, seed, sysctl, tun
-from umlstate.host.users import gid_of, primary_gid, uid_of
+from umlstate.host.users import gid_of, uid_of
 from umlstate.model.snapshot import Records, RulesetRecord
 from umlstate.plan import actions as A
 from umlstate.plan.cmdline import PROGRAM_PACKAGES
@@ -123,8 +123,8 @@ class System:
         records.save(state_dir, recs)
 
     def write_seed(self, path: str, files: tuple[tuple[str, bytes], ...], user: str) -> None:
-        """Readable by the guest's user's group: the guest opens it as that user."""
-        seed.write(path, files, primary_gid(uid_of(user)))
+        """Readable by the guest's user alone: the guest opens it as that user."""
+        seed.write(path, files, uid_of(user))
 
     def delete_seed(self, path: str) -> None:
         seed.delete(path)

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from umlstate import errors
 from umlstate.errors import HostError, StalePlanError
-from umlstate.host.safefs import UnsafePath, read_bounded
+from umlstate.host import folders
+from umlstate.host.safefs import Dir, UnsafePath, read_bounded
 from umlstate.host.trusted import check_trusted_folder
 from umlstate.model.loader import load_document, load_file
 from umlstate.model.topology import GUEST_FILE_MAX, Topology
@@ -76,9 +77,30 @@ def check_file_safety(path: str) -> None:
                         f"chown root: {path} && chmod go-w {path}")
 
 
-def read_guest_file(path: str) -> bytes:
-    """A guest file's ``from``: anyone's file, so read with a bound and never through a link or a FIFO."""
-    return read_bounded(path, GUEST_FILE_MAX + 1)
+def read_guest_file(folder: str, below: str) -> bytes:
+    """A guest file's ``from``, below the topology's folder: anyone's file, so each folder on the way is
+    opened without following a link, and the file is read with a bound, only if regular and not hard-linked
+    (a link planted in a lab folder never makes root read /etc/shadow into a seed)."""
+    top = folders.open_trusted(folder) if os.geteuid() == 0 else Dir.open(os.path.realpath(folder))
+    *steps, name = below.split("/")
+    current = top
+    try:
+        for step in steps:
+            current = current.sub(step) if current is top else _swap(current, current.sub(step))
+        st = current.lstat(name)
+        if st is not None and st.st_nlink != 1:
+            raise UnsafePath(f"{folder}/{below} has {st.st_nlink} hard links, so it is also a file elsewhere",
+                             "give the guest a copy of its own")
+        return current.read(name, GUEST_FILE_MAX)
+    finally:
+        if current is not top:
+            current.close()
+        top.close()
+
+
+def _swap(old: Dir, new: Dir) -> Dir:
+    old.close()
+    return new
 
 
 def load_topology(given: str | None) -> tuple[str, Topology]:
@@ -107,4 +129,8 @@ def load_target(given: str | None, netns: str | None) -> tuple[Topology, SavedPl
 
 
 def save_plan(out: str, saved: SavedPlan) -> None:
-    Path(out).write_text(saved.model_dump_json(indent=1) + "\n")
+    """Its owner's alone (0600): it carries the topology, guests' files among it."""
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(saved.model_dump_json(indent=1) + "\n")

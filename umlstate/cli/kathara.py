@@ -12,7 +12,7 @@ MAX_FILES files. It translates:
   routes; ``sysctl -w K=V`` and ``echo V > /proc/sys/...`` become sysctls; ``ip link set ... up`` and
   comments go; every other line stays, in order, in startup;
 - the device folder ``dev/``: each regular file becomes a file of the guest (``from``, relative to the
-  topology written with ``--out``, absolute otherwise).
+  folder the topology is written to: ``--out``'s, or the current one).
 
 Every collision domain is a subnet without the host (no gateway); ``--host-on CD=ADDRESS`` puts the host on
 one, with that address as its gateway, as Kathara's ``bridged`` or a Netkit tap does.
@@ -169,7 +169,10 @@ def _folder(folder: Path, device: Device, out: Path | None, notes: list[str]) ->
             if os.lstat(path).st_size > GUEST_FILE_MAX:
                 notes.append(f"{device.name}: {path} is larger than {GUEST_FILE_MAX} bytes: left out")
                 continue
-            where = os.path.relpath(path, out.parent) if out is not None else str(path.resolve())
+            where = os.path.relpath(path.resolve(), (out.parent if out is not None else Path()).resolve())
+            if where.startswith(".."):
+                raise UsageError(f"{path} is not below the folder the topology is written to; a guest file's "
+                                 "'from' must be: write it (--out) in the lab's folder or one above it")
             device.files.append({"path": "/" + str(path.relative_to(folder)), "from": where})
 
 

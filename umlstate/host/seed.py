@@ -22,10 +22,15 @@ SLACK = 512 << 10  # bytes beyond the files: the FAT, its root folder and cluste
 PROGRAMS = ("mkfs.vfat", "mcopy")
 
 
-def write(path: str, files: tuple[tuple[str, bytes], ...], gid: int) -> None:
+CLUSTER = 4096  # what each file takes at least on the image, however small
+
+
+def write(path: str, files: tuple[tuple[str, bytes], ...], uid: int) -> None:
     folder, name = os.path.split(path)
-    with folders.open_trusted(folder, create=True):  # vetted: only root can change what the path leads to
-        pass
+    with folders.open_trusted(folder, create=True) as seeds:  # vetted: only root can change where it leads
+        for left in seeds.names():  # a crashed write's work folder (root's, in root's folder)
+            if left.startswith(f".{name}."):
+                shutil.rmtree(os.path.join(folder, left), ignore_errors=True)
     work = tempfile.mkdtemp(prefix=f".{name}.", dir=folder)
     try:
         for inner, data in files:
@@ -34,12 +39,12 @@ def write(path: str, files: tuple[tuple[str, bytes], ...], gid: int) -> None:
             with open(target, "xb") as f:
                 f.write(data)
         image = os.path.join(work, "seed.img")
-        size_kb = max(1440, (sum(len(d) for _, d in files) * 5 // 4 + SLACK) // 1024)
+        size_kb = max(1440, (sum(len(d) + CLUSTER for _, d in files) * 5 // 4 + SLACK) // 1024)
         _run("mkfs.vfat", "-C", "-n", LABEL, image, str(size_kb))
         tree = os.path.join(work, "tree")
         _run("mcopy", "-i", image, "-s", "-Q", *[os.path.join(tree, e) for e in sorted(os.listdir(tree))], "::/")
-        os.chown(image, 0, gid)
-        os.chmod(image, 0o640)
+        os.chown(image, uid, 0)
+        os.chmod(image, 0o400)
         with open(image, "rb") as f:
             os.fsync(f.fileno())
         os.replace(image, path)
@@ -56,6 +61,7 @@ def delete(path: str) -> None:
 def _run(program: str, *args: str) -> None:
     try:
         done = subprocess.run([program, *args], check=False, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL,
                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"})
     except FileNotFoundError:
         raise ActionError(f"{program} is not installed (apt-get install dosfstools mtools)") from None

@@ -67,7 +67,9 @@ class _Doc:
         return self.values.get(loc, (1, 1))
 
 
-ReadFrom = Callable[[str], bytes]  # reads a guest file's `from` (the CLI's: bounded, never through a link)
+# Reads a guest file's `from`: (the topology's folder, a path below it). The CLI's walks it one folder at a
+# time, never through a link, and reads a bounded regular file.
+ReadFrom = Callable[[str, str], bytes]
 
 
 def load_file(path: str | os.PathLike[str], read_from: ReadFrom | None = None) -> Topology:
@@ -149,11 +151,18 @@ def _read_guest_files(data: dict[str, Any], doc: _Doc) -> None:
             if "content" in entry:
                 doc.error(doc.where(loc, key=True), "a file takes exactly one of 'content' and 'from', not both")
                 continue
+            below = entry["from"]
+            parts = below.split("/")
+            if below.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in below:
+                doc.error(doc.where(loc), f"'from' must be a path below the topology file's folder, without '..' "
+                                          f"or '//', not {below!r}")
+                continue
             if doc.read_from is None:
                 continue
-            path = os.path.join(os.path.dirname(os.path.abspath(doc.file)), entry["from"])
+            folder = os.path.dirname(os.path.abspath(doc.file))
+            path = os.path.join(folder, below)
             try:
-                raw = doc.read_from(path)
+                raw = doc.read_from(folder, below)
             except (OSError, UmlstateError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
                 doc.error(doc.where(loc), f"cannot read {path}: {why}")

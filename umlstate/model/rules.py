@@ -460,7 +460,10 @@ def _lab(t: Topology) -> Iterator[Problem]:
             yield Problem(("checks", c, "ping"), f"check {check.label}: {check.ping!r} is {what}")
     hosted = [s for s in t.subnets if s.gateway is not None]
     for r, route in enumerate(t.host.routes):
-        if not any(route.via in s.cidr for s in hosted):
+        if route.to == "default":
+            yield Problem(("host", "routes", r, "to"), "host routes lead to networks behind guests; umlstate does "
+                                                       "not set the host's default route (a guest would own it)")
+        elif not any(route.via in s.cidr for s in hosted):
             on = ", ".join(f"{s.name} ({s.cidr})" for s in hosted) or "none"
             yield Problem(("host", "routes", r, "via"), f"host route to {route.to} goes via {route.via}, which is on "
                                                         f"no subnet the host has a gateway on ({on})")

@@ -123,6 +123,7 @@ class SeedRecord:
 
     path: str
     digest: str
+    user: str = ""  # who may read it: the guest's user when it was written
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,9 @@ class Snapshot:
         return found.gid if found else None
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(dumps(dataclasses.replace(self, now=0.0)).encode()).hexdigest()[:16]
+        """The host as a plan depends on it: not the time, nor what guests say of their checks."""
+        guests = {n: dataclasses.replace(g, checks={}) if g.checks else g for n, g in self.guests.items()}
+        return hashlib.sha256(dumps(dataclasses.replace(self, now=0.0, guests=guests)).encode()).hexdigest()[:16]
 
 
 # JSON codec, for observed.json in golden tests and for saved plans.

@@ -210,9 +210,8 @@ def _check_results(t: Topology, name: str) -> dict[int, tuple[bool, float, str]]
     if folder is None:
         return {}
     with folder:
-        said = checks.results(logs.tail(folder.fd, name))
-    return {n: (r.ok, r.when, r.detail) for n, r in said.items()
-            if n < len(t.checks) and t.checks[n].from_ == name}
+        said = checks.results(t, name, logs.tail(folder.fd, name))
+    return {n: (r.ok, r.when, r.detail) for n, r in said.items()}
 
 
 def _last_words(t: Topology, name: str) -> tuple[str | None, tuple[str, ...], float | None]:

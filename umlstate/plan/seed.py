@@ -12,8 +12,8 @@ layout, so that images with cloud-init read it unmodified:
 
 and the same facts as plain lines under ``umlstate/`` for inits without cloud-init (umlstate's busybox image
 and ``contrib/guest``): ``hostname``, ``sysctl`` (KEY=VALUE), ``routes`` (TO VIA), ``files`` (N MODE PATH,
-the content in ``files.d/N``), ``startup`` and ``checks`` (N ADDRESS EXPECT, results in its log as
-``umlstate-check: NONCE N ok|failed TIME DETAIL``, plan/checks.py). This module renders it (pure); its actions are in
+the content in ``files.d/N``), ``startup`` and ``checks`` (ID ADDRESS EXPECT, results in its log as
+``umlstate-check: NONCE ID ok|failed TIME DETAIL``, plan/checks.py). This module renders it (pure); its actions are in
 plan/actions/seed.py, root writes it through apply's host port (host/seed.py).
 """
 
@@ -26,6 +26,7 @@ import yaml
 
 from umlstate.model.topology import Guest, Topology
 from umlstate.plan import actions as A
+from umlstate.plan import checks
 from umlstate.plan.actions.seed import Seed
 from umlstate.plan.result import Builder
 
@@ -57,8 +58,8 @@ def seed_of(t: Topology, guest: Guest) -> Seed | None:
         "umlstate/routes": "".join(f"{to} {via}\n" for to, via in [*routes, *declared]),
         "umlstate/files": "".join(f"{i} {f.mode} {f.path}\n" for i, f in enumerate(guest.files)),
         "umlstate/startup": guest.startup or "",
-        # N TARGET EXPECT: N is the check's place in the topology, which its results name (umlstate-check: lines)
-        "umlstate/checks": "".join(f"{n} {t.check_target(c)} {c.expect}\n" for n, c in enumerate(t.checks)
+        # ID TARGET EXPECT: ID is the check's own, which its results name (umlstate-check: lines)
+        "umlstate/checks": "".join(f"{checks.check_id(c)} {t.check_target(c)} {c.expect}\n" for c in t.checks
                                    if c.from_ == guest.name),
     }
     plain.update({f"umlstate/files.d/{i}": f.content or "" for i, f in enumerate(guest.files)})
@@ -109,16 +110,17 @@ def plan_step(t: Topology, b: Builder) -> None:
             continue
         wanted[guest.name] = path
         have = b.s.seeds.get(guest.name)
-        if have is not None and have.digest == seed.digest and have.path == path:
+        if have is not None and have.digest == seed.digest and have.path == path and have.user == guest.user:
             continue
         state = b.s.guests.get(guest.name)
         running = state is not None and state.proc is not None
         if have is None:
             b.add(A.WriteSeed("missing", guest.name, path, guest.user, seed))
         else:
-            b.add(A.RewriteSeed("the topology tells the guest something new" + (
-                "; the running guest reads it at its next boot" if running else ""), guest.name, path, guest.user,
-                seed))
+            why = "the topology tells the guest something new" if have.digest != seed.digest or have.path != path \
+                else f"written for {have.user or 'another user'}, now the guest runs as {guest.user}"
+            b.add(A.RewriteSeed(why + ("; the running guest reads it at its next boot" if running else ""),
+                                guest.name, path, guest.user, seed))
     for name, have in sorted(b.s.seeds.items()):
         if name not in wanted or wanted[name] != have.path:
             b.add(A.DeleteSeed("no longer wanted", name, have.path))

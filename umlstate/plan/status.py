@@ -161,7 +161,10 @@ def _checks(t: Topology, s: Snapshot) -> list[Row]:
             rows.append(Row("check", check.label, "missing", why))
             continue
         ok, when, detail = said
-        at = datetime.fromtimestamp(when, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        try:  # the guest's own word for when
+            at = datetime.fromtimestamp(when, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        except (ValueError, OverflowError, OSError):
+            at = "an impossible time"
         rows.append(Row("check", check.label, "ok" if ok else "failed", f"{'passed' if ok else 'failed'} at {at}: "
                         f"{detail}"))
     return rows

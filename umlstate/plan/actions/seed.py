@@ -47,11 +47,11 @@ class WriteSeed(Action):
 
     @property
     def detail(self) -> str:
-        return f"write its seed disk {self.path} ({len(self.seed.files)} files, {self.seed.size} bytes), read-only " \
-               "to the guest"
+        return f"write its seed disk {self.path} ({len(self.seed.files)} files, {self.seed.size} bytes), readable " \
+               f"by {self.user} alone, read-only to the guest"
 
     def simulate(self, s: Snapshot) -> Snapshot:
-        record = SeedRecord(self.path, self.seed.digest)
+        record = SeedRecord(self.path, self.seed.digest, self.user)
         return replace(s, seeds={**s.seeds, self.name: record},
                        records=replace(s.records, seeds={**s.records.seeds, self.name: record}))
 
