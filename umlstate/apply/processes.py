@@ -90,8 +90,9 @@ class Processes:
             os.close(fd)
             if pty is not None:
                 pty.close()
-        if proc.start:
-            remember(unit, proc)
+        # Recorded even when it exited before its identity could be read (start 0, never alive): that run
+        # started and died, and its death counts towards a crash loop's backoff like any other.
+        remember(unit, proc)
         return proc
 
     def start_switch(self, a: A.StartSwitch, remember: Remember) -> None:

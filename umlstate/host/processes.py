@@ -79,8 +79,8 @@ def spawn(argv: tuple[str, ...], uid: int, log_fd: int, *, unit: str, cgroups: C
             os.close(keep)
     # Recorded while it is our unreaped child: its pid cannot have been reused yet.
     found = identity.record(child.pid, argv[0], cgroup=cgroups is not None)
-    if found is None:
-        return Proc(child.pid, uid, argv, 0.0)  # exited at once: the caller's readiness check says why
+    if found is None:  # exited at once: a run that started and died (a crash), never alive() again
+        return Proc(child.pid, uid, argv, time.time())
     return proc_of(found, argv, console.path if console is not None else None)
 
 
