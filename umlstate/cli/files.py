@@ -8,6 +8,7 @@ model and rules as a file. The saved-plan format is one typed model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -81,26 +82,17 @@ def read_guest_file(folder: str, below: str) -> bytes:
     """A guest file's ``from``, below the topology's folder: anyone's file, so each folder on the way is
     opened without following a link, and the file is read with a bound, only if regular and not hard-linked
     (a link planted in a lab folder never makes root read /etc/shadow into a seed)."""
-    top = folders.open_trusted(folder) if os.geteuid() == 0 else Dir.open(os.path.realpath(folder))
     *steps, name = below.split("/")
-    current = top
-    try:
+    with contextlib.ExitStack() as held:
+        current = held.enter_context(
+            folders.open_trusted(folder) if os.geteuid() == 0 else Dir.open(os.path.realpath(folder)))
         for step in steps:
-            current = current.sub(step) if current is top else _swap(current, current.sub(step))
+            current = held.enter_context(current.sub(step))
         st = current.lstat(name)
         if st is not None and st.st_nlink != 1:
             raise UnsafePath(f"{folder}/{below} has {st.st_nlink} hard links, so it is also a file elsewhere",
                              "give the guest a copy of its own")
         return current.read(name, GUEST_FILE_MAX)
-    finally:
-        if current is not top:
-            current.close()
-        top.close()
-
-
-def _swap(old: Dir, new: Dir) -> Dir:
-    old.close()
-    return new
 
 
 def load_topology(given: str | None) -> tuple[str, Topology]:
