@@ -1,0 +1,104 @@
+"""The ports of the traffic policy: each tap guests send into, and what they may send through it.
+
+Pure, in the plan layer; ``plan.ruleset`` renders each port's chain from these.
+A port's MACs, addresses and networks come from the topology alone, never from
+what a guest has sent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from umlstate.model.topology import Guest, Nic, Topology
+
+
+@dataclass(frozen=True)
+class Port:
+    """A tap guests send into, and what they may send through it."""
+
+    link: str
+    who: str  # for people: "guest web eth0", "tap uml0 (switch sw0: guests db, web)"
+    macs: tuple[str, ...]  # empty: nobody declared behind it, any MAC
+    sources4: tuple[str, ...] | None  # addresses or networks; None: not checked (no subnet, nothing declared)
+    forbidden4: tuple[str, ...]  # inside sources4, yet someone else's (the gateway, declared guests)
+    onlink4: tuple[str, ...]  # subnets in sources4 (no address declared): any of their addresses, a few at a time
+    sources6: tuple[str, ...]
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address a MAC gives (EUI-64), the one a guest's kernel takes by default."""
+    octets = [int(x, 16) for x in mac.split(":")]
+    eui = [octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + bytes(eui)))
+
+
+def _nics_behind(t: Topology) -> dict[str, list[tuple[Guest, int]]]:
+    """Declared tap -> the guest NICs whose frames come out of it: on it alone, or on the switch plugged into it."""
+    found: dict[str, list[tuple[Guest, int]]] = {}
+    for guest in t.guests:
+        for i, nic in enumerate(guest.nics):
+            switch = t.switch(nic.switch) if nic.switch else None
+            tap = nic.tap or (switch.tap if switch is not None else None)
+            if tap is not None:
+                found.setdefault(tap, []).append((guest, i))
+    return found
+
+
+def ports(t: Topology) -> list[Port]:
+    """Every secured port, by link name: bridge NICs' taps and declared taps (NICs with port_security off
+    leave their port open; on a tap shared through a switch, one such NIC opens the whole tap)."""
+    declared = {ipaddress.IPv4Address(a) for g in t.guests for n in g.nics if (a := n.address) is not None}
+    out: list[Port] = []
+    for nt in t.nic_taps():
+        guest = t.guest(nt.guest)
+        assert guest is not None
+        if guest.nics[nt.nic].port_security:
+            out.append(_port(t, nt.name, f"guest {guest.name} NIC {nt.nic}", [(guest, nt.nic)], declared=declared))
+    nics_behind = _nics_behind(t)
+    for tap in t.taps:
+        behind = nics_behind.get(tap.name, [])
+        if all(g.nics[i].port_security for g, i in behind):
+            names = ", ".join(sorted({g.name for g, _ in behind})) or "none declared"
+            out.append(_port(t, tap.name, f"tap {tap.name} (guests {names})", behind, declared=declared,
+                             subnet=tap.subnet))
+    return sorted(out, key=lambda p: p.link)
+
+
+def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
+          declared: set[ipaddress.IPv4Address], subnet: str | None = None) -> Port:
+    macs: list[str] = []
+    sources4: list[str] = []
+    forbidden4: set[str] = set()
+    onlink4: set[str] = set()
+    sources6: list[str] = ["::"]  # duplicate address detection
+    checked4 = True
+    for guest, i in nics:
+        nic: Nic = guest.nics[i]
+        mac = t.mac_of(guest, i)
+        macs.append(mac)
+        sources6.append(link_local(mac))
+        net = t.subnet_of_nic(nic)
+        if nic.address is not None:  # and its other NICs' on the same subnet: Linux answers for them on any
+            sources4 += [str(o.address) for o in guest.nics if o.address is not None and t.subnet_of_nic(o) == net]
+        elif net is not None:  # no address declared: any of its subnet's that is nobody else's
+            sources4.append(str(net.cidr))
+            onlink4.add(str(net.cidr))
+            forbidden4 |= {str(a) for a in declared if a in net.cidr and a != nic.address}
+            if net.gateway is not None:
+                forbidden4.add(str(net.gateway))
+        else:
+            checked4 = False
+        for extra in nic.allow_sources:
+            (sources4 if extra.version == 4 else sources6).append(str(extra))
+    if not nics:  # a tap nobody declared a guest behind: its subnet's spare addresses, if it has one
+        net = t.subnet(subnet) if subnet else None
+        checked4 = net is not None
+        if net is not None:
+            sources4.append(str(net.cidr))
+            onlink4.add(str(net.cidr))
+            forbidden4 |= {str(a) for a in declared if a in net.cidr}
+            if net.gateway is not None:
+                forbidden4.add(str(net.gateway))
+    return Port(link, who, tuple(sorted(set(macs))), tuple(sorted(set(sources4))) if checked4 else None,
+                tuple(sorted(forbidden4)), tuple(sorted(onlink4)), tuple(sorted(set(sources6))))
