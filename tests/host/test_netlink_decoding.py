@@ -10,7 +10,7 @@ owner, a group, an ifalias and a link group; a bridge with a tap enslaved to it;
 information; a veth pair; addresses; proxy neighbour entries (SETUP below).
 
 The tests that need no root replay the captured buffers through a double of the netlink socket
-(``ReplaySocket``, put in place of ``netlink._socket``), check each decode against its JSON and
+(``ReplaySocket``, put in place of ``rtnl.open_socket``), check each decode against its JSON and
 against pyroute2's own parser of the same bytes, and throw malformed messages at the decoders
 (hypothesis). One root test captures afresh in a new namespace and checks the live kernel still
 answers as the fixtures say; with UMLSTATE_RECAPTURE=1 it rewrites the fixtures, bytes included.
@@ -42,6 +42,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from umlstate.errors import ActionError
 from umlstate.host import netlink as k
+from umlstate.host import rtnl as r
 from umlstate.model.snapshot import Link
 
 from conftest import ROOT, make_netns, needs_root, remove_netns, sh
@@ -180,7 +181,7 @@ def replaying(monkeypatch: pytest.MonkeyPatch, captures: list[Capture]) -> list[
         opened.append(ReplaySocket(captures))
         return opened[-1]
 
-    monkeypatch.setattr(k, "_socket", factory)
+    monkeypatch.setattr(r, "open_socket", factory)
     return opened
 
 
@@ -188,12 +189,12 @@ def messages(capture: Capture) -> list[tuple[int, int, bytes, int, int]]:
     """What _messages makes of a capture's buffers, its request already sent."""
     sock = ReplaySocket([capture])
     sock.send(capture.request)
-    return list(k._messages(cast(socket.socket, sock)))
+    return list(r.messages(cast(socket.socket, sock)))
 
 
 def decoded_links(capture: Capture) -> list[dict[str, Any]]:
     return [link_entry(k._decode_link(buf, start, end))
-            for kind, _seq, buf, start, end in messages(capture) if kind == k.RTM_NEWLINK]
+            for kind, _seq, buf, start, end in messages(capture) if kind == r.RTM_NEWLINK]
 
 
 # --- the captured replies -----------------------------------------------------------------------
@@ -211,11 +212,11 @@ def request_of(name: str) -> bytes:
     """The dump request umlstate sends today for the reply captured as ``name``."""
     if name.startswith("links-"):
         kind = name.removeprefix("links-")
-        return k._message(k.RTM_GETLINK, k.NLM_F_REQUEST | k.NLM_F_DUMP, 1,
-                          k.link_dump_request(None if kind == "all" else kind))
-    body = {"addresses": (k.RTM_GETADDR, k._IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)),
-            "proxies": (k.RTM_GETNEIGH, k._NDMSG.pack(socket.AF_INET, 0, 0, k.NTF_PROXY, 0))}[name]
-    return k._message(body[0], k.NLM_F_REQUEST | k.NLM_F_DUMP, 1, body[1])
+        return r.message(r.RTM_GETLINK, r.NLM_F_REQUEST | r.NLM_F_DUMP, 1,
+                          r.link_dump_request(None if kind == "all" else kind))
+    body = {"addresses": (r.RTM_GETADDR, r.IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)),
+            "proxies": (r.RTM_GETNEIGH, r.NDMSG.pack(socket.AF_INET, 0, 0, r.NTF_PROXY, 0))}[name]
+    return r.message(body[0], r.NLM_F_REQUEST | r.NLM_F_DUMP, 1, body[1])
 
 
 def name_of(request: bytes) -> str:
@@ -235,7 +236,7 @@ def test_the_captured_request_is_the_one_umlstate_sends_today(name: str) -> None
 def test_a_reply_splits_into_whole_messages_up_to_done(name: str) -> None:
     capture = load(name)
     found = messages(capture)
-    answer = {"addresses": k.RTM_NEWADDR, "proxies": k.RTM_NEWNEIGH}.get(name, k.RTM_NEWLINK)
+    answer = {"addresses": r.RTM_NEWADDR, "proxies": r.RTM_NEWNEIGH}.get(name, r.RTM_NEWLINK)
     assert found, "the capture holds no message"
     assert {kind for kind, *_ in found} == {answer}
     assert {seq for _kind, seq, *_ in found} == {1}
@@ -247,7 +248,7 @@ def test_a_reply_splits_into_whole_messages_up_to_done(name: str) -> None:
         length, kind = struct.unpack_from("=IH", last, offset)
         kinds.append(kind)
         offset += (length + 3) & ~3
-    assert offset == len(last) and kinds[-1] == k.NLMSG_DONE
+    assert offset == len(last) and kinds[-1] == r.NLMSG_DONE
 
 
 LINK_DUMPS = [name for name in DUMPS if name.startswith("links-")]
@@ -311,7 +312,7 @@ def test_a_bridge_has_no_tun_fields() -> None:
 
 
 def _pyroute2_links(capture: Capture) -> dict[str, Any]:
-    return {m.get_attr("IFLA_IFNAME"): m for m in MarshalRtnl().parse(capture.data) if m["header"]["type"] == k.RTM_NEWLINK}
+    return {m.get_attr("IFLA_IFNAME"): m for m in MarshalRtnl().parse(capture.data) if m["header"]["type"] == r.RTM_NEWLINK}
 
 
 @pytest.mark.parametrize("name", LINK_DUMPS)
@@ -325,8 +326,8 @@ def test_the_link_decoder_agrees_with_pyroute2_on_the_same_bytes(name: str) -> N
         link = Link(**ours[link_name]["link"])
         assert ours[link_name]["index"] == msg["index"]
         assert ours[link_name].get("master", 0) == (msg.get_attr("IFLA_MASTER") or 0)
-        assert link.up == bool(msg["flags"] & k.IFF_UP)
-        assert link.carrier == bool(msg["flags"] & k.IFF_LOWER_UP)
+        assert link.up == bool(msg["flags"] & r.IFF_UP)
+        assert link.carrier == bool(msg["flags"] & r.IFF_LOWER_UP)
         assert link.alias == msg.get_attr("IFLA_IFALIAS")
         assert link.group == (msg.get_attr("IFLA_GROUP") or 0)
         info = msg.get_attr("IFLA_LINKINFO")
@@ -351,7 +352,7 @@ def test_addresses_decode_as_captured_and_as_pyroute2_reads_them(monkeypatch: py
     assert as_json == capture.expected["result"] == {
         "br0": ["172.16.97.254/24"], "lo": ["127.0.0.1/8"], "t0": ["172.16.99.254/24"], "u1": [],
         "v0": ["192.0.2.1/24", "198.51.100.7/32"]}
-    reference = [m for m in MarshalRtnl().parse(capture.data) if m["header"]["type"] == k.RTM_NEWADDR]
+    reference = [m for m in MarshalRtnl().parse(capture.data) if m["header"]["type"] == r.RTM_NEWADDR]
     assert {m["family"] for m in reference} == {socket.AF_INET}  # the AF_INET request got IPv4 only
     assert sorted((index[m["index"]], f"{m.get_attr('IFA_LOCAL')}/{m['prefixlen']}") for m in reference) \
         == sorted((n, a) for n, addresses in as_json.items() for a in addresses)
@@ -363,8 +364,8 @@ def test_proxy_entries_decode_as_captured_and_as_pyroute2_reads_them(monkeypatch
     index = index_of(capture.expected)
     found = sorted([uplink, str(address)] for uplink, address in k.Netlink().proxies(index))
     assert found == capture.expected["result"] == [["v0", "10.0.0.5"], ["v0", "172.16.99.1"]]
-    reference = [m for m in MarshalRtnl().parse(capture.data) if m["header"]["type"] == k.RTM_NEWNEIGH]
-    assert all(m["flags"] & k.NTF_PROXY for m in reference)
+    reference = [m for m in MarshalRtnl().parse(capture.data) if m["header"]["type"] == r.RTM_NEWNEIGH]
+    assert all(m["flags"] & r.NTF_PROXY for m in reference)
     assert sorted([index[m["ifindex"]], m.get_attr("NDA_DST")] for m in reference) == found
 
 
@@ -420,15 +421,15 @@ def test_a_reply_cut_into_one_buffer_per_message_decodes_the_same() -> None:
     capture = load("links-all")
     pieces = []
     for _kind, _seq, buf, start, end in messages(capture):
-        pieces.append(buf[start - k._NLMSG.size:end] + bytes(-(end - start) % 4))
-    done = k._message(k.NLMSG_DONE, 0x2, 1, struct.pack("=i", 0))
+        pieces.append(buf[start - r.NLMSG.size:end] + bytes(-(end - start) % 4))
+    done = r.message(r.NLMSG_DONE, 0x2, 1, struct.pack("=i", 0))
     split = Capture(capture.name, capture.request, (*pieces, done), capture.expected)
     assert decoded_links(split) == capture.expected
 
 
 def test_a_dump_answered_with_an_error_is_an_action_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    request = k._message(k.RTM_GETLINK, k.NLM_F_REQUEST | k.NLM_F_DUMP, 1, k.link_dump_request("tun"))
-    refusal = k._message(k.NLMSG_ERROR, 0, 1, struct.pack("=i", -errno.EPERM) + request)
+    request = r.message(r.RTM_GETLINK, r.NLM_F_REQUEST | r.NLM_F_DUMP, 1, r.link_dump_request("tun"))
+    refusal = r.message(r.NLMSG_ERROR, 0, 1, struct.pack("=i", -errno.EPERM) + request)
     replaying(monkeypatch, [Capture("refused", request, (refusal,), None)])
     with pytest.raises(ActionError, match="link dump: Operation not permitted"):
         k.Netlink().links([])
@@ -445,9 +446,9 @@ def _nla(kind: int, payload: bytes, fudge: int = 0) -> bytes:
 
 Tree = bytes | list[tuple[int, "Tree", int]]
 
-KINDS = st.sampled_from([k.IFLA_IFNAME, k.IFLA_MASTER, k.IFLA_LINKINFO, k.IFLA_IFALIAS, k.IFLA_GROUP,
-                         k.IFLA_INFO_KIND, k.IFLA_INFO_DATA, k.IFLA_TUN_OWNER, k.IFLA_TUN_TYPE, k.IFLA_TUN_PI,
-                         k.IFLA_TUN_PERSIST]) | st.integers(0, 0xFFFF)
+KINDS = st.sampled_from([r.IFLA_IFNAME, r.IFLA_MASTER, r.IFLA_LINKINFO, r.IFLA_IFALIAS, r.IFLA_GROUP,
+                         r.IFLA_INFO_KIND, r.IFLA_INFO_DATA, r.IFLA_TUN_OWNER, r.IFLA_TUN_TYPE, r.IFLA_TUN_PI,
+                         r.IFLA_TUN_PERSIST]) | st.integers(0, 0xFFFF)
 FUDGE = st.sampled_from([0, 0, 0, 0, -4, -1, 1, 3, 8])  # mostly honest lengths, sometimes lies
 PAYLOADS = st.binary(max_size=9) | st.from_regex(rb"\A[a-z0-9:]{0,8}\x00?\Z")  # bytes, or names as the kernel sends
 TREES: st.SearchStrategy[Tree] = st.recursive(
@@ -480,7 +481,7 @@ KNOWN_BUG = IndexError  # test_an_empty_tun_attribute_at_the_end_of_a_message: r
 def test_attrs_never_raise_inside_the_buffer(buf: bytes, data: st.DataObject) -> None:
     start = data.draw(st.integers(0, len(buf)))
     end = data.draw(st.integers(start, len(buf)))
-    found = k._attrs(buf, start, end)
+    found = r.attrs(buf, start, end)
     for kind, (first, _last) in found.items():
         assert 0 <= kind <= 0x3FFF
         assert start + 4 <= first <= end
@@ -497,22 +498,22 @@ def test_decode_link_raises_nothing_but_struct_or_value_errors(buf: bytes) -> No
 
 
 def test_an_empty_tun_attribute_at_the_end_of_a_message() -> None:
-    tun_type = _nla(k.IFLA_TUN_TYPE, b"")
-    body = k._IFINFO.pack(0, 1, 5, 0, 0) + _nla(k.IFLA_LINKINFO, _nla(k.IFLA_INFO_DATA, tun_type))
+    tun_type = _nla(r.IFLA_TUN_TYPE, b"")
+    body = r.IFINFO.pack(0, 1, 5, 0, 0) + _nla(r.IFLA_LINKINFO, _nla(r.IFLA_INFO_DATA, tun_type))
     link = k._decode_link(body, 0, len(body))[1]
     assert link.tun_type is None
 
 
 def test_a_message_header_with_a_length_of_zero_is_refused_not_looped_on() -> None:
     # In a child process, so that an endless loop would end with its timeout and not with the test run.
-    code = ("import struct; from umlstate.host import netlink as k\n"
+    code = ("import struct; from umlstate.host import rtnl as r\n"
             "class S:\n"
             "    def recv(self, n):\n"
-            "        return struct.pack('=IHHII', 0, 16, 0, 1, 0) + bytes(16) + k._message(k.NLMSG_DONE, 2, 1, bytes(4))\n"
+            "        return struct.pack('=IHHII', 0, 16, 0, 1, 0) + bytes(16) + r.message(r.NLMSG_DONE, 2, 1, bytes(4))\n"
             "try:\n"
-            "    for _ in k._messages(S()):\n"
+            "    for _ in r.messages(S()):\n"
             "        pass\n"
-            "except k.ActionError as exc:\n"
+            "except r.ActionError as exc:\n"
             "    print(exc)\n")
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3,
@@ -554,8 +555,8 @@ class _Recorder:
 def capture_here() -> None:
     """Run in the capture namespace (a child process): umlstate's reads, recorded; JSON on stdout."""
     log: list[dict[str, Any]] = []
-    real: Callable[[], socket.socket] = k._socket
-    k._socket = lambda: _Recorder(real(), log)  # type: ignore[assignment,return-value]
+    real: Callable[[], socket.socket] = r.open_socket
+    r.open_socket = lambda: _Recorder(real(), log)  # type: ignore[assignment,return-value]
     netlink = k.Netlink()
     links, index = netlink.links(NAMES)
     addresses = netlink.addresses(index, set(ADDRESS_NAMES))
