@@ -338,16 +338,16 @@ def _code_digest() -> bytes:
 
 
 def _compiled(module: ModuleType) -> bytes:
-    """Every function of ``module``, and every method of its classes, as marshalled code, in a fixed order."""
+    """Every function of ``module``, and every method of its classes written there (not those dataclasses
+    make, whose code differs between Python builds), as marshalled code, in a fixed order."""
     codes = []
     for obj in vars(module).values():
-        if getattr(obj, "__module__", None) != module.__name__:
-            continue
         if isinstance(obj, type):
             codes += [f.__code__ for f in vars(obj).values() if hasattr(f, "__code__")]
         elif hasattr(obj, "__code__"):
             codes.append(obj.__code__)
-    return b"".join(marshal.dumps(c) for c in sorted(codes, key=lambda c: (c.co_qualname, c.co_firstlineno)))
+    own = [c for c in codes if c.co_filename == module.__file__]
+    return b"".join(marshal.dumps(c) for c in sorted(own, key=lambda c: (c.co_qualname, c.co_firstlineno)))
 
 
 def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, destroy: bool) -> None:
