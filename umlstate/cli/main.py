@@ -3,8 +3,9 @@
 The outermost layer. It finds and vets the topology (cli.files), picks this
 host's slice of a farm, hands the pass to ``reconcile`` (which enters the
 namespace and takes the lock), and maps every ``UmlstateError`` to one
-readable, sanitized message and SPEC's exit code; anything else is reported
-as a bug. Plans and status go to stdout, logs to stderr.
+readable, sanitized message and SPEC's exit code (``cli.common``); anything
+else is reported as a bug. Plans and status go to stdout, logs to stderr.
+The commands on one guest are in ``cli.guests``.
 """
 
 from __future__ import annotations
@@ -12,98 +13,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
 from umlstate import __version__, errors
-from umlstate.cli import files, render
+from umlstate.cli import files, guests, render
 from umlstate.cli import log as logsetup
-from umlstate.errors import (
-    InternalError,
-    UmlstateError,
-)
-from umlstate.host.logs import sanitize
+from umlstate.cli.common import Options, colour, fail, reconciler, run_safely, topology_arg
+from umlstate.errors import UmlstateError
 from umlstate.model.topology import Topology
 from umlstate.plan.result import Plan
 
 if TYPE_CHECKING:
-    from umlstate.reconcile import Outcome, Reconciler
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-
-@dataclass
-class Options:
-    netns: str | None
-    log_format: logsetup.LogFormat
-    verbose: bool
-    lock_timeout: float
-    host: str | None = None  # with several hosts: whose slice (else $UMLSTATE_HOST, else the hostname)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    # Messages may quote what a guest's user chose (file names, console lines): never raw to a terminal.
-    click.echo(f"umlstate: {sanitize(message)}", err=True)
-    sys.exit(code)
-
-
-def run_safely(fn: F) -> F:
-    """Turn every error into one message and an exit code; never a traceback for bad input."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except errors.TopologyError as exc:
-            click.echo(sanitize(str(exc)), err=True)
-            sys.exit(exc.exit_code)
-        except UmlstateError as exc:
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
-        except Exception as exc:  # the last line of defence
-            if os.environ.get("UMLSTATE_DEBUG"):
-                raise
-            _fail(str(InternalError(f"{type(exc).__name__}: {exc}")), errors.EXIT_FAILED)
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper  # type: ignore[return-value]
-
-
-def _reconciler(opts: Options, topology: Topology, *, wait: bool = True, wait_timeout: float | None = None
-                ) -> Reconciler:
-    """The service every host-reading command goes through (imported late: validate stays fast).
-
-    With several hosts, it serves this host's slice of the farm only.
-    """
-    from umlstate.model.placement import UnknownHost, place
-    from umlstate.reconcile import Reconciler, Settings
-
-    name = opts.host or os.environ.get("UMLSTATE_HOST") or socket.gethostname()
-    try:
-        placement = place(topology, name)
-    except UnknownHost as exc:
-        raise errors.UsageError(f"{exc}\n  to fix: pass --host NAME or set UMLSTATE_HOST") from None
-
-    progress = sys.stderr.isatty() and opts.log_format == "console"
-    settings = Settings.from_environment(os.environ, netns=opts.netns, lock_timeout=opts.lock_timeout,
-                                         progress=progress, command_line=" ".join(sys.argv[1:]), wait=wait,
-                                         wait_timeout=wait_timeout)
-    return Reconciler(placement.topology, settings, placement.stretches)
-
-
-def _colour() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    from umlstate.reconcile import Outcome
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -133,9 +59,6 @@ def cli(ctx: click.Context, netns: str | None, log_format: logsetup.LogFormat, v
     """
     logsetup.configure(log_format, verbose)
     ctx.obj = Options(netns, log_format, verbose, lock_timeout, host)
-
-
-topology_arg = click.argument("topology", required=False, metavar="[TOPOLOGY]")
 
 
 @cli.command()
@@ -190,11 +113,11 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
       umlstate --netns lab plan --json --detailed-exitcode
     """
     path, t = files.load_topology(topology)
-    _snapshot, p = _reconciler(opts, t).plan(adopt=adopt, destroy=destroy)
+    _snapshot, p = reconciler(opts, t).plan(adopt=adopt, destroy=destroy)
     if as_json:
         click.echo(render.dumps(render.plan_json(p)), nl=False)
     else:
-        click.echo(render.plan_text(p, colour=_colour()), nl=False)
+        click.echo(render.plan_text(p, colour=colour()), nl=False)
     if out:
         files.save_plan(out, files.SavedPlan(source=path, netns=p.netns, adopt=adopt, fingerprint=p.fingerprint,
                                              topology_document=t.model_dump(mode="json"), plan=render.plan_json(p)))
@@ -221,15 +144,15 @@ def _converge(opts: Options, topology: Topology, *, yes: bool, adopt: bool = Fal
     """One reconcile pass with this terminal's confirmation, then its closing line."""
     def confirm(p: Plan) -> None:
         if not yes or sys.stdout.isatty():
-            click.echo(render.plan_text(p, colour=_colour()), nl=False)
+            click.echo(render.plan_text(p, colour=colour()), nl=False)
         _confirm(yes, "destroy" if destroy else "apply")
 
-    outcome = _reconciler(opts, topology, wait=wait, wait_timeout=wait_timeout).converge(
+    outcome = reconciler(opts, topology, wait=wait, wait_timeout=wait_timeout).converge(
         confirm=confirm, adopt=adopt, destroy=destroy,
                                                    fingerprint=fingerprint)
     if not outcome.changed:
         if sys.stdout.isatty() and os.geteuid() == 0:
-            click.echo(render.plan_text(outcome.plan, colour=_colour()), nl=False)
+            click.echo(render.plan_text(outcome.plan, colour=colour()), nl=False)
         return outcome
     s = outcome.plan.summary
     verb = "Destroy" if destroy else "Apply"
@@ -297,7 +220,7 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
     from umlstate.plan.status import status as compute
 
     _path, t = files.load_topology(topology)
-    snapshot, p = _reconciler(opts, t).plan()
+    snapshot, p = reconciler(opts, t).plan()
     rows = compute(t, snapshot, p, now=time.time())
     if as_json:
         click.echo(render.dumps({"format_version": render.FORMAT_VERSION,
@@ -305,7 +228,7 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
                                  "errors": [f.to_json() for f in p.blockers],
                                  "warnings": [f.to_json() for f in p.warnings]}), nl=False)
     else:
-        click.echo(render.status_text(rows, p, colour=_colour()), nl=False)
+        click.echo(render.status_text(rows, p, colour=colour()), nl=False)
     if p.blockers or any(r.state != "ok" for r in rows):
         sys.exit(errors.EXIT_CHANGES)
 
@@ -328,7 +251,7 @@ def watch(opts: Options, topology: str | None, resync: float) -> None:
     from umlstate.watch import Watcher
 
     # Booted is enough here: a pass that waited for answers would hold back the next repair.
-    sys.exit(Watcher(_reconciler(opts, files.load_topology(topology)[1], wait=False), resync=resync).run())
+    sys.exit(Watcher(reconciler(opts, files.load_topology(topology)[1], wait=False), resync=resync).run())
 
 
 @cli.command()
@@ -349,86 +272,6 @@ def graph(topology: str | None, fmt: str) -> None:
 
     _path, t = files.load_topology(topology)
     click.echo(draw.dot(t) if fmt == "dot" else draw.mermaid(t), nl=False)
-
-
-def _one_guest(opts: Options, args: tuple[str, ...]) -> tuple[Reconciler, str]:
-    """The service and guest of `stop`, `start` and `console`."""
-    topology, guest = _topology_and_guest(args)
-    _path, t = files.load_topology(topology)
-    if t.guest(guest) is None:
-        known = ", ".join(g.name for g in t.guests) or "none"
-        raise click.UsageError(f"no guest {guest!r} in topology {t.name} (guests: {known})")
-    return _reconciler(opts, t), guest
-
-
-@cli.command()
-@click.argument("args", nargs=-1, required=True, metavar="[TOPOLOGY] GUEST")
-@click.pass_obj
-@run_safely
-def stop(opts: Options, args: tuple[str, ...]) -> None:
-    """Stop one guest cleanly (mconsole cad, then halt, then signals) and keep it down.
-
-    Later `apply` runs leave it stopped until `umlstate start GUEST`.
-
-    \b
-    Example:
-      umlstate --netns lab stop topology.yaml web
-    """
-    service, guest = _one_guest(opts, args)
-    if service.stop_guest(guest):
-        click.echo(f"Guest {guest} stays down until `umlstate start {guest}`; apply, cron and watch leave it so.")
-    else:
-        click.echo(f"Guest {guest} was not running; it stays down until `umlstate start {guest}`.")
-
-
-@cli.command()
-@click.argument("args", nargs=-1, required=True, metavar="[TOPOLOGY] GUEST")
-@click.pass_obj
-@run_safely
-def start(opts: Options, args: tuple[str, ...]) -> None:
-    """Start one guest (and what it needs), and let `apply` keep it running again.
-
-    \b
-    Example:
-      umlstate --netns lab start topology.yaml web
-    """
-    service, guest = _one_guest(opts, args)
-    after = service.start_guest(guest).after
-    state = after.guests.get(guest)
-    pid = f" (pid {state.proc.pid})" if state is not None and state.proc is not None else ""
-    click.echo(f"Guest {guest} is running{pid}; apply keeps it so again.")
-
-
-@cli.command("check")
-@topology_arg
-@click.pass_obj
-@run_safely
-def check_cmd(opts: Options, topology: str | None) -> None:
-    """Run the topology's checks now, in the guests that declare them, and say how each went.
-
-    Exit 0 when every check went as expected, 2 when one did not (or its guest did not report).
-
-    \b
-    Example:
-      umlstate --netns lab check topology.yaml
-    """
-    _path, t = files.load_topology(topology)
-    if not t.checks:
-        click.echo("The topology declares no checks.")
-        return
-    results = _reconciler(opts, t).check()
-    bad = 0
-    for n, result in results:
-        c = t.checks[n]
-        if result is None:
-            bad += 1
-            click.echo(f"  no answer  {c.label}: {c.from_} did not report (is it running, with a seed disk?)")
-        else:
-            bad += not result.ok
-            click.echo(f"  {'ok' if result.ok else 'FAILED':9}  {c.label}: {result.detail}")
-    click.echo(f"{len(results) - bad} of {len(results)} check(s) went as expected.")
-    if bad:
-        sys.exit(errors.EXIT_CHANGES)
 
 
 @cli.group("import")
@@ -469,44 +312,8 @@ def import_kathara(lab: Path, name: str | None, user: str, image: str, out: Path
         click.echo(f"Wrote {out}; check it with `umlstate validate {out}`.")
 
 
-@cli.command("console")
-@click.argument("args", nargs=-1, required=True, metavar="[TOPOLOGY] GUEST")
-@click.pass_obj
-@run_safely
-def console_cmd(opts: Options, args: tuple[str, ...]) -> None:
-    """Attach this terminal to a guest's console (its tty1); Ctrl-] detaches.
-
-    The console is a pseudo-terminal umlstate makes for each guest it starts,
-    so it is there for guests started by cron or watch too; a session ends
-    when you detach, the guest keeps running and stays logged in, like a
-    serial line. What the guest prints is filtered: sequences that make a
-    terminal answer or set its title, palette or clipboard never reach yours.
-
-    \b
-    Example:
-      umlstate --netns lab console topology.yaml web
-    """
-    from umlstate.host import console
-
-    service, guest = _one_guest(opts, args)
-    fd, path = service.console(guest)
-    try:
-        # Said once the terminal is raw (hence the \r): whoever types on seeing it loses nothing.
-        why = console.attach(fd, sys.stdin.fileno(), sys.stdout.fileno(), utf8=console.utf8_terminal(dict(os.environ)),
-                             announce=lambda: click.echo(f"Connected to guest {guest}'s console ({path}, tty1 in the "
-                                                         "guest). Escape character is ^] (Ctrl-]); press Enter for "
-                                                         "a prompt.\r", err=True))
-    finally:
-        os.close(fd)
-    click.echo(f"\nDisconnected from guest {guest}'s console: {why}.", err=True)
-
-
-def _topology_and_guest(args: tuple[str, ...]) -> tuple[str | None, str]:
-    if len(args) == 1:
-        return None, args[0]
-    if len(args) == 2:
-        return args[0], args[1]
-    raise click.UsageError("expected [TOPOLOGY] GUEST")
+for _command in (guests.stop, guests.start, guests.console_cmd, guests.check_cmd):
+    cli.add_command(_command)
 
 
 def main() -> None:
@@ -517,7 +324,7 @@ def main() -> None:
         exc.show()
         sys.exit(errors.EXIT_USAGE)
     except click.Abort:
-        _fail("aborted", errors.EXIT_FAILED)
+        fail("aborted", errors.EXIT_FAILED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(errors.EXIT_USAGE)
