@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from umlstate.guestimage import UML_MODULES, build
-from umlstate.model.topology import Check
+from umlstate.model.guest import Check
 from umlstate.plan.checks import check_id
 
 from farm import Farm, ttl

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from umlstate.model import rules
+from umlstate.model.guest import Disk, Guest, Nic
 from umlstate.model.snapshot import HostGroup, Link, Records, Snapshot, TunNode
-from umlstate.model.topology import Disk, Group, Guest, Host, Nic, ProxyArp, Subnet, Tap, Topology, TunDevice
+from umlstate.model.topology import Group, Host, ProxyArp, Subnet, Tap, Topology, TunDevice
 from umlstate.plan.planner import plan
 
 TAP_NAMES = ["uml0", "uml1", "uml2", "uml3"]

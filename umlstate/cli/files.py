@@ -22,8 +22,9 @@ from umlstate.errors import HostError, StalePlanError
 from umlstate.host import folders
 from umlstate.host.safefs import Dir, UnsafePath, read_bounded
 from umlstate.host.trusted import check_trusted_folder
+from umlstate.model.guest import GUEST_FILE_MAX
 from umlstate.model.loader import load_document, load_file
-from umlstate.model.topology import GUEST_FILE_MAX, Topology
+from umlstate.model.topology import Topology
 
 TOPOLOGY_DEFAULTS = ("./topology.yaml", "/etc/umlstate/topology.yaml")
 MAX_PLAN_BYTES = 16 << 20

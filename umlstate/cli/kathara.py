@@ -33,7 +33,8 @@ import yaml
 
 from umlstate.errors import UsageError
 from umlstate.host.safefs import UnsafePath, read_bounded
-from umlstate.model.topology import GUEST_FILE_MAX, is_valid_ifname
+from umlstate.model.fields import is_valid_ifname
+from umlstate.model.guest import GUEST_FILE_MAX
 
 MAX_FILES = 256  # files taken from one device folder
 MAX_CONF = 1 << 20  # bytes of lab.conf or a startup file

@@ -22,7 +22,8 @@ from pydantic_core import ErrorDetails
 
 from umlstate.errors import Diagnostic, TopologyError, UmlstateError
 from umlstate.model import rules
-from umlstate.model.topology import GUEST_FILE_MAX, Topology
+from umlstate.model.guest import GUEST_FILE_MAX
+from umlstate.model.topology import Topology
 
 Loc = tuple[str | int, ...]
 

@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from umlstate.model.topology import Topology, is_valid_ifname
+from umlstate.model.fields import is_valid_ifname
+from umlstate.model.topology import Topology
 
 Loc = tuple[str | int, ...]
 

@@ -2,7 +2,8 @@
 
 First stage of the pipeline. The loader turns YAML into these frozen models;
 ``rules`` checks what spans several objects (references, addresses, sizes).
-Per-field constraints live here so that the JSON Schema carries them too.
+Per-field constraints live in the models so that the JSON Schema carries them
+too; a guest's models are in ``guest``, the shared patterns in ``fields``.
 Defaults that depend on other fields (run_dir, sockets, COW files) are methods
 of ``Topology``, so that there is one place that says what they resolve to.
 """
@@ -12,59 +13,30 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-import re
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-NAME_RE = r"^[a-z0-9-]{1,12}$"
-OBJECT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
-MEM_RE = r"^[0-9]+[KkMmGg]?$"
-MODE_RE = r"^0?[0-7]{3}$"
-SYSCTL_KEY_RE = r"^[a-z0-9_-]+(\.[a-zA-Z0-9_-]+)+$"
-USER_RE = r"^([a-z_][a-z0-9_-]{0,31}\$?|[0-9]{1,10})$"
+from umlstate.model.fields import (
+    MODE_RE,
+    NAME_RE,
+    SYSCTL_KEY_RE,
+    USER_RE,
+    GroupRef,
+    Model,
+    ObjectName,
+    Route,
+    SysctlValue,
+    UserRef,
+)
+from umlstate.model.guest import Check, Guest, Nic
+
 DEFAULT_TUN = "/dev/net/tun"  # where UML, uml_switch and tunctl open the tun device
 USERS_DIR = "users"  # run_dir/users/<user>/: what each user's processes may write
 SEEDS_DIR = "seeds"  # state_dir/seeds/<guest>.img: each seeded guest's seed disk
 
 
-def _scalar_to_str(value: Any) -> Any:
-    """Accept YAML numbers where a name or uid is meant: ``owner: 1000``."""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    return value
-
-
-UserRef = Annotated[
-    str,
-    BeforeValidator(_scalar_to_str),
-    Field(pattern=USER_RE, description="A user name or a numeric uid."),
-]
-GroupRef = Annotated[
-    str,
-    BeforeValidator(_scalar_to_str),
-    Field(pattern=USER_RE, description="A group name or a numeric gid."),
-]
-SysctlValue = Annotated[str, BeforeValidator(_scalar_to_str)]
-ObjectName = Annotated[str, Field(pattern=OBJECT_NAME_RE)]
-
-
-def is_valid_ifname(name: str) -> bool:
-    """Linux's dev_valid_name(): at most 15 bytes, no '/', ':' or white space."""
-    return (
-        0 < len(name.encode()) <= 15
-        and name not in (".", "..")
-        and not any(c in name for c in "/:") and not any(c.isspace() for c in name)
-    )
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TunDevice(_Model):
+class TunDevice(Model):
     """The tun/tap character device 10:200 that taps are made through."""
 
     path: str = Field(DEFAULT_TUN, description="Where the node lives; absolute.")
@@ -88,28 +60,21 @@ class TunDevice(_Model):
         return int(self.mode, 8) if self.mode is not None else None
 
 
-class Group(_Model):
+class Group(Model):
     """A host group, e.g. the users allowed to open the tun node."""
 
     name: Annotated[str, Field(pattern=USER_RE, description="Group name (groupadd when missing).")]
     members: tuple[UserRef, ...] = Field((), description="Users added to it; others already in it are left.")
 
 
-class Service(_Model):
+class Service(Model):
     """A port of the host itself that guests may reach (everything else on the host is closed to them)."""
 
     proto: Literal["tcp", "udp"] = Field(description="tcp or udp.")
     port: int = Field(ge=1, le=65535, description="The host's port.")
 
 
-class Route(_Model):
-    """A route: to a network (or ``default``) through a neighbour on one of the NICs' subnets."""
-
-    to: Literal["default"] | ipaddress.IPv4Network = Field(description="A network, e.g. 10.0.34.0/24, or default.")
-    via: ipaddress.IPv4Address = Field(description="The next hop: an address on a subnet of one of the NICs.")
-
-
-class Host(_Model):
+class Host(Model):
     """Host-wide settings: folders, the tun node, groups, sysctls, the services guests may reach."""
 
     run_dir: str | None = Field(None, description="Default /run/umlstate/<name>: root's; each process user gets "
@@ -126,13 +91,13 @@ class Host(_Model):
                                       "{to: 10.0.34.0/24, via: 10.0.1.1}.")
 
 
-class ProxyArp(_Model):
+class ProxyArp(Model):
     """Answer ARP on a LAN interface for every guest address of the subnet."""
 
     uplink: str = Field(description="Host interface facing the LAN, e.g. eth0.")
 
 
-class Subnet(_Model):
+class Subnet(Model):
     """A guests' network, served by the host through one tap."""
 
     name: ObjectName = Field(description="Referred to by taps[].subnet.")
@@ -157,7 +122,7 @@ class Subnet(_Model):
         return value
 
 
-class Tap(_Model):
+class Tap(Model):
     """A persistent tap owned by a user, as tunctl makes it."""
 
     name: str = Field(description="Linux interface name, at most 15 bytes.")
@@ -166,7 +131,7 @@ class Tap(_Model):
     subnet: str | None = Field(None, description="The tap carries this subnet's gateway address.")
 
 
-class Switch(_Model):
+class Switch(Model):
     """What guests plug into: a switch process run by a user, or a Linux bridge (no process)."""
 
     name: ObjectName = Field(description="Referred to by guests[].nics[].switch; a bridge's interface name.")
@@ -193,97 +158,7 @@ class Switch(_Model):
         return self.user
 
 
-class Disk(_Model):
-    """The guest's root disk (ubd0): a shared base with a private COW file, or an image."""
-
-    base: str | None = Field(None, description="Read-only base image, shared through a COW file.")
-    cow: str | None = Field(None, description="Default <state_dir>/<guest>.cow.")
-    image: str | None = Field(None, description="A private image used directly (ubd0=IMAGE).")
-
-
-class Nic(_Model):
-    """One guest network interface: eth<i> (legacy transports) or vec<i> (vector), i its place in the list."""
-
-    switch: str | None = Field(None, description="Plug into this switch (exactly one of switch, tap).")
-    tap: str | None = Field(None, description="Or use this tap alone (UML's tuntap or vector tap transport).")
-    address: ipaddress.IPv4Address | None = Field(
-        None, description="Told to the guest (umlstate.<ifname>=); must lie inside the NIC's subnet."
-    )
-    mac: str | None = Field(None, description="Unicast MAC; a stable one is derived when omitted.")
-    transport: Literal["auto", "legacy", "vector"] = Field(
-        "auto", description="auto: the legacy form where the kernel has it (the guest keeps ethN), else vector.")
-    port_security: bool = Field(True, description="Frames only from this NIC's MAC, ARP and IP only from its "
-                                                  "address, no router advertisements or DHCP replies; false: off.")
-    allow_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
-        (), description="More source networks this NIC may send from (a router guest's other networks).")
-
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", value):
-            raise ValueError(f"mac {value!r} is not six hex octets such as fe:fd:ac:10:63:01")
-        first = int(value[:2], 16)
-        if first & 1:
-            raise ValueError(f"mac {value} is a multicast address (first octet is odd); use a unicast one")
-        if int(value.replace(":", ""), 16) == 0:
-            raise ValueError("mac 00:00:00:00:00:00 is not a usable address")
-        return value.lower()
-
-
-class GuestFile(_Model):
-    """A file put into the guest before its startup runs (from its seed disk, at every boot)."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    path: str = Field(pattern=r"^/[^\x00]*$", description="Absolute path inside the guest.")
-    content: str | None = Field(None, description="The file's text (exactly one of content, from).")
-    from_: str | None = Field(None, alias="from", description="A host file to copy, relative to the topology "
-                              "file's folder; read by root with a bound, never through a link.")
-    mode: str = Field("0644", pattern=MODE_RE, description="Its mode inside the guest.")
-
-
-GUEST_FILE_MAX = 1 << 20  # bytes of one files[] entry: a router's configuration, not a disk image
-HOSTNAME_RE = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
-
-
-class Guest(_Model):
-    """A User-Mode-Linux guest: one linux.uml process tree."""
-
-    name: ObjectName = Field(description="Also the umid: mconsole is <run_dir>/users/<user>/uml/<name>/mconsole.")
-    user: UserRef = Field(description="The guest process runs as this user.")
-    kernel: str = Field("linux.uml", description="Path, or a name on PATH.")
-    mem: Annotated[str, BeforeValidator(_scalar_to_str)] = Field(
-        "128M", pattern=MEM_RE, description="Memory size as UML reads it: 64M, 1G."
-    )
-    disk: Disk = Field(description="Exactly one of base or image.")
-    args: tuple[str, ...] = Field((), description="Extra kernel command line words.")
-    host: str | None = Field(None, description="With hosts: where the guest runs (a hosts[].name).")
-    hostname: str | None = Field(None, pattern=HOSTNAME_RE, description="Default: the guest's name.")
-    sysctl: dict[Annotated[str, Field(pattern=SYSCTL_KEY_RE)], SysctlValue] = Field(
-        default_factory=dict, description="Set in the guest at every boot, e.g. net.ipv4.ip_forward: 1.")
-    routes: tuple[Route, ...] = Field((), description="Routes in the guest; a default one replaces the route "
-                                      "through the first subnet's gateway.")
-    files: tuple[GuestFile, ...] = Field((), description="Files put into the guest at every boot, before startup.")
-    startup: str | None = Field(None, description="Run as root in the guest at every boot, after its network.")
-
-    @property
-    def seeded(self) -> bool:
-        """Told more than its addresses by its own fields (Topology.has_seed counts the checks it runs too)."""
-        return bool(self.hostname or self.sysctl or self.routes or self.files or self.startup)
-
-    @field_validator("mem", mode="before")
-    @classmethod
-    def _mem(cls, value: Any) -> Any:
-        value = _scalar_to_str(value)
-        if isinstance(value, str) and not re.fullmatch(MEM_RE, value):
-            raise ValueError(f"mem {value!r} is not a size UML accepts: a number with K, M or G, e.g. 64M or 1G")
-        return value
-    nics: tuple[Nic, ...] = Field((), description="Network interfaces, eth0 first.")
-
-
-class HostDef(_Model):
+class HostDef(Model):
     """One host of a farm: where some of the guests run."""
 
     name: str = Field(pattern=NAME_RE, description="Matched against --host, $UMLSTATE_HOST, the hostname.")
@@ -292,21 +167,7 @@ class HostDef(_Model):
     state_dir: str | None = Field(None, description="This host's state_dir, instead of host.state_dir.")
 
 
-class Check(_Model):
-    """What the lab must do, run by a guest once its network is up (and on `umlstate check`); status shows it."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    from_: str = Field(alias="from", description="The guest that runs it.")
-    ping: str = Field(description="A guest (its first address) or an IPv4 address it pings.")
-    expect: Literal["pass", "fail"] = Field("pass", description="fail: the ping must not be answered.")
-
-    @property
-    def label(self) -> str:
-        return f"{self.from_} ping {self.ping}" + (" (expect fail)" if self.expect == "fail" else "")
-
-
-class Forward(_Model):
+class Forward(Model):
     """A port of the host forwarded to a guest's port (DNAT): a honeypot's SSH, a lab's web server."""
 
     port: int = Field(ge=1, le=65535, description="The host's port.")
@@ -323,7 +184,7 @@ class Forward(_Model):
             return None
 
 
-class Topology(_Model):
+class Topology(Model):
     """A whole host: what umlstate makes the kernel and processes look like."""
 
     name: str = Field(pattern=NAME_RE, description="Marks what umlstate owns; [a-z0-9-]{1,12}.")

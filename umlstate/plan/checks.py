@@ -14,7 +14,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from umlstate.model.topology import Check, Topology
+from umlstate.model.guest import Check
+from umlstate.model.topology import Topology
 
 RESULT = re.compile(r"^(?:\[[ 0-9.]*\] )?umlstate-check: ([a-z0-9]{1,32}) ([0-9a-f]{8}) (ok|failed) ([0-9]{1,10})"
                     r" (.{0,200})$")

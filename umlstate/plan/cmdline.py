@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from umlstate.model.guest import Guest
 from umlstate.model.guestline import GuestLine, Nic
 from umlstate.model.placement import VXLAN_MTU
 from umlstate.model.snapshot import KernelFacts
-from umlstate.model.topology import Guest, Switch, Topology, nic_tap_name
+from umlstate.model.topology import Switch, Topology, nic_tap_name
 
 # CONFIG_ option that a kernel needs for each transport (from linux.uml --showconfig).
 TRANSPORT_CONFIG = {"daemon": "CONFIG_UML_NET_DAEMON", "vde": "CONFIG_UML_NET_VDE", "tuntap": "CONFIG_UML_NET_TUNTAP"}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from umlstate.model.guest import Guest
 from umlstate.model.guestline import GuestLine
 from umlstate.model.snapshot import Proc, unit_of
-from umlstate.model.topology import Guest, Topology
+from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan import backoff, cmdline
 from umlstate.plan.result import Backoff, Builder

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from umlstate.model.topology import Guest, Nic, Topology
+from umlstate.model.guest import Guest, Nic
+from umlstate.model.topology import Topology
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from umlstate.model.topology import Guest, Topology
+from umlstate.model.guest import Guest
+from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan import cmdline
 from umlstate.plan.result import Builder

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from umlstate.model.topology import Guest, Topology
+from umlstate.model.guest import Guest
+from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan import checks
 from umlstate.plan.actions.seed import Seed
