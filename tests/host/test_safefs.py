@@ -28,6 +28,7 @@ from types import FrameType
 
 import pytest
 
+from umlstate.host import safetree
 from umlstate.host.safefs import Dir, UnsafePath, read_bounded, read_tail
 from umlstate.host.trusted import check_trusted_folder
 
@@ -519,8 +520,8 @@ def test_remove_tree_never_follows_links(tmp: str, home: str, user: User) -> Non
         os.chmod(f"{home}/uml/a/b", 0o500)  # read-only for its owner: root removes it all the same
     as_user(user, plant)
     with Dir.open(home) as d:
-        d.remove_tree("uml")
-        d.remove_tree("uml")  # already gone: nothing to do
+        safetree.remove_tree(d, "uml")
+        safetree.remove_tree(d, "uml")  # already gone: nothing to do
     assert os.listdir(home) == []
     assert {p: fingerprint(f"{tmp}/keep/{p}") for p in ("", "f1", "f2")} == before
 
@@ -531,7 +532,7 @@ def test_remove_tree_of_a_link_removes_the_link_only(tmp: str, home: str, user: 
     write(f"{tmp}/keep/f", b"keep")
     as_user(user, lambda: os.symlink(f"{tmp}/keep", f"{home}/uml"))
     with Dir.open(home) as d:
-        d.remove_tree("uml")
+        safetree.remove_tree(d, "uml")
     assert not os.path.lexists(f"{home}/uml") and Path(f"{tmp}/keep/f").read_bytes() == b"keep"
 
 
@@ -545,11 +546,11 @@ def test_remove_tree_is_bounded_in_entries_and_depth(home: str, user: User) -> N
     as_user(user, plant)
     with Dir.open(home) as d:
         with pytest.raises(UnsafePath, match="more than 100 entries"):
-            d.remove_tree("wide", max_entries=100)
+            safetree.remove_tree(d, "wide", max_entries=100)
         with pytest.raises(UnsafePath, match="nested too deep"):
-            d.remove_tree("deep", max_depth=5)
-        d.remove_tree("wide")
-        d.remove_tree("deep")
+            safetree.remove_tree(d, "deep", max_depth=5)
+        safetree.remove_tree(d, "wide")
+        safetree.remove_tree(d, "deep")
     assert os.listdir(home) == []
 
 
@@ -577,7 +578,7 @@ def test_remove_tree_ends_while_the_user_keeps_adding(home: str, user: User) -> 
             assert time.monotonic() < deadline, "the user's flood never started"
             time.sleep(0.001)
         with Dir.open(home) as d:
-            d.remove_tree("uml")
+            safetree.remove_tree(d, "uml")
         assert os.listdir(home) == []
     finally:
         join(pid)
@@ -590,7 +591,7 @@ def test_remove_tree_stops_at_a_mount_point(home: str) -> None:
     try:
         write(f"{home}/uml/mnt/other-fs", b"keep")
         with Dir.open(home) as d, pytest.raises(UnsafePath, match="mount point"):
-            d.remove_tree("uml")
+            safetree.remove_tree(d, "uml")
         assert Path(f"{home}/uml/mnt/other-fs").read_bytes() == b"keep"
     finally:
         subprocess.run(["umount", f"{home}/uml/mnt"], check=True)

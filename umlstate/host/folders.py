@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from umlstate.host import safetree
 from umlstate.host.safefs import Dir, UnsafePath
 from umlstate.host.trusted import check_trusted_folder
 from umlstate.host.users import primary_gid, uid_of
@@ -95,7 +96,7 @@ class Folders:
                 return
             with home.sub("uml") as uml:
                 try:
-                    uml.remove_tree(guest)
+                    safetree.remove_tree(uml, guest)
                 except UnsafePath as exc:  # nested too deep, too full, a mount: set aside, the guest starts afresh
                     aside = f".{guest}.stale-{secrets.token_hex(4)}"
                     os.rename(guest, aside, src_dir_fd=uml.fd, dst_dir_fd=uml.fd)

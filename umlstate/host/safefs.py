@@ -39,7 +39,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CHUNK = 1 << 16
-_REMOVE_PASSES = 4  # once a folder is locked one pass empties it and the next sees it empty; the rest is margin
 
 _KINDS = {
     stat.S_IFREG: "file",
@@ -187,26 +186,6 @@ def read_tail(path: str, max_bytes: int) -> bytes:
 # Dir: all actions relative to a folder descriptor.
 
 
-class _Budget:
-    """How many more entries remove_tree may remove before it gives up."""
-
-    def __init__(self, entries: int, shown: str) -> None:
-        self.total = self.left = entries
-        self.shown = shown
-
-    def spend(self) -> None:
-        if self.left <= 0:
-            raise UnsafePath(f"{self.shown} holds more than {self.total} entries; umlstate stopped removing it",
-                             f"check why it is so large, then remove it by hand: rm -r --one-file-system {self.shown}")
-        self.left -= 1
-
-
-def _scan(fd: int, limit: int) -> list[str]:
-    os.lseek(fd, 0, os.SEEK_SET)  # scandir reads through a copy sharing this position: start at the first entry
-    with os.scandir(fd) as entries:
-        return [e.name for e in itertools.islice(entries, limit)]
-
-
 class Dir:
     """An open folder (read-only descriptor, O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC) that root acts in by name.
 
@@ -253,14 +232,14 @@ class Dir:
     def __repr__(self) -> str:
         return f"Dir({self.path!r}, fd={self.fd})"
 
-    def _show(self, name: str) -> str:
+    def show(self, name: str) -> str:
         return os.path.join(self.path, name)
 
     def _open(self, name: str, flags: int, mode: int = 0o600) -> int:
         try:
             return os.open(_check_name(name), flags, mode, dir_fd=self.fd)
         except OSError as e:
-            raise _open_error(self.fd, name, self._show(name), e) from e
+            raise _open_error(self.fd, name, self.show(name), e) from e
 
     def sub(self, name: str, *, create: bool = False, mode: int | None = None, uid: int | None = None,
             gid: int | None = None) -> Dir:
@@ -278,7 +257,7 @@ class Dir:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(_check_name(name), 0o700, dir_fd=self.fd)  # private until its owner and mode are set
                 made = True
-        d = Dir(self._open(name, _DIR_FLAGS), self._show(name))
+        d = Dir(self._open(name, _DIR_FLAGS), self.show(name))
         try:
             if made or enforce:
                 if uid is not None or gid is not None:
@@ -297,9 +276,15 @@ class Dir:
         except FileNotFoundError:
             return None
 
+    def scan(self, limit: int) -> list[str]:
+        """Up to `limit` names in this folder, from the first."""
+        os.lseek(self.fd, 0, os.SEEK_SET)  # scandir reads through a copy sharing this position: start at the first
+        with os.scandir(self.fd) as entries:
+            return [e.name for e in itertools.islice(entries, limit)]
+
     def names(self, limit: int = 10000) -> list[str]:
         """The names in this folder; more than `limit` of them is UnsafePath rather than a huge list."""
-        found = _scan(self.fd, limit + 1)
+        found = self.scan(limit + 1)
         if len(found) > limit:
             raise UnsafePath(f"{self.path} holds more than {limit} entries",
                              f"remove what does not belong in {self.path}")
@@ -307,11 +292,11 @@ class Dir:
 
     def read(self, name: str, max_bytes: int) -> bytes:
         """A whole regular file; larger than `max_bytes`: UnsafePath; missing: FileNotFoundError."""
-        return _read(self.fd, name, self._show(name), max_bytes)
+        return _read(self.fd, name, self.show(name), max_bytes)
 
     def read_tail(self, name: str, max_bytes: int) -> bytes:
         """The last `max_bytes` of a regular file, read from the end."""
-        return _read_tail(self.fd, name, self._show(name), max_bytes)
+        return _read_tail(self.fd, name, self.show(name), max_bytes)
 
     def create_file(self, name: str, mode: int, *, uid: int = 0, gid: int = 0, exclusive: bool = True) -> int:
         """A new regular file given to uid:gid with `mode` whatever the umask; returns its write descriptor.
@@ -323,10 +308,10 @@ class Dir:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # O_NONBLOCK made a FIFO with a reader open: refuse it here
-                raise _planted(self._show(name), st, "a regular file")
+                raise _planted(self.show(name), st, "a regular file")
             if st.st_nlink != 1:  # a hard link to a file elsewhere: truncating would reach that file
-                raise UnsafePath(f"{self._show(name)} has {st.st_nlink} hard links, so it is also a file elsewhere",
-                                 f"remove {self._show(name)}")
+                raise UnsafePath(f"{self.show(name)} has {st.st_nlink} hard links, so it is also a file elsewhere",
+                                 f"remove {self.show(name)}")
             if not exclusive:
                 os.ftruncate(fd, 0)
             os.fchown(fd, uid, gid)
@@ -346,7 +331,7 @@ class Dir:
         fd = self._open(name, _WRITE_FLAGS | os.O_APPEND)
         try:
             st = os.fstat(fd)
-            shown = self._show(name)
+            shown = self.show(name)
             if not stat.S_ISREG(st.st_mode):
                 raise _planted(shown, st, "a regular file")
             if st.st_uid != 0:
@@ -366,7 +351,7 @@ class Dir:
         """Replace `name` with a root-owned file holding `data`: readers see the old or the new, whole."""
         st = self.lstat(name)
         if st is not None and stat.S_ISDIR(st.st_mode):
-            raise _planted(self._show(name), st, "a regular file")
+            raise _planted(self.show(name), st, "a regular file")
         tmp = f".{name[:200]}.{secrets.token_hex(6)}.tmp"
         fd = self.create_file(tmp, mode, uid=os.geteuid(), gid=os.getegid())  # root's, when root writes it
         try:
@@ -395,67 +380,12 @@ class Dir:
         if st is None:
             return False
         if kind_of(st) not in kinds or stat.S_ISDIR(st.st_mode):
-            raise _planted(self._show(name), st, " or ".join(f"a {k}" for k in kinds))
+            raise _planted(self.show(name), st, " or ".join(f"a {k}" for k in kinds))
         try:
             os.unlink(name, dir_fd=self.fd)
         except FileNotFoundError:
             return False
         return True
-
-    def remove_tree(self, name: str, *, max_entries: int = 100000, max_depth: int = 32) -> None:
-        """Remove the folder `name` and all below it, through descriptors only.
-
-        Missing is fine; anything but a folder at `name` (a link, say) is unlinked itself. Links are
-        removed, never followed; a mount point inside stops the removal. Each folder is first made
-        root's with mode 0700, so its user can no longer add entries there, not even through a
-        descriptor or working directory kept open. More than `max_entries` entries or `max_depth`
-        levels is UnsafePath; what was removed by then stays removed, and every folder still there is
-        handed back to its owner with its mode, so root leaves nothing its user can no longer remove.
-        """
-        st = self.lstat(name)
-        if st is None:
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(name, dir_fd=self.fd)
-            return
-        with self.sub(name) as top:
-            top._empty(os.fstat(self.fd).st_dev, _Budget(max_entries, top.path), max_depth)
-        os.rmdir(name, dir_fd=self.fd)
-
-    def _empty(self, dev: int, budget: _Budget, depth_left: int) -> None:
-        st = os.fstat(self.fd)
-        if st.st_dev != dev:
-            raise UnsafePath(f"{self.path} is a mount point; umlstate does not remove other file systems",
-                             f"unmount it: umount {self.path}")
-        os.fchown(self.fd, 0, 0)
-        os.fchmod(self.fd, 0o700)
-        try:
-            self._empty_owned(dev, budget, depth_left)
-        except BaseException:
-            os.fchown(self.fd, st.st_uid, st.st_gid)
-            os.fchmod(self.fd, stat.S_IMODE(st.st_mode))
-            raise
-
-    def _empty_owned(self, dev: int, budget: _Budget, depth_left: int) -> None:
-        for _ in range(_REMOVE_PASSES):
-            names = _scan(self.fd, budget.left + 1)  # one more than allowed shows the budget is too small
-            if not names:
-                return
-            for name in names:
-                budget.spend()
-                try:
-                    os.unlink(name, dir_fd=self.fd)  # never follows: a link goes, its target stays
-                except IsADirectoryError:
-                    if depth_left <= 0:
-                        raise UnsafePath(f"{self._show(name)} is nested too deep; umlstate stopped removing it",
-                                         f"remove it by hand: rm -r --one-file-system {self.path}") from None
-                    with self.sub(name) as d:
-                        d._empty(dev, budget, depth_left - 1)
-                    os.rmdir(name, dir_fd=self.fd)
-                except FileNotFoundError:
-                    pass
-        raise UnsafePath(f"{self.path} keeps filling up while umlstate removes it",
-                         f"stop what writes in {self.path}, then run again")
 
     def mknod_char(self, name: str, mode: int, major: int, minor: int) -> None:
         """Make a character device node with exactly `mode` (the umask cannot widen or narrow it)."""
@@ -480,7 +410,7 @@ class Dir:
         try:
             st = os.fstat(fd)
             if stat.S_ISLNK(st.st_mode) or not expect(st):
-                raise _planted(self._show(name), st, "another kind of entry")
+                raise _planted(self.show(name), st, "another kind of entry")
             act(f"/proc/self/fd/{fd}")  # the very inode checked above, whatever `name` has become since
             return os.fstat(fd)
         finally:
