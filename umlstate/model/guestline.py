@@ -153,7 +153,7 @@ class GuestLine:
             if rest and rest[0].startswith(f"{HINT_PREFIX}gw=") and not any(n.gateway for n in told):
                 gateway = rest.pop(0).partition("=")[2]
             told.append(replace(nic, address=address, gateway=gateway))
-        if any(_own(word) for word in rest):  # args never repeat what umlstate writes (model/rules.py)
+        if any(_own(word) for word in rest):  # args never repeat what umlstate writes (model/guest_rules.py)
             return None
         line = cls(words[0], umid, uml_dir, mem, disk, tuple(told), seed, tuple(rest), console)
         return line if line.argv == tuple(argv) else None

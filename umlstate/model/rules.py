@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from umlstate.model.fields import is_valid_ifname
+from umlstate.model.guest_rules import disks, lab, macs, nics
+from umlstate.model.problem import Loc, Problem, known
 from umlstate.model.topology import Topology
-
-Loc = tuple[str | int, ...]
 
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -27,23 +25,10 @@ SYSTEM_FOLDERS = frozenset({"/", "/run", "/var/run", "/var", "/var/lib", "/tmp",
                             "/root", "/dev", "/proc", "/sys", "/srv", "/opt", "/boot", "/lib", "/bin", "/sbin"})
 
 
-# Kernel command line words umlstate writes itself, and the field each comes from: given again in args,
-# the guest would read two values (issue 18).
-OWN_WORDS = ((r"umlstate\.gw=", "the subnet's gateway"), (r"umlstate\.(eth|vec)[0-9]+=", "nics[].address"),
-             (r"umid=", "the guest's name"), (r"uml_dir=", "host.run_dir"), (r"mem=", "mem"),
-             (r"ubd0[rsc]*=", "disk"), (r"con1=", "the console umlstate makes"), (r"(eth|vec)[0-9]+[=:]", "nics"))
-
-
-@dataclass(frozen=True)
-class Problem:
-    loc: Loc
-    message: str
-
-
 def check(topology: Topology) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_unique_names, _references, _switch_kinds, _interfaces, _paths, _subnets, _addresses, _macs,
-                 _nics, _disks, _hosts, _policy, _lab):
+    for rule in (_unique_names, _references, _switch_kinds, _interfaces, _paths, _subnets, _addresses, macs,
+                 nics, disks, _hosts, _policy, lab):
         problems.extend(rule(topology))
     return problems
 
@@ -74,7 +59,7 @@ def _references(t: Topology) -> Iterator[Problem]:
     for i, tap in enumerate(t.taps):
         if tap.subnet is not None and tap.subnet not in subnets:
             yield Problem(("taps", i, "subnet"), f"tap {tap.name} refers to subnet {tap.subnet!r}, "
-                                                 f"which is not defined{_known(subnets)}")
+                                                 f"which is not defined{known(subnets)}")
     served: dict[str, str] = {}
     servers: list[tuple[Loc, str, str | None]] = [(("taps", i, "subnet"), f"tap {x.name}", x.subnet)
                                                   for i, x in enumerate(t.taps)]
@@ -82,7 +67,7 @@ def _references(t: Topology) -> Iterator[Problem]:
                 if sw.is_bridge]
     for loc, who, subnet in servers:
         if subnet is not None and subnet not in subnets and loc[0] == "switches":
-            yield Problem(loc, f"{who} refers to subnet {subnet!r}, which is not defined{_known(subnets)}")
+            yield Problem(loc, f"{who} refers to subnet {subnet!r}, which is not defined{known(subnets)}")
         elif subnet in subnets:
             if subnet in served:
                 yield Problem(loc, f"subnet {subnet} is already served by {served[subnet]}; a subnet is served by "
@@ -92,7 +77,7 @@ def _references(t: Topology) -> Iterator[Problem]:
     for i, sw in enumerate(t.switches):
         if sw.tap is not None and sw.tap not in taps:
             yield Problem(("switches", i, "tap"), f"switch {sw.name} refers to tap {sw.tap!r}, "
-                                                  f"which is not defined{_known(taps)}")
+                                                  f"which is not defined{known(taps)}")
     plugged: dict[str, str] = {}
     for i, sw in enumerate(t.switches):
         if sw.tap in taps:
@@ -106,11 +91,11 @@ def _references(t: Topology) -> Iterator[Problem]:
             if nic.switch is not None and nic.switch not in switches:
                 yield Problem(("guests", g, "nics", n, "switch"),
                               f"guest {guest.name} eth{n} refers to switch {nic.switch!r}, "
-                              f"which is not defined{_known(switches)}")
+                              f"which is not defined{known(switches)}")
             if nic.tap is not None and nic.tap not in taps:
                 yield Problem(("guests", g, "nics", n, "tap"),
                               f"guest {guest.name} eth{n} refers to tap {nic.tap!r}, "
-                              f"which is not defined{_known(taps)}")
+                              f"which is not defined{known(taps)}")
 
 
 def _switch_kinds(t: Topology) -> Iterator[Problem]:
@@ -143,10 +128,6 @@ def _switch_kinds(t: Topology) -> Iterator[Problem]:
                 yield Problem(("guests", g, "nics", n, "transport"),
                               f"guest {guest.name} NIC {n} is on bridge {via.name}, which UML reaches only through "
                               "the vector transport; use transport: auto or vector")
-
-
-def _known(names: set[str]) -> str:
-    return f" (defined: {', '.join(sorted(names))})" if names else " (none is defined)"
 
 
 def _interfaces(t: Topology) -> Iterator[Problem]:
@@ -305,58 +286,6 @@ def _via(t: Topology, switch: str | None, tap: str | None) -> str:
     return ""
 
 
-def _macs(t: Topology) -> Iterator[Problem]:
-    seen: dict[str, str] = {}
-    for g, guest in enumerate(t.guests):
-        for n, nic in enumerate(guest.nics):
-            if nic.mac is None:
-                continue
-            if nic.mac in seen:
-                yield Problem(("guests", g, "nics", n, "mac"),
-                              f"mac {nic.mac} of guest {guest.name} eth{n} is already used by {seen[nic.mac]}")
-            else:
-                seen[nic.mac] = f"guest {guest.name} eth{n}"
-
-
-def _nics(t: Topology) -> Iterator[Problem]:
-    for g, guest in enumerate(t.guests):
-        for n, nic in enumerate(guest.nics):
-            if (nic.switch is None) == (nic.tap is None):
-                yield Problem(("guests", g, "nics", n),
-                              f"guest {guest.name} eth{n} needs exactly one of 'switch' or 'tap'"
-                              + (", not both" if nic.switch else ""))
-        for a, word in enumerate(guest.args):
-            field = next((f for pattern, f in OWN_WORDS if re.match(pattern, word)), None)
-            if field is not None:
-                yield Problem(("guests", g, "args", a), f"guest {guest.name} args repeat {word.split('=')[0]!r}, "
-                                                        f"which umlstate writes itself from {field}; set it there")
-        size = _mem_bytes(guest.mem)
-        if size < 16 << 20:
-            yield Problem(("guests", g, "mem"), f"guest {guest.name} mem {guest.mem} is too small for "
-                                                "UML to boot; give at least 64M")
-
-
-def _mem_bytes(mem: str) -> int:
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    suffix = mem[-1].lower()
-    if suffix in scale:
-        return int(mem[:-1]) * scale[suffix]
-    return int(mem)
-
-
-def _disks(t: Topology) -> Iterator[Problem]:
-    for g, guest in enumerate(t.guests):
-        d = guest.disk
-        loc: Loc = ("guests", g, "disk")
-        if d.base is not None and d.image is not None:
-            yield Problem(loc, f"guest {guest.name} disk has both 'base' and 'image'; "
-                               "use base (+cow) for a shared image, or image for a private one")
-        elif d.base is None and d.image is None:
-            yield Problem(loc, f"guest {guest.name} disk needs 'base' (with a COW file) or 'image'")
-        if d.cow is not None and d.base is None:
-            yield Problem(("guests", g, "disk", "cow"), f"guest {guest.name} disk has 'cow' without 'base'")
-
-
 def _hosts(t: Topology) -> Iterator[Problem]:
     """Several hosts: every guest placed on a known one, a switch process with its guests, VXLAN ids unique."""
     names = {h.name for h in t.hosts}
@@ -375,7 +304,7 @@ def _hosts(t: Topology) -> Iterator[Problem]:
                                          f"({', '.join(sorted(names))})")
         elif t.hosts and guest.host not in names:
             yield Problem(("guests", g, "host"), f"guest {guest.name} runs on host {guest.host!r}, which is not "
-                                                 f"defined{_known(names)}")
+                                                 f"defined{known(names)}")
     for i, sw in enumerate(t.switches):
         if sw.is_bridge:
             continue
@@ -406,7 +335,7 @@ def _policy(t: Topology) -> Iterator[Problem]:
                                                           "reach each other already")
             elif other not in subnets:
                 yield Problem(("subnets", i, "reach", j), f"subnet {subnet.name} reaches subnet {other!r}, which "
-                                                          f"is not defined{_known(subnets)}")
+                                                          f"is not defined{known(subnets)}")
     for i, sw in enumerate(t.switches):
         if sw.isolated and not sw.is_bridge:
             yield Problem(("switches", i, "isolated"), f"switch {sw.name} is a {sw.kind} process: only a bridge "
@@ -417,7 +346,7 @@ def _policy(t: Topology) -> Iterator[Problem]:
         guest = guests.get(fwd.to)
         if guest is None:
             yield Problem(("forwards", i, "to"), f"forward of {fwd.proto} port {fwd.port} goes to guest {fwd.to!r}, "
-                                                 f"which is not defined{_known(set(guests))}")
+                                                 f"which is not defined{known(set(guests))}")
         elif not any(nic.address for nic in guest.nics):
             yield Problem(("forwards", i, "to"), f"forward of {fwd.proto} port {fwd.port} goes to guest {fwd.to}, "
                                                  "which has no address; give one of its NICs an address")
@@ -429,42 +358,3 @@ def _policy(t: Topology) -> Iterator[Problem]:
             yield Problem(("forwards", i, "port"), f"{fwd.proto} port {fwd.port} is forwarded twice (first by "
                                                    f"forwards[{used[key]}])")
         used.setdefault(key, i)
-
-
-def _lab(t: Topology) -> Iterator[Problem]:
-    """What a guest is told beyond its addresses: routes through neighbours it has, files it can be given."""
-    for g, guest in enumerate(t.guests):
-        nets = [(n, s) for n, nic in enumerate(guest.nics) if (s := t.subnet_of_nic(nic)) is not None]
-        defaults = 0
-        for r, route in enumerate(guest.routes):
-            loc: Loc = ("guests", g, "routes", r)
-            defaults += route.to == "default"
-            if not any(route.via in s.cidr for _, s in nets):
-                on = ", ".join(f"{s.name} ({s.cidr})" for _, s in nets) or "no subnet"
-                yield Problem((*loc, "via"), f"guest {guest.name} route to {route.to} goes via {route.via}, which "
-                                             f"is on none of its NICs' subnets ({on})")
-            if route.to == "default" and defaults == 2:
-                yield Problem((*loc, "to"), f"guest {guest.name} has more than one default route")
-        paths: set[str] = set()
-        for f, file in enumerate(guest.files):
-            loc = ("guests", g, "files", f)
-            if file.content is None and file.from_ is None:
-                yield Problem(loc, f"guest {guest.name} file {file.path} needs 'content' or 'from'")
-            if file.path in paths:
-                yield Problem((*loc, "path"), f"guest {guest.name} has two files at {file.path}")
-            paths.add(file.path)
-    for c, check in enumerate(t.checks):
-        if t.guest(check.from_) is None:
-            yield Problem(("checks", c, "from"), f"check {check.label}: no guest is named {check.from_!r}")
-        if t.check_target(check) is None:
-            what = "a guest without an address" if t.guest(check.ping) else "neither a guest nor an IPv4 address"
-            yield Problem(("checks", c, "ping"), f"check {check.label}: {check.ping!r} is {what}")
-    hosted = [s for s in t.subnets if s.gateway is not None]
-    for r, route in enumerate(t.host.routes):
-        if route.to == "default":
-            yield Problem(("host", "routes", r, "to"), "host routes lead to networks behind guests; umlstate does "
-                                                       "not set the host's default route (a guest would own it)")
-        elif not any(route.via in s.cidr for s in hosted):
-            on = ", ".join(f"{s.name} ({s.cidr})" for s in hosted) or "none"
-            yield Problem(("host", "routes", r, "via"), f"host route to {route.to} goes via {route.via}, which is on "
-                                                        f"no subnet the host has a gateway on ({on})")

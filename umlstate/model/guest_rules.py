@@ -1,0 +1,110 @@
+"""Validation rules on each guest: its NICs, MACs, disk, command line words, and what a lab tells it.
+
+First stage of the pipeline; ``rules.check`` runs these with the topology-wide
+rules, every problem at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from umlstate.model.problem import Loc, Problem
+from umlstate.model.topology import Topology
+
+# Kernel command line words umlstate writes itself, and the field each comes from: given again in args,
+# the guest would read two values (issue 18).
+OWN_WORDS = ((r"umlstate\.gw=", "the subnet's gateway"), (r"umlstate\.(eth|vec)[0-9]+=", "nics[].address"),
+             (r"umid=", "the guest's name"), (r"uml_dir=", "host.run_dir"), (r"mem=", "mem"),
+             (r"ubd0[rsc]*=", "disk"), (r"con1=", "the console umlstate makes"), (r"(eth|vec)[0-9]+[=:]", "nics"))
+
+
+def macs(t: Topology) -> Iterator[Problem]:
+    seen: dict[str, str] = {}
+    for g, guest in enumerate(t.guests):
+        for n, nic in enumerate(guest.nics):
+            if nic.mac is None:
+                continue
+            if nic.mac in seen:
+                yield Problem(("guests", g, "nics", n, "mac"),
+                              f"mac {nic.mac} of guest {guest.name} eth{n} is already used by {seen[nic.mac]}")
+            else:
+                seen[nic.mac] = f"guest {guest.name} eth{n}"
+
+
+def nics(t: Topology) -> Iterator[Problem]:
+    for g, guest in enumerate(t.guests):
+        for n, nic in enumerate(guest.nics):
+            if (nic.switch is None) == (nic.tap is None):
+                yield Problem(("guests", g, "nics", n),
+                              f"guest {guest.name} eth{n} needs exactly one of 'switch' or 'tap'"
+                              + (", not both" if nic.switch else ""))
+        for a, word in enumerate(guest.args):
+            field = next((f for pattern, f in OWN_WORDS if re.match(pattern, word)), None)
+            if field is not None:
+                yield Problem(("guests", g, "args", a), f"guest {guest.name} args repeat {word.split('=')[0]!r}, "
+                                                        f"which umlstate writes itself from {field}; set it there")
+        size = _mem_bytes(guest.mem)
+        if size < 16 << 20:
+            yield Problem(("guests", g, "mem"), f"guest {guest.name} mem {guest.mem} is too small for "
+                                                "UML to boot; give at least 64M")
+
+
+def _mem_bytes(mem: str) -> int:
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    suffix = mem[-1].lower()
+    if suffix in scale:
+        return int(mem[:-1]) * scale[suffix]
+    return int(mem)
+
+
+def disks(t: Topology) -> Iterator[Problem]:
+    for g, guest in enumerate(t.guests):
+        d = guest.disk
+        loc: Loc = ("guests", g, "disk")
+        if d.base is not None and d.image is not None:
+            yield Problem(loc, f"guest {guest.name} disk has both 'base' and 'image'; "
+                               "use base (+cow) for a shared image, or image for a private one")
+        elif d.base is None and d.image is None:
+            yield Problem(loc, f"guest {guest.name} disk needs 'base' (with a COW file) or 'image'")
+        if d.cow is not None and d.base is None:
+            yield Problem(("guests", g, "disk", "cow"), f"guest {guest.name} disk has 'cow' without 'base'")
+
+
+def lab(t: Topology) -> Iterator[Problem]:
+    """What a guest is told beyond its addresses: routes through neighbours it has, files it can be given."""
+    for g, guest in enumerate(t.guests):
+        nets = [(n, s) for n, nic in enumerate(guest.nics) if (s := t.subnet_of_nic(nic)) is not None]
+        defaults = 0
+        for r, route in enumerate(guest.routes):
+            loc: Loc = ("guests", g, "routes", r)
+            defaults += route.to == "default"
+            if not any(route.via in s.cidr for _, s in nets):
+                on = ", ".join(f"{s.name} ({s.cidr})" for _, s in nets) or "no subnet"
+                yield Problem((*loc, "via"), f"guest {guest.name} route to {route.to} goes via {route.via}, which "
+                                             f"is on none of its NICs' subnets ({on})")
+            if route.to == "default" and defaults == 2:
+                yield Problem((*loc, "to"), f"guest {guest.name} has more than one default route")
+        paths: set[str] = set()
+        for f, file in enumerate(guest.files):
+            loc = ("guests", g, "files", f)
+            if file.content is None and file.from_ is None:
+                yield Problem(loc, f"guest {guest.name} file {file.path} needs 'content' or 'from'")
+            if file.path in paths:
+                yield Problem((*loc, "path"), f"guest {guest.name} has two files at {file.path}")
+            paths.add(file.path)
+    for c, check in enumerate(t.checks):
+        if t.guest(check.from_) is None:
+            yield Problem(("checks", c, "from"), f"check {check.label}: no guest is named {check.from_!r}")
+        if t.check_target(check) is None:
+            what = "a guest without an address" if t.guest(check.ping) else "neither a guest nor an IPv4 address"
+            yield Problem(("checks", c, "ping"), f"check {check.label}: {check.ping!r} is {what}")
+    hosted = [s for s in t.subnets if s.gateway is not None]
+    for r, route in enumerate(t.host.routes):
+        if route.to == "default":
+            yield Problem(("host", "routes", r, "to"), "host routes lead to networks behind guests; umlstate does "
+                                                       "not set the host's default route (a guest would own it)")
+        elif not any(route.via in s.cidr for s in hosted):
+            on = ", ".join(f"{s.name} ({s.cidr})" for s in hosted) or "none"
+            yield Problem(("host", "routes", r, "via"), f"host route to {route.to} goes via {route.via}, which is on "
+                                                        f"no subnet the host has a gateway on ({on})")
