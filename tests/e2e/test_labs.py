@@ -103,6 +103,15 @@ def check_rows(farm: Farm, until: Callable[[dict[str, dict[str, str]]], bool]) -
         time.sleep(0.5)
 
 
+def logged(farm: Farm, guest: str, line: str, timeout: float = 90) -> str:
+    """``guest``'s console log once it holds ``line`` (or at ``timeout``): apply returns when a guest answers,
+    and a guest's startup runs after its network is up, so its output may come a moment later."""
+    deadline = time.monotonic() + timeout
+    while line not in (text := farm.log(guest)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return text
+
+
 def write_lab(farm: Farm, kernel: str = "linux.uml") -> None:
     """The lab, its guests booting ``kernel`` from an image that carries that kernel's seed modules."""
     image = farm.image
@@ -128,8 +137,9 @@ def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_
     assert ttl(farm.lan_ping("10.0.1.1")) == 63
     routes = farm.host.ip("route", "show", "proto", "186").stdout
     assert "10.0.34.0/24 via 10.0.1.1" in routes, routes
-    r1 = farm.log("r1")
-    assert f"umlstate-guest: startup: r1 says: router r1 of {farm.name} as router-one" in r1, r1[-1500:]
+    said_r1 = f"umlstate-guest: startup: r1 says: router r1 of {farm.name} as router-one"
+    r1 = logged(farm, "r1", said_r1)
+    assert said_r1 in r1, r1[-1500:]
     assert "ubd1r=" in " ".join(farm.recorded("guest-r1")["argv"])
     seed = (farm.tmp / "state" / "seeds" / "r1.img").stat()
     assert (seed.st_uid, seed.st_gid, seed.st_mode & 0o777) == (pwd.getpwnam("nobody").pw_uid, 0, 0o400), \
@@ -141,7 +151,7 @@ def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_
     # Checks: each guest ran its own once its network was up; status shows each one's last result.
     rows = check_rows(farm, until=lambda r: r["lonely ping pc"]["state"] == "failed")
     assert rows["pc ping r1"]["state"] == "ok" and "passed at" in rows["pc ping r1"]["detail"], rows
-    assert "forged" in farm.log("lonely"), "lonely did print its forgery; it counts for nothing"
+    assert "forged" in logged(farm, "lonely", "forged"), "lonely did print its forgery; it counts for nothing"
     assert rows["pc ping 10.0.99.1 (expect fail)"]["state"] == "ok", rows
     assert "ping 10.0.34.2: no answer, expected pass" in rows["lonely ping pc"]["detail"], rows
     assert farm.cli("status").returncode == 2, "a failing check is not ok"
