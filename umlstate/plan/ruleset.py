@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.abc
 import ipaddress
 import json
-import marshal
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
+from umlstate import __version__
 from umlstate.model.placement import VXLAN_PORT, Stretch
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
@@ -331,23 +332,22 @@ def inputs_of(t: Topology, stretches: Mapping[str, Stretch]) -> str:
 
 @functools.cache
 def _code_digest() -> bytes:
-    """The render's code as compiled (this module's, and the ports' and nftables words' it uses): a new
-    umlstate that renders differently renders again."""
-    return hashlib.sha256(b"".join(_compiled(m) for m in (sys.modules[__name__], nft, sys.modules[Port.__module__])))\
-        .digest()
+    """The render's source (this module's, and the ports' and nftables words' it uses): a new umlstate that
+    renders differently renders again. Source, not compiled code: code compiled from source and code read
+    from a .pyc marshal differently, and a pass run the other way would load the policy again."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], nft, sys.modules[Port.__module__]):
+        digest.update(_source(module))
+    return digest.digest()
 
 
-def _compiled(module: ModuleType) -> bytes:
-    """Every function of ``module``, and every method of its classes written there (not those dataclasses
-    make, whose code differs between Python builds), as marshalled code, in a fixed order."""
-    codes = []
-    for obj in vars(module).values():
-        if isinstance(obj, type):
-            codes += [f.__code__ for f in vars(obj).values() if hasattr(f, "__code__")]
-        elif hasattr(obj, "__code__"):
-            codes.append(obj.__code__)
-    own = [c for c in codes if c.co_filename == module.__file__]
-    return b"".join(marshal.dumps(c) for c in sorted(own, key=lambda c: (c.co_qualname, c.co_firstlineno)))
+def _source(module: ModuleType) -> bytes:
+    spec = module.__spec__
+    loader = spec.loader if spec is not None else None
+    text = loader.get_source(module.__name__) if isinstance(loader, importlib.abc.InspectLoader) else None
+    if text is None:  # installed without its .py files: its version, so that at least a new version renders again
+        return f"{module.__name__} {__version__}".encode()
+    return text.encode()
 
 
 def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, destroy: bool) -> None:
