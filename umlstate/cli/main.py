@@ -10,6 +10,8 @@ The commands on one guest are in ``cli.guests``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import re
@@ -251,6 +253,7 @@ def watch(opts: Options, topology: str | None, resync: float) -> None:
     from umlstate.watch import Watcher
 
     # Booted is enough here: a pass that waited for answers would hold back the next repair.
+    gc.enable()  # watch runs for days: main turned the collector off for one-shot commands
     sys.exit(Watcher(reconciler(opts, files.load_topology(topology)[1], wait=False), resync=resync).run())
 
 
@@ -317,7 +320,31 @@ for _command in (guests.stop, guests.start, guests.console_cmd, guests.check_cmd
 
 
 def main() -> None:
-    """The console entry point: SPEC's exit codes, including 64 for usage errors."""
+    """The console entry point: SPEC's exit codes, including 64 for usage errors.
+
+    A command is one short pass: the cyclic garbage collector is off (it cost a quarter of a 1000-tap pass,
+    tracing the YAML's nodes; memory stays the same, and ``watch`` turns it back on), and the process ends
+    with ``os._exit`` once its output is flushed, without the interpreter's teardown (~45 ms): every file and
+    lock is closed by then by the ``with`` blocks that opened it.
+    """
+    gc.disable()
+    try:
+        _main()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if not isinstance(code, int):  # sys.exit("message"), or None
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else errors.EXIT_FAILED
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError, ValueError):  # `umlstate plan | head`, a closed stream
+            stream.flush()
+    os._exit(code)
+
+
+def _main() -> None:
     try:
         code = cli.main(standalone_mode=False)
     except click.UsageError as exc:
