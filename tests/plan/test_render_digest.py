@@ -18,9 +18,11 @@ DIGEST = "from umlstate.plan import ruleset; print(ruleset._code_digest().hex())
 
 
 def digest(cache: Path) -> str:
-    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(cache), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # as nobody: the venv's packages too
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(cache), "PYTHONPATH": path}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    done = subprocess.run([sys.executable, "-c", DIGEST], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", DIGEST], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
