@@ -32,7 +32,7 @@ from umlstate.errors import (
     StalePlanError,
     VerificationError,
 )
-from umlstate.host import console, folders, logs, mconsole, processes, records
+from umlstate.host import console, folders, identity, logs, mconsole, processes, records, trusted
 from umlstate.host import netns as netns_mod
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
@@ -178,7 +178,7 @@ class Reconciler:
         if not running:
             return
         try:
-            with folders.open_trusted(f"{self.topology.state_dir}/{folders.LOGS_DIR}") as logs_dir:
+            with trusted.open_trusted(f"{self.topology.state_dir}/{logs.LOGS_DIR}") as logs_dir:
                 for name in running:
                     if logs.cap(logs_dir.fd, name):
                         log.info("log capped", process=name, kept=f"{name}.log.1")
@@ -206,7 +206,7 @@ class Reconciler:
         deadline = time.monotonic() + timeout
         while len(found) < len(wanted) and time.monotonic() < deadline:
             time.sleep(0.2)
-            with folders.open_trusted(f"{self.topology.state_dir}/{folders.LOGS_DIR}") as logs_dir:
+            with trusted.open_trusted(f"{self.topology.state_dir}/{logs.LOGS_DIR}") as logs_dir:
                 for name, nonce in asked.items():
                     said = checks.results(self.topology, name, logs.tail(logs_dir.fd, name))
                     found |= {n: r for n, r in said.items() if r.nonce == nonce}
@@ -258,7 +258,7 @@ class Reconciler:
             held = " (held down by `umlstate stop`)" if guest in snapshot.records.held else ""
             raise console.ConsoleError(f"guest {guest} is not running{held}; `umlstate start {guest}` starts it")
         proc = state.proc
-        return console.open_recorded(proc.console, processes.identity_of(proc), guest), proc.console or ""
+        return console.open_recorded(proc.console, identity.identity_of(proc), guest), proc.console or ""
 
     def require_root_for_guest(self, command: str, guest: str) -> None:
         if os.geteuid() != 0:

@@ -37,7 +37,7 @@ from types import FrameType
 import structlog
 
 from umlstate.errors import BackingOff, UmlstateError
-from umlstate.host import processes
+from umlstate.host import identity
 from umlstate.model.snapshot import Proc, Snapshot
 from umlstate.reconcile import Reconciler
 
@@ -131,7 +131,7 @@ class Watcher:
                 lost = _drain(events, DEBOUNCE, min(MAX_DEBOUNCE, max(0.0, until - time.monotonic())))
                 return "events lost (ENOBUFS): resync" if lost else "netlink event"
             self._reap()
-            gone = [p for p in self.known if not processes.alive(p)]
+            gone = [p for p in self.known if not identity.alive(p)]
             if gone:
                 return f"process {gone[0].pid} exited"
         return "stop"

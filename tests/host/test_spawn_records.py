@@ -27,4 +27,4 @@ def test_a_run_that_exits_before_its_identity_is_read_is_recorded_as_started_and
     finally:
         os.close(fd)
     assert proc.start == 0 and before <= proc.started <= time.time(), "when it started: what backoff counts from"
-    assert not processes.alive(proc), "and never taken for a live process, whatever later has its pid"
+    assert not identity.alive(proc), "and never taken for a live process, whatever later has its pid"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from umlstate.host import icmp, logs, mconsole, processes
+from umlstate.host import icmp, identity, logs, mconsole
 from umlstate.model.guestline import GuestLine
 from umlstate.model.snapshot import Proc
 from umlstate.plan import actions as A
@@ -69,7 +69,7 @@ class BootWait:
             while waiting:
                 for name, boot in list(waiting.items()):
                     output = logs.read_since(logs_fd, name, boot.offset)
-                    if not processes.alive(boot.proc) or "Kernel panic" in output:
+                    if not identity.alive(boot.proc) or "Kernel panic" in output:
                         failed[name] = f"guest {name} exited right after it started; " + logs.failure_report(
                             logs_fd, name)
                         del waiting[name]

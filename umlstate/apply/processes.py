@@ -18,7 +18,7 @@ import structlog
 
 from umlstate.apply.boot import BootWait
 from umlstate.errors import ActionError
-from umlstate.host import console, cow, folders, logs, mconsole, processes
+from umlstate.host import console, cow, folders, identity, logs, mconsole, processes
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.host.users import primary_gid, uid_of
@@ -100,7 +100,7 @@ class Processes:
                            hold_stdin=a.holds_stdin)
         deadline = time.monotonic() + SWITCH_START_TIMEOUT
         while not _serves(a.socket) or (a.tap and not self.nl.carrier(a.tap)):
-            if not processes.alive(proc) or time.monotonic() > deadline:
+            if not identity.alive(proc) or time.monotonic() > deadline:
                 what = f"attach to tap {a.tap}" if _serves(a.socket) else f"create its socket {a.socket}"
                 raise ActionError(f"switch {a.name} did not {what}; " + logs.failure_report(self._logs_fd, a.name))
             time.sleep(0.02)

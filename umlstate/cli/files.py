@@ -8,10 +8,8 @@ model and rules as a file. The saved-plan format is one typed model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,9 +17,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from umlstate import errors
 from umlstate.errors import HostError, StalePlanError
-from umlstate.host import folders
-from umlstate.host.safefs import Dir, UnsafePath, read_bounded
-from umlstate.host.trusted import check_trusted_folder
+from umlstate.host.safefs import UnsafePath, read_bounded
+from umlstate.host.trusted import check_root_file, read_below
 from umlstate.model.guest import GUEST_FILE_MAX
 from umlstate.model.loader import load_document, load_file
 from umlstate.model.topology import Topology
@@ -58,55 +55,22 @@ def resolve_topology(given: str | None) -> str:
                             "  to fix: pass a path (umlstate status lab.yaml) or set UMLSTATE_TOPOLOGY")
 
 
-def check_file_safety(path: str) -> None:
-    """As root, refuse a topology (or saved plan) anyone but root could write: it decides what root runs.
-
-    The file must be root's and not writable by group or others, and so must
-    every folder up to / (or sticky, like /tmp, above a root-owned one), for
-    the path as given and for where its links lead.
-    """
-    if os.geteuid() != 0:
-        return
-    for folder in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
-        check_trusted_folder(folder, f"the folder of {path}")
-    try:
-        st = os.stat(path)
-    except OSError:
-        return  # the loader says what is wrong with a missing file
-    if st.st_uid != 0 or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
-        raise HostError(f"{path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; whoever "
-                        "can write it decides what root runs, so only root may",
-                        f"chown root: {path} && chmod go-w {path}")
-
-
 def read_guest_file(folder: str, below: str) -> bytes:
-    """A guest file's ``from``, below the topology's folder: anyone's file, so each folder on the way is
-    opened without following a link, and the file is read with a bound, only if regular and not hard-linked
-    (a link planted in a lab folder never makes root read /etc/shadow into a seed)."""
-    *steps, name = below.split("/")
-    with contextlib.ExitStack() as held:
-        current = held.enter_context(
-            folders.open_trusted(folder) if os.geteuid() == 0 else Dir.open(os.path.realpath(folder)))
-        for step in steps:
-            current = held.enter_context(current.sub(step))
-        st = current.lstat(name)
-        if st is not None and st.st_nlink != 1:
-            raise UnsafePath(f"{folder}/{below} has {st.st_nlink} hard links, so it is also a file elsewhere",
-                             "give the guest a copy of its own")
-        return current.read(name, GUEST_FILE_MAX)
+    """A guest file's ``from``, read as host.trusted.read_below reads anyone's file."""
+    return read_below(folder, below, GUEST_FILE_MAX)
 
 
 def load_topology(given: str | None) -> tuple[str, Topology]:
     """The topology file a command names (or the default one), vetted as root, loaded and validated."""
     path = resolve_topology(given)
-    check_file_safety(path)
+    check_root_file(path)
     return path, load_file(path, read_guest_file)
 
 
 def load_target(given: str | None, netns: str | None) -> tuple[Topology, SavedPlan | None]:
     """What `apply` was given: a topology file, or a plan file saved by `plan --out`."""
     path = resolve_topology(given)
-    check_file_safety(path)
+    check_root_file(path)
     if not path.endswith(".json"):
         return load_file(path, read_guest_file), None
     try:

@@ -19,26 +19,21 @@ from dataclasses import dataclass
 import structlog
 
 from umlstate.host import safetree
+from umlstate.host.logs import LOGS_DIR
+from umlstate.host.logs import open_folder as open_logs_of
 from umlstate.host.safefs import Dir, UnsafePath
-from umlstate.host.trusted import check_trusted_folder
+from umlstate.host.trusted import check_trusted_folder, open_trusted
 from umlstate.host.users import primary_gid, uid_of
 from umlstate.model.topology import USERS_DIR, Topology
 
 log = structlog.get_logger("umlstate")
 
-LOGS_DIR = "logs"
 
 
 def check_trusted(t: Topology) -> None:
     """Refuse to run unless run_dir and state_dir (what exists of them) are root's alone, up to /."""
     check_trusted_folder(t.run_dir, "run_dir")
     check_trusted_folder(t.state_dir, "state_dir")
-
-
-def open_trusted(path: str, *, create: bool = False) -> Dir:
-    """A folder checked to be root's up to /; root's own links on the way are resolved first."""
-    check_trusted_folder(path, path)
-    return Dir.open(os.path.realpath(path), create=create)
 
 
 def open_folder(path: str) -> Dir:
@@ -51,11 +46,7 @@ def open_folder(path: str) -> Dir:
 
 def open_logs(t: Topology) -> Dir | None:
     """state_dir/logs to read from, checked like any trusted folder; None before the first apply made it."""
-    try:
-        with open_trusted(t.state_dir) as state:
-            return state.sub(LOGS_DIR)
-    except FileNotFoundError:
-        return None
+    return open_logs_of(t.state_dir)
 
 
 @dataclass
@@ -77,11 +68,11 @@ class Folders:
                 # 0755: a guest of another user connects to a switch socket in here.
                 users.sub(user, create=True, mode=0o755, uid=uid, gid=primary_gid(uid)).close()
             with open_trusted(t.state_dir, create=True) as state:
-                logs = state.sub(LOGS_DIR, create=True, mode=0o750, uid=0, gid=0)
+                logs_dir = state.sub(LOGS_DIR, create=True, mode=0o750, uid=0, gid=0)
         except BaseException:
             users.close()
             raise
-        return cls(users, logs)
+        return cls(users, logs_dir)
 
     def clear_umid(self, user: str, guest: str) -> None:
         """Remove a dead guest's umid folder (pid file, socket) from the user's uml_dir, through descriptors."""

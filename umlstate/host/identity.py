@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from umlstate.host.cgroups import CGROUP_FILE_LIMIT, MAX_PIDS, Cgroups, pidfd_exited, read_bounded, v2_line
+from umlstate.model.snapshot import Proc
 
 STAT_LIMIT = 4096  # comm is at most 15 bytes; the rest is 50-odd numbers
 STATUS_LIMIT = 4096  # the Uid line is the ninth or so, well before the unbounded Groups line
@@ -117,6 +118,27 @@ def same(recorded: Identity, pid: int | None = None) -> bool:
         return False
     # A cgroup, when recorded, is the stronger mark: nobody but root moves a process into one.
     return now.cgroup == recorded.cgroup if recorded.cgroup is not None else now.sid == recorded.sid
+
+
+def identity_of(proc: Proc) -> Identity:
+    """The identity in a switch's or guest's record."""
+    return Identity(proc.pid, proc.start, proc.uid, proc.cgroup, proc.sid, proc.argv[0] if proc.argv else "")
+
+
+def alive(proc: Proc) -> bool:
+    """Still the process umlstate started: same pid, start time, uid and cgroup or session; not a zombie."""
+    if not proc.start:  # never recorded (it exited before it could be): nothing of ours runs under that pid
+        return False
+    return same(identity_of(proc))
+
+
+def remaining(unit: str, cgroups: Cgroups | None, proc: Proc | None) -> list[int]:
+    """Every process still running in a switch's or guest's cgroup (or session, as a fallback)."""
+    if cgroups is not None:
+        return cgroups.pids(unit)
+    if proc is not None and proc.sid:
+        return session_pids(proc.sid, proc.uid)
+    return []
 
 
 class Handle:

@@ -20,8 +20,11 @@ import stat
 import time
 
 from umlstate.errors import ActionError, InternalError
+from umlstate.host import trusted
+from umlstate.host.safefs import Dir
 
 RUN_MARK = "--- umlstate: "
+LOGS_DIR = "logs"  # below state_dir: root's, 0750
 MAX_LOG = 8 << 20  # a log larger than this is rotated at the next open: <name>.log -> <name>.log.1
 TAIL = 64 << 10  # what reading a log ever looks at: its last 64 KiB
 LINE_WIDTH = 400  # one line of a report, at most: a guest may print 64 KiB without a newline
@@ -122,6 +125,12 @@ def open_for_child(folder_fd: int, name: str, argv: tuple[str, ...]) -> int:
     return fd
 
 
+def over_cap(folder_fd: int, name: str) -> bool:
+    """The log is root's and longer than MAX_LOG: the next pass cuts it."""
+    st = _lstat(folder_fd, _log_name(name))
+    return st is not None and _ours(st) and st.st_size > MAX_LOG
+
+
 def cap(folder_fd: int, name: str) -> bool:
     """Keep a running process's log under MAX_LOG: its last TAIL bytes go to <name>.log.1, the log restarts empty.
 
@@ -130,10 +139,9 @@ def cap(folder_fd: int, name: str) -> bool:
     Every pass of a root run calls this, so a guest that prints without end never fills
     state_dir between two starts. True when the log was cut.
     """
-    file = _log_name(name)
-    st = _lstat(folder_fd, file)
-    if st is None or not _ours(st) or st.st_size <= MAX_LOG:
+    if not over_cap(folder_fd, name):
         return False
+    file = _log_name(name)
     fd = os.open(file, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=folder_fd)
     try:
         now = os.fstat(fd)
@@ -307,3 +315,11 @@ def _last_lines(run: str, lines: int) -> list[str]:
 def _clip(line: str) -> str:
     return line if len(line) <= LINE_WIDTH else line[:LINE_WIDTH] + " [...]"
 
+
+def open_folder(state_dir: str) -> Dir | None:
+    """state_dir/logs to read from, checked like any trusted folder; None before the first apply made it."""
+    try:
+        with trusted.open_trusted(state_dir) as state:
+            return state.sub(LOGS_DIR)
+    except FileNotFoundError:
+        return None

@@ -31,7 +31,8 @@ from umlstate.errors import ActionError
 from umlstate.host import identity, mconsole
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.console import Pty
-from umlstate.model.guestline import GuestLine
+from umlstate.host.identity import alive, identity_of
+from umlstate.model.guestline import mconsole_of
 from umlstate.model.snapshot import Proc
 from umlstate.model.topology import DEFAULT_TUN
 
@@ -89,10 +90,6 @@ def proc_of(found: identity.Identity, argv: tuple[str, ...], console: str | None
                 sid=found.sid, console=console)
 
 
-def identity_of(proc: Proc) -> identity.Identity:
-    return identity.Identity(proc.pid, proc.start, proc.uid, proc.cgroup, proc.sid, proc.argv[0] if proc.argv else "")
-
-
 def _become(uid: int, gid: int, groups: list[int], tun_path: str, join: Callable[[], None] | None,  # noqa: PLR0917
             stale_socket: str | None) -> Callable[[], None]:
     """The child's last steps: its cgroup, its own view of /dev/net/tun, then the user's identity.
@@ -141,22 +138,6 @@ def _boot_epoch() -> float:
 
 def started_epoch(ticks: int) -> float:
     return _boot_epoch() + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def alive(proc: Proc) -> bool:
-    """Still the process umlstate started: same pid, start time, uid and cgroup or session; not a zombie."""
-    if not proc.start:  # never recorded (it exited before it could be): nothing of ours runs under that pid
-        return False
-    return identity.same(identity_of(proc))
-
-
-def remaining(unit: str, cgroups: Cgroups | None, proc: Proc | None) -> list[int]:
-    """Every process still running in a switch's or guest's cgroup (or session, as a fallback)."""
-    if cgroups is not None:
-        return cgroups.pids(unit)
-    if proc is not None and proc.sid:
-        return identity.session_pids(proc.sid, proc.uid)
-    return []
 
 
 def end_all(unit: str, cgroups: Cgroups | None, proc: Proc | None, timeout: float = 5.0) -> None:
@@ -276,8 +257,7 @@ def _wait_gone(proc: Proc, seconds: float) -> bool:
 
 def mconsole_path(proc: Proc, name: str) -> str | None:
     """A guest's mconsole socket, from the uml_dir root gave it when it started it (never from the guest)."""
-    line = GuestLine.parse(proc.argv)
-    return line.mconsole if line is not None and line.umid == name else None
+    return mconsole_of(proc.argv, name)
 
 
 def _mconsole_quiet(path: str, text: str, owner: int) -> bool:

@@ -13,10 +13,8 @@ import os
 import stat
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from umlstate.errors import HostError
-from umlstate.host import folders, safefs
+from umlstate.host import safefs, trusted
 from umlstate.model.snapshot import Records, records_from_json, to_json
 
 FORMAT_VERSION = 1
@@ -27,12 +25,13 @@ def path_of(state_dir: str) -> Path:
     return Path(state_dir) / "state.json"
 
 
-def load(state_dir: str) -> Records:
+def read(state_dir: str) -> bytes | None:
+    """The records' bytes as they are (None: no records yet), bounded, never through a link, root's alone."""
     path = path_of(state_dir)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return Records()
+        return None
     except PermissionError:
         raise HostError(f"reading umlstate's records {path} needs root (it is {_mode(path)})",
                         f"run umlstate as root, or, for monitoring as another user, chmod 0644 {path}") from None
@@ -42,9 +41,18 @@ def load(state_dir: str) -> Records:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_size > MAX_BYTES:
             raise _unreadable(path, f"not a root-owned regular file of at most {MAX_BYTES} bytes")
-        data = os.read(fd, MAX_BYTES + 1)
+        return os.read(fd, MAX_BYTES + 1)
     finally:
         os.close(fd)
+
+
+def load(state_dir: str) -> Records:
+    from pydantic import ValidationError  # imported when records are parsed: the quick pass only reads bytes
+
+    path = path_of(state_dir)
+    data = read(state_dir)
+    if data is None:
+        return Records()
     try:
         parsed = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -73,7 +81,7 @@ def save(state_dir: str, records: Records) -> None:
     # World-readable, so `status` and `plan` work for a monitoring user; nothing in it is secret, and only
     # root may change it.
     # As root, state_dir must be root's alone up to /; anyone else writes with only their own rights.
-    opened = folders.open_trusted(state_dir, create=True) if os.geteuid() == 0 else \
+    opened = trusted.open_trusted(state_dir, create=True) if os.geteuid() == 0 else \
         safefs.Dir.open(os.path.abspath(state_dir), create=True)
     with opened as folder:
         folder.write_atomic(path_of(state_dir).name, data.encode(), 0o644)

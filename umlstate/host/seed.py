@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 
 from umlstate.errors import ActionError
-from umlstate.host import folders
+from umlstate.host import trusted
 
 LABEL = "CIDATA"  # cloud-init's NoCloud looks for a vfat or iso9660 file system labelled cidata or CIDATA
 SLACK = 512 << 10  # bytes beyond the files: the FAT, its root folder and cluster rounding
@@ -27,7 +27,7 @@ CLUSTER = 4096  # what each file takes at least on the image, however small
 
 def write(path: str, files: tuple[tuple[str, bytes], ...], uid: int) -> None:
     folder, name = os.path.split(path)
-    with folders.open_trusted(folder, create=True) as seeds:  # vetted: only root can change where it leads
+    with trusted.open_trusted(folder, create=True) as seeds:  # vetted: only root can change where it leads
         for left in seeds.names():  # a crashed write's work folder (root's, in root's folder)
             if left.startswith(f".{name}."):
                 shutil.rmtree(os.path.join(folder, left), ignore_errors=True)
@@ -54,7 +54,7 @@ def write(path: str, files: tuple[tuple[str, bytes], ...], uid: int) -> None:
 
 def delete(path: str) -> None:
     folder, name = os.path.split(path)
-    with folders.open_trusted(folder) as d:
+    with trusted.open_trusted(folder) as d:
         d.unlink(name, kinds=("file",))
 
 

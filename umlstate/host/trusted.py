@@ -6,10 +6,12 @@ that passes here can be handed to ``safefs.Dir.open``: nothing but root can chan
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
-from umlstate.host.safefs import UnsafePath, describe, kind_of
+from umlstate.errors import HostError
+from umlstate.host.safefs import Dir, UnsafePath, describe, kind_of
 
 GO_WRITE = stat.S_IWGRP | stat.S_IWOTH
 MAX_LINKS = 40  # the kernel's own limit on symlinks followed in one lookup
@@ -77,3 +79,46 @@ def check_trusted_folder(path: str, what: str) -> None:
         cur, cur_st = child, st
     if cur_st.st_mode & GO_WRITE:  # the folder itself: sticky or not, others must not write in it
         raise _untrusted(subject, cur, cur_st, "others could write in it", f"chmod go-w {cur}")
+
+
+def check_root_file(path: str) -> None:
+    """As root, refuse a topology (or saved plan) anyone but root could write: it decides what root runs.
+
+    The file must be root's and not writable by group or others, and so must
+    every folder up to / (or sticky, like /tmp, above a root-owned one), for
+    the path as given and for where its links lead.
+    """
+    if os.geteuid() != 0:
+        return
+    for folder in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
+        check_trusted_folder(folder, f"the folder of {path}")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # the loader says what is wrong with a missing file
+    if st.st_uid != 0 or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
+        raise HostError(f"{path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; whoever "
+                        "can write it decides what root runs, so only root may",
+                        f"chown root: {path} && chmod go-w {path}")
+
+
+def open_trusted(path: str, *, create: bool = False) -> Dir:
+    """A folder checked to be root's up to /; root's own links on the way are resolved first."""
+    check_trusted_folder(path, path)
+    return Dir.open(os.path.realpath(path), create=create)
+
+
+def read_below(folder: str, below: str, limit: int) -> bytes:
+    """A file below a topology's folder (a guest file's ``from``): anyone's file, so each folder on the way is
+    opened without following a link, and the file is read with a bound, only if regular and not hard-linked
+    (a link planted in a lab folder never makes root read /etc/shadow into a seed)."""
+    *steps, name = below.split("/")
+    with contextlib.ExitStack() as held:
+        current = held.enter_context(open_trusted(folder) if os.geteuid() == 0 else Dir.open(os.path.realpath(folder)))
+        for step in steps:
+            current = held.enter_context(current.sub(step))
+        st = current.lstat(name)
+        if st is not None and st.st_nlink != 1:
+            raise UnsafePath(f"{folder}/{below} has {st.st_nlink} hard links, so it is also a file elsewhere",
+                             "give the guest a copy of its own")
+        return current.read(name, limit)

@@ -16,7 +16,7 @@ import stat
 import struct
 
 from umlstate.errors import ActionError
-from umlstate.host import folders
+from umlstate.host import trusted
 
 # linux/if_tun.h
 TUNSETIFF = 0x400454CA
@@ -87,10 +87,9 @@ TUN_MAJOR, TUN_MINOR = 10, 200
 def is_tun_node(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (TUN_MAJOR, TUN_MINOR)
 
-
 def make_node(path: str, mode: int | None, gid: int | None) -> None:
     """mknod c 10 200 with its mode and group, in a folder checked to be root's alone."""
-    with folders.open_trusted(os.path.dirname(path), create=True) as folder:
+    with trusted.open_trusted(os.path.dirname(path), create=True) as folder:
         name = os.path.basename(path)
         try:
             folder.mknod_char(name, mode if mode is not None else 0o600, TUN_MAJOR, TUN_MINOR)
@@ -102,7 +101,7 @@ def make_node(path: str, mode: int | None, gid: int | None) -> None:
 
 def fix_node(path: str, mode: int | None, gid: int | None) -> None:
     """chmod/chgrp the node, and only if it is still the tun device (never through a link)."""
-    with folders.open_trusted(os.path.dirname(path)) as folder:
+    with trusted.open_trusted(os.path.dirname(path)) as folder:
         name = os.path.basename(path)
         if mode is not None:
             folder.chmod_entry(name, mode, expect=is_tun_node)
@@ -112,7 +111,7 @@ def fix_node(path: str, mode: int | None, gid: int | None) -> None:
 
 def delete_node(path: str) -> None:
     """Remove the node umlstate made; anything else standing there now is left alone."""
-    with folders.open_trusted(os.path.dirname(path)) as folder:
+    with trusted.open_trusted(os.path.dirname(path)) as folder:
         st = folder.lstat(os.path.basename(path))
         if st is not None and is_tun_node(st):
             os.unlink(os.path.basename(path), dir_fd=folder.fd)

@@ -163,3 +163,9 @@ def _own(word: str) -> bool:
     """A NIC word, or a hint umlstate writes itself (umlstate.gw=, umlstate.<ifname>=)."""
     key = word[len(HINT_PREFIX):].partition("=")[0] if word.startswith(HINT_PREFIX) else None
     return Nic.ifname_of(word) is not None or key == "gw" or (key is not None and Nic.ifname_of(f"{key}=") is not None)
+
+
+def mconsole_of(argv: Sequence[str], umid: str) -> str | None:
+    """A guest's mconsole socket, from the command line root started it with (never from the guest)."""
+    line = GuestLine.parse(argv)
+    return line.mconsole if line is not None and line.umid == umid else None

@@ -15,9 +15,10 @@ import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 IPv4Interface = ipaddress.IPv4Interface
 IPv4Address = ipaddress.IPv4Address
@@ -246,21 +247,23 @@ class Snapshot:
 # JSON codec, for observed.json in golden tests and for saved plans.
 
 
-def to_json(snapshot: Snapshot | Records) -> dict[str, Any]:
-    def conv(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: conv(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, Mapping):
-            return {str(k): conv(v) for k, v in sorted(value.items())}
-        if isinstance(value, (frozenset, set)):
-            return sorted((conv(v) for v in value), key=json.dumps)
-        if isinstance(value, tuple):
-            return [conv(v) for v in value]
-        if isinstance(value, (IPv4Interface, IPv4Address)):
-            return str(value)
-        return value
+def plain(value: Any) -> Any:
+    """Dataclasses, mappings, sets and addresses as JSON's plain values, in one order whatever the hash seed."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (frozenset, set)):
+        return sorted((plain(v) for v in value), key=json.dumps)
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, (IPv4Interface, IPv4Address)):
+        return str(value)
+    return value
 
-    result = conv(snapshot)
+
+def to_json(snapshot: Snapshot | Records) -> dict[str, Any]:
+    result = plain(snapshot)
     assert isinstance(result, dict)
     return result
 
@@ -282,12 +285,17 @@ def records_from_json(data: Mapping[str, Any]) -> Records:
 
 
 # One codec per persisted type, derived from the type itself (a new field needs no edit here);
-# built on first use, since building one costs ~0.1 s and most runs never parse a snapshot.
+# built on first use, since building one costs ~0.1 s and most runs never parse a snapshot (and pydantic is
+# imported then too: the quick pass, cli.quick, reads a snapshot's parts without it).
 @functools.cache
 def _snapshots() -> TypeAdapter[Snapshot]:
+    from pydantic import TypeAdapter
+
     return TypeAdapter(Snapshot)
 
 
 @functools.cache
 def _records() -> TypeAdapter[Records]:
+    from pydantic import TypeAdapter
+
     return TypeAdapter(Records)

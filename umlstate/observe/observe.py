@@ -17,146 +17,138 @@ COW header or mconsole reply is bounded in bytes and time.
 
 from __future__ import annotations
 
-import contextlib
-import grp
 import os
-import pwd
-import shutil
-import stat
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
 
-from umlstate.host import cow, folders, kconfig, logs, mconsole, processes, records, sysctl
+from umlstate.host import folders, kconfig, logs, records, sysctl
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.model.snapshot import (
     CowFile,
     GuestState,
-    HostGroup,
     KernelFacts,
     Proc,
     Records,
     Snapshot,
     SwitchState,
-    TunNode,
     unit_of,
 )
 from umlstate.model.topology import DEFAULT_TUN, Topology
-from umlstate.observe import ruleset
+from umlstate.observe import reads, ruleset
 from umlstate.plan import checks
 
-TUN_MAJOR, TUN_MINOR = 10, 200
 ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planner warns
 
 
 def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot:
     recs = records.load(topology.state_dir)
     uplinks = {s.proxy_arp.uplink for s in topology.subnets if s.proxy_arp}
-    links, index = netlink.links({t.name for t in topology.taps} | uplinks)
-    ours = {n for n, link in links.items() if link.kind in ("tun", "bridge")} | uplinks
-    programs = _programs(topology, recs)
-    boot_id = read_boot_id()
-    # After a reboot every process recorded before is gone, whatever its pid names now.
-    rebooted = recs.boot_id is not None and recs.boot_id != boot_id
-    recorded = {} if rebooted else dict(recs.processes)
+    net = reads.network(netlink, {t.name for t in topology.taps}, uplinks,
+                        routes=bool(topology.host.routes or recs.routes))
+    programs = {name: reads.program(name) for name in sorted(program_names(topology, recs))}
+    boot_id = reads.boot_id()
+    recorded = recorded_processes(recs, boot_id)
     cgroups = Cgroups.here(topology.instance)
     switches = _switches(topology, recorded, cgroups)
     guests = _guests(topology, recorded, cgroups)
     procs = [sw.proc for sw in switches.values() if sw.proc] + [g.proc for g in guests.values() if g.proc]
-    users, primary_gids = _users(topology)
+    users, primary_gids = reads.users(user_names(topology))
     return Snapshot(
         netns=netns,
         boot_id=boot_id,
         users=users,
         primary_gids=primary_gids,
-        groups=_groups(topology, recs),
-        tun=read_tun_node(topology.host.tun.path if topology.host.tun else recs.tun_path or DEFAULT_TUN),
-        sysctls={key: sysctl.read(key) for key in sorted(_sysctl_keys(topology, recs))},
-        links=links,
-        addresses=netlink.addresses(index, {n for n in ours if n in links}),
-        proxies=netlink.proxies(index),
-        routes=netlink.routes() if topology.host.routes or recs.routes else frozenset(),
-        fdb=netlink.fdb(index, {n for n, link in links.items() if link.kind == "vxlan"}),
+        groups=reads.groups(group_names(topology, recs)),
+        tun=reads.tun_node(tun_path(topology, recs)),
+        sysctls={key: sysctl.read(key) for key in sorted(sysctl_keys(topology, recs))},
+        links=net.links,
+        addresses=net.addresses,
+        proxies=net.proxies,
+        routes=net.routes,
+        fdb=net.fdb,
         records=recs,
         switches=switches,
         guests=guests,
         programs=programs,
-        files=_files(topology),
+        files={p: os.path.exists(p) for p in file_paths(topology)},
         cows=cows(topology),
         kernels={path: KernelFacts(path, info.version, info.transports, info.vector_transports)
-                 for name in {g.kernel for g in topology.guests}
-                 if (path := programs.get(name)) is not None and (info := kconfig.inspect(path)) is not None},
-        user_names=_names({link.owner for link in links.values()} | {p.uid for p in procs}, pwd.getpwuid),
-        group_names=_names({link.tun_group for link in links.values()}, grp.getgrgid),
+                 for path in kernel_paths(topology, programs) if (info := kconfig.inspect(path)) is not None},
+        user_names=reads.user_names({link.owner for link in net.links.values()} | {p.uid for p in procs}),
+        group_names=reads.group_names({link.tun_group for link in net.links.values()}),
         ruleset=ruleset.observe(topology, recs),
-        seeds={g: r for g, r in recs.seeds.items() if _regular(r.path)},
+        seeds={g: r for g, r in recs.seeds.items() if reads.regular(r.path)},
         now=time.time(),
     )
 
 
-def _names(ids: set[int | None], lookup: Callable[[int], Any]) -> dict[int, str]:
-    """uid or gid -> name, for the ids that have one (messages say "nobody (65534)")."""
-    found: dict[int, str] = {}
-    for i in sorted(x for x in ids if x is not None):
-        with contextlib.suppress(KeyError):
-            found[i] = lookup(i)[0]
-    return found
+# What the observation reads, by name: the quick pass (observe.witness) reads the same names again.
 
 
-def _programs(t: Topology, recs: Records) -> dict[str, str | None]:
+def program_names(t: Topology, recs: Records) -> set[str]:
     names = {sw.kind for sw in t.switch_processes} | {g.kernel for g in t.guests}
     if t.host.groups or recs.groups_created or recs.members_added:
         names |= {"groupadd", "groupdel", "gpasswd"}
     if any(t.has_seed(g) for g in t.guests):
         names |= {"mkfs.vfat", "mcopy"}
-    out: dict[str, str | None] = {}
-    for name in sorted(names):
-        if "/" in name:
-            out[name] = name if os.access(name, os.X_OK) else None
-        else:
-            out[name] = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin:/sbin:/bin")
-    return out
+    return names
 
 
-def _regular(path: str) -> bool:
-    """A regular file is there (root's own, in state_dir: looked at, never followed)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
+def kernel_paths(t: Topology, programs: Mapping[str, str | None]) -> list[str]:
+    return sorted({path for name in {g.kernel for g in t.guests} if (path := programs.get(name)) is not None})
 
 
-def _files(t: Topology) -> dict[str, bool]:
-    paths = {p for g in t.guests for p in (g.disk.base, g.disk.image, t.cow_of(g)) if p}
-    return {p: os.path.exists(p) for p in sorted(paths)}
+def file_paths(t: Topology) -> list[str]:
+    return sorted({p for g in t.guests for p in (g.disk.base, g.disk.image, t.cow_of(g)) if p})
+
+
+def cow_pairs(t: Topology) -> list[tuple[str, str]]:
+    """(COW file, its base) of each guest that boots from one."""
+    return [(path, g.disk.base) for g in t.guests if (path := t.cow_of(g)) is not None and g.disk.base is not None]
 
 
 def cows(t: Topology) -> dict[str, CowFile]:
     """Each existing COW file's record of its base, beside the base as it is now."""
-    found: dict[str, CowFile] = {}
-    for g in t.guests:
-        path = t.cow_of(g)
-        if path is None or g.disk.base is None:
-            continue
-        header = cow.read_header(path)  # bounded, never blocks: the file may be the guest user's
-        if header is None:
-            continue  # missing, or an older layout: let UML judge it
-        try:
-            st = os.stat(g.disk.base)
-            now: tuple[int | None, int | None] = (int(st.st_mtime), st.st_size)
-        except OSError:
-            now = (None, None)
-        found[path] = CowFile(header.base_mtime, header.base_size, *now)
-    return found
+    return {path: found for path, base in cow_pairs(t) if (found := reads.cow_file(path, base)) is not None}
 
 
-def _recorded(unit: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> tuple[Proc | None, int]:
-    """The recorded process if it still runs as started, else how many processes its cgroup still holds."""
-    proc = recorded.get(unit)
-    if proc is not None and processes.alive(proc):
-        return proc, 0
-    return None, len(processes.remaining(unit, cgroups, proc))
+def tun_path(t: Topology, recs: Records) -> str:
+    return t.host.tun.path if t.host.tun else recs.tun_path or DEFAULT_TUN
+
+
+def user_names(t: Topology) -> set[str]:
+    names = {tap.owner for tap in t.taps} | {s.runs_as for s in t.switch_processes} | {g.user for g in t.guests}
+    return names | {m for g in t.host.groups for m in g.members}
+
+
+def group_names(t: Topology, recs: Records) -> set[str]:
+    names = {g.name for g in t.host.groups} | {tap.group for tap in t.taps if tap.group}
+    names |= set(recs.groups_created) | {g for g, _ in recs.members_added}
+    if t.host.tun and t.host.tun.group:
+        names.add(t.host.tun.group)
+    return names
+
+
+def sysctl_keys(t: Topology, recs: Records) -> set[str]:
+    return set(t.host.sysctl) | set(recs.sysctl_originals) | set(ALWAYS_READ_SYSCTLS)
+
+
+def recorded_processes(recs: Records, boot_id: str | None) -> dict[str, Proc]:
+    """What root recorded it started, unless in an earlier boot: every process recorded then is gone."""
+    return {} if recs.boot_id is not None and recs.boot_id != boot_id else dict(recs.processes)
+
+
+def socket_of(t: Topology, switch: str) -> str | None:
+    """The socket of a switch process the topology runs (a bridge has none)."""
+    sw = t.switch(switch)
+    return t.socket_of(sw) if sw is not None and not sw.is_bridge else None
+
+
+def umid_folder(t: Topology, guest: str) -> str | None:
+    """Where a guest of the topology keeps its pid file and mconsole socket while it runs."""
+    g = t.guest(guest)
+    return f"{t.uml_dir_of(g)}/{guest}" if g is not None else None
 
 
 def _units(kind: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> set[str]:
@@ -169,34 +161,23 @@ def _units(kind: str, recorded: dict[str, Proc], cgroups: Cgroups | None) -> set
 def _switches(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> dict[str, SwitchState]:
     found: dict[str, SwitchState] = {}
     for name in sorted({sw.name for sw in t.switch_processes} | _units("switch", recorded, cgroups)):
-        proc, leftovers = _recorded(unit_of("switch", name), recorded, cgroups)
-        sw = t.switch(name)
-        socket = t.socket_of(sw) if sw is not None and not sw.is_bridge else None
+        proc, leftovers = reads.process(unit_of("switch", name), recorded, cgroups)
+        socket = socket_of(t, name)
         found[name] = SwitchState(proc, socket is not None and os.path.exists(socket), leftovers)
     return found
-
-
-def read_boot_id() -> str | None:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read(64).strip()
-    except OSError:
-        return None
 
 
 def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> dict[str, GuestState]:
     found: dict[str, GuestState] = {}
     for name in sorted({g.name for g in t.guests} | _units("guest", recorded, cgroups)):
-        proc, leftovers = _recorded(unit_of("guest", name), recorded, cgroups)
-        guest = t.guest(name)
+        proc, leftovers = reads.process(unit_of("guest", name), recorded, cgroups)
         if proc is not None:
-            # The socket sits in the user's folder: the client checks it is theirs, and bounds the reply.
-            path = processes.mconsole_path(proc, name)
-            found[name] = GuestState(proc, answers=path is not None and mconsole.answers(path, owner=proc.uid),
+            found[name] = GuestState(proc, answers=reads.answers(proc, name),
                                      leftovers=leftovers, checks=_check_results(t, name))
         else:
-            stale = guest is not None and os.path.lexists(f"{t.uml_dir_of(guest)}/{name}")
-            panic, lines, ended = _last_words(t, name) if unit_of("guest", name) in recorded else (None, (), None)
+            stale = (umid := umid_folder(t, name)) is not None and os.path.lexists(umid)
+            dead = unit_of("guest", name) in recorded  # root started it in this boot: why did it stop?
+            panic, lines, ended = reads.last_words(t.state_dir, name) if dead else (None, (), None)
             found[name] = GuestState(None, stale=stale, leftovers=leftovers, panic=panic,
                                      last_lines=lines if panic else (), ended=ended)
     return found
@@ -212,58 +193,3 @@ def _check_results(t: Topology, name: str) -> dict[int, tuple[bool, float, str]]
     with folder:
         said = checks.results(t, name, logs.tail(folder.fd, name))
     return {n: (r.ok, r.when, r.detail) for n, r in said.items()}
-
-
-def _last_words(t: Topology, name: str) -> tuple[str | None, tuple[str, ...], float | None]:
-    """Why and about when a guest root started in this boot is gone, from its log (bounded): a panic or
-    nothing known, and when the log was last written."""
-    folder = folders.open_logs(t)
-    if folder is None:
-        return None, (), None
-    with folder:
-        return (*logs.last_words(folder.fd, name), logs.modified(folder.fd, name))
-
-
-def _users(t: Topology) -> tuple[dict[str, int | None], dict[str, int]]:
-    """Each user the topology names -> uid (None: no such user), and -> their primary group's gid."""
-    names = {tap.owner for tap in t.taps} | {s.runs_as for s in t.switch_processes} | {g.user for g in t.guests}
-    names |= {m for g in t.host.groups for m in g.members}
-    uids: dict[str, int | None] = {}
-    gids: dict[str, int] = {}
-    for name in sorted(n for n in names if not n.isdigit()):
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            uids[name] = None
-        else:
-            uids[name], gids[name] = entry.pw_uid, entry.pw_gid
-    return uids, gids
-
-
-def _groups(t: Topology, recs: Records) -> dict[str, HostGroup | None]:
-    names = {g.name for g in t.host.groups} | {tap.group for tap in t.taps if tap.group}
-    names |= set(recs.groups_created) | {g for g, _ in recs.members_added}
-    if t.host.tun and t.host.tun.group:
-        names.add(t.host.tun.group)
-    out: dict[str, HostGroup | None] = {}
-    for name in sorted(n for n in names if not n.isdigit()):
-        try:
-            entry = grp.getgrnam(name)
-        except KeyError:
-            out[name] = None
-        else:
-            out[name] = HostGroup(name, entry.gr_gid, frozenset(entry.gr_mem))
-    return out
-
-
-def _sysctl_keys(t: Topology, recs: Records) -> set[str]:
-    return set(t.host.sysctl) | set(recs.sysctl_originals) | set(ALWAYS_READ_SYSCTLS)
-
-
-def read_tun_node(path: str) -> TunNode:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return TunNode(path, exists=False)
-    is_tun = stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (TUN_MAJOR, TUN_MINOR)
-    return TunNode(path, exists=True, is_tun=is_tun, mode=stat.S_IMODE(st.st_mode), gid=st.st_gid)
