@@ -1,5 +1,5 @@
 """``python -m umlstate``: the same entry point as the console script."""
 
-from umlstate.cli.main import main
+from umlstate.cli.quick import main
 
 main()

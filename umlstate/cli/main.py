@@ -21,17 +21,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import structlog
 
 from umlstate import __version__, errors
-from umlstate.cli import files, guests, render
+from umlstate.cli import files, guests, quick, render
 from umlstate.cli import log as logsetup
 from umlstate.cli.common import Options, colour, fail, reconciler, run_safely, topology_arg
 from umlstate.errors import UmlstateError
 from umlstate.model.topology import Topology
+from umlstate.observe import witness
 from umlstate.plan.result import Plan
 
 if TYPE_CHECKING:
-    from umlstate.reconcile import Outcome
+    from umlstate.model.snapshot import Snapshot
+    from umlstate.reconcile import Outcome, Reconciler
+
+_ENTRY_ARGV: tuple[str, ...] | None = None  # the command line, when run by main() (not by click's test runner)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -115,11 +120,12 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
       umlstate --netns lab plan --json --detailed-exitcode
     """
     path, t = files.load_topology(topology)
-    _snapshot, p = reconciler(opts, t).plan(adopt=adopt, destroy=destroy)
-    if as_json:
-        click.echo(render.dumps(render.plan_json(p)), nl=False)
-    else:
-        click.echo(render.plan_text(p, colour=colour()), nl=False)
+    rec = reconciler(opts, t)
+    snapshot, p = rec.plan(adopt=adopt, destroy=destroy)
+    shown = render.dumps(render.plan_json(p)) if as_json else render.plan_text(p, colour=colour())
+    click.echo(shown, nl=False)
+    if not (out or adopt or destroy):
+        _keep_quick(opts, path, t, rec, snapshot, p, shown, locked=False)
     if out:
         files.save_plan(out, files.SavedPlan(source=path, netns=p.netns, adopt=adopt, fingerprint=p.fingerprint,
                                              topology_document=t.model_dump(mode="json"), plan=render.plan_json(p)))
@@ -141,20 +147,44 @@ def _confirm(yes: bool, what: str) -> None:
         raise UmlstateError(f"{what} cancelled; nothing was changed")
 
 
+def _keep_quick(opts: Options, path: str, t: Topology, rec: Reconciler, snapshot: Snapshot, p: Plan,  # noqa: PLR0917
+                shown: str, *, locked: bool) -> None:
+    """After a full pass run by the console entry point: what the next identical run's quick pass needs
+    (cli.quick) when this one found the host in sync, else nothing for it."""
+    argv = _ENTRY_ARGV
+    if argv is None or os.geteuid() != 0 or opts.verbose or os.environ.get("UMLSTATE_QUICK", "1") == "0":
+        return
+    try:
+        if not p.in_sync or p.backoff:  # the next pass must do or say something: a full one
+            quick.forget(argv)
+            return
+        guest_files = tuple(f.from_ for g in t.guests for f in g.files if f.from_)
+        probe = witness.probe_of(rec.topology, path, guest_files, snapshot)
+        digest = witness.read(probe, rec.netlink)
+        # Read between two observations that agree: the host stood still while the probe was read.
+        if rec.observe().fingerprint() == snapshot.fingerprint():
+            quick.remember(argv, probe, digest, shown, code=0, locked=locked)
+    except (witness.Unwitnessable, UmlstateError, OSError, ValueError) as exc:
+        structlog.get_logger("umlstate").debug("no quick pass next time", reason=str(exc))
+
+
 def _converge(opts: Options, topology: Topology, *, yes: bool, adopt: bool = False, destroy: bool = False,
-              fingerprint: str | None = None, wait: bool = True, wait_timeout: float | None = None) -> Outcome:
-    """One reconcile pass with this terminal's confirmation, then its closing line."""
+              fingerprint: str | None = None, wait: bool = True, wait_timeout: float | None = None,
+              topology_path: str | None = None) -> Outcome:
+    """One reconcile pass with this terminal's confirmation, then its closing line (``topology_path``: the
+    pass may keep what a quick pass needs, cli.quick)."""
     def confirm(p: Plan) -> None:
         if not yes or sys.stdout.isatty():
             click.echo(render.plan_text(p, colour=colour()), nl=False)
         _confirm(yes, "destroy" if destroy else "apply")
 
-    outcome = reconciler(opts, topology, wait=wait, wait_timeout=wait_timeout).converge(
-        confirm=confirm, adopt=adopt, destroy=destroy,
-                                                   fingerprint=fingerprint)
+    rec = reconciler(opts, topology, wait=wait, wait_timeout=wait_timeout)
+    outcome = rec.converge(confirm=confirm, adopt=adopt, destroy=destroy, fingerprint=fingerprint)
     if not outcome.changed:
-        if sys.stdout.isatty() and os.geteuid() == 0:
-            click.echo(render.plan_text(outcome.plan, colour=colour()), nl=False)
+        shown = render.plan_text(outcome.plan, colour=colour()) if sys.stdout.isatty() and os.geteuid() == 0 else ""
+        click.echo(shown, nl=False)
+        if topology_path is not None:
+            _keep_quick(opts, topology_path, topology, rec, outcome.after, outcome.plan, shown, locked=True)
         return outcome
     s = outcome.plan.summary
     verb = "Destroy" if destroy else "Apply"
@@ -189,7 +219,8 @@ def apply(opts: Options, target: str | None, yes: bool, adopt: bool, no_wait: bo
         adopt = adopt or saved.adopt
         yes = True  # the saved plan was the confirmation
     _converge(opts, t, yes=yes, adopt=adopt, fingerprint=saved.fingerprint if saved else None, wait=not no_wait,
-              wait_timeout=wait_timeout)
+              wait_timeout=wait_timeout,
+              topology_path=files.resolve_topology(target) if saved is None and not adopt else None)
 
 
 @cli.command()
@@ -327,6 +358,8 @@ def main() -> None:
     with ``os._exit`` once its output is flushed, without the interpreter's teardown (~45 ms): every file and
     lock is closed by then by the ``with`` blocks that opened it.
     """
+    global _ENTRY_ARGV  # noqa: PLW0603 - set once, by the one entry point
+    _ENTRY_ARGV = tuple(sys.argv[1:])
     gc.disable()
     try:
         _main()

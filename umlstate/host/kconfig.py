@@ -107,7 +107,7 @@ def inspect(path: str) -> KernelInfo | None:
         return None
     try:
         before = os.fstat(fd)
-        key = (before.st_dev, before.st_ino, before.st_mtime_ns, before.st_size, before.st_ctime_ns)
+        key = _key(before)
         with _cache_lock:
             if key in _cache:
                 _cache.move_to_end(key)
@@ -122,6 +122,19 @@ def inspect(path: str) -> KernelInfo | None:
             while len(_cache) > _CACHE_SIZE:
                 _cache.popitem(last=False)
     return info
+
+
+def stamp(path: str) -> tuple[int, ...] | None:
+    """What ``inspect`` keys its result by, for the file at ``path`` now (links followed, as it does); None when
+    there is none. An equal stamp means an equal answer."""
+    try:
+        return _key(os.stat(path))
+    except (OSError, ValueError):
+        return None
+
+
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
 
 
 def _open_regular(path: str) -> int | None:

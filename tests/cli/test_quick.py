@@ -1,0 +1,157 @@
+"""The quick in-sync pass (cli.quick, observe.witness): answers only while everything a full pass read is the same.
+
+Each drift below is made on a real kernel in a namespace after the quick pass
+has answered; the next run must be a full pass that sees it (exit 2 where it
+is drift, 0 where it is not), and once in sync again, quick again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import inspect
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from umlstate.model.snapshot import Proc, Snapshot
+from umlstate.observe import witness
+
+from conftest import Netns, sh, umlstate
+
+QUICK = {"UMLSTATE_QUICK": "report"}
+SAID = "quick pass"
+
+TOPOLOGY = """\
+name: {name}
+host:
+  run_dir: {tmp}/run
+  state_dir: {tmp}/state
+  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
+  groups: [{{name: {group}, members: [nobody]}}]
+  sysctl: {{net.ipv4.ip_forward: 1}}
+subnets:
+  - {{name: guests, cidr: 172.16.97.0/24, gateway: 172.16.97.254, proxy_arp: {{uplink: eth0}}}}
+  - {{name: back, cidr: 172.16.96.0/24, gateway: 172.16.96.254}}
+taps:
+  - {{name: q0, owner: nobody, group: {group}, subnet: guests}}
+  - {{name: q1, owner: nobody, subnet: back}}
+guests:
+  - name: web
+    user: nobody
+    disk: {{image: {tmp}/web.img}}
+    nics: [{{tap: q0, address: 172.16.97.1}}]
+    files: [{{path: /etc/motd, from: motd}}]
+"""
+
+
+def test_every_field_of_the_snapshot_is_read_again() -> None:
+    fields = {f.name for f in dataclasses.fields(Snapshot)}
+    assert set(witness.COVERS) | witness.NOT_READ == fields, "a new Snapshot field needs its reading in witness"
+    assert not set(witness.COVERS) & witness.NOT_READ
+    read = inspect.getsource(witness.readings)
+    assert all(f'"{name}":' in read for name in witness.COVERS.values()), "each reading COVERS names is made"
+
+
+def test_a_probe_round_trips_through_json() -> None:
+    probe = witness.Probe(
+        netns="n", topology="/etc/t.yaml", guest_files=("motd",), run_dir="/run/x", state_dir="/var/lib/x",
+        taps=("q0",), uplinks=("eth0",), routes=True, sysctls=("net.ipv4.ip_forward",), users=("nobody",),
+        groups=("g",), tun="/dev/net/tun", programs=("linux",), kernels=("/usr/bin/linux",), files=("/a",),
+        cows=(("/a.cow", "/a"),), instance="x", units={"guest-web": Proc(1, 2, ("linux", "umid=web"), 3.0, 4),
+                                                      "switch-sw": None},
+        sockets={"sw": "/run/x/sw.ctl"}, umids={"web": "/home/u/.uml/web"}, uids=(65534,), gids=(1,),
+        seeds=("/s",), policy_generation="b:1:2")
+    assert witness.Probe.from_json(json.loads(json.dumps(probe.to_json()))) == probe
+
+
+@pytest.fixture
+def lab(host_with_uplink: Netns, tmp_path: Path) -> Iterator[tuple[Netns, Path]]:
+    group = f"umlstate-test-{secrets.token_hex(3)}"
+    (tmp_path / "motd").write_text("hello\n")
+    path = tmp_path / "topology.yaml"
+    path.write_text(TOPOLOGY.format(name=f"q{secrets.token_hex(2)}", tmp=tmp_path, group=group))
+    (tmp_path / "state").mkdir(mode=0o755)
+    (tmp_path / "state" / "state.json").write_text(json.dumps({"held": ["web"]}))  # never booted here
+    yield host_with_uplink, path
+    umlstate("destroy", "--yes", str(path), netns=host_with_uplink.name)
+    with_group = subprocess.run(["getent", "group", group], capture_output=True, check=False)
+    if with_group.returncode == 0:
+        sh("groupdel", group)
+
+
+def plan(ns: Netns, path: Path) -> tuple[int, bool, str]:
+    """Exit code, whether the quick pass answered, and what was printed."""
+    done = umlstate("plan", "--detailed-exitcode", str(path), netns=ns.name, env=QUICK)
+    return done.returncode, SAID in done.stderr, done.stdout
+
+
+def apply(ns: Netns, path: Path) -> tuple[int, bool]:
+    done = umlstate("apply", "--yes", str(path), netns=ns.name, env=QUICK)
+    assert done.returncode == 0, done.stderr
+    return done.returncode, SAID in done.stderr
+
+
+def test_the_quick_pass_answers_only_while_nothing_it_read_changed(lab: tuple[Netns, Path]) -> None:
+    ns, path = lab
+    tmp = path.parent
+    apply(ns, path)
+    group = grp.getgrgid(os.stat(tmp / "dev" / "tun").st_gid).gr_name
+    first = plan(ns, path)
+    assert first[:2] == (0, False), "the first in-sync plan is a full pass; it keeps what the next needs"
+    again = plan(ns, path)
+    assert again == (0, True, first[2]), "the same plan again: answered quickly, printing the same"
+    assert apply(ns, path) == (0, False) and apply(ns, path) == (0, True), "apply keeps its own"
+
+    drifts: list[tuple[str, Callable[[], object], int]] = [
+        ("an address removed", lambda: ns.ip("addr", "del", "172.16.97.254/24", "dev", "q0"), 2),
+        ("a tap down", lambda: ns.ip("link", "set", "q1", "down"), 2),
+        ("a tap removed", lambda: ns.ip("link", "del", "q1"), 2),
+        ("a proxy entry removed", lambda: ns.ip("neigh", "del", "proxy", "172.16.97.1", "dev", "eth0"), 2),
+        ("a sysctl reset", lambda: ns.run("sysctl", "-qw", "net.ipv4.ip_forward=0"), 2),
+        ("the tun node's mode", lambda: os.chmod(tmp / "dev" / "tun", 0o666), 2),
+        ("a member left the group", lambda: sh("gpasswd", "-d", "nobody", group), 2),
+        ("the policy's table removed", lambda: ns.run("nft", "delete", "table", "netdev", f"umlstate-{_name(path)}"),
+         2),
+        ("a guest file edited", lambda: (tmp / "motd").write_text("hello again\n"), 2),  # its seed is rewritten
+        # Not drift, but an input of the plan: a full pass, in sync.
+        ("a table of someone else's", lambda: ns.run("nft", "add", "table", "inet", "theirs"), 0),
+        ("the disk image made", lambda: (tmp / "web.img").write_bytes(b"\0" * 512), 0),
+        ("the topology edited", lambda: path.write_text(path.read_text() + "# a comment\n"), 0),
+        ("the records rewritten", lambda: _rewrite_records(tmp), 0),
+    ]
+    for what, drift, code in drifts:
+        drift()
+        got = plan(ns, path)
+        assert got[:2] == (code, False), f"{what}: {got}"
+        if code:
+            apply(ns, path)
+            assert plan(ns, path)[:2] == (0, False), f"{what}: repaired, a full pass keeps it"
+        assert plan(ns, path)[:2] == (0, True), f"{what}: in sync again, the quick pass answers again"
+
+
+def test_a_quick_apply_waits_for_the_lock_like_a_full_one(lab: tuple[Netns, Path]) -> None:
+    ns, path = lab
+    apply(ns, path)
+    apply(ns, path)
+    assert apply(ns, path) == (0, True)
+    from umlstate.host.lock import TopologyLock
+
+    with TopologyLock(str(path.parent / "state"), 1.0):
+        busy = umlstate("--lock-timeout", "0.5", "apply", "--yes", str(path), netns=ns.name, env=QUICK)
+    assert busy.returncode == 75 and SAID not in busy.stderr, busy.stderr
+
+
+def _name(path: Path) -> str:
+    return next(line.split(": ", 1)[1] for line in path.read_text().splitlines() if line.startswith("name: "))
+
+
+def _rewrite_records(tmp: Path) -> None:
+    records = tmp / "state" / "state.json"
+    data = json.loads(records.read_text())
+    records.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,145 @@
+"""The console entry point, and its quick in-sync pass: a host found in sync as the last full pass left it.
+
+The command line's front door. A full ``plan`` or ``apply`` that finds the
+host in sync (no change, error, conflict or backoff) keeps, in a root-only
+folder under /run, what it printed and a probe of everything its observation
+read (``observe.witness``), keyed by the command line, the environment it
+read and the code that ran. The next identical run, as root, reads the same
+again through the same functions and, when every reading is equal, prints the
+same and exits the same, without importing the topology's model, the planner
+or click: cron's pass on a host in sync costs its reads.
+
+Any difference (the topology file or a guest file, the host, the records,
+the code, the environment), any doubt or error: the full pass runs, as it
+would have without this. An ``apply`` reads under the topology's lock, as a
+full one does; when another run holds it, the full pass waits its turn.
+``UMLSTATE_QUICK=0`` turns the quick pass off; ``UMLSTATE_QUICK=report`` says
+on stderr when it answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from umlstate.host import netns, trusted
+from umlstate.host.lock import TopologyLock
+from umlstate.host.netlink import Netlink
+from umlstate.observe import witness
+
+QUICK_DIR = "/run/umlstate/quick"  # root's, 0700; gone at reboot, like everything a record speaks of
+FORMAT = 1
+MAX_RECORD = 4 << 20  # a record holds what a plan printed: a thousand taps' is ~100 KB
+MAX_TOPOLOGY = 8 << 20
+KEEP = 256  # records kept (one per command line and topology); the oldest go first
+ENVIRONMENT = ("PATH", "NO_COLOR", "TERM", "HOME", "LANG", "LC_ALL")  # besides every UMLSTATE_*
+
+
+def main() -> None:
+    """``umlstate``: the quick pass when it applies, else the full command line (cli.main)."""
+    if _enabled():
+        try:
+            hit = _quick(sys.argv[1:])
+        except Exception:  # noqa: BLE001 - any doubt at all is a full pass, which says what is wrong
+            hit = None
+        if hit is not None:
+            stdout, code = hit
+            if os.environ.get("UMLSTATE_QUICK") == "report":
+                sys.stderr.write("umlstate: in sync as the last full pass found it (quick pass)\n")
+            sys.stdout.write(stdout)
+            sys.stdout.flush()
+            os._exit(code)
+    from umlstate.cli.main import main as full
+
+    full()
+
+
+def _enabled() -> bool:
+    return os.geteuid() == 0 and os.environ.get("UMLSTATE_QUICK", "1") != "0"
+
+
+def key(argv: Sequence[str]) -> str:
+    """The name of the record for this command line, as run here, now: what the pass read besides the host."""
+    here: dict[str, Any] = {
+        "argv": list(argv),
+        "cwd": os.getcwd(),
+        "host": socket.gethostname(),  # which host's slice of a farm
+        "environment": {k: v for k, v in os.environ.items() if k.startswith("UMLSTATE_") or k in ENVIRONMENT},
+        "terminal": [os.isatty(fd) for fd in (0, 1, 2)],  # colours, progress, what apply prints
+        "code": _code(),
+    }
+    return hashlib.sha256(json.dumps(here, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _code() -> list[Any]:
+    """The code that would run: this Python, umlstate's files, and the folders its libraries are installed in
+    (an install or upgrade changes theirs)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = []
+    for folder, dirs, names in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(n for n in names if n.endswith(".py")):
+            st = os.stat(os.path.join(folder, name))
+            files.append([os.path.relpath(os.path.join(folder, name), package), st.st_size, st.st_mtime_ns])
+    paths = []
+    for entry in sys.path:
+        try:
+            paths.append([entry, os.stat(entry or ".").st_mtime_ns])
+        except OSError:
+            paths.append([entry, None])
+    return [sys.version, sys.executable, files, paths]
+
+
+def _quick(argv: Sequence[str]) -> tuple[str, int] | None:
+    """What the last full pass printed and exited with, when everything it read reads the same now."""
+    try:
+        with trusted.open_trusted(QUICK_DIR) as folder:
+            data = folder.read(f"{key(argv)}.json", MAX_RECORD)
+    except FileNotFoundError:
+        return None
+    record = json.loads(data)
+    if record.get("format") != FORMAT:
+        return None
+    probe = witness.Probe.from_json(record["probe"])
+    trusted.check_root_file(probe.topology)  # as the full pass vets it: only root may write what root runs
+    with open(probe.topology, "rb") as f:
+        if hashlib.sha256(f.read(MAX_TOPOLOGY + 1)).hexdigest() != record["topology"]:
+            return None
+    if probe.netns is not None:
+        netns.enter(probe.netns)
+    with TopologyLock(probe.state_dir, 0.0) if record["locked"] else contextlib.nullcontext():
+        if witness.read(probe, Netlink()) != record["witness"]:
+            return None
+    return str(record["stdout"]), int(record["code"])
+
+
+def remember(argv: Sequence[str], probe: witness.Probe, digest: str, stdout: str, *,
+             code: int, locked: bool) -> None:
+    """Keep a full in-sync pass's output for the next identical run (``digest``: ``witness.read(probe)``,
+    read while the host stood still; ``locked``: the pass reads under the topology's lock, as apply does)."""
+    with open(probe.topology, "rb") as f:
+        topology = hashlib.sha256(f.read(MAX_TOPOLOGY + 1)).hexdigest()
+    record = {"format": FORMAT, "probe": probe.to_json(), "witness": digest, "topology": topology,
+              "stdout": stdout, "code": code, "locked": locked}
+    with trusted.open_trusted(QUICK_DIR, create=True) as folder:
+        folder.write_atomic(f"{key(argv)}.json", json.dumps(record, sort_keys=True).encode(), 0o600)
+        names = [n for n in folder.scan(KEEP * 4) if n.endswith(".json")]
+        if len(names) > KEEP:
+            stats = {n: st.st_mtime_ns for n in names if (st := folder.lstat(n)) is not None}
+            for name in sorted(stats, key=stats.__getitem__)[:len(names) - KEEP]:
+                folder.unlink(name, kinds=("file",))
+
+
+def forget(argv: Sequence[str]) -> None:
+    """The record for this command line no longer holds (its pass was not in sync)."""
+    try:
+        with trusted.open_trusted(QUICK_DIR) as folder:
+            folder.unlink(f"{key(argv)}.json", kinds=("file",))
+    except FileNotFoundError:
+        pass
