@@ -80,19 +80,23 @@ def key(argv: Sequence[str]) -> str:
 def _code() -> list[Any]:
     """The code that would run: this Python, umlstate's files, and the folders its libraries are installed in
     (an install or upgrade changes theirs)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = []
-    for folder, dirs, names in os.walk(package):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(n for n in names if n.endswith(".py")):
-            st = os.stat(os.path.join(folder, name))
-            files.append([os.path.relpath(os.path.join(folder, name), package), st.st_size, st.st_mtime_ns])
+    files: list[Any] = []
+    folders = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.name.endswith(".py"):
+                    st = entry.stat()
+                    files.append([entry.path, st.st_size, st.st_mtime_ns])
+                elif entry.is_dir(follow_symlinks=False) and entry.name != "__pycache__":
+                    folders.append(entry.path)
+    files.sort()
     paths = []
-    for entry in sys.path:
+    for folder in sys.path:
         try:
-            paths.append([entry, os.stat(entry or ".").st_mtime_ns])
+            paths.append([folder, os.stat(folder or ".").st_mtime_ns])
         except OSError:
-            paths.append([entry, None])
+            paths.append([folder, None])
     return [sys.version, sys.executable, files, paths]
 
 
