@@ -156,8 +156,9 @@ def link_dump_request(kind: str | None) -> bytes:
 def attrs(buf: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
     """Netlink attributes in buf[start:end]: type -> (data start, data end)."""
     found = {}
+    unpack = NLA.unpack_from  # every attribute of every link of a dump: the observation's inner loop
     while start + 4 <= end:
-        length, kind = NLA.unpack_from(buf, start)
+        length, kind = unpack(buf, start)
         if length < 4:
             break
         found[kind & 0x3FFF] = (start + 4, start + length)
