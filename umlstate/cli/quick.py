@@ -33,7 +33,7 @@ from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
 from umlstate.observe import witness
 
-QUICK_DIR = "/run/umlstate/quick"  # root's, 0700; gone at reboot, like everything a record speaks of
+QUICK_DIR = "/run/umlstate/.quick"  # root's; gone at reboot like what it speaks of; a dot: no topology's run_dir
 FORMAT = 1
 MAX_RECORD = 4 << 20  # a record holds what a plan printed: a thousand taps' is ~100 KB
 MAX_TOPOLOGY = 8 << 20
