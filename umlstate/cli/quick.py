@@ -52,8 +52,9 @@ def main() -> None:
             stdout, code = hit
             if os.environ.get("UMLSTATE_QUICK") == "report":
                 sys.stderr.write("umlstate: in sync as the last full pass found it (quick pass)\n")
-            sys.stdout.write(stdout)
-            sys.stdout.flush()
+            with contextlib.suppress(BrokenPipeError, ValueError):  # `umlstate plan | head`, a closed stream
+                sys.stdout.write(stdout)
+                sys.stdout.flush()
             os._exit(code)
     from umlstate.cli.main import main as full
 
