@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from umlstate.cli import quick
+from umlstate.model.guest import GUEST_FILE_MAX
 from umlstate.model.snapshot import Proc, Snapshot
 from umlstate.observe import witness
 
@@ -58,9 +60,13 @@ def test_every_field_of_the_snapshot_is_read_again() -> None:
     assert all(f'"{name}":' in read for name in witness.COVERS.values()), "each reading COVERS names is made"
 
 
+def test_the_quick_pass_bounds_guest_files_as_the_model_does() -> None:
+    assert quick.GUEST_FILE_LIMIT == GUEST_FILE_MAX
+
+
 def test_a_probe_round_trips_through_json() -> None:
     probe = witness.Probe(
-        netns="n", topology="/etc/t.yaml", guest_files=("motd",), run_dir="/run/x", state_dir="/var/lib/x",
+        netns="n", topology="/etc/t.yaml", run_dir="/run/x", state_dir="/var/lib/x",
         taps=("q0",), uplinks=("eth0",), routes=True, sysctls=("net.ipv4.ip_forward",), users=("nobody",),
         groups=("g",), tun="/dev/net/tun", programs=("linux",), kernels=("/usr/bin/linux",), files=("/a",),
         cows=(("/a.cow", "/a"),), instance="x", units={"guest-web": Proc(1, 2, ("linux", "umid=web"), 3.0, 4),

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from umlstate import errors
+from umlstate.cli.quick import digest
+from umlstate.cli.where import resolve_topology
 from umlstate.errors import HostError, StalePlanError
 from umlstate.host.safefs import UnsafePath, read_bounded
 from umlstate.host.trusted import check_root_file, read_below
@@ -23,7 +24,6 @@ from umlstate.model.guest import GUEST_FILE_MAX
 from umlstate.model.loader import load_document, load_file
 from umlstate.model.topology import Topology
 
-TOPOLOGY_DEFAULTS = ("./topology.yaml", "/etc/umlstate/topology.yaml")
 MAX_PLAN_BYTES = 16 << 20
 
 
@@ -42,37 +42,45 @@ class SavedPlan(BaseModel):
     plan: dict[str, Any]  # as `plan --json` prints it, for people and scripts
 
 
-def resolve_topology(given: str | None) -> str:
-    if given:
-        return given
-    env = os.environ.get("UMLSTATE_TOPOLOGY")
-    if env:
-        return env
-    for candidate in TOPOLOGY_DEFAULTS:
-        if Path(candidate).exists():
-            return candidate
-    raise errors.UsageError("no topology given, and none of " + ", ".join(TOPOLOGY_DEFAULTS) + " exists\n"
-                            "  to fix: pass a path (umlstate status lab.yaml) or set UMLSTATE_TOPOLOGY")
-
-
 def read_guest_file(folder: str, below: str) -> bytes:
     """A guest file's ``from``, read as host.trusted.read_below reads anyone's file."""
     return read_below(folder, below, GUEST_FILE_MAX)
 
 
-def load_topology(given: str | None) -> tuple[str, Topology]:
-    """The topology file a command names (or the default one), vetted as root, loaded and validated."""
+@dataclass
+class Read:
+    """What loading a topology read, as digests of the very bytes parsed: the quick pass (cli.quick) compares
+    them with the files as they are then."""
+
+    path: str = ""
+    topology: str = ""
+    guest_files: dict[str, str] = field(default_factory=dict)  # each `from` -> its digest
+
+    def load(self, path: str) -> Topology:
+        def noting(folder: str, below: str) -> bytes:
+            data = read_guest_file(folder, below)
+            self.guest_files[below] = digest(data)
+            return data
+
+        self.path = path
+        return load_file(path, noting, noted=lambda raw: setattr(self, "topology", digest(raw)))
+
+
+def load_topology(given: str | None, read: Read | None = None) -> tuple[str, Topology]:
+    """The topology file a command names (or the default one), vetted as root, loaded and validated (``read``:
+    noting the digests of what was read)."""
     path = resolve_topology(given)
     check_root_file(path)
-    return path, load_file(path, read_guest_file)
+    return path, load_file(path, read_guest_file) if read is None else read.load(path)
 
 
-def load_target(given: str | None, netns: str | None) -> tuple[Topology, SavedPlan | None]:
+def load_target(given: str | None, netns: str | None, read: Read | None = None
+                ) -> tuple[Topology, SavedPlan | None]:
     """What `apply` was given: a topology file, or a plan file saved by `plan --out`."""
     path = resolve_topology(given)
     check_root_file(path)
     if not path.endswith(".json"):
-        return load_file(path, read_guest_file), None
+        return load_file(path, read_guest_file) if read is None else read.load(path), None
     try:
         saved = SavedPlan.model_validate(json.loads(read_bounded(path, MAX_PLAN_BYTES)))
     except (OSError, UnsafePath, ValueError, ValidationError) as exc:

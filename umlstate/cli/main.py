@@ -28,6 +28,7 @@ from umlstate.cli import files, guests, quick, render
 from umlstate.cli import log as logsetup
 from umlstate.cli.common import Options, colour, fail, reconciler, run_safely, topology_arg
 from umlstate.errors import UmlstateError
+from umlstate.host.lock import TopologyLock
 from umlstate.model.topology import Topology
 from umlstate.observe import witness
 from umlstate.plan.result import Plan
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
     from umlstate.model.snapshot import Snapshot
     from umlstate.reconcile import Outcome, Reconciler
 
-_ENTRY_ARGV: tuple[str, ...] | None = None  # the command line, when run by main() (not by click's test runner)
+# The quick pass's name for this command line as it started (cli.quick.key), when run by main() as root: not by
+# click's test runner, nor with the quick pass off.
+_ENTRY_KEY: str | None = None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -119,13 +122,14 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
       umlstate --netns lab plan topology.yaml
       umlstate --netns lab plan --json --detailed-exitcode
     """
-    path, t = files.load_topology(topology)
+    read = files.Read()
+    path, t = files.load_topology(topology, read)
     rec = reconciler(opts, t)
     snapshot, p = rec.plan(adopt=adopt, destroy=destroy)
     shown = render.dumps(render.plan_json(p)) if as_json else render.plan_text(p, colour=colour())
     click.echo(shown, nl=False)
     if not (out or adopt or destroy):
-        _keep_quick(opts, path, t, rec, snapshot, p, shown, locked=False)
+        _keep_quick(opts, read, topology is None, rec, snapshot, p, shown, locked=False)
     if out:
         files.save_plan(out, files.SavedPlan(source=path, netns=p.netns, adopt=adopt, fingerprint=p.fingerprint,
                                              topology_document=t.model_dump(mode="json"), plan=render.plan_json(p)))
@@ -147,32 +151,36 @@ def _confirm(yes: bool, what: str) -> None:
         raise UmlstateError(f"{what} cancelled; nothing was changed")
 
 
-def _keep_quick(opts: Options, path: str, t: Topology, rec: Reconciler, snapshot: Snapshot, p: Plan,  # noqa: PLR0917
-                shown: str, *, locked: bool) -> None:
+def _keep_quick(opts: Options, read: files.Read, default_path: bool, rec: Reconciler,  # noqa: PLR0917
+                snapshot: Snapshot, p: Plan, shown: str, *, locked: bool) -> None:
     """After a full pass run by the console entry point: what the next identical run's quick pass needs
     (cli.quick) when this one found the host in sync, else nothing for it."""
-    argv = _ENTRY_ARGV
-    if argv is None or os.geteuid() != 0 or opts.verbose or os.environ.get("UMLSTATE_QUICK", "1") == "0":
+    name = _ENTRY_KEY
+    if name is None or opts.verbose:
         return
     try:
         if not p.in_sync or p.backoff:  # the next pass must do or say something: a full one
-            quick.forget(argv)
+            quick.forget(name)
             return
-        guest_files = tuple(f.from_ for g in t.guests for f in g.files if f.from_)
-        probe = witness.probe_of(rec.topology, path, guest_files, snapshot)
-        digest = witness.read(probe, rec.netlink)
-        # Read between two observations that agree: the host stood still while the probe was read.
-        if rec.observe().fingerprint() == snapshot.fingerprint():
-            quick.remember(argv, probe, digest, shown, code=0, locked=locked)
-    except (witness.Unwitnessable, UmlstateError, OSError, ValueError) as exc:
+        probe = witness.probe_of(rec.topology, read.path, snapshot)
+        # The probe read twice around a second observation, all three agreeing: the host stood still while the
+        # evidence was read. An apply reads under the lock again (without waiting: busy, nothing is kept).
+        with TopologyLock(rec.topology.state_dir, 0.0) if locked else contextlib.nullcontext():
+            before = witness.read(probe, rec.netlink)
+            again = rec.observe()
+            after = witness.read(probe, rec.netlink)
+        if before == after and again.fingerprint() == snapshot.fingerprint():
+            quick.remember(name, quick.Kept(probe, before, read.topology, read.guest_files, default_path, shown,
+                                            code=0, locked=locked))
+    except Exception as exc:  # noqa: BLE001 - what the pass printed stands; the next pass is a full one
         structlog.get_logger("umlstate").debug("no quick pass next time", reason=str(exc))
 
 
 def _converge(opts: Options, topology: Topology, *, yes: bool, adopt: bool = False, destroy: bool = False,
               fingerprint: str | None = None, wait: bool = True, wait_timeout: float | None = None,
-              topology_path: str | None = None) -> Outcome:
-    """One reconcile pass with this terminal's confirmation, then its closing line (``topology_path``: the
-    pass may keep what a quick pass needs, cli.quick)."""
+              read: files.Read | None = None, default_path: bool = False) -> Outcome:
+    """One reconcile pass with this terminal's confirmation, then its closing line (``read``: what loading the
+    topology read; the pass may keep what a quick pass needs, cli.quick)."""
     def confirm(p: Plan) -> None:
         if not yes or sys.stdout.isatty():
             click.echo(render.plan_text(p, colour=colour()), nl=False)
@@ -183,8 +191,8 @@ def _converge(opts: Options, topology: Topology, *, yes: bool, adopt: bool = Fal
     if not outcome.changed:
         shown = render.plan_text(outcome.plan, colour=colour()) if sys.stdout.isatty() and os.geteuid() == 0 else ""
         click.echo(shown, nl=False)
-        if topology_path is not None:
-            _keep_quick(opts, topology_path, topology, rec, outcome.after, outcome.plan, shown, locked=True)
+        if read is not None:
+            _keep_quick(opts, read, default_path, rec, outcome.after, outcome.plan, shown, locked=True)
         return outcome
     s = outcome.plan.summary
     verb = "Destroy" if destroy else "Apply"
@@ -214,13 +222,14 @@ def apply(opts: Options, target: str | None, yes: bool, adopt: bool, no_wait: bo
       umlstate --netns lab apply topology.yaml --yes
       umlstate --netns lab plan --out lab.plan.json && umlstate --netns lab apply lab.plan.json
     """
-    t, saved = files.load_target(target, opts.netns)
+    read = files.Read()
+    t, saved = files.load_target(target, opts.netns, read)
     if saved is not None:
         adopt = adopt or saved.adopt
         yes = True  # the saved plan was the confirmation
     _converge(opts, t, yes=yes, adopt=adopt, fingerprint=saved.fingerprint if saved else None, wait=not no_wait,
-              wait_timeout=wait_timeout,
-              topology_path=files.resolve_topology(target) if saved is None and not adopt else None)
+              wait_timeout=wait_timeout, read=read if saved is None and not adopt else None,
+              default_path=target is None)
 
 
 @cli.command()
@@ -350,16 +359,19 @@ for _command in (guests.stop, guests.start, guests.console_cmd, guests.check_cmd
     cli.add_command(_command)
 
 
-def main() -> None:
+def main(quick_key: str | None = None) -> None:
     """The console entry point: SPEC's exit codes, including 64 for usage errors.
+
+    ``quick_key``: cli.quick's name for this command line (it ran first), under which a full pass that finds
+    the host in sync keeps what the next quick pass needs.
 
     A command is one short pass: the cyclic garbage collector is off (it cost a quarter of a 1000-tap pass,
     tracing the YAML's nodes; memory stays the same, and ``watch`` turns it back on), and the process ends
     with ``os._exit`` once its output is flushed, without the interpreter's teardown (~45 ms): every file and
     lock is closed by then by the ``with`` blocks that opened it.
     """
-    global _ENTRY_ARGV  # noqa: PLW0603 - set once, by the one entry point
-    _ENTRY_ARGV = tuple(sys.argv[1:])
+    global _ENTRY_KEY  # noqa: PLW0603 - set once, by the one entry point
+    _ENTRY_KEY = quick_key
     gc.disable()
     try:
         _main()

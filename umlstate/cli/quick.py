@@ -25,9 +25,11 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from umlstate.cli.where import resolve_topology
 from umlstate.host import netns, trusted
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
@@ -37,15 +39,21 @@ QUICK_DIR = "/run/umlstate/.quick"  # root's; gone at reboot like what it speaks
 FORMAT = 1
 MAX_RECORD = 4 << 20  # a record holds what a plan printed: a thousand taps' is ~100 KB
 MAX_TOPOLOGY = 8 << 20
+GUEST_FILE_LIMIT = 1 << 20  # as model.guest.GUEST_FILE_MAX; a larger file fails the full load, never this read
 KEEP = 256  # records kept (one per command line and topology); the oldest go first
 ENVIRONMENT = ("PATH", "NO_COLOR", "TERM", "HOME", "LANG", "LC_ALL")  # besides every UMLSTATE_*
 
 
 def main() -> None:
-    """``umlstate``: the quick pass when it applies, else the full command line (cli.main)."""
-    if _enabled():
+    """``umlstate``: the quick pass when it applies, else the full command line (cli.main), which keeps what
+    the next quick pass needs under the key of this command line as it was when it started."""
+    name = key(sys.argv[1:]) if enabled() else None
+    if name is not None:
         try:
-            hit = _quick(sys.argv[1:])
+            hit = _quick(name)
+        except KeyboardInterrupt:
+            sys.stderr.write("umlstate: interrupted\n")
+            os._exit(130)
         except Exception:  # noqa: BLE001 - any doubt at all is a full pass, which says what is wrong
             hit = None
         if hit is not None:
@@ -58,10 +66,14 @@ def main() -> None:
             os._exit(code)
     from umlstate.cli.main import main as full
 
-    full()
+    full(name)
 
 
-def _enabled() -> bool:
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def enabled() -> bool:
     return os.geteuid() == 0 and os.environ.get("UMLSTATE_QUICK", "1") != "0"
 
 
@@ -101,21 +113,29 @@ def _code() -> list[Any]:
     return [sys.version, sys.executable, files, paths]
 
 
-def _quick(argv: Sequence[str]) -> tuple[str, int] | None:
+def _quick(name: str) -> tuple[str, int] | None:
     """What the last full pass printed and exited with, when everything it read reads the same now."""
     try:
-        with trusted.open_trusted(QUICK_DIR) as folder:
-            data = folder.read(f"{key(argv)}.json", MAX_RECORD)
+        with trusted.open_trusted(QUICK_DIR) as records:
+            data = records.read(f"{name}.json", MAX_RECORD)
     except FileNotFoundError:
         return None
     record = json.loads(data)
     if record.get("format") != FORMAT:
         return None
     probe = witness.Probe.from_json(record["probe"])
+    if record["default_path"] and os.path.abspath(resolve_topology(None)) != probe.topology:
+        return None  # ./topology.yaml came or went since
     trusted.check_root_file(probe.topology)  # as the full pass vets it: only root may write what root runs
     with open(probe.topology, "rb") as f:
-        if hashlib.sha256(f.read(MAX_TOPOLOGY + 1)).hexdigest() != record["topology"]:
+        if digest(f.read(MAX_TOPOLOGY + 1)) != record["topology"]:
             return None
+    below_topology = os.path.dirname(probe.topology)
+    if any(digest(trusted.read_below(below_topology, below, GUEST_FILE_LIMIT)) != seen
+           for below, seen in record["guest_files"].items()):
+        return None
+    for path, what in ((probe.run_dir, "run_dir"), (probe.state_dir, "state_dir")):
+        trusted.check_trusted_folder(path, what)  # before the lock is taken in state_dir, as the full pass does
     if probe.netns is not None:
         netns.enter(probe.netns)
     with TopologyLock(probe.state_dir, 0.0) if record["locked"] else contextlib.nullcontext():
@@ -124,27 +144,38 @@ def _quick(argv: Sequence[str]) -> tuple[str, int] | None:
     return str(record["stdout"]), int(record["code"])
 
 
-def remember(argv: Sequence[str], probe: witness.Probe, digest: str, stdout: str, *,
-             code: int, locked: bool) -> None:
-    """Keep a full in-sync pass's output for the next identical run (``digest``: ``witness.read(probe)``,
-    read while the host stood still; ``locked``: the pass reads under the topology's lock, as apply does)."""
-    with open(probe.topology, "rb") as f:
-        topology = hashlib.sha256(f.read(MAX_TOPOLOGY + 1)).hexdigest()
-    record = {"format": FORMAT, "probe": probe.to_json(), "witness": digest, "topology": topology,
-              "stdout": stdout, "code": code, "locked": locked}
-    with trusted.open_trusted(QUICK_DIR, create=True) as folder:
-        folder.write_atomic(f"{key(argv)}.json", json.dumps(record, sort_keys=True).encode(), 0o600)
+@dataclass(frozen=True)
+class Kept:
+    """What a full in-sync pass leaves for the quick one."""
+
+    probe: witness.Probe
+    witness: str  # witness.read(probe), the same before and after a second observation that agreed
+    topology: str  # the digest of the topology's bytes as loaded
+    guest_files: Mapping[str, str]  # and of each guest file's, by its `from`
+    default_path: bool  # no topology was named: found by where.resolve_topology
+    stdout: str
+    code: int
+    locked: bool  # the pass reads under the topology's lock, as apply does
+
+
+def remember(name: str, kept: Kept) -> None:
+    """Keep a full in-sync pass's output and evidence for the next identical run."""
+    record = {"format": FORMAT, "probe": kept.probe.to_json(), "witness": kept.witness, "topology": kept.topology,
+              "guest_files": dict(kept.guest_files), "default_path": kept.default_path, "stdout": kept.stdout,
+              "code": kept.code, "locked": kept.locked}
+    with trusted.open_trusted(QUICK_DIR, create=True, mode=0o700) as folder:
+        folder.write_atomic(f"{name}.json", json.dumps(record, sort_keys=True).encode(), 0o600)
         names = [n for n in folder.scan(KEEP * 4) if n.endswith(".json")]
         if len(names) > KEEP:
             stats = {n: st.st_mtime_ns for n in names if (st := folder.lstat(n)) is not None}
-            for name in sorted(stats, key=stats.__getitem__)[:len(names) - KEEP]:
-                folder.unlink(name, kinds=("file",))
+            for old in sorted(stats, key=stats.__getitem__)[:len(names) - KEEP]:
+                folder.unlink(old, kinds=("file",))
 
 
-def forget(argv: Sequence[str]) -> None:
+def forget(name: str) -> None:
     """The record for this command line no longer holds (its pass was not in sync)."""
     try:
         with trusted.open_trusted(QUICK_DIR) as folder:
-            folder.unlink(f"{key(argv)}.json", kinds=("file",))
+            folder.unlink(f"{name}.json", kinds=("file",))
     except FileNotFoundError:
         pass

@@ -102,10 +102,11 @@ def check_root_file(path: str) -> None:
                         f"chown root: {path} && chmod go-w {path}")
 
 
-def open_trusted(path: str, *, create: bool = False) -> Dir:
-    """A folder checked to be root's up to /; root's own links on the way are resolved first."""
+def open_trusted(path: str, *, create: bool = False, mode: int = 0o755) -> Dir:
+    """A folder checked to be root's up to /; root's own links on the way are resolved first (``mode``: of
+    the folders ``create`` makes)."""
     check_trusted_folder(path, path)
-    return Dir.open(os.path.realpath(path), create=create)
+    return Dir.open(os.path.realpath(path), create=create, mode=mode)
 
 
 def read_below(folder: str, below: str, limit: int) -> bytes:

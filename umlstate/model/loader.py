@@ -73,9 +73,11 @@ class _Doc:
 ReadFrom = Callable[[str, str], bytes]
 
 
-def load_file(path: str | os.PathLike[str], read_from: ReadFrom | None = None) -> Topology:
+def load_file(path: str | os.PathLike[str], read_from: ReadFrom | None = None,
+              noted: Callable[[bytes], None] | None = None) -> Topology:
     """Read and validate a topology file; raise TopologyError listing every problem. With ``read_from``,
-    each guest file's ``from`` (relative to the topology's folder) is read into its ``content``."""
+    each guest file's ``from`` (relative to the topology's folder) is read into its ``content``; ``noted`` is
+    given the file's bytes as read."""
     name = os.fspath(path)
     try:
         raw = Path(name).read_bytes()
@@ -86,6 +88,8 @@ def load_file(path: str | os.PathLike[str], read_from: ReadFrom | None = None) -
         raise TopologyError([Diagnostic(1, 1, "this is a folder, not a topology file", name)]) from None
     except OSError as exc:
         raise TopologyError([Diagnostic(1, 1, f"cannot read the file: {exc.strerror}", name)]) from None
+    if noted is not None:
+        noted(raw)
     return load_bytes(raw, name, read_from)
 
 

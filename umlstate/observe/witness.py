@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from umlstate.host import kconfig, logs, nft, records, sysctl
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
-from umlstate.host.trusted import check_trusted_folder, read_below
+from umlstate.host.trusted import check_trusted_folder
 from umlstate.model.snapshot import Proc, Snapshot, plain, unit_of
 from umlstate.observe import reads
 
@@ -44,7 +44,6 @@ COVERS: Mapping[str, str] = {
 }
 NOT_READ = frozenset({"now"})
 GUEST = unit_of("guest", "")
-GUEST_FILE_LIMIT = 1 << 20  # as model.guest.GUEST_FILE_MAX; a larger file fails the full load, never this read
 
 
 class Unwitnessable(Exception):
@@ -57,7 +56,6 @@ class Probe:
 
     netns: str | None
     topology: str  # absolute path
-    guest_files: tuple[str, ...]  # guest files' `from`, below the topology's folder
     run_dir: str
     state_dir: str
     taps: tuple[str, ...]
@@ -96,7 +94,7 @@ class Probe:
         return cls(**given)
 
 
-def probe_of(t: Topology, topology_path: str, guest_files: tuple[str, ...], snapshot: Snapshot) -> Probe:
+def probe_of(t: Topology, topology_path: str, snapshot: Snapshot) -> Probe:
     """What ``observe`` read for this (host's slice of the) topology, as it found the host."""
     from umlstate.observe import observe as o
 
@@ -105,7 +103,7 @@ def probe_of(t: Topology, topology_path: str, guest_files: tuple[str, ...], snap
     procs = [sw.proc for sw in snapshot.switches.values() if sw.proc] + [g.proc for g in snapshot.guests.values()
                                                                           if g.proc]
     return Probe(
-        netns=snapshot.netns, topology=os.path.abspath(topology_path), guest_files=guest_files,
+        netns=snapshot.netns, topology=os.path.abspath(topology_path),
         run_dir=t.run_dir, state_dir=t.state_dir,
         taps=tuple(sorted(tap.name for tap in t.taps)),
         uplinks=tuple(sorted({s.proxy_arp.uplink for s in t.subnets if s.proxy_arp})),
@@ -138,16 +136,13 @@ def readings(probe: Probe, netlink: Netlink) -> dict[str, Any]:
         raise Unwitnessable(f"not in network namespace {probe.netns}")
     for folder, what in ((probe.run_dir, "run_dir"), (probe.state_dir, "state_dir")):
         check_trusted_folder(folder, what)  # as the full pass does first (raises: a full pass says why)
-    folder = os.path.dirname(probe.topology)
     cgroups = Cgroups.here(probe.instance)
     boot_id = reads.boot_id()
     units = {u: reads.process(u, {u: p} if p is not None else {}, cgroups) for u, p in probe.units.items()}
     running = {u: p for u, (p, _n) in units.items() if p is not None}
     users = reads.users(probe.users)
     return {
-        # Besides the snapshot: the topology's guest files, and whether a log is due to be cut.
-        "guest_files": {b: hashlib.sha256(read_below(folder, b, GUEST_FILE_LIMIT)).hexdigest()
-                        for b in probe.guest_files},
+        # Besides the snapshot: whether a log is due to be cut.
         "logs_due": _logs_due(probe.state_dir, sorted({u.partition("-")[2] for u in running})),
         "netns": probe.netns,
         "boot_id": boot_id,
