@@ -26,7 +26,6 @@ import shutil
 import socket
 import stat
 import struct
-import tempfile
 import time
 
 from umlstate.errors import ActionError
@@ -112,6 +111,8 @@ def _exchange(sock_path: str, text: str, *, owner: int | None, deadline: float, 
     folder = ""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
+        import tempfile  # here: most passes ask no guest anything (and tempfile imports random)
+
         folder = tempfile.mkdtemp(prefix="umlstate-mc-")  # root's, 0700: no one can plant anything in it
         os.chmod(folder, 0o711)  # noqa: S103 - search only, so that the guest's user reaches the socket
         reply_path = os.path.join(folder, "reply")

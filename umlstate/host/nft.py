@@ -11,7 +11,6 @@ does that first), so every table read or written is that namespace's.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import hashlib
 import json
@@ -41,8 +40,10 @@ def _library() -> ctypes.CDLL | None:
     try:  # by its soname first: find_library runs ldconfig, which costs more than the rest of a quiet pass
         lib = ctypes.CDLL("libnftables.so.1", use_errno=True)
     except OSError:
+        from ctypes.util import find_library  # here: it imports subprocess and shutil, a quiet pass needs neither
+
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1", use_errno=True)
+            lib = ctypes.CDLL(find_library("nftables") or "libnftables.so.1", use_errno=True)
         except OSError:
             return None
     lib.nft_ctx_new.restype = ctypes.c_void_p
