@@ -376,6 +376,7 @@ def test_netlink_reads_return_what_they_returned_in_the_capture(monkeypatch: pyt
     """Netlink.links / addresses / proxies over replayed sockets: the whole read path, no kernel."""
     captures = [load(name) for name in DUMPS]
     opened = replaying(monkeypatch, captures)
+    monkeypatch.setattr(k, "_ASKED_BY_NAME", 0)  # as captured: the missing names found in a dump of every link
     seen = observation()
     netlink = k.Netlink()
     links, index = netlink.links(NAMES)
@@ -557,6 +558,7 @@ def capture_here() -> None:
     log: list[dict[str, Any]] = []
     real: Callable[[], socket.socket] = r.open_socket
     r.open_socket = lambda: _Recorder(real(), log)  # type: ignore[assignment,return-value]
+    k._ASKED_BY_NAME = 0  # the dump of every link, which links() sends when many wanted names are missing
     netlink = k.Netlink()
     links, index = netlink.links(NAMES)
     addresses = netlink.addresses(index, set(ADDRESS_NAMES))
@@ -593,6 +595,26 @@ def capture(ns: str) -> dict[str, tuple[bytes, dict[str, Any]]]:
     assert sorted(out) == sorted(DUMPS), "an observation sends one request of each kind DUMPS names"
     out["observation"] = (b"", {"names": list(NAMES), **seen})
     return out
+
+
+@needs_root
+def test_a_few_missing_names_asked_by_name_read_as_the_dump_of_every_link_does() -> None:
+    """links() asks for a few names missing from the kind dumps (the uplinks) one by one: the same Links, and
+    a name that is not there is simply absent."""
+    ns = make_netns("umlstate-test-cap-")
+    try:
+        for line in SETUP:
+            sh("ip", "-n", ns.name, *line)
+        child = (f"import sys, json, dataclasses; sys.path[:0] = [{str(ROOT)!r}]\n"
+                 "from umlstate.host import netlink as k\n"
+                 f"by_name = k.Netlink().links({list(NAMES)!r})[0]\n"
+                 "k._ASKED_BY_NAME = 0\n"
+                 f"by_dump = k.Netlink().links({list(NAMES)!r})[0]\n"
+                 "print(json.dumps([{n: dataclasses.asdict(l) for n, l in x.items()} for x in (by_name, by_dump)]))\n")
+        by_name, by_dump = json.loads(sh("ip", "netns", "exec", ns.name, sys.executable, "-c", child).stdout)
+    finally:
+        remove_netns(ns)
+    assert by_name == by_dump and "v0" in by_name and "eth9" not in by_name
 
 
 @needs_root
