@@ -161,3 +161,20 @@ def _rewrite_records(tmp: Path) -> None:
     records = tmp / "state" / "state.json"
     data = json.loads(records.read_text())
     records.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def test_a_guest_file_swapped_for_a_link_by_its_owner_is_not_answered_quickly(lab: tuple[Netns, Path]) -> None:
+    """The lab's owner replaces a guest file with a link to root's secret: the quick pass reads it as the
+    loader does (never through a link), so the full pass runs and refuses it, quoting nothing of the secret."""
+    ns, path = lab
+    apply(ns, path)
+    plan(ns, path)
+    assert plan(ns, path)[:2] == (0, True)
+    motd = path.parent / "motd"
+    motd.unlink()
+    motd.symlink_to("/etc/shadow")
+    done = umlstate("plan", "--detailed-exitcode", str(path), netns=ns.name, env=QUICK)
+    assert done.returncode == 65 and SAID not in done.stderr, done.stderr
+    assert "root:" not in done.stdout + done.stderr
+    motd.unlink()
+    motd.write_text("hello\n")
