@@ -52,6 +52,25 @@ peers=""
 sink=""
 net=on
 grep -q 'umlstate.net=off' /proc/cmdline && net=off
+seed=""  # its seed disk (ubd1r=, plan/seed.py): a vfat file system; the modules for it are in the image
+if [ -b /dev/ubdb ] && [ "$net" = on ]; then
+    for m in fat vfat nls_cp437 nls_iso8859-1; do
+        [ -f "/lib/modules/$(uname -r)/$m.ko" ] && insmod "/lib/modules/$(uname -r)/$m.ko" 2>/dev/null
+    done
+    mount -t vfat -o ro /dev/ubdb /seed && seed=/seed/umlstate
+    [ -n "$seed" ] || echo "umlstate-guest: cannot read its seed disk /dev/ubdb"
+fi
+by_mac() {  # the NIC whose MAC is $1
+    for f in /sys/class/net/*/address; do [ "$(cat "$f")" = "$1" ] && { f="${f%/address}"; echo "${f##*/}"; }; done
+}
+renamed=""  # UML's name=the seed's, for the command line's umlstate.<UML's name>= words
+if [ -s "$seed/names" ]; then  # before any address or route: a link goes down to be renamed
+    while read -r mac name; do
+        dev="$(by_mac "$mac")"
+        [ -n "$dev" ] && ip link set "$dev" name "$name" && renamed="$renamed $dev=$name" \
+            || echo "umlstate-guest: cannot name $mac $name"
+    done < "$seed/names"
+fi
 for word in $(cat /proc/cmdline); do
     [ "$net" = off ] && break
     case "$word" in
@@ -59,9 +78,17 @@ for word in $(cat /proc/cmdline); do
         umlstate.ping=*) peers="$peers ${word#*=}" ;;
         umlstate.sink=*) sink="${word#*=}" ;;
         umlstate.eth*=*|umlstate.vec*=*) key="${word%%=*}"; dev="${key#umlstate.}"
+                         for r in $renamed; do [ "${r%%=*}" = "$dev" ] && dev="${r#*=}"; done
                          ip link set "$dev" up && ip addr add "${word#*=}" dev "$dev" ;;
     esac
 done
+if [ -s "$seed/addresses" ]; then  # a NIC's addresses after its first
+    while read -r mac addr; do
+        dev="$(by_mac "$mac")"
+        [ -n "$dev" ] && ip link set "$dev" up && ip addr add "$addr" dev "$dev" \
+            || echo "umlstate-guest: cannot add $addr to $mac"
+    done < "$seed/addresses"
+fi
 [ -f /marks ] && echo "umlstate-guest: marks: $(cat /marks | tr '\n' ' ')"
 for word in $(cat /proc/cmdline); do  # tests: leave a mark on the disk (its COW file), to see it survive a move
     case "$word" in
@@ -71,14 +98,6 @@ for word in $(cat /proc/cmdline); do  # tests: leave a mark on the disk (its COW
 done
 ip link set lo up
 [ -n "$gw" ] && ip route add default via "$gw"
-seed=""  # its seed disk (ubd1r=, plan/seed.py): a vfat file system; the modules for it are in the image
-if [ -b /dev/ubdb ] && [ "$net" = on ]; then
-    for m in fat vfat nls_cp437 nls_iso8859-1; do
-        [ -f "/lib/modules/$(uname -r)/$m.ko" ] && insmod "/lib/modules/$(uname -r)/$m.ko" 2>/dev/null
-    done
-    mount -t vfat -o ro /dev/ubdb /seed && seed=/seed/umlstate
-    [ -n "$seed" ] || echo "umlstate-guest: cannot read its seed disk /dev/ubdb"
-fi
 if [ -n "$seed" ]; then
     hostname "$(cat "$seed/hostname")"
     while IFS='=' read -r key value; do

@@ -91,13 +91,14 @@ checks:
 """
 
 
-def check_rows(farm: Farm, until: Callable[[dict[str, dict[str, str]]], bool]) -> dict[str, dict[str, str]]:
+def check_rows(farm: Farm, until: Callable[[dict[str, dict[str, str]]], bool],
+               count: int = 3) -> dict[str, dict[str, str]]:
     """status's check rows by target, once ``until`` holds (the guests run their checks as they boot)."""
     deadline = time.monotonic() + 90
     while True:
         status = json.loads(farm.cli("status", "--json").stdout)
         rows = {r["target"]: r for r in status["resources"] if r["kind"] == "check"}
-        if (len(rows) == 3 and all(r["state"] != "missing" for r in rows.values()) and until(rows)) \
+        if (len(rows) == count and all(r["state"] != "missing" for r in rows.values()) and until(rows)) \
                 or time.monotonic() > deadline:
             return rows
         time.sleep(0.5)
@@ -112,7 +113,7 @@ def logged(farm: Farm, guest: str, line: str, timeout: float = 90) -> str:
     return text
 
 
-def write_lab(farm: Farm, kernel: str = "linux.uml") -> None:
+def write_lab(farm: Farm, kernel: str = "linux.uml", lab: str = LAB) -> None:
     """The lab, its guests booting ``kernel`` from an image that carries that kernel's seed modules."""
     image = farm.image
     if "/" in kernel:  # a fetched kernel keeps its modules beside it (scripts/fetch-vector-kernel)
@@ -120,7 +121,7 @@ def write_lab(farm: Farm, kernel: str = "linux.uml") -> None:
             pytest.skip(f"{kernel} was fetched without its modules: its guests cannot read a seed disk")
         image = build(farm.tmp / "lab.img", modules=(Path(UML_MODULES), Path(kernel).parent / "modules"))
     forged = check_id(Check.model_validate({"from": "pc", "ping": "r1"}))
-    text = LAB.format(name=farm.name, tmp=farm.tmp, group=farm.group, image=image, forged=forged)
+    text = lab.format(name=farm.name, tmp=farm.tmp, group=farm.group, image=image, forged=forged)
     farm.path.write_text(text.replace("    user: nobody\n", f"    user: nobody\n    kernel: {kernel}\n"))
 
 
@@ -172,6 +173,64 @@ def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
     assert farm.host.ip("route", "show", "proto", "186").stdout.strip() == ""
     assert not list((farm.tmp / "state" / "seeds").glob("*.img"))
+    assert not farm.processes()
+
+
+TWO_SUBNETS = """\
+name: {name}
+host:
+  run_dir: {tmp}/run
+  state_dir: {tmp}/state
+  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
+  groups:
+    - {{name: {group}, members: [nobody]}}
+  sysctl:
+    net.ipv4.ip_forward: 1
+subnets:
+  - {{name: a, cidr: 10.0.1.0/24, gateway: 10.0.1.254}}
+  - {{name: b, cidr: 10.0.2.0/24, gateway: 10.0.2.254}}
+switches:
+  - {{name: br, kind: bridge, subnet: [a, b]}}
+guests:
+  - name: r1
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    startup: |
+      echo "r1 has on lan0: $(ip -4 -o addr show dev lan0 | awk '{{print $4}}' | tr '\\n' ' ')"
+    nics:
+      - {{switch: br, name: lan0, addresses: [10.0.1.1, 10.0.2.1]}}
+  - name: pc
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    nics: [{{switch: br, address: 10.0.2.2}}]
+checks:
+  - {{from: pc, ping: 10.0.2.1}}
+  - {{from: pc, ping: 10.0.1.1}}
+"""
+
+
+def test_a_bridge_carries_two_subnets_and_a_named_nic_holds_an_address_on_each(farm: Farm, kernel: str) -> None:
+    """Kathara's several subnets on one collision domain: the bridge holds both gateways; r1's NIC is named
+    lan0 and holds an address on each (the first from its command line, the second from its seed)."""
+    write_lab(farm, kernel, TWO_SUBNETS)
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    gateways = farm.host.ip("-4", "-o", "addr", "show", "dev", "br").stdout
+    assert "10.0.1.254/24" in gateways and "10.0.2.254/24" in gateways, gateways
+    said = "umlstate-guest: startup: r1 has on lan0: 10.0.1.1/24 10.0.2.1/24"
+    assert said in logged(farm, "r1", said), farm.log("r1")[-1500:]
+    farm.lan.ip("route", "add", "10.0.0.0/8", "via", "172.16.0.1")
+    assert ttl(farm.lan_ping("10.0.2.1", seconds=60)) == 63, farm.log("r1")[-1500:]
+    assert ttl(farm.lan_ping("10.0.1.1")) == 63
+    # pc reaches r1's address on its own subnet directly, and the other through the host's gateway.
+    rows = check_rows(farm, until=lambda r: all(x["state"] == "ok" for x in r.values()), count=2)
+    assert all(r["state"] == "ok" for r in rows.values()), rows
+    plan = farm.cli("plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    destroyed = farm.cli("destroy", "--yes")
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
     assert not farm.processes()
 
 

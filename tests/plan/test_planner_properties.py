@@ -36,17 +36,18 @@ def topologies(draw: st.DrawFn) -> Topology:
     free_subnets = [s.name for s in subnets]
     taps = []
     for name in tap_names:
-        on_subnet = draw(st.booleans())
-        subnet = free_subnets.pop() if free_subnets and on_subnet else None
+        carried = draw(st.integers(0, 2))  # no subnet, one, or a list of them
+        names = tuple(free_subnets.pop() for _ in range(min(carried, len(free_subnets))))
+        subnet: str | tuple[str, ...] | None = names if len(names) > 1 else names[0] if names else None
         taps.append(Tap(name=name, owner=draw(st.sampled_from(["root", "dupont", "4242"])),
                         group=draw(st.sampled_from([None, "umlusers", "77"])), subnet=subnet))
     guests = []
     for g in range(draw(st.integers(0, 3))):
         nics = []
         for tap in taps:
-            if tap.subnet is not None and draw(st.booleans()):
-                i = int(tap.subnet[1:])
-                nics.append(Nic(tap=tap.name, address=ipaddress.IPv4Address(f"10.{i}.0.{g + 1}")))
+            if tap.subnet is not None and draw(st.booleans()):  # an address on each of its subnets
+                ips = [ipaddress.IPv4Address(f"10.{int(n[1:])}.0.{g + 1}") for n in tap.subnet_names]
+                nics.append(Nic(tap=tap.name, address=ips[0], addresses=tuple(ips[1:])))
         guests.append(Guest(name=f"g{g}", user="dupont", mem="64M", disk=Disk(image=f"/srv/g{g}.img"),
                             nics=tuple(nics)))
     host = Host(

@@ -28,35 +28,34 @@ def _nodes_and_edges(t: Topology) -> tuple[dict[str | None, list[_Node]], list[t
 
     def subnet_of_tap(name: str | None) -> str | None:
         tap = t.tap(name) if name else None
-        return tap.subnet if tap else None
+        return tap.subnet_names[0] if tap and tap.subnet_names else None
 
     for uplink in sorted({s.proxy_arp.uplink for s in t.subnets if s.proxy_arp}):
         groups.setdefault(None, []).append(_Node(f"uplink_{uplink}", (uplink, "LAN uplink"), "round"))
-    for tap in t.taps:
-        subnet = t.subnet(tap.subnet) if tap.subnet else None
-        lines = [f"tap {tap.name}", f"owner {tap.owner}"]
-        if subnet is not None and subnet.gateway is not None:
-            lines.insert(1, f"{subnet.gateway} gateway")
-        groups.setdefault(tap.subnet, []).append(_Node(f"tap_{tap.name}", tuple(lines), "box"))
-        if subnet is not None and subnet.proxy_arp is not None:
-            edges.append((f"uplink_{subnet.proxy_arp.uplink}", f"tap_{tap.name}", "proxy ARP, forwarding"))
+    for tap in t.taps:  # drawn in its first subnet's box
+        subnets = t.subnets_of(tap)
+        lines = [f"tap {tap.name}", *(f"{s.gateway} gateway" for s in subnets if s.gateway), f"owner {tap.owner}"]
+        groups.setdefault(subnet_of_tap(tap.name), []).append(_Node(f"tap_{tap.name}", tuple(lines), "box"))
+        for uplink in sorted({s.proxy_arp.uplink for s in subnets if s.proxy_arp is not None}):
+            edges.append((f"uplink_{uplink}", f"tap_{tap.name}", "proxy ARP, forwarding"))
     for sw in t.switches:
         if sw.is_bridge:
-            subnet = t.subnet(sw.subnet) if sw.subnet else None
-            lines = [f"bridge {sw.name}"] + ([f"{subnet.gateway} gateway"] if subnet and subnet.gateway else [])
-            groups.setdefault(sw.subnet, []).append(_Node(f"switch_{sw.name}", tuple(lines), "stack"))
-            if subnet is not None and subnet.proxy_arp is not None:
-                edges.append((f"uplink_{subnet.proxy_arp.uplink}", f"switch_{sw.name}", "proxy ARP, forwarding"))
+            subnets = t.subnets_of(sw)
+            lines = [f"bridge {sw.name}", *(f"{s.gateway} gateway" for s in subnets if s.gateway)]
+            groups.setdefault(sw.subnet_names[0] if sw.subnet_names else None, []).append(
+                _Node(f"switch_{sw.name}", tuple(lines), "stack"))
+            for uplink in sorted({s.proxy_arp.uplink for s in subnets if s.proxy_arp is not None}):
+                edges.append((f"uplink_{uplink}", f"switch_{sw.name}", "proxy ARP, forwarding"))
             continue
         groups.setdefault(subnet_of_tap(sw.tap), []).append(
             _Node(f"switch_{sw.name}", (f"{sw.kind} {sw.name}", f"user {sw.user}"), "stack"))
         if sw.tap:
             edges.append((f"tap_{sw.tap}", f"switch_{sw.name}", ""))
     for guest in t.guests:
-        addresses = [str(n.address) for n in guest.nics if n.address is not None]
+        addresses = [str(ip) for n in guest.nics for ip in n.ips]
         label = (f"guest {guest.name}", *addresses, f"{guest.mem}, user {guest.user}",
                  *([f"on host {guest.host}"] if guest.host else []))
-        home = next((s.name for n in guest.nics if (s := t.subnet_of_nic(n)) is not None), None)
+        home = next((s.name for n in guest.nics for s in t.subnets_of_nic(n)), None)
         groups.setdefault(home, []).append(_Node(f"guest_{guest.name}", label, "box"))
         for i, nic in enumerate(guest.nics):
             source = f"switch_{nic.switch}" if nic.switch else f"tap_{nic.tap}"

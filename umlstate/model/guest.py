@@ -40,8 +40,12 @@ class Nic(Model):
     switch: str | None = Field(None, description="Plug into this switch (exactly one of switch, tap).")
     tap: str | None = Field(None, description="Or use this tap alone (UML's tuntap or vector tap transport).")
     address: ipaddress.IPv4Address | None = Field(
-        None, description="Told to the guest (umlstate.<ifname>=); must lie inside the NIC's subnet."
+        None, description="Told to the guest (umlstate.<ifname>=); must lie inside one of the NIC's subnets."
     )
+    addresses: tuple[ipaddress.IPv4Address, ...] = Field(
+        (), description="More addresses (after address), each inside one of the NIC's subnets.")
+    name: str | None = Field(None, description="The guest's name for the interface (default: UML's, eth<i> or "
+                                               "vec<i>); delivered on the seed disk.")
     mac: str | None = Field(None, description="Unicast MAC; a stable one is derived when omitted.")
     transport: Literal["auto", "legacy", "vector"] = Field(
         "auto", description="auto: the legacy form where the kernel has it (the guest keeps ethN), else vector.")
@@ -49,6 +53,11 @@ class Nic(Model):
                                                   "address, no router advertisements or DHCP replies; false: off.")
     allow_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
         (), description="More source networks this NIC may send from (a router guest's other networks).")
+
+    @property
+    def ips(self) -> tuple[ipaddress.IPv4Address, ...]:
+        """Every address the NIC is told, address first."""
+        return ((self.address,) if self.address is not None else ()) + self.addresses
 
     @field_validator("mac")
     @classmethod
@@ -104,7 +113,8 @@ class Guest(Model):
     @property
     def seeded(self) -> bool:
         """Told more than its addresses by its own fields (Topology.has_seed counts the checks it runs too)."""
-        return bool(self.hostname or self.sysctl or self.routes or self.files or self.startup)
+        return bool(self.hostname or self.sysctl or self.routes or self.files or self.startup
+                    or any(nic.name or len(nic.ips) > 1 for nic in self.nics))
 
     @field_validator("mem", mode="before")
     @classmethod

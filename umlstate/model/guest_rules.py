@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from umlstate.model.fields import is_valid_ifname
 from umlstate.model.problem import Loc, Problem
 from umlstate.model.topology import Topology
 
@@ -39,6 +40,21 @@ def nics(t: Topology) -> Iterator[Problem]:
                 yield Problem(("guests", g, "nics", n),
                               f"guest {guest.name} eth{n} needs exactly one of 'switch' or 'tap'"
                               + (", not both" if nic.switch else ""))
+        names: dict[str, int] = {}
+        for n, nic in enumerate(guest.nics):
+            if nic.name is None:
+                continue
+            if not is_valid_ifname(nic.name):
+                yield Problem(("guests", g, "nics", n, "name"), f"guest {guest.name} NIC {n} name {nic.name!r} is "
+                                                                "not an interface name: at most 15 bytes, no '/', ':' "
+                                                                "or white space")
+            elif (m := re.fullmatch(r"(eth|vec)([0-9]+)", nic.name)) and int(m[2]) != n:
+                yield Problem(("guests", g, "nics", n, "name"), f"guest {guest.name} NIC {n} cannot be named "
+                                                                f"{nic.name}: UML gives that name to NIC {m[2]}")
+            elif nic.name in names:
+                yield Problem(("guests", g, "nics", n, "name"), f"guest {guest.name} names two NICs {nic.name} "
+                                                                f"(NIC {names[nic.name]} and NIC {n})")
+            names.setdefault(nic.name, n)
         for a, word in enumerate(guest.args):
             field = next((f for pattern, f in OWN_WORDS if re.match(pattern, word)), None)
             if field is not None:
@@ -74,7 +90,7 @@ def disks(t: Topology) -> Iterator[Problem]:
 def lab(t: Topology) -> Iterator[Problem]:
     """What a guest is told beyond its addresses: routes through neighbours it has, files it can be given."""
     for g, guest in enumerate(t.guests):
-        nets = [(n, s) for n, nic in enumerate(guest.nics) if (s := t.subnet_of_nic(nic)) is not None]
+        nets = [(n, s) for n, nic in enumerate(guest.nics) for s in t.subnets_of_nic(nic)]
         defaults = 0
         for r, route in enumerate(guest.routes):
             loc: Loc = ("guests", g, "routes", r)

@@ -56,20 +56,18 @@ def _references(t: Topology) -> Iterator[Problem]:
     subnets = {s.name for s in t.subnets}
     taps = {x.name for x in t.taps}
     switches = {s.name for s in t.switches}
-    for i, tap in enumerate(t.taps):
-        if tap.subnet is not None and tap.subnet not in subnets:
-            yield Problem(("taps", i, "subnet"), f"tap {tap.name} refers to subnet {tap.subnet!r}, "
-                                                 f"which is not defined{known(subnets)}")
     served: dict[str, str] = {}
-    servers: list[tuple[Loc, str, str | None]] = [(("taps", i, "subnet"), f"tap {x.name}", x.subnet)
-                                                  for i, x in enumerate(t.taps)]
-    servers += [(("switches", i, "subnet"), f"bridge {sw.name}", sw.subnet) for i, sw in enumerate(t.switches)
-                if sw.is_bridge]
-    for loc, who, subnet in servers:
-        if subnet is not None and subnet not in subnets and loc[0] == "switches":
-            yield Problem(loc, f"{who} refers to subnet {subnet!r}, which is not defined{known(subnets)}")
-        elif subnet in subnets:
-            if subnet in served:
+    servers: list[tuple[Loc, str, tuple[str, ...], bool]] = [
+        (("taps", i, "subnet"), f"tap {x.name}", x.subnet_names, isinstance(x.subnet, tuple))
+        for i, x in enumerate(t.taps)]
+    servers += [(("switches", i, "subnet"), f"bridge {sw.name}", sw.subnet_names, isinstance(sw.subnet, tuple))
+                for i, sw in enumerate(t.switches) if sw.is_bridge]
+    for base, who, names, listed in servers:
+        for j, subnet in enumerate(names):
+            loc: Loc = (*base, j) if listed else base
+            if subnet not in subnets:
+                yield Problem(loc, f"{who} refers to subnet {subnet!r}, which is not defined{known(subnets)}")
+            elif subnet in served:
                 yield Problem(loc, f"subnet {subnet} is already served by {served[subnet]}; a subnet is served by "
                                    "exactly one tap or bridge")
             else:
@@ -240,37 +238,43 @@ def _subnets(t: Topology) -> Iterator[Problem]:
 
 
 def _addresses(t: Topology) -> Iterator[Problem]:
+    """Each address of a NIC inside one of its subnets, not the network's, broadcast or gateway, nobody else's."""
     used: dict[ipaddress.IPv4Address, str] = {}
     for g, guest in enumerate(t.guests):
         for n, nic in enumerate(guest.nics):
-            if nic.address is None:
+            places: list[tuple[Loc, ipaddress.IPv4Address]] = [(("guests", g, "nics", n, "address"), nic.address)] \
+                if nic.address is not None else []
+            places += [(("guests", g, "nics", n, "addresses", a), ip) for a, ip in enumerate(nic.addresses)]
+            if not places:
                 continue
-            loc: Loc = ("guests", g, "nics", n, "address")
             where = f"guest {guest.name} eth{n}"
             via = _via(t, nic.switch, nic.tap)
-            subnet = t.subnet_of_nic(nic)
-            if subnet is None:
-                if via:
-                    yield Problem(loc, f"{where} has address {nic.address}, but {via} is on no subnet; "
-                                       f"give the {'bridge' if via.startswith('bridge') else 'tap'} a subnet")
-                continue
-            net = subnet.cidr
-            if nic.address not in net:
-                yield Problem(loc, f"{where} address {nic.address} is not inside subnet {subnet.name} "
-                                   f"({net}) of {via}")
-            elif nic.address == net.network_address:
-                yield Problem(loc, f"{where} address {nic.address} is the network address of subnet "
-                                   f"{subnet.name} ({net})")
-            elif nic.address == net.broadcast_address:
-                yield Problem(loc, f"{where} address {nic.address} is the broadcast address of subnet "
-                                   f"{subnet.name} ({net})")
-            elif nic.address == subnet.gateway:
-                yield Problem(loc, f"{where} address {nic.address} is the gateway of subnet "
-                                   f"{subnet.name}; the host holds it")
-            if nic.address in used:
-                yield Problem(loc, f"{where} address {nic.address} is already used by {used[nic.address]}")
-            else:
-                used[nic.address] = where
+            subnets = t.subnets_of_nic(nic)
+            for loc, ip in places:
+                if not subnets:
+                    if via:
+                        yield Problem(loc, f"{where} has address {ip}, but {via} is on no subnet; "
+                                           f"give the {'bridge' if via.startswith('bridge') else 'tap'} a subnet")
+                    continue
+                subnet = t.subnet_of_address(nic, ip)
+                if subnet is None:
+                    on = ", ".join(f"{s.name} ({s.cidr})" for s in subnets)
+                    yield Problem(loc, f"{where} address {ip} is not inside "
+                                       f"{'subnet' if len(subnets) == 1 else 'any of the subnets'} {on} of {via}")
+                    continue
+                net = subnet.cidr
+                if ip == net.network_address:
+                    yield Problem(loc, f"{where} address {ip} is the network address of subnet {subnet.name} ({net})")
+                elif ip == net.broadcast_address:
+                    yield Problem(loc, f"{where} address {ip} is the broadcast address of subnet {subnet.name} "
+                                       f"({net})")
+                elif ip == subnet.gateway:
+                    yield Problem(loc, f"{where} address {ip} is the gateway of subnet {subnet.name}; the host "
+                                       "holds it")
+                if ip in used:
+                    yield Problem(loc, f"{where} address {ip} is already used by {used[ip]}")
+                else:
+                    used[ip] = where
 
 
 def _via(t: Topology, switch: str | None, tap: str | None) -> str:
@@ -347,7 +351,7 @@ def _policy(t: Topology) -> Iterator[Problem]:
         if guest is None:
             yield Problem(("forwards", i, "to"), f"forward of {fwd.proto} port {fwd.port} goes to guest {fwd.to!r}, "
                                                  f"which is not defined{known(set(guests))}")
-        elif not any(nic.address for nic in guest.nics):
+        elif not any(nic.ips for nic in guest.nics):
             yield Problem(("forwards", i, "to"), f"forward of {fwd.proto} port {fwd.port} goes to guest {fwd.to}, "
                                                  "which has no address; give one of its NICs an address")
         if fwd.on is not None and fwd.on_address is None and not is_valid_ifname(fwd.on):

@@ -128,7 +128,12 @@ class Tap(Model):
     name: str = Field(description="Linux interface name, at most 15 bytes.")
     owner: UserRef = Field(description="User name or uid that may attach (tunctl -u).")
     group: GroupRef | None = Field(None, description="Group that may attach (tunctl -g).")
-    subnet: str | None = Field(None, description="The tap carries this subnet's gateway address.")
+    subnet: str | tuple[str, ...] | None = Field(None, description="The tap carries this subnet's gateway "
+                                                 "address; or a list of subnets, each one's.")
+
+    @property
+    def subnet_names(self) -> tuple[str, ...]:
+        return _names(self.subnet)
 
 
 class Switch(Model):
@@ -141,7 +146,8 @@ class Switch(Model):
     user: UserRef | None = Field(None, description="The switch process runs as this user (required but for bridge).")
     socket: str | None = Field(None, description="Default <run_dir>/users/<user>/<name>.ctl.")
     hub: bool = Field(False, description="Repeat every frame to every port (uml_switch -hub, vde_switch -x).")
-    subnet: str | None = Field(None, description="bridge only: the bridge carries this subnet's gateway address.")
+    subnet: str | tuple[str, ...] | None = Field(None, description="bridge only: the bridge carries this subnet's "
+                                                 "gateway address; or a list of subnets, each one's.")
     vni: int | None = Field(None, ge=1, le=16777215, description="bridge only, with hosts: the VXLAN id that "
                                                                   "stretches it between hosts (derived when omitted).")
     isolated: bool = Field(False, description="bridge only: its guests reach the gateway, not each other "
@@ -150,6 +156,10 @@ class Switch(Model):
     @property
     def is_bridge(self) -> bool:
         return self.kind == "bridge"
+
+    @property
+    def subnet_names(self) -> tuple[str, ...]:
+        return _names(self.subnet)
 
     @property
     def runs_as(self) -> str:
@@ -244,7 +254,7 @@ class Topology(Model):
 
     def anycast_mac(self, bridge: Switch) -> str:
         """The bridge's MAC on every host that serves its subnet: the gateway is one MAC at every host."""
-        digest = hashlib.sha256(f"{self.name}/{bridge.name}/{bridge.subnet}".encode()).digest()
+        digest = hashlib.sha256(f"{self.name}/{bridge.name}/{','.join(bridge.subnet_names)}".encode()).digest()
         return "02:" + ":".join(f"{b:02x}" for b in digest[:5])  # locally administered, unicast
 
     @property
@@ -289,7 +299,7 @@ class Topology(Model):
         """The address a check pings: the named guest's first address, or the address given."""
         guest = self.guest(check.ping)
         if guest is not None:
-            return next((str(n.address) for n in guest.nics if n.address is not None), None)
+            return next((str(ip) for n in guest.nics for ip in n.ips), None)
         try:
             return str(ipaddress.IPv4Address(check.ping))
         except ValueError:
@@ -327,20 +337,45 @@ class Topology(Model):
         found: Guest | None = self._index["guests"].get(name)
         return found
 
-    def subnet_of_nic(self, nic: Nic) -> Subnet | None:
-        """The subnet a NIC lands in: its bridge's, its switch's tap's, or its own tap's."""
+    def subnets_of(self, server: Tap | Switch) -> tuple[Subnet, ...]:
+        """The defined subnets a tap or bridge carries, in the order given."""
+        return tuple(s for name in server.subnet_names if (s := self.subnet(name)) is not None)
+
+    def subnets_of_nic(self, nic: Nic) -> tuple[Subnet, ...]:
+        """The subnets a NIC lands in: its bridge's, its switch's tap's, or its own tap's."""
         tap_name = nic.tap
         if nic.switch is not None:
             switch = self.switch(nic.switch)
             if switch is not None and switch.is_bridge:
-                return self.subnet(switch.subnet) if switch.subnet else None
+                return self.subnets_of(switch)
             tap_name = switch.tap if switch else None
         tap = self.tap(tap_name) if tap_name else None
-        return self.subnet(tap.subnet) if tap and tap.subnet else None
+        return self.subnets_of(tap) if tap is not None else ()
+
+    def subnet_of_address(self, nic: Nic, ip: ipaddress.IPv4Address) -> Subnet | None:
+        """The subnet of the NIC's that holds this address of it: the address takes its prefix."""
+        return next((s for s in self.subnets_of_nic(nic) if ip in s.cidr), None)
+
+    def gateway_of_nic(self, nic: Nic) -> ipaddress.IPv4Address | None:
+        """Where the NIC's guest routes by default: the gateway of its first address's subnet, or, without an
+        address, of its first subnet that has one (told as umlstate.gw= with the first NIC that has one)."""
+        ips = nic.ips
+        subnets = (self.subnet_of_address(nic, ips[0]),) if ips else self.subnets_of_nic(nic)
+        return next((s.gateway for s in subnets if s is not None and s.gateway is not None), None)
+
+    def interfaces_of(self, nic: Nic) -> tuple[ipaddress.IPv4Interface, ...]:
+        """The NIC's addresses, each with its subnet's prefix (those on none of its subnets fail validation)."""
+        return tuple(ipaddress.IPv4Interface((int(ip), s.cidr.prefixlen)) for ip in nic.ips
+                     if (s := self.subnet_of_address(nic, ip)) is not None)
 
     @property
     def bridges(self) -> tuple[Switch, ...]:
         return tuple(sw for sw in self.switches if sw.is_bridge)
+
+    @property
+    def servers(self) -> tuple[Tap | Switch, ...]:
+        """The links that may carry subnets' gateways: declared taps, then bridges."""
+        return (*self.taps, *self.bridges)
 
     @property
     def switch_processes(self) -> tuple[Switch, ...]:
@@ -352,6 +387,11 @@ class Topology(Model):
         return tuple(NicTap(nic_tap_name(g.name, i), g.user, nic.switch, g.name, i)
                      for g in self.guests for i, nic in enumerate(g.nics)
                      if nic.switch is not None and (sw := self.switch(nic.switch)) is not None and sw.is_bridge)
+
+
+def _names(subnet: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """subnet: NAME or [NAME, ...] as one tuple."""
+    return () if subnet is None else (subnet,) if isinstance(subnet, str) else subnet
 
 
 def _fnv(text: str) -> int:

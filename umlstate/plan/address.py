@@ -19,7 +19,8 @@ def plan_step(t: Topology, b: Builder) -> None:
         if not owns_link(t, b.s, name):
             continue
         current = b.s.addresses.get(name, frozenset())
-        for extra in sorted(current - {wanted[name]} if name in wanted else current):
+        gateways = wanted.get(name, frozenset())
+        for extra in sorted(current - gateways):
             b.add(A.RemoveAddress("not in the topology", name, extra))
-        if name in wanted and wanted[name] not in current:
-            b.add(A.AddAddress("missing", name, wanted[name]))
+        for missing in sorted(gateways - current):
+            b.add(A.AddAddress("missing", name, missing))

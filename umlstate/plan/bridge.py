@@ -16,7 +16,7 @@ def plan_step(t: Topology, b: Builder) -> None:
     """Each bridge: made with the gateway's MAC; one of that name not made by umlstate is a conflict."""
     for bridge in sorted(t.bridges, key=lambda x: x.name):
         link = b.s.links.get(bridge.name)
-        mac = t.anycast_mac(bridge) if bridge.subnet else None
+        mac = t.anycast_mac(bridge) if bridge.subnet_names else None
         if link is None:
             b.add(A.CreateBridge("missing", bridge.name, t.alias, t.link_group, mac))
         elif link.kind != "bridge" or not owns_link(t, b.s, bridge.name):

@@ -128,7 +128,7 @@ def wire(topology: Topology, guest: Guest, index: int, kernel: KernelFacts | Non
     if use_legacy and "daemon" in legacy:
         return Wire("daemon", f"{eth}=daemon,{mac},unix,{socket}", eth)
     tap = topology.tap(switch.tap) if switch.tap else None
-    subnet = tap.subnet if tap is not None and tap.subnet else "<its subnet>"
+    subnet = ", ".join(tap.subnet_names) if tap is not None and tap.subnet_names else "<its subnet>"
     return Unwired(f"guest {guest.name} NIC {index} is on uml_switch {switch.name}, but {named} has no daemon "
                    f"transport ({TRANSPORT_CONFIG['daemon']} is not set){REMOVED}; uml_switch cannot reach it",
                    f"make {switch.name} a Linux bridge, which every kernel reaches; its switches entry becomes\n"
@@ -153,10 +153,11 @@ def guest_line(topology: Topology, guest: Guest, kernel: str, wires: tuple[Wire,
     nics: list[Nic] = []
     told_gw = any(r.to == "default" for r in guest.routes)  # its own default route replaces the gateway's
     for nic, w in zip(guest.nics, wires, strict=True):
-        subnet = topology.subnet_of_nic(nic)
-        address = f"{nic.address}/{subnet.cidr.prefixlen}" if nic.address is not None and subnet is not None else None
-        first = subnet is not None and subnet.gateway is not None and not told_gw and not any(n.gateway for n in nics)
-        nics.append(Nic(w.ifname, w.word, address, str(subnet.gateway) if first and subnet else None))
+        interfaces = topology.interfaces_of(nic)  # the first on the command line, the others on the seed disk
+        address = str(interfaces[0]) if interfaces else None
+        gateway = topology.gateway_of_nic(nic)
+        first = gateway is not None and not told_gw and not any(n.gateway for n in nics)
+        nics.append(Nic(w.ifname, w.word, address, str(gateway) if first else None))
     return GuestLine(kernel, guest.name, topology.uml_dir_of(guest), guest.mem,
                      f"{cow},{guest.disk.base}" if cow else f"{guest.disk.image}", tuple(nics),
                      topology.seed_of(guest), tuple(guest.args))

@@ -89,12 +89,13 @@ def _end_leftovers(name: str, b: Builder) -> None:
 def _answer_at(t: Topology, guest: Guest) -> tuple[str, ...]:
     """Its addresses the host can ping: on a subnet where the host has its gateway, or behind a host route."""
     found = []
-    for nic in guest.nics:
-        subnet = t.subnet_of_nic(nic)
-        if nic.address is None or subnet is None:
+    for nic in guest.nics:  # its first address, the one the command line tells it (the others: the seed's)
+        ip = nic.ips[0] if nic.ips else None
+        subnet = t.subnet_of_address(nic, ip) if ip is not None else None
+        if ip is None or subnet is None:
             continue
-        if subnet.gateway is not None or any(r.to != "default" and nic.address in r.to for r in t.host.routes):
-            found.append(str(nic.address))
+        if subnet.gateway is not None or any(r.to != "default" and ip in r.to for r in t.host.routes):
+            found.append(str(ip))
     return tuple(found)
 
 

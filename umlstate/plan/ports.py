@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from umlstate.model.guest import Guest, Nic
-from umlstate.model.topology import Topology
+from umlstate.model.topology import Subnet, Topology
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def _nics_behind(t: Topology) -> dict[str, list[tuple[Guest, int]]]:
 def ports(t: Topology) -> list[Port]:
     """Every secured port, by link name: bridge NICs' taps and declared taps (NICs with port_security off
     leave their port open; on a tap shared through a switch, one such NIC opens the whole tap)."""
-    declared = {ipaddress.IPv4Address(a) for g in t.guests for n in g.nics if (a := n.address) is not None}
+    declared = {ip for g in t.guests for n in g.nics for ip in n.ips}
     out: list[Port] = []
     for nt in t.nic_taps():
         guest = t.guest(nt.guest)
@@ -62,12 +62,12 @@ def ports(t: Topology) -> list[Port]:
         if all(g.nics[i].port_security for g, i in behind):
             names = ", ".join(sorted({g.name for g, _ in behind})) or "none declared"
             out.append(_port(t, tap.name, f"tap {tap.name} (guests {names})", behind, declared=declared,
-                             subnet=tap.subnet))
+                             subnets=t.subnets_of(tap)))
     return sorted(out, key=lambda p: p.link)
 
 
 def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
-          declared: set[ipaddress.IPv4Address], subnet: str | None = None) -> Port:
+          declared: set[ipaddress.IPv4Address], subnets: tuple[Subnet, ...] = ()) -> Port:
     macs: list[str] = []
     sources4: list[str] = []
     forbidden4: set[str] = set()
@@ -79,27 +79,29 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
         mac = t.mac_of(guest, i)
         macs.append(mac)
         sources6.append(link_local(mac))
-        net = t.subnet_of_nic(nic)
-        if nic.address is not None:  # and its other NICs' on the same subnet: Linux answers for them on any
-            sources4 += [str(o.address) for o in guest.nics if o.address is not None and t.subnet_of_nic(o) == net]
-        elif net is not None:  # no address declared: any of its subnet's that is nobody else's
-            sources4.append(str(net.cidr))
-            onlink4.add(str(net.cidr))
-            forbidden4 |= {str(a) for a in declared if a in net.cidr and a != nic.address}
-            if net.gateway is not None:
-                forbidden4.add(str(net.gateway))
+        nets = t.subnets_of_nic(nic)
+        if nic.ips:  # and its other NICs' on the same subnets: Linux answers for them on any
+            sources4 += [str(ip) for o in guest.nics for ip in o.ips if t.subnet_of_address(o, ip) in nets]
+        elif nets:  # no address declared: any of its subnets' that is nobody else's
+            _spare(nets, declared, sources4, onlink4, forbidden4)
         else:
             checked4 = False
         for extra in nic.allow_sources:
             (sources4 if extra.version == 4 else sources6).append(str(extra))
-    if not nics:  # a tap nobody declared a guest behind: its subnet's spare addresses, if it has one
-        net = t.subnet(subnet) if subnet else None
-        checked4 = net is not None
-        if net is not None:
-            sources4.append(str(net.cidr))
-            onlink4.add(str(net.cidr))
-            forbidden4 |= {str(a) for a in declared if a in net.cidr}
-            if net.gateway is not None:
-                forbidden4.add(str(net.gateway))
+    if not nics:  # a tap nobody declared a guest behind: its subnets' spare addresses, if it has any
+        checked4 = _spare(subnets, declared, sources4, onlink4, forbidden4)
     return Port(link, who, tuple(sorted(set(macs))), tuple(sorted(set(sources4))) if checked4 else None,
                 tuple(sorted(forbidden4)), tuple(sorted(onlink4)), tuple(sorted(set(sources6))))
+
+
+def _spare(nets: tuple[Subnet, ...], declared: set[ipaddress.IPv4Address], sources4: list[str], onlink4: set[str],
+           forbidden4: set[str]) -> bool:
+    """Any address of these subnets that is nobody else's (no guest's, no gateway): added to the port's lists.
+    False when there is no subnet (its IPv4 sources are then not checked)."""
+    for net in nets:
+        sources4.append(str(net.cidr))
+        onlink4.add(str(net.cidr))
+        forbidden4 |= {str(a) for a in declared if a in net.cidr}
+        if net.gateway is not None:
+            forbidden4.add(str(net.gateway))
+    return bool(nets)

@@ -92,8 +92,8 @@ def guest_links(t: Topology) -> list[str]:
 
 def _servers(t: Topology) -> dict[str, str]:
     """Subnet -> the link that serves it (validation: at most one)."""
-    servers = [(x.name, x.subnet) for x in t.taps] + [(x.name, x.subnet) for x in t.bridges]
-    return {subnet: name for name, subnet in reversed(servers) if subnet is not None}
+    servers = [(x.name, name) for x in t.servers for name in x.subnet_names]
+    return {subnet: name for name, subnet in reversed(servers)}
 
 
 def render(t: Topology, stretches: Mapping[str, Stretch]) -> Rendered | None:
@@ -121,8 +121,10 @@ def render(t: Topology, stretches: Mapping[str, Stretch]) -> Rendered | None:
     words = [f"port security on {len(secured)} port(s)"] if secured else []
     served = _servers(t)
     subnets = [s for s in t.subnets if s.name in served]
-    if len(subnets) > 1:
-        words.append(f"{len(subnets)} subnets apart" + ("" if not any(s.reach for s in subnets) else ", but reach"))
+    apart = len(set(served.values()))  # subnets on one link share it
+    if apart > 1:
+        words.append(f"{apart} {'subnets' if apart == len(subnets) else 'links'} apart"
+                     + ("" if not any(s.reach for s in subnets) else ", but reach"))
     words.append(f"host open to guests for echo{''.join(f', {s.proto}/{s.port}' for s in t.host.services)}")
     if any(s.nat for s in t.subnets):
         words.append("nat " + ", ".join(s.name for s in t.subnets if s.nat))
@@ -299,7 +301,7 @@ def _nat(doc: Document, t: Topology, links: list[str], groups: list[str]) -> Non
         doc.chain(family, "prerouting", type="nat", hook="prerouting", prio=-100, policy="accept")
         for fwd in t.forwards:
             guest = t.guest(fwd.to)
-            address = next((n.address for n in guest.nics if n.address is not None), None) if guest else None
+            address = next((ip for n in guest.nics for ip in n.ips), None) if guest else None
             if address is None:  # validation refuses it
                 continue
             where: list[Expr] = []

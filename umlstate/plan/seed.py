@@ -41,7 +41,7 @@ def default_route(t: Topology, guest: Guest) -> str | None:
     declared = next((r for r in guest.routes if r.to == "default"), None)
     if declared is not None:
         return str(declared.via)
-    gateways = [s.gateway for nic in guest.nics if (s := t.subnet_of_nic(nic)) is not None and s.gateway]
+    gateways = [gw for nic in guest.nics if (gw := t.gateway_of_nic(nic)) is not None]
     return str(gateways[0]) if gateways else None
 
 
@@ -64,6 +64,12 @@ def seed_of(t: Topology, guest: Guest) -> Seed | None:
                                    if c.from_ == guest.name),
     }
     plain.update({f"umlstate/files.d/{i}": f.content or "" for i, f in enumerate(guest.files)})
+    # MAC NAME and MAC ADDR/PFX (a NIC's addresses after its first, which the command line tells): by MAC, as
+    # UML's name for a NIC (eth<i> or vec<i>) depends on the transport. Written only when there are any.
+    names = "".join(f"{t.mac_of(guest, i)} {nic.name}\n" for i, nic in enumerate(guest.nics) if nic.name)
+    more = "".join(f"{t.mac_of(guest, i)} {iface}\n" for i, nic in enumerate(guest.nics)
+                   for iface in t.interfaces_of(nic)[1:])
+    plain.update({k: v for k, v in (("umlstate/names", names), ("umlstate/addresses", more)) if v})
     write_files: list[dict[str, Any]] = [{"path": f.path, "content": f.content or "", "permissions": f.mode}
                                          for f in guest.files]
     if sysctl:
@@ -82,15 +88,18 @@ def seed_of(t: Topology, guest: Guest) -> Seed | None:
 
 
 def _ethernets(t: Topology, guest: Guest, routes: list[tuple[str, str]]) -> dict[str, Any]:
-    """network-config v2: each NIC by its MAC, with its address and the routes whose next hop is on its
-    subnet."""
+    """network-config v2: each NIC by its MAC, with its name, its addresses and the routes whose next hop is on
+    the network of one of them."""
     found: dict[str, Any] = {}
     for i, nic in enumerate(guest.nics):
-        subnet = t.subnet_of_nic(nic)
         entry: dict[str, Any] = {"match": {"macaddress": t.mac_of(guest, i)}}
-        if nic.address is not None and subnet is not None:
-            entry["addresses"] = [f"{nic.address}/{subnet.cidr.prefixlen}"]
-            hops = [{"to": to, "via": via} for to, via in routes if ipaddress.ip_address(via) in subnet.cidr]
+        if nic.name:
+            entry["set-name"] = nic.name
+        interfaces = t.interfaces_of(nic)
+        if interfaces:
+            entry["addresses"] = [str(iface) for iface in interfaces]
+            hops = [{"to": to, "via": via} for to, via in routes
+                    if any(ipaddress.ip_address(via) in iface.network for iface in interfaces)]
             if hops:
                 entry["routes"] = hops
         found[f"nic{i}"] = entry

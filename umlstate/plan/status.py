@@ -76,8 +76,8 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         admin = "up" if link and link.up else "down"
         on = f", on {tap.bridge} for guest {tap.holder}" if tap.bridge else ""
         wanted.append(("tap", tap.name, f"owner {tap.owner}, {admin}{on}"))
-    for name, iface in sorted(wanted_addresses(t).items()):
-        wanted.append(("address", f"{name} {iface}", ""))
+    for name, ifaces in sorted(wanted_addresses(t).items()):
+        wanted += [("address", f"{name} {iface}", "") for iface in sorted(ifaces)]
     for uplink, address in sorted(wanted_proxies(t)):
         wanted.append(("proxy-neigh", f"{uplink} {address}", ""))
     policy = ruleset.render(t, {})

@@ -28,14 +28,14 @@ def wanted_taps(t: Topology) -> list[WantedTap]:
     return sorted(taps, key=lambda x: x.name)
 
 
-def wanted_addresses(t: Topology) -> dict[str, ipaddress.IPv4Interface]:
-    """The host's gateway address on the tap or bridge that serves each subnet."""
-    out: dict[str, ipaddress.IPv4Interface] = {}
-    servers = [(x.name, x.subnet) for x in t.taps] + [(b.name, b.subnet) for b in t.bridges]
-    for name, subnet_name in servers:
-        subnet = t.subnet(subnet_name) if subnet_name else None
-        if subnet is not None and subnet.gateway is not None:
-            out[name] = ipaddress.IPv4Interface(f"{subnet.gateway}/{subnet.cidr.prefixlen}")
+def wanted_addresses(t: Topology) -> dict[str, frozenset[ipaddress.IPv4Interface]]:
+    """The host's gateway addresses on the tap or bridge that serves each subnet (one per subnet it carries)."""
+    out: dict[str, frozenset[ipaddress.IPv4Interface]] = {}
+    for server in t.servers:
+        gateways = frozenset(ipaddress.IPv4Interface((int(s.gateway), s.cidr.prefixlen))
+                             for s in t.subnets_of(server) if s.gateway is not None)
+        if gateways:
+            out[server.name] = gateways
     return out
 
 
@@ -44,9 +44,10 @@ def wanted_proxies(t: Topology) -> set[tuple[str, ipaddress.IPv4Address]]:
     out: set[tuple[str, ipaddress.IPv4Address]] = set()
     for guest in t.guests:
         for nic in guest.nics:
-            subnet = t.subnet_of_nic(nic)
-            if nic.address is not None and subnet is not None and subnet.proxy_arp is not None:
-                out.add((subnet.proxy_arp.uplink, nic.address))
+            for ip in nic.ips:
+                subnet = t.subnet_of_address(nic, ip)
+                if subnet is not None and subnet.proxy_arp is not None:
+                    out.add((subnet.proxy_arp.uplink, ip))
     return out
 
 
