@@ -49,10 +49,29 @@ def test_a_lab_becomes_bridges_subnets_guests_routes_files_and_startup(tmp_path:
     load_text(text)  # a valid topology
 
 
-def test_two_subnets_on_one_collision_domain_are_refused_by_name(tmp_path: Path) -> None:
-    lab = write(tmp_path / "lab", {**LAB, "pc1.startup": "ifconfig eth0 10.9.9.5/24 up\n"})
-    with pytest.raises(UsageError, match=r"collision domain A has several subnets \(10.0.1.0/24, 10.9.9.0/24\)"):
-        convert(lab, name="lab", user="nobody", image="/srv/uml/base.img", out=tmp_path / "lab.yaml")
+def test_two_subnets_on_one_collision_domain_share_its_bridge(tmp_path: Path) -> None:
+    # pc1 on a second subnet of A, and a second address on r1's eth0 on it: Kathara's several subnets per domain.
+    lab = write(tmp_path / "lab", {**LAB, "pc1.startup": "ifconfig eth0 10.9.9.5/24 up\n",
+                                   "r1.startup": LAB["r1.startup"] + "ip addr add 10.9.9.1/24 dev eth0\n"})
+    text = convert(lab, name="lab", user="nobody", image="/srv/uml/base.img", out=tmp_path / "lab.yaml",
+                   host_on={"A": "10.9.9.254"})
+    t = yaml.safe_load(text)
+    assert t["subnets"] == [{"name": "A-1", "cidr": "10.0.1.0/24"},
+                            {"name": "A-2", "cidr": "10.9.9.0/24", "gateway": "10.9.9.254"},
+                            {"name": "B", "cidr": "10.0.2.0/24"}]
+    assert t["switches"][0] == {"name": "A", "kind": "bridge", "subnet": ["A-1", "A-2"]}
+    r1 = t["guests"][2]
+    assert r1["nics"][0] == {"switch": "A", "addresses": ["10.0.1.1", "10.9.9.1"], "allow_sources": ["10.0.2.0/24"]}
+    assert r1["nics"][1]["allow_sources"] == ["10.0.1.0/24", "10.9.9.0/24"]
+    topology = load_text(text)  # a valid topology: each address on one of its bridge's subnets
+    assert [str(i) for i in topology.interfaces_of(topology.guests[2].nics[0])] == ["10.0.1.1/24", "10.9.9.1/24"]
+
+
+def test_the_host_on_a_domain_needs_an_address_on_one_of_its_subnets(tmp_path: Path) -> None:
+    lab = write(tmp_path / "lab", LAB)
+    with pytest.raises(UsageError, match=r"--host-on A=10.7.7.7: the address is on none of its subnets \(10.0.1.0/24\)"):
+        convert(lab, name="lab", user="nobody", image="/srv/uml/base.img", out=tmp_path / "lab.yaml",
+                host_on={"A": "10.7.7.7"})
 
 
 def test_a_link_in_a_device_folder_is_left_out(tmp_path: Path) -> None:

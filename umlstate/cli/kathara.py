@@ -7,7 +7,8 @@ MAX_FILES files. It translates:
 - ``lab.conf``: each ``dev[N]="CD"`` (a collision domain, ``/MAC`` after it dropped) becomes NIC N of guest
   dev on a bridge of that name; ``dev[mem]`` becomes mem; other options become a comment;
 - ``dev.startup``: ``ifconfig ethN A/P [up]``, ``ifconfig ethN A netmask M``, ``ip addr add A/P dev ethN``
-  become the NIC's address (and, with the addresses of the others on it, the collision domain's subnet);
+  become the NIC's addresses (and, with the addresses of the others on it, the collision domain's subnets:
+  a bridge carries them all);
   ``route add [-net N/P | -net N netmask M | default] gw G``, ``ip route add N/P|default via G`` become
   routes; ``sysctl -w K=V`` and ``echo V > /proc/sys/...`` become sysctls; ``ip link set ... up`` and
   comments go; every other line stays, in order, in startup;
@@ -62,7 +63,7 @@ class Device:
     name: str
     nics: dict[int, str] = field(default_factory=dict)  # index -> collision domain
     options: dict[str, str] = field(default_factory=dict)
-    addresses: dict[int, ipaddress.IPv4Interface] = field(default_factory=dict)
+    addresses: dict[int, list[ipaddress.IPv4Interface]] = field(default_factory=dict)
     routes: list[dict[str, str]] = field(default_factory=list)
     sysctl: dict[str, str] = field(default_factory=dict)
     startup: list[str] = field(default_factory=list)
@@ -83,8 +84,12 @@ def convert(lab: Path, *, name: str, user: str, image: str, out: Path | None = N
     if hosted:
         topology["host"] = {"sysctl": {"net.ipv4.ip_forward": 1}}
     topology["subnets"] = subnets
-    topology["switches"] = [{"name": _bridge(s["name"]), "kind": "bridge", "subnet": s["name"]} for s in subnets]
-    cidrs = {s["name"]: s["cidr"] for s in subnets}
+    domains: dict[str, list[str]] = {}
+    for s in subnets:
+        domains.setdefault(s.pop("domain"), []).append(s["name"])
+    topology["switches"] = [{"name": _bridge(cd), "kind": "bridge", "subnet": names[0] if len(names) == 1 else names}
+                            for cd, names in domains.items()]
+    cidrs = {cd: [s["cidr"] for s in subnets if s["name"] in names] for cd, names in domains.items()}
     topology["guests"] = [_guest(d, user, image, cidrs) for d in sorted(devices.values(), key=lambda d: d.name)]
     for device in devices.values():
         left = {k: v for k, v in device.options.items() if k not in ("mem", "image")}
@@ -132,9 +137,9 @@ def _startup(path: Path, device: Device, notes: list[str]) -> None:
             continue
         if (m := ADDRESS_LINES[0].match(line)) or (m := ADDRESS_LINES[1].match(line)):
             eth, address = (m[1], m[2]) if m.re is ADDRESS_LINES[0] else (m[2], m[1])
-            device.addresses[int(eth[3:])] = ipaddress.IPv4Interface(address)
-        elif m := NETMASK_LINE.match(line):
-            device.addresses[int(m[1][3:])] = ipaddress.IPv4Interface(f"{m[2]}/{m[3]}")
+            device.addresses.setdefault(int(eth[3:]), []).append(ipaddress.IPv4Interface(address))
+        elif m := NETMASK_LINE.match(line):  # ifconfig sets the one address
+            device.addresses[int(m[1][3:])] = [ipaddress.IPv4Interface(f"{m[2]}/{m[3]}")]
         elif m := ROUTE_LINES[1].match(line):
             device.routes.append({"to": str(ipaddress.IPv4Network(f"{m[1]}/{m[2]}")), "via": m[3]})
         elif m := next((r.match(line) for r in (ROUTE_LINES[0], ROUTE_LINES[2], ROUTE_LINES[3]) if r.match(line)),
@@ -178,23 +183,26 @@ def _folder(folder: Path, device: Device, out: Path | None, notes: list[str]) ->
 
 
 def _subnets(devices: Mapping[str, Device], host_on: dict[str, str]) -> list[dict[str, Any]]:
-    """One subnet per collision domain, from the addresses on it; the host's gateway where --host-on says."""
+    """The subnets of each collision domain, from the addresses on it (named after it: CD, or CD-1, CD-2, ...
+    when it has several); the host's gateway where --host-on says, on the subnet its address is in."""
     found: dict[str, set[ipaddress.IPv4Network]] = {}
     for device in devices.values():
         for index, cd in device.nics.items():
-            nets = found.setdefault(cd, set())
-            if index in device.addresses:
-                nets.add(device.addresses[index].network)
+            found.setdefault(cd, set()).update(a.network for a in device.addresses.get(index, ()))
     subnets = []
     for cd in sorted(found):
-        nets = found[cd]
-        if len(nets) != 1:
-            what = "no address" if not nets else "several subnets (" + ", ".join(map(str, sorted(nets))) + ")"
-            raise UsageError(f"collision domain {cd} has {what}: umlstate needs one IPv4 subnet per bridge for now")
-        subnet: dict[str, Any] = {"name": cd, "cidr": str(nets.pop())}
-        if cd in host_on:
-            subnet["gateway"] = host_on.pop(cd)
-        subnets.append(subnet)
+        nets = sorted(found[cd])
+        if not nets:
+            raise UsageError(f"collision domain {cd} has no address: umlstate needs an IPv4 subnet on each bridge")
+        gateway = host_on.pop(cd, None)
+        if gateway is not None and not any(ipaddress.IPv4Address(gateway) in net for net in nets):
+            raise UsageError(f"--host-on {cd}={gateway}: the address is on none of its subnets "
+                             f"({', '.join(map(str, nets))})")
+        for n, net in enumerate(nets, 1):
+            subnet: dict[str, Any] = {"name": cd if len(nets) == 1 else f"{cd}-{n}", "cidr": str(net)}
+            if gateway is not None and ipaddress.IPv4Address(gateway) in net:
+                subnet["gateway"] = gateway
+            subnets.append({**subnet, "domain": cd})
     if host_on:
         raise UsageError(f"--host-on names no collision domain of the lab: {', '.join(sorted(host_on))}")
     return subnets
@@ -206,7 +214,7 @@ def _bridge(cd: str) -> str:
     return cd
 
 
-def _guest(device: Device, user: str, image: str, cidrs: Mapping[str, str]) -> dict[str, Any]:
+def _guest(device: Device, user: str, image: str, cidrs: Mapping[str, list[str]]) -> dict[str, Any]:
     """A router (a device on several collision domains) forwards, as Kathara's devices do by default, and each
     of its NICs may send from the lab's other subnets (its port security's allow_sources)."""
     guest: dict[str, Any] = {"name": device.name, "user": user, "disk": {"base": image}}
@@ -225,10 +233,13 @@ def _guest(device: Device, user: str, image: str, cidrs: Mapping[str, str]) -> d
     guest["nics"] = []
     for i, cd in sorted(device.nics.items()):
         nic: dict[str, Any] = {"switch": _bridge(cd)}
-        if i in device.addresses:
-            nic["address"] = str(device.addresses[i].ip)
+        ips = [str(a.ip) for a in device.addresses.get(i, ())]
+        if len(ips) == 1:
+            nic["address"] = ips[0]
+        elif ips:
+            nic["addresses"] = ips
         if router:
-            nic["allow_sources"] = [cidr for name, cidr in sorted(cidrs.items()) if name != cd]
+            nic["allow_sources"] = [cidr for name, nets in sorted(cidrs.items()) if name != cd for cidr in nets]
         guest["nics"].append(nic)
     if sorted(device.nics) != list(range(len(device.nics))):
         raise UsageError(f"{device.name}: its interfaces are not eth0, eth1, ... in order (lab.conf)")
