@@ -502,11 +502,12 @@ def three_hosts() -> Iterator[tuple[dict[str, str], str]]:
 
 
 def timing_wrapper(folder: Path, calls: Path) -> Path:
-    """umlstate, as the playbook calls it, noting each call's start, end and words in ``calls``."""
+    """umlstate, as the playbook calls it, noting each call's start, end and words in ``calls``; the code
+    beside this bench (not the venv's console script, which may be another checkout's)."""
     wrapper = folder / "umlstate-timed"
     wrapper.write_text(f"""#!/bin/sh
 start=$(date +%s.%N)
-{Path(PY).parent / 'umlstate'} "$@"
+PYTHONPATH={Path(__file__).resolve().parent.parent} {PY} -m umlstate "$@"
 code=$?
 echo "$start $(date +%s.%N) $*" >> {calls}
 exit $code
