@@ -214,8 +214,8 @@ def request_of(name: str) -> bytes:
         kind = name.removeprefix("links-")
         return r.message(r.RTM_GETLINK, r.NLM_F_REQUEST | r.NLM_F_DUMP, 1,
                           r.link_dump_request(None if kind == "all" else kind))
-    body = {"addresses": (r.RTM_GETADDR, r.IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)),
-            "proxies": (r.RTM_GETNEIGH, r.NDMSG.pack(socket.AF_INET, 0, 0, r.NTF_PROXY, 0))}[name]
+    body = {"addresses": (r.RTM_GETADDR, r.IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)),  # IPv4 and IPv6
+            "proxies": (r.RTM_GETNEIGH, r.NDMSG.pack(socket.AF_UNSPEC, 0, 0, r.NTF_PROXY, 0))}[name]
     return r.message(body[0], r.NLM_F_REQUEST | r.NLM_F_DUMP, 1, body[1])
 
 
@@ -350,12 +350,14 @@ def test_addresses_decode_as_captured_and_as_pyroute2_reads_them(monkeypatch: py
     found = k.Netlink().addresses(index, set(capture.expected["names"]))
     as_json = {n: sorted(map(str, a)) for n, a in sorted(found.items())}
     assert as_json == capture.expected["result"] == {
-        "br0": ["172.16.97.254/24"], "lo": ["127.0.0.1/8"], "t0": ["172.16.99.254/24"], "u1": [],
-        "v0": ["192.0.2.1/24", "198.51.100.7/32"]}
+        "br0": ["172.16.97.254/24"], "lo": ["127.0.0.1/8", "::1/128"], "t0": ["172.16.99.254/24"], "u1": [],
+        "v0": ["192.0.2.1/24", "198.51.100.7/32", "2001:db8::1/64"]}  # v0's link-local fe80:: is the kernel's
     reference = [m for m in MarshalRtnl().parse(capture.data) if m["header"]["type"] == r.RTM_NEWADDR]
-    assert {m["family"] for m in reference} == {socket.AF_INET}  # the AF_INET request got IPv4 only
-    assert sorted((index[m["index"]], f"{m.get_attr('IFA_LOCAL')}/{m['prefixlen']}") for m in reference) \
-        == sorted((n, a) for n, addresses in as_json.items() for a in addresses)
+    assert {m["family"] for m in reference} == {socket.AF_INET, socket.AF_INET6}  # AF_UNSPEC: both
+    kept = [m for m in reference if m["family"] == socket.AF_INET or m["scope"] != r.RT_SCOPE_LINK]
+    assert len(kept) < len(reference), "the capture holds a link-local address, which is skipped"
+    assert sorted((index[m["index"]], f"{m.get_attr('IFA_LOCAL') or m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+                  for m in kept) == sorted((n, a) for n, addresses in as_json.items() for a in addresses)
 
 
 def test_proxy_entries_decode_as_captured_and_as_pyroute2_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -363,7 +365,7 @@ def test_proxy_entries_decode_as_captured_and_as_pyroute2_reads_them(monkeypatch
     replaying(monkeypatch, [capture])
     index = index_of(capture.expected)
     found = sorted([uplink, str(address)] for uplink, address in k.Netlink().proxies(index))
-    assert found == capture.expected["result"] == [["v0", "10.0.0.5"], ["v0", "172.16.99.1"]]
+    assert found == capture.expected["result"] == [["v0", "10.0.0.5"], ["v0", "172.16.99.1"], ["v0", "2001:db8::5"]]
     reference = [m for m in MarshalRtnl().parse(capture.data) if m["header"]["type"] == r.RTM_NEWNEIGH]
     assert all(m["flags"] & r.NTF_PROXY for m in reference)
     assert sorted([index[m["ifindex"]], m.get_attr("NDA_DST")] for m in reference) == found

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator
 
 from umlstate.errors import ActionError
 from umlstate.host import rtnl
-from umlstate.model.snapshot import Link
+from umlstate.model.snapshot import IPAddress, IPInterface, Link
 
 _CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL  # a new entry: EEXIST if one is there
+_SIZES = {socket.AF_INET: 4, socket.AF_INET6: 16}  # an address's bytes, by family
 _ASKED_BY_NAME = 16  # more links missing from the dumps than this: one dump of all is cheaper
 
 
@@ -58,35 +59,41 @@ class Netlink:
             out[name] = dataclasses.replace(out[name], master=index.get(master, f"ifindex {master}"))
         return out, index
 
-    def addresses(self, index: dict[int, str], names: set[str]) -> dict[str, frozenset[ipaddress.IPv4Interface]]:
-        found: dict[str, set[ipaddress.IPv4Interface]] = {n: set() for n in names}
-        body = rtnl.IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)
+    def addresses(self, index: dict[int, str], names: set[str]) -> dict[str, frozenset[IPInterface]]:
+        """The IPv4 addresses and global IPv6 ones of the named links (a link-local address is the kernel's)."""
+        found: dict[str, set[IPInterface]] = {n: set() for n in names}
+        body = rtnl.IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         for kind, buf, start, end in rtnl.dump("address", rtnl.RTM_GETADDR, body):
             if kind != rtnl.RTM_NEWADDR:
                 continue
-            family, prefix, _flags, _scope, link_index = rtnl.IFADDR.unpack_from(buf, start)
+            family, prefix, _flags, scope, link_index = rtnl.IFADDR.unpack_from(buf, start)
             name = index.get(link_index)
-            if family != socket.AF_INET or name not in found:
+            size = _SIZES.get(family)
+            if size is None or name not in found or (family == socket.AF_INET6 and scope == rtnl.RT_SCOPE_LINK):
                 continue
             attrs = rtnl.attrs(buf, start + rtnl.IFADDR.size, end)
             where = attrs.get(rtnl.IFA_LOCAL) or attrs.get(rtnl.IFA_ADDRESS)
-            if where:
-                # As an int: given an IPv4Address, IPv4Interface would print and parse it again (~35 us each).
-                ip = int.from_bytes(buf[where[0]:where[0] + 4], "big")
-                found[name].add(ipaddress.IPv4Interface((ip, prefix)))
+            if where and where[1] - where[0] == size:
+                # As an int: given an address, the interface would print and parse it again (~35 us each).
+                ip = int.from_bytes(buf[where[0]:where[1]], "big")
+                found[name].add(ipaddress.IPv4Interface((ip, prefix)) if size == 4
+                                else ipaddress.IPv6Interface((ip, prefix)))
         return {n: frozenset(a) for n, a in found.items()}
 
-    def proxies(self, index: dict[int, str]) -> frozenset[tuple[str, ipaddress.IPv4Address]]:
-        # The kernel dumps proxy entries only when rtnl.NTF_PROXY is a flag of the request.
-        out = set()
-        body = rtnl.NDMSG.pack(socket.AF_INET, 0, 0, rtnl.NTF_PROXY, 0)
+    def proxies(self, index: dict[int, str]) -> frozenset[tuple[str, IPAddress]]:
+        """Proxy ARP and proxy NDP entries on the indexed links."""
+        # The kernel dumps proxy entries only when rtnl.NTF_PROXY is a flag of the request; AF_UNSPEC: every
+        # family's table.
+        out: set[tuple[str, IPAddress]] = set()
+        body = rtnl.NDMSG.pack(socket.AF_UNSPEC, 0, 0, rtnl.NTF_PROXY, 0)
         for kind, buf, start, end in rtnl.dump("proxy neighbour", rtnl.RTM_GETNEIGH, body):
             if kind != rtnl.RTM_NEWNEIGH:
                 continue
             family, link_index, _state, _flags, _type = rtnl.NDMSG.unpack_from(buf, start)
             where = rtnl.attrs(buf, start + rtnl.NDMSG.size, end).get(rtnl.NDA_DST)
-            if family == socket.AF_INET and where and link_index in index and where[1] - where[0] == 4:
-                out.add((index[link_index], ipaddress.IPv4Address(buf[where[0]:where[1]])))
+            size = _SIZES.get(family)
+            if size and where and link_index in index and where[1] - where[0] == size:
+                out.add((index[link_index], ipaddress.ip_address(bytes(buf[where[0]:where[1]]))))
         return frozenset(out)
 
     def routes(self) -> frozenset[tuple[str, ipaddress.IPv4Address]]:
@@ -322,15 +329,16 @@ class Batch:
     def delete_link(self, label: object, name: str) -> None:
         self._add(rtnl.RTM_DELLINK, 0, rtnl.link_request(self.index(name)), label, f"link del {name}")
 
-    def address(self, label: object, name: str, address: ipaddress.IPv4Interface, *, add: bool) -> None:
+    def address(self, label: object, name: str, address: IPInterface, *, add: bool) -> None:
         body = rtnl.address_request(self.index(name), address, add=add)
         self._add(rtnl.RTM_NEWADDR if add else rtnl.RTM_DELADDR, _CREATE if add else 0, body, label,
                   f"addr {'add' if add else 'del'} {address} dev {name}")
 
-    def proxy(self, label: object, uplink: str, address: ipaddress.IPv4Address, *, add: bool) -> None:
+    def proxy(self, label: object, uplink: str, address: IPAddress, *, add: bool) -> None:
         body = rtnl.proxy_request(self.index(uplink), address)
         self._add(rtnl.RTM_NEWNEIGH if add else rtnl.RTM_DELNEIGH, _CREATE if add else 0, body, label,
-                  f"neigh {'add' if add else 'del'} proxy {address} dev {uplink}")
+                  f"{'-6 ' if address.version == 6 else ''}neigh {'add' if add else 'del'} proxy {address} "
+                  f"dev {uplink}")
 
     def route(self, label: object, to: str, via: ipaddress.IPv4Address, *, add: bool) -> None:
         body = rtnl.route_request(None if to == "default" else ipaddress.IPv4Network(to), via)

@@ -29,6 +29,8 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTA_DST, RTA_GATEWAY, RTA_TABLE = 1, 5, 15
 RT_TABLE_MAIN, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 0, 1
+RT_SCOPE_LINK = 253
+IFA_F_NODAD = 0x02
 # The protocol umlstate's routes carry (`ip route ... proto 186`): its mark, as the ifalias is a link's.
 RTPROT_UMLSTATE = 186
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC = 3, 10, 18, 20, 26
@@ -68,8 +70,13 @@ def u32(kind: int, value: int) -> bytes:
     return nla(kind, struct.pack("=I", value))
 
 
-def ipv4(kind: int, address: ipaddress.IPv4Address) -> bytes:
+def ipv4(kind: int, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """An address attribute: 4 bytes for IPv4, 16 for IPv6."""
     return nla(kind, address.packed)
+
+
+def family_of(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return socket.AF_INET if address.version == 4 else socket.AF_INET6
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -109,18 +116,20 @@ def link_request(index: int, *, alias: str | None = None, group: int | None = No
     return body
 
 
-def address_request(index: int, address: ipaddress.IPv4Interface, *, add: bool) -> bytes:
-    """ifaddrmsg + IFA_LOCAL, IFA_ADDRESS (+ IFA_BROADCAST when adding), as `ip addr add|del`."""
-    body = IFADDR.pack(socket.AF_INET, address.network.prefixlen, 0, 0, index)
+def address_request(index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface, *, add: bool) -> bytes:
+    """ifaddrmsg + IFA_LOCAL, IFA_ADDRESS (+ IFA_BROADCAST when adding IPv4), as `ip addr add|del`; an IPv6
+    gateway without duplicate address detection (`nodad`): it serves at once, and the subnet is the host's."""
+    v6 = address.version == 6
+    body = IFADDR.pack(family_of(address.ip), address.network.prefixlen, IFA_F_NODAD if v6 else 0, 0, index)
     body += ipv4(IFA_LOCAL, address.ip) + ipv4(IFA_ADDRESS, address.ip)
-    if add:
+    if add and not v6:
         body += ipv4(IFA_BROADCAST, address.network.broadcast_address)
     return body
 
 
-def proxy_request(index: int, address: ipaddress.IPv4Address) -> bytes:
-    """ndmsg with NTF_PROXY + NDA_DST, as `ip neigh add|del proxy ADDR dev DEV`."""
-    return NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, NTF_PROXY, 0) + ipv4(NDA_DST, address)
+def proxy_request(index: int, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """ndmsg with NTF_PROXY + NDA_DST, as `ip neigh add|del proxy ADDR dev DEV` (`ip -6` for IPv6)."""
+    return NDMSG.pack(family_of(address), index, NUD_PERMANENT, NTF_PROXY, 0) + ipv4(NDA_DST, address)
 
 
 def route_request(to: ipaddress.IPv4Network | None, via: ipaddress.IPv4Address) -> bytes:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 IPv4Interface = ipaddress.IPv4Interface
 IPv4Address = ipaddress.IPv4Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_ADDRESSES = (ipaddress.IPv4Interface, ipaddress.IPv4Address, ipaddress.IPv6Interface, ipaddress.IPv6Address)
 FLOOD_MAC = "00:00:00:00:00:00"  # a VXLAN forwarding entry for this MAC is where frames for unknown MACs go
 
 
@@ -211,8 +214,8 @@ class Snapshot:
     tun: TunNode | None = None
     sysctls: Mapping[str, str | None] = field(default_factory=dict)  # None: no such key
     links: Mapping[str, Link] = field(default_factory=dict)
-    addresses: Mapping[str, frozenset[IPv4Interface]] = field(default_factory=dict)
-    proxies: frozenset[tuple[str, IPv4Address]] = frozenset()
+    addresses: Mapping[str, frozenset[IPInterface]] = field(default_factory=dict)  # IPv6: global scope only
+    proxies: frozenset[tuple[str, IPAddress]] = frozenset()
     routes: frozenset[tuple[str, IPv4Address]] = frozenset()  # (to, via) of routes with umlstate's protocol
     # (vxlan link, MAC, remote underlay): its static forwarding entries; FLOOD_MAC's are where unknown go
     fdb: frozenset[tuple[str, str, IPv4Address]] = frozenset()
@@ -261,7 +264,7 @@ def plain(value: Any) -> Any:
         return sorted((plain(v) for v in value), key=repr)  # plain values print the same in every process
     if isinstance(value, (tuple, list)):
         return [plain(v) for v in value]
-    if isinstance(value, (IPv4Interface, IPv4Address)):
+    if isinstance(value, _ADDRESSES):
         return str(value)
     return value
 

@@ -24,7 +24,7 @@ from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
 from umlstate.host.tun import is_tun_node
 from umlstate.model.guestline import mconsole_of
-from umlstate.model.snapshot import CowFile, HostGroup, IPv4Address, IPv4Interface, Link, Proc, TunNode
+from umlstate.model.snapshot import CowFile, HostGroup, IPAddress, IPInterface, IPv4Address, Link, Proc, TunNode
 
 PROGRAM_PATH = ":/usr/sbin:/usr/bin:/sbin:/bin"  # searched after $PATH: root's tools, whatever cron's PATH is
 
@@ -34,8 +34,8 @@ class Network:
     """What rtnetlink says of the links umlstate owns or names, and of their addresses and neighbours."""
 
     links: dict[str, Link]
-    addresses: dict[str, frozenset[IPv4Interface]]
-    proxies: frozenset[tuple[str, IPv4Address]]
+    addresses: dict[str, frozenset[IPInterface]]
+    proxies: frozenset[tuple[str, IPAddress]]
     routes: frozenset[tuple[str, IPv4Address]]
     fdb: frozenset[tuple[str, str, IPv4Address]]
 
