@@ -40,6 +40,13 @@ HOTPLUG_LINES = r"""sed -n 's/^\(\[[ 0-9.]*\] \)\{0,1\}umlstate: \(umlstate\.vec
 
 CHECK_LINES = r"""sed -n 's/^\(\[[ 0-9.]*\] \)\{0,1\}umlstate: umlstate\.check=\([a-z0-9]*\)$/\2/p'"""
 
+# The modules a guest needs for IPv6 and to read its seed disk (vfat), for each UML kernel whose modules are
+# installed (Debian builds them as modules; sid's 7.2 has IPv6 built in): /lib/modules/<version>/<name>.ko in
+# the image, loaded by the init in this order.
+UML_MODULES = "/usr/lib/uml/modules"
+GUEST_MODULES = ("kernel/lib/crc-ccitt.ko", "kernel/net/ipv6/ipv6.ko", "kernel/fs/fat/fat.ko",
+                 "kernel/fs/fat/vfat.ko", "kernel/fs/nls/nls_cp437.ko", "kernel/fs/nls/nls_iso8859-1.ko")
+
 INIT = """#!/bin/sh
 # umlstate guest init: network from /proc/cmdline, clean power-off on cad.
 mount -t proc proc /proc
@@ -52,11 +59,11 @@ peers=""
 sink=""
 net=on
 grep -q 'umlstate.net=off' /proc/cmdline && net=off
-seed=""  # its seed disk (ubd1r=, plan/seed.py): a vfat file system; the modules for it are in the image
+for m in @MODULES@; do  # what Debian's UML kernels build as modules: IPv6, vfat for the seed disk
+    [ -f "/lib/modules/$(uname -r)/$m.ko" ] && insmod "/lib/modules/$(uname -r)/$m.ko" 2>/dev/null
+done
+seed=""  # its seed disk (ubd1r=, plan/seed.py): a vfat file system
 if [ -b /dev/ubdb ] && [ "$net" = on ]; then
-    for m in fat vfat nls_cp437 nls_iso8859-1; do
-        [ -f "/lib/modules/$(uname -r)/$m.ko" ] && insmod "/lib/modules/$(uname -r)/$m.ko" 2>/dev/null
-    done
     mount -t vfat -o ro /dev/ubdb /seed && seed=/seed/umlstate
     [ -n "$seed" ] || echo "umlstate-guest: cannot read its seed disk /dev/ubdb"
 fi
@@ -161,15 +168,11 @@ done
 if [ "$cad" = ignore ]; then trap '' INT; trap 'echo "umlstate-guest: powering off"; poweroff -f' TERM
 else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
-""".replace("@HOTPLUG_LINES@", HOTPLUG_LINES).replace("@CHECK_LINES@", CHECK_LINES)
+""".replace("@HOTPLUG_LINES@", HOTPLUG_LINES).replace("@CHECK_LINES@", CHECK_LINES)\
+    .replace("@MODULES@", " ".join(Path(m).stem for m in GUEST_MODULES))
 APPLETS = ("sh", "setsid", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps",
            "dmesg", "arping", "nc", "date", "insmod", "hostname", "mkdir", "chmod", "sed", "uname", "sync",
            "traceroute")
-# The modules a guest needs to read its seed disk (vfat), for each UML kernel whose modules are installed
-# (Debian builds them as modules): /lib/modules/<version>/<name>.ko in the image.
-UML_MODULES = "/usr/lib/uml/modules"
-SEED_MODULES = ("kernel/fs/fat/fat.ko", "kernel/fs/fat/vfat.ko", "kernel/fs/nls/nls_cp437.ko",
-                "kernel/fs/nls/nls_iso8859-1.ko")
 
 
 def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None,
@@ -177,7 +180,7 @@ def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None,
     """Write an ext2 image with busybox and the init above to ``out``.
 
     ``modules``: folders of UML kernels' modules (``<version>/kernel/...``, as Debian installs them and
-    scripts/fetch-vector-kernel keeps them); the seed modules of each version go into the image.
+    scripts/fetch-vector-kernel keeps them); GUEST_MODULES of each version go into the image.
 
     ``extra`` maps a path in the image (``bin/pkt`` or ``/bin/pkt``) to a host file copied
     there with its mode (folders made as needed, an applet link of that name replaced); the
@@ -199,7 +202,7 @@ def build(out: Path, size_mb: int = 8, extra: Mapping[str, Path] | None = None,
             (root / "bin" / applet).symlink_to("busybox")
         versions = [v for folder in modules if folder.is_dir() for v in sorted(folder.iterdir()) if v.is_dir()]
         for version in versions:
-            for module in SEED_MODULES:
+            for module in GUEST_MODULES:
                 if (version / module).is_file():
                     (root / "lib" / "modules" / version.name).mkdir(parents=True, exist_ok=True)
                     shutil.copy2(version / module, root / "lib" / "modules" / version.name / Path(module).name)

@@ -234,6 +234,65 @@ def test_a_bridge_carries_two_subnets_and_a_named_nic_holds_an_address_on_each(f
     assert not farm.processes()
 
 
+IPV6 = """\
+name: {name}
+host:
+  run_dir: {tmp}/run
+  state_dir: {tmp}/state
+  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
+  groups:
+    - {{name: {group}, members: [nobody]}}
+  sysctl:
+    net.ipv4.ip_forward: 1
+    net.ipv6.conf.all.forwarding: 1
+subnets:
+  - {{name: a, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth0}}}}
+  - {{name: a6, cidr: "2001:db8:0:1::100/120", gateway: "2001:db8:0:1::1fe", proxy_ndp: {{uplink: eth0}}}}
+switches:
+  - {{name: br, kind: bridge, subnet: [a, a6]}}
+guests:
+  - name: dual
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    nics: [{{switch: br, addresses: [172.16.99.11, "2001:db8:0:1::111"]}}]
+  - name: six
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    nics: [{{switch: br, address: "2001:db8:0:1::122"}}]
+checks:
+  - {{from: six, ping: "2001:db8:0:1::111"}}
+  - {{from: dual, ping: six}}
+"""
+
+
+def test_ipv6_guests_are_reached_from_the_lan_through_proxy_ndp(farm: Farm, kernel: str) -> None:
+    """A bridge with an IPv4 and an IPv6 subnet (inside the LAN's /64, as proxy ARP's are inside its /16): the
+    host answers neighbour solicitations on eth0 for the guests, and routes to them. Debian's 6.1 UML kernel
+    has IPv6 as a module, which the image carries; sid's 7.2 has it built in. ``six`` has IPv6 alone: it is
+    ready from its own report, and its default route is its subnet's gateway, from its seed."""
+    write_lab(farm, kernel, IPV6)
+    farm.host.ip("addr", "add", "2001:db8:0:1::1/64", "dev", "eth0", "nodad")
+    farm.lan.ip("addr", "add", "2001:db8:0:1::2/64", "dev", "lan0", "nodad")
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert farm.host.run("sysctl", "-n", "net.ipv6.conf.eth0.proxy_ndp").stdout.strip() == "1"
+    proxies = farm.host.ip("-6", "neigh", "show", "proxy").stdout
+    assert "2001:db8:0:1::111 dev eth0" in proxies and "2001:db8:0:1::122 dev eth0" in proxies, proxies
+    for address in ("2001:db8:0:1::122", "2001:db8:0:1::111", "172.16.99.11"):
+        assert ttl(farm.lan_ping(address, seconds=60)) == 63, address + farm.log("six")[-1500:]
+    rows = check_rows(farm, until=lambda r: all(x["state"] == "ok" for x in r.values()), count=2)
+    assert all(r["state"] == "ok" for r in rows.values()), rows
+    plan = farm.cli("plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    destroyed = farm.cli("destroy", "--yes")
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert farm.host.ip("-6", "neigh", "show", "proxy").stdout.strip() == ""
+    assert farm.host.run("sysctl", "-n", "net.ipv6.conf.eth0.proxy_ndp").stdout.strip() == "0", "restored"
+    assert not farm.processes()
+
+
 def test_a_route_through_no_neighbour_and_a_file_without_content_are_refused_where_they_are_written(
         farm: Farm) -> None:
     write_lab(farm)

@@ -219,3 +219,18 @@ def is_ipv4(frame: bytes, proto: int | None = None, src: str | None = None, dst:
 def is_arp_request_for(frame: bytes, address: str) -> bool:
     return len(frame) >= 42 and frame[12:14] == struct.pack("!H", ETH_P_ARP) and frame[21] == 1 \
         and frame[38:42] == ip4(address)
+
+
+def ipv6_echo(src: str, dst: str, ident: int) -> bytes:
+    """An IPv6 packet carrying an ICMPv6 echo request."""
+    s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
+    body = struct.pack("!BBHHH", 128, 0, 0, ident, 1) + b"umlstate-test"
+    pseudo = s + d + struct.pack("!I3xB", len(body), 58)
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
+    return struct.pack("!IHBB", 6 << 28, len(body), 58, 64) + s + d + body
+
+
+def is_solicitation_for(frame: bytes, target: str) -> bool:
+    """An IPv6 neighbour solicitation (ICMPv6 135) asking for ``target``."""
+    return len(frame) >= 78 and frame[12:14] == struct.pack("!H", ETH_P_IPV6) and frame[20] == 58 \
+        and frame[54] == 135 and frame[62:78] == ipaddress.IPv6Address(target).packed

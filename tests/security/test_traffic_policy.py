@@ -30,6 +30,7 @@ import pytest
 from tapguest import (
     BROADCAST,
     ETH_P_IP,
+    ETH_P_IPV6,
     Sniffer,
     arp,
     attached,
@@ -37,8 +38,10 @@ from tapguest import (
     icmp_echo,
     in_netns,
     ipv4,
+    ipv6_echo,
     is_arp_request_for,
     is_ipv4,
+    is_solicitation_for,
     neighbour_advert,
     router_advert,
     tcp_syn,
@@ -55,6 +58,8 @@ pytestmark = [needs_root, pytest.mark.kernel]
 WEB, DB, DMZ, LAB = "fe:fd:00:00:00:01", "fe:fd:00:00:00:02", "fe:fd:00:00:00:03", "fe:fd:00:00:00:04"
 WEB_LL = "fe80::fcfd:ff:fe00:1"  # the link-local address WEB's MAC gives (EUI-64)
 DB_LL = "fe80::fcfd:ff:fe00:2"
+WEB6, DB6 = "2001:db8:99::1", "2001:db8:99::2"  # their declared IPv6 addresses, on br0's second subnet
+MIXED6 = "2001:db8:99:0:fcfd:ff:fe00:1"  # the high half of WEB6 with the low half of WEB_LL: no one's to claim
 TOPOLOGY = """\
 name: {name}
 host:
@@ -65,13 +70,15 @@ host:
 subnets:
   - {{name: guests, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth0}}, reach: {reach}}}
   - {{name: dmz, cidr: 172.16.98.0/24, gateway: 172.16.98.254}}
+  - {{name: guests6, cidr: "2001:db8:99::/64", gateway: "2001:db8:99::fe"}}
 switches:
-  - {{name: br0, kind: bridge, subnet: guests}}
+  - {{name: br0, kind: bridge, subnet: [guests, guests6]}}
   - {{name: br1, kind: bridge, subnet: dmz}}
 guests:
   - {{name: web, user: nobody, disk: {{image: {tmp}/img}},
-     nics: [{{switch: br0, address: 172.16.99.1, mac: "{web}", port_security: {security}}}]}}
-  - {{name: db, user: nobody, disk: {{image: {tmp}/img}}, nics: [{{switch: br0, address: 172.16.99.2, mac: "{db}"}}]}}
+     nics: [{{switch: br0, addresses: [172.16.99.1, "2001:db8:99::1"], mac: "{web}", port_security: {security}}}]}}
+  - {{name: db, user: nobody, disk: {{image: {tmp}/img}},
+     nics: [{{switch: br0, addresses: [172.16.99.2, "2001:db8:99::2"], mac: "{db}"}}]}}
   - {{name: dmzweb, user: nobody, disk: {{image: {tmp}/img}},
      nics: [{{switch: br1, address: 172.16.98.1, mac: "{dmz}"}}]}}
   - {{name: lab, user: nobody, disk: {{image: {tmp}/img}}, nics: [{{switch: br1, mac: "{lab}"}}]}}  # no address
@@ -160,6 +167,35 @@ def test_a_guest_cannot_take_over_a_neighbours_ipv6_address(secured: tuple[Farm,
         web.receive(lambda f: f[12:14] == b"\x08\x06")
     entry = {n["dst"]: n.get("lladdr") for n in farm.host.json("-6", "neigh", "show", "dev", "br0")}
     assert entry[DB_LL] == (DB if on else WEB), entry
+
+
+def test_a_guest_cannot_take_over_a_neighbours_declared_ipv6_address(secured: tuple[Farm, bool]) -> None:
+    """web advertises db's declared global address, and an address made of the halves of its own two (each
+    half is web's, the whole is not): the host's entries stay db's."""
+    farm, on = secured
+    for target in (DB6, MIXED6):
+        farm.host.run("ip", "-6", "neigh", "replace", target, "lladdr", DB, "dev", "br0", "nud", "stale")
+    with attached(farm.host.name, "web-0") as (web,):
+        web.send(neighbour_advert(WEB, WEB6, DB6, "33:33:00:00:00:01", "ff02::1"),
+                 neighbour_advert(WEB, WEB6, MIXED6, "33:33:00:00:00:01", "ff02::1"),
+                 neighbour_advert(WEB, WEB6, WEB6, "33:33:00:00:00:01", "ff02::1"))  # its own: let through
+        web.send(arp(WEB, "172.16.99.1", "172.16.99.254"))  # after the lies on the same path: answered, seen
+        web.receive(lambda f: f[12:14] == b"\x08\x06")
+    entry = {n["dst"]: n.get("lladdr") for n in farm.host.json("-6", "neigh", "show", "dev", "br0")}
+    assert (entry[DB6], entry[MIXED6]) == ((DB, DB) if on else (WEB, WEB)), entry
+
+
+def test_a_guest_sends_from_its_declared_ipv6_address_and_not_a_neighbours(secured: tuple[Farm, bool]) -> None:
+    """Echo requests to the IPv6 gateway, from db's address and then from web's own: the host, to answer one,
+    first solicits its sender's MAC, which web's tap sees (the bridge floods the solicitation)."""
+    farm, on = secured
+    farm.host.run("ip", "-6", "neigh", "flush", "dev", "br0")
+    with attached(farm.host.name, "web-0") as (web,):
+        gw = farm.gateway_mac()
+        web.send(ether(gw, WEB, ETH_P_IPV6, ipv6_echo(DB6, "2001:db8:99::fe", 0x66)),
+                 ether(gw, WEB, ETH_P_IPV6, ipv6_echo(WEB6, "2001:db8:99::fe", 0x77)))
+        seen = web.receive(lambda f: is_solicitation_for(f, WEB6), seconds=10)  # its own address passes
+    assert any(is_solicitation_for(f, DB6) for f in seen) is not on
 
 
 # --- 2. stealing a neighbour's MAC -----------------------------------------------------------------

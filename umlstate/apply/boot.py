@@ -51,7 +51,7 @@ class BootWait:
     def add(self, name: str, proc: Proc, line: GuestLine, offset: int, action: A.AnyAction, *,
             answer_at: tuple[str, ...] | None = None) -> None:
         """``answer_at``: None, every address it was told; empty, none the host can see (its report then)."""
-        told = tuple(line.addresses) if answer_at is None else answer_at
+        told = tuple(a for a in line.addresses if ":" not in a) if answer_at is None else answer_at  # IPv4's
         self._booting[name] = _Booting(proc, line, told, offset, action)
 
     def wait(self, logs_fd: int) -> list[tuple[A.AnyAction, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from umlstate.model.topology import Topology, nic_tap_name
+from umlstate.model.topology import Subnet, Topology, nic_tap_name
 
 
 @dataclass(frozen=True)
@@ -30,22 +30,20 @@ def _nodes_and_edges(t: Topology) -> tuple[dict[str | None, list[_Node]], list[t
         tap = t.tap(name) if name else None
         return tap.subnet_names[0] if tap and tap.subnet_names else None
 
-    for uplink in sorted({s.proxy_arp.uplink for s in t.subnets if s.proxy_arp}):
+    for uplink in t.uplinks:
         groups.setdefault(None, []).append(_Node(f"uplink_{uplink}", (uplink, "LAN uplink"), "round"))
     for tap in t.taps:  # drawn in its first subnet's box
         subnets = t.subnets_of(tap)
         lines = [f"tap {tap.name}", *(f"{s.gateway} gateway" for s in subnets if s.gateway), f"owner {tap.owner}"]
         groups.setdefault(subnet_of_tap(tap.name), []).append(_Node(f"tap_{tap.name}", tuple(lines), "box"))
-        for uplink in sorted({s.proxy_arp.uplink for s in subnets if s.proxy_arp is not None}):
-            edges.append((f"uplink_{uplink}", f"tap_{tap.name}", "proxy ARP, forwarding"))
+        edges += [(f"uplink_{uplink}", f"tap_{tap.name}", label) for uplink, label in _proxied(subnets)]
     for sw in t.switches:
         if sw.is_bridge:
             subnets = t.subnets_of(sw)
             lines = [f"bridge {sw.name}", *(f"{s.gateway} gateway" for s in subnets if s.gateway)]
             groups.setdefault(sw.subnet_names[0] if sw.subnet_names else None, []).append(
                 _Node(f"switch_{sw.name}", tuple(lines), "stack"))
-            for uplink in sorted({s.proxy_arp.uplink for s in subnets if s.proxy_arp is not None}):
-                edges.append((f"uplink_{uplink}", f"switch_{sw.name}", "proxy ARP, forwarding"))
+            edges += [(f"uplink_{uplink}", f"switch_{sw.name}", label) for uplink, label in _proxied(subnets)]
             continue
         groups.setdefault(subnet_of_tap(sw.tap), []).append(
             _Node(f"switch_{sw.name}", (f"{sw.kind} {sw.name}", f"user {sw.user}"), "stack"))
@@ -64,6 +62,16 @@ def _nodes_and_edges(t: Topology) -> tuple[dict[str | None, list[_Node]], list[t
                 else f"NIC {i}"
             edges.append((source, f"guest_{guest.name}", via))
     return groups, edges
+
+
+def _proxied(subnets: tuple[Subnet, ...]) -> list[tuple[str, str]]:
+    """(uplink, edge label) of each uplink that answers for these subnets' guests."""
+    kinds: dict[str, list[str]] = {}
+    for s in subnets:
+        for proxy, kind in ((s.proxy_arp, "ARP"), (s.proxy_ndp, "NDP")):
+            if proxy is not None and kind not in kinds.setdefault(proxy.uplink, []):
+                kinds[proxy.uplink].append(kind)
+    return [(uplink, f"proxy {'/'.join(k)}, forwarding") for uplink, k in sorted(kinds.items())]
 
 
 def _safe(node_id: str) -> str:

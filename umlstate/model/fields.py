@@ -51,12 +51,33 @@ def is_valid_ifname(name: str) -> bool:
     )
 
 
+def by_address(item: Any) -> tuple[Any, ...]:
+    """A sort key for addresses, interfaces or (name, address) pairs of both IP versions, IPv4 first (Python
+    does not order an IPv4 address against an IPv6 one)."""
+    if isinstance(item, tuple):
+        return (*item[:-1], *by_address(item[-1]))
+    return (item.version, item)
+
+
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Route(Model):
-    """A route: to a network (or ``default``) through a neighbour on one of the NICs' subnets."""
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    to: Literal["default"] | ipaddress.IPv4Network = Field(description="A network, e.g. 10.0.34.0/24, or default.")
-    via: ipaddress.IPv4Address = Field(description="The next hop: an address on a subnet of one of the NICs.")
+
+class Route(Model):
+    """A route in a guest: to a network (or ``default``) through a neighbour on one of its NICs' subnets."""
+
+    to: Literal["default"] | IPNetwork = Field(description="A network, e.g. 10.0.34.0/24 or 2001:db8:2::/64, or "
+                                                           "default (of the next hop's family).")
+    via: IPAddress = Field(description="The next hop: an address on a subnet of one of the NICs.")
+
+
+class HostRoute(Model):
+    """A route on the host: to a network behind a guest, through that guest."""
+
+    to: Literal["default"] | ipaddress.IPv4Network = Field(description="A network, e.g. 10.0.34.0/24.")
+    via: ipaddress.IPv4Address = Field(description="The next hop: a guest's address on a subnet the host has a "
+                                                   "gateway on.")

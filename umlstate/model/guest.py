@@ -17,6 +17,7 @@ from umlstate.model.fields import (
     MEM_RE,
     MODE_RE,
     SYSCTL_KEY_RE,
+    IPAddress,
     Model,
     ObjectName,
     Route,
@@ -39,11 +40,11 @@ class Nic(Model):
 
     switch: str | None = Field(None, description="Plug into this switch (exactly one of switch, tap).")
     tap: str | None = Field(None, description="Or use this tap alone (UML's tuntap or vector tap transport).")
-    address: ipaddress.IPv4Address | None = Field(
+    address: IPAddress | None = Field(
         None, description="Told to the guest (umlstate.<ifname>=); must lie inside one of the NIC's subnets."
     )
-    addresses: tuple[ipaddress.IPv4Address, ...] = Field(
-        (), description="More addresses (after address), each inside one of the NIC's subnets.")
+    addresses: tuple[IPAddress, ...] = Field(
+        (), description="More addresses (after address), IPv4 or IPv6, each inside one of the NIC's subnets.")
     name: str | None = Field(None, description="The guest's name for the interface (default: UML's, eth<i> or "
                                                "vec<i>); delivered on the seed disk.")
     mac: str | None = Field(None, description="Unicast MAC; a stable one is derived when omitted.")
@@ -55,7 +56,7 @@ class Nic(Model):
         (), description="More source networks this NIC may send from (a router guest's other networks).")
 
     @property
-    def ips(self) -> tuple[ipaddress.IPv4Address, ...]:
+    def ips(self) -> tuple[IPAddress, ...]:
         """Every address the NIC is told, address first."""
         return ((self.address,) if self.address is not None else ()) + self.addresses
 
@@ -132,7 +133,7 @@ class Check(Model):
     model_config = ConfigDict(populate_by_name=True)
 
     from_: str = Field(alias="from", description="The guest that runs it.")
-    ping: str = Field(description="A guest (its first address) or an IPv4 address it pings.")
+    ping: str = Field(description="A guest (its first address) or an IPv4 or IPv6 address it pings.")
     expect: Literal["pass", "fail"] = Field("pass", description="fail: the ping must not be answered.")
 
     @property

@@ -91,16 +91,22 @@ def lab(t: Topology) -> Iterator[Problem]:
     """What a guest is told beyond its addresses: routes through neighbours it has, files it can be given."""
     for g, guest in enumerate(t.guests):
         nets = [(n, s) for n, nic in enumerate(guest.nics) for s in t.subnets_of_nic(nic)]
-        defaults = 0
+        defaults: set[int] = set()  # the IP versions with a default route
         for r, route in enumerate(guest.routes):
             loc: Loc = ("guests", g, "routes", r)
-            defaults += route.to == "default"
-            if not any(route.via in s.cidr for _, s in nets):
+            if route.to != "default" and route.to.version != route.via.version:
+                yield Problem((*loc, "via"), f"guest {guest.name} route to {route.to} goes via {route.via}, an "
+                                             f"IPv{route.via.version} address; the next hop must be "
+                                             f"IPv{route.to.version}")
+            elif not any(route.via.version == s.cidr.version and route.via in s.cidr for _, s in nets):
                 on = ", ".join(f"{s.name} ({s.cidr})" for _, s in nets) or "no subnet"
                 yield Problem((*loc, "via"), f"guest {guest.name} route to {route.to} goes via {route.via}, which "
                                              f"is on none of its NICs' subnets ({on})")
-            if route.to == "default" and defaults == 2:
-                yield Problem((*loc, "to"), f"guest {guest.name} has more than one default route")
+            if route.to == "default":
+                if route.via.version in defaults:
+                    yield Problem((*loc, "to"), f"guest {guest.name} has more than one IPv{route.via.version} "
+                                                "default route")
+                defaults.add(route.via.version)
         paths: set[str] = set()
         for f, file in enumerate(guest.files):
             loc = ("guests", g, "files", f)
@@ -113,14 +119,15 @@ def lab(t: Topology) -> Iterator[Problem]:
         if t.guest(check.from_) is None:
             yield Problem(("checks", c, "from"), f"check {check.label}: no guest is named {check.from_!r}")
         if t.check_target(check) is None:
-            what = "a guest without an address" if t.guest(check.ping) else "neither a guest nor an IPv4 address"
+            what = "a guest without an address" if t.guest(check.ping) else "neither a guest nor an IP address"
             yield Problem(("checks", c, "ping"), f"check {check.label}: {check.ping!r} is {what}")
-    hosted = [s for s in t.subnets if s.gateway is not None]
-    for r, route in enumerate(t.host.routes):
-        if route.to == "default":
+    hosted = [s for s in t.subnets if s.gateway is not None and s.cidr.version == 4]
+    for r, host_route in enumerate(t.host.routes):
+        if host_route.to == "default":
             yield Problem(("host", "routes", r, "to"), "host routes lead to networks behind guests; umlstate does "
                                                        "not set the host's default route (a guest would own it)")
-        elif not any(route.via in s.cidr for s in hosted):
+        elif not any(host_route.via in s.cidr for s in hosted):
             on = ", ".join(f"{s.name} ({s.cidr})" for s in hosted) or "none"
-            yield Problem(("host", "routes", r, "via"), f"host route to {route.to} goes via {route.via}, which is on "
+            yield Problem(("host", "routes", r, "via"), f"host route to {host_route.to} goes via {host_route.via}, "
+                                                        "which is on "
                                                         f"no subnet the host has a gateway on ({on})")

@@ -8,11 +8,10 @@ stop at the first problem: the user sees everything at once.
 
 from __future__ import annotations
 
-import ipaddress
 import posixpath
 from collections.abc import Iterator
 
-from umlstate.model.fields import is_valid_ifname
+from umlstate.model.fields import IPAddress, is_valid_ifname
 from umlstate.model.guest_rules import disks, lab, macs, nics
 from umlstate.model.problem import Loc, Problem, known
 from umlstate.model.topology import Topology
@@ -146,15 +145,22 @@ def _interfaces(t: Topology) -> Iterator[Problem]:
         made.setdefault(name, who)
     taps = {x.name for x in t.taps}
     for i, subnet in enumerate(t.subnets):
-        if subnet.proxy_arp is None:
-            continue
-        uplink = subnet.proxy_arp.uplink
-        loc: Loc = ("subnets", i, "proxy_arp", "uplink")
-        if not is_valid_ifname(uplink):
-            yield Problem(loc, _ifname_message("uplink", uplink))
-        elif uplink in taps:
-            yield Problem(loc, f"uplink {uplink} is one of the topology's taps; "
-                               "proxy ARP answers on the LAN interface, e.g. eth0")
+        for field, proxy, version, what in (("proxy_arp", subnet.proxy_arp, 4, "proxy ARP"),
+                                            ("proxy_ndp", subnet.proxy_ndp, 6, "proxy NDP")):
+            if proxy is None:
+                continue
+            loc: Loc = ("subnets", i, field)
+            if subnet.cidr.version != version:
+                yield Problem(loc, f"subnet {subnet.name} ({subnet.cidr}) is IPv{subnet.cidr.version}: {what} is "
+                                   f"for IPv{version} subnets; use {'proxy_ndp' if version == 4 else 'proxy_arp'}")
+            elif not is_valid_ifname(proxy.uplink):
+                yield Problem((*loc, "uplink"), _ifname_message("uplink", proxy.uplink))
+            elif proxy.uplink in taps:
+                yield Problem((*loc, "uplink"), f"uplink {proxy.uplink} is one of the topology's taps; "
+                                                f"{what} answers on the LAN interface, e.g. eth0")
+        if subnet.nat and subnet.cidr.version == 6:
+            yield Problem(("subnets", i, "nat"), f"subnet {subnet.name} ({subnet.cidr}) is IPv6: nat masquerades "
+                                                 "IPv4 only; route the prefix to the host instead")
 
 
 def _ifname_message(what: str, name: str) -> str:
@@ -209,24 +215,28 @@ def _paths(t: Topology) -> Iterator[Problem]:
 def _subnets(t: Topology) -> Iterator[Problem]:
     for i, subnet in enumerate(t.subnets):
         net, gw = subnet.cidr, subnet.gateway
-        if net.prefixlen > 30:
-            yield Problem(("subnets", i, "cidr"), f"subnet {subnet.name} {net} has no room for a "
-                                                  "gateway and guests; use a prefix of /30 or shorter")
+        if net.prefixlen > net.max_prefixlen - 2:
+            yield Problem(("subnets", i, "cidr"), f"subnet {subnet.name} {net} has no room for a gateway and "
+                                                  f"guests; use a prefix of /{net.max_prefixlen - 2} or shorter")
         if gw is None:
             continue
-        if gw not in net:
+        if gw.version != net.version or gw not in net:
             yield Problem(("subnets", i, "gateway"),
                           f"gateway {gw} is not inside subnet {subnet.name} ({net})")
-        elif gw in (net.network_address, net.broadcast_address):
+        elif gw == net.network_address or (net.version == 4 and gw == net.broadcast_address):
             which = "network" if gw == net.network_address else "broadcast"
             yield Problem(("subnets", i, "gateway"),
                           f"gateway {gw} is the {which} address of subnet {subnet.name} ({net})")
     # Sorted by start, a network overlaps an earlier one only if it starts before
     # the furthest end seen so far: one pass instead of comparing every pair.
-    order = sorted(range(len(t.subnets)), key=lambda i: (int(t.subnets[i].cidr.network_address), i))
+    # IPv4 first, then IPv6: a network overlaps only one of its own version.
+    order = sorted(range(len(t.subnets)), key=lambda i: (t.subnets[i].cidr.version,
+                                                         int(t.subnets[i].cidr.network_address), i))
     reach: tuple[int, int] | None = None  # (last address, index) of the widest network so far
     for i in order:
         net = t.subnets[i].cidr
+        if reach is not None and t.subnets[reach[1]].cidr.version != net.version:
+            reach = None
         if reach is not None and int(net.network_address) <= reach[0]:
             first, second = sorted((i, reach[1]))
             a, b = t.subnets[second], t.subnets[first]
@@ -239,10 +249,10 @@ def _subnets(t: Topology) -> Iterator[Problem]:
 
 def _addresses(t: Topology) -> Iterator[Problem]:
     """Each address of a NIC inside one of its subnets, not the network's, broadcast or gateway, nobody else's."""
-    used: dict[ipaddress.IPv4Address, str] = {}
+    used: dict[IPAddress, str] = {}
     for g, guest in enumerate(t.guests):
         for n, nic in enumerate(guest.nics):
-            places: list[tuple[Loc, ipaddress.IPv4Address]] = [(("guests", g, "nics", n, "address"), nic.address)] \
+            places: list[tuple[Loc, IPAddress]] = [(("guests", g, "nics", n, "address"), nic.address)] \
                 if nic.address is not None else []
             places += [(("guests", g, "nics", n, "addresses", a), ip) for a, ip in enumerate(nic.addresses)]
             if not places:
@@ -265,7 +275,7 @@ def _addresses(t: Topology) -> Iterator[Problem]:
                 net = subnet.cidr
                 if ip == net.network_address:
                     yield Problem(loc, f"{where} address {ip} is the network address of subnet {subnet.name} ({net})")
-                elif ip == net.broadcast_address:
+                elif net.version == 4 and ip == net.broadcast_address:
                     yield Problem(loc, f"{where} address {ip} is the broadcast address of subnet {subnet.name} "
                                        f"({net})")
                 elif ip == subnet.gateway:

@@ -23,9 +23,10 @@ from umlstate.model.fields import (
     SYSCTL_KEY_RE,
     USER_RE,
     GroupRef,
+    HostRoute,
+    IPAddress,
     Model,
     ObjectName,
-    Route,
     SysctlValue,
     UserRef,
 )
@@ -87,8 +88,8 @@ class Host(Model):
     )
     services: tuple[Service, ...] = Field((), description="Host ports guests may reach; by default they reach "
                                                           "only ICMP echo to their gateway.")
-    routes: tuple[Route, ...] = Field((), description="Routes on the host towards networks behind guests, e.g. "
-                                      "{to: 10.0.34.0/24, via: 10.0.1.1}.")
+    routes: tuple[HostRoute, ...] = Field((), description="Routes on the host towards networks behind guests, "
+                                          "e.g. {to: 10.0.34.0/24, via: 10.0.1.1}.")
 
 
 class ProxyArp(Model):
@@ -97,15 +98,23 @@ class ProxyArp(Model):
     uplink: str = Field(description="Host interface facing the LAN, e.g. eth0.")
 
 
+class ProxyNdp(Model):
+    """Answer IPv6 neighbour solicitations on a LAN interface for every guest address of the subnet."""
+
+    uplink: str = Field(description="Host interface facing the LAN, e.g. eth0 (its proxy_ndp sysctl is set).")
+
+
 class Subnet(Model):
     """A guests' network, served by the host through one tap."""
 
     name: ObjectName = Field(description="Referred to by taps[].subnet.")
-    cidr: ipaddress.IPv4Network = Field(description="The guests' network, e.g. 172.16.99.0/24.")
-    gateway: ipaddress.IPv4Address | None = Field(
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network = Field(
+        description="The guests' network, e.g. 172.16.99.0/24 or 2001:db8:1::/64.")
+    gateway: IPAddress | None = Field(
         None, description="The host's address on the tap serving this subnet."
     )
-    proxy_arp: ProxyArp | None = Field(None, description="Make the guests reachable from the LAN.")
+    proxy_arp: ProxyArp | None = Field(None, description="IPv4: make the guests reachable from the LAN.")
+    proxy_ndp: ProxyNdp | None = Field(None, description="IPv6: make the guests reachable from the LAN.")
     nat: bool = Field(False, description="Masquerade what the guests send out of the host (behind the host's "
                                          "address).")
     reach: tuple[str, ...] = Field((), description="Other subnets whose guests this subnet's guests may open "
@@ -116,9 +125,9 @@ class Subnet(Model):
     def _strict_cidr(cls, value: Any) -> Any:
         if isinstance(value, str):
             try:
-                ipaddress.IPv4Network(value, strict=True)
+                ipaddress.ip_network(value, strict=True)
             except ValueError as exc:
-                raise ValueError(f"cidr {value!r} is not an IPv4 network: {exc}") from None
+                raise ValueError(f"cidr {value!r} is not an IPv4 or IPv6 network: {exc}") from None
         return value
 
 
@@ -288,8 +297,10 @@ class Topology(Model):
         return f"{self.uml_dir_of(guest)}/{guest.name}/mconsole"
 
     def has_seed(self, guest: Guest) -> bool:
-        """Told more than its addresses (its own fields, or checks it runs): it boots with a seed disk."""
-        return guest.seeded or any(c.from_ == guest.name for c in self.checks)
+        """Told more than its addresses (its own fields, checks it runs, an IPv6 gateway to route through): it
+        boots with a seed disk."""
+        return guest.seeded or any(c.from_ == guest.name for c in self.checks) \
+            or any(self.gateway_of_nic(nic, 6) is not None for nic in guest.nics)
 
     def seed_of(self, guest: Guest) -> str | None:
         """Its seed disk, root's, read-only to the guest (ubd1r=): where it learns what it is to be."""
@@ -301,7 +312,7 @@ class Topology(Model):
         if guest is not None:
             return next((str(ip) for n in guest.nics for ip in n.ips), None)
         try:
-            return str(ipaddress.IPv4Address(check.ping))
+            return str(ipaddress.ip_address(check.ping))
         except ValueError:
             return None
 
@@ -352,25 +363,39 @@ class Topology(Model):
         tap = self.tap(tap_name) if tap_name else None
         return self.subnets_of(tap) if tap is not None else ()
 
-    def subnet_of_address(self, nic: Nic, ip: ipaddress.IPv4Address) -> Subnet | None:
+    def subnet_of_address(self, nic: Nic, ip: IPAddress) -> Subnet | None:
         """The subnet of the NIC's that holds this address of it: the address takes its prefix."""
-        return next((s for s in self.subnets_of_nic(nic) if ip in s.cidr), None)
+        return next((s for s in self.subnets_of_nic(nic) if s.cidr.version == ip.version and ip in s.cidr), None)
 
-    def gateway_of_nic(self, nic: Nic) -> ipaddress.IPv4Address | None:
-        """Where the NIC's guest routes by default: the gateway of its first address's subnet, or, without an
-        address, of its first subnet that has one (told as umlstate.gw= with the first NIC that has one)."""
-        ips = nic.ips
+    def gateway_of_nic(self, nic: Nic, version: int = 4) -> IPAddress | None:
+        """Where the NIC's guest routes by default in this IP version: the gateway of its first address's subnet
+        of that version, or, without one, of its first subnet of that version that has one (IPv4's is told as
+        umlstate.gw= with the first NIC that has one; IPv6's on the seed disk)."""
+        ips = [ip for ip in nic.ips if ip.version == version]
         subnets = (self.subnet_of_address(nic, ips[0]),) if ips else self.subnets_of_nic(nic)
-        return next((s.gateway for s in subnets if s is not None and s.gateway is not None), None)
+        return next((s.gateway for s in subnets if s is not None and s.gateway is not None
+                     and s.gateway.version == version), None)
 
-    def interfaces_of(self, nic: Nic) -> tuple[ipaddress.IPv4Interface, ...]:
+    def interfaces_of(self, nic: Nic) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]:
         """The NIC's addresses, each with its subnet's prefix (those on none of its subnets fail validation)."""
-        return tuple(ipaddress.IPv4Interface((int(ip), s.cidr.prefixlen)) for ip in nic.ips
+        return tuple(ipaddress.ip_interface((ip, s.cidr.prefixlen)) for ip in nic.ips
                      if (s := self.subnet_of_address(nic, ip)) is not None)
 
     @property
     def bridges(self) -> tuple[Switch, ...]:
         return tuple(sw for sw in self.switches if sw.is_bridge)
+
+    @functools.cached_property
+    def sysctls(self) -> dict[str, str]:
+        """The host's sysctls this topology sets: host.sysctl, and proxy_ndp on each proxy NDP uplink (the
+        kernel answers IPv6 proxy entries only there), unless host.sysctl says otherwise."""
+        implied = {f"net.ipv6.conf.{s.proxy_ndp.uplink}.proxy_ndp": "1" for s in self.subnets if s.proxy_ndp}
+        return {**implied, **self.host.sysctl}
+
+    @property
+    def uplinks(self) -> tuple[str, ...]:
+        """The LAN interfaces that answer for guests: proxy ARP's and proxy NDP's."""
+        return tuple(sorted({p.uplink for s in self.subnets for p in (s.proxy_arp, s.proxy_ndp) if p is not None}))
 
     @property
     def servers(self) -> tuple[Tap | Switch, ...]:

@@ -43,7 +43,7 @@ ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planne
 
 def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot:
     recs = records.load(topology.state_dir)
-    uplinks = {s.proxy_arp.uplink for s in topology.subnets if s.proxy_arp}
+    uplinks = set(topology.uplinks)
     net = reads.network(netlink, {t.name for t in topology.taps}, uplinks,
                         routes=bool(topology.host.routes or recs.routes))
     programs = {name: reads.program(name) for name in sorted(program_names(topology, recs))}
@@ -131,7 +131,7 @@ def group_names(t: Topology, recs: Records) -> set[str]:
 
 
 def sysctl_keys(t: Topology, recs: Records) -> set[str]:
-    return set(t.host.sysctl) | set(recs.sysctl_originals) | set(ALWAYS_READ_SYSCTLS)
+    return set(t.sysctls) | set(recs.sysctl_originals) | set(ALWAYS_READ_SYSCTLS)
 
 
 def recorded_processes(recs: Records, boot_id: str | None) -> dict[str, Proc]:

@@ -105,7 +105,7 @@ def probe_of(t: Topology, topology_path: str, snapshot: Snapshot) -> Probe:
         netns=snapshot.netns, topology=os.path.abspath(topology_path),
         run_dir=t.run_dir, state_dir=t.state_dir,
         taps=tuple(sorted(tap.name for tap in t.taps)),
-        uplinks=tuple(sorted({s.proxy_arp.uplink for s in t.subnets if s.proxy_arp})),
+        uplinks=t.uplinks,
         routes=bool(t.host.routes or recs.routes),
         sysctls=tuple(sorted(o.sysctl_keys(t, recs))), users=tuple(sorted(o.user_names(t))),
         groups=tuple(sorted(o.group_names(t, recs))), tun=o.tun_path(t, recs),

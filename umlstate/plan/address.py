@@ -6,6 +6,7 @@ covered too. Its actions are in plan/actions/address.py.
 
 from __future__ import annotations
 
+from umlstate.model.fields import by_address
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan.result import Builder
@@ -20,7 +21,7 @@ def plan_step(t: Topology, b: Builder) -> None:
             continue
         current = b.s.addresses.get(name, frozenset())
         gateways = wanted.get(name, frozenset())
-        for extra in sorted(current - gateways):
+        for extra in sorted(current - gateways, key=by_address):
             b.add(A.RemoveAddress("not in the topology", name, extra))
-        for missing in sorted(gateways - current):
+        for missing in sorted(gateways - current, key=by_address):
             b.add(A.AddAddress("missing", name, missing))

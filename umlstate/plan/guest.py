@@ -87,10 +87,11 @@ def _end_leftovers(name: str, b: Builder) -> None:
 
 
 def _answer_at(t: Topology, guest: Guest) -> tuple[str, ...]:
-    """Its addresses the host can ping: on a subnet where the host has its gateway, or behind a host route."""
+    """Its IPv4 addresses the host can ping: on a subnet where the host has its gateway, or behind a host
+    route (a guest reachable only over IPv6 is ready from its own report)."""
     found = []
     for nic in guest.nics:  # its first address, the one the command line tells it (the others: the seed's)
-        ip = nic.ips[0] if nic.ips else None
+        ip = nic.ips[0] if nic.ips and nic.ips[0].version == 4 else None
         subnet = t.subnet_of_address(nic, ip) if ip is not None else None
         if ip is None or subnet is None:
             continue

@@ -15,7 +15,7 @@ def remove_step(t: Topology, b: Builder) -> None:
     """Sysctls restored, members and groups removed, the tun node deleted or restored: what umlstate
     recorded doing and the topology no longer wants."""
     for key in sorted(b.s.records.sysctl_originals):
-        if key not in t.host.sysctl:
+        if key not in t.sysctls:
             b.add(A.RestoreSysctl("no longer in the topology", key, b.s.records.sysctl_originals[key],
                                   b.s.sysctls.get(key)))
 
@@ -90,8 +90,8 @@ def _octal(mode: int | None) -> str:
 
 
 def _sysctls(t: Topology, b: Builder) -> None:
-    for key in sorted(t.host.sysctl):
-        want = " ".join(t.host.sysctl[key].split())
+    for key in sorted(t.sysctls):
+        want = " ".join(t.sysctls[key].split())
         current = b.s.sysctls.get(key)
         if current is None:  # missing key: a preflight blocker already says so
             continue

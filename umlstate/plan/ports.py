@@ -49,7 +49,7 @@ def _nics_behind(t: Topology) -> dict[str, list[tuple[Guest, int]]]:
 def ports(t: Topology) -> list[Port]:
     """Every secured port, by link name: bridge NICs' taps and declared taps (NICs with port_security off
     leave their port open; on a tap shared through a switch, one such NIC opens the whole tap)."""
-    declared = {ip for g in t.guests for n in g.nics for ip in n.ips}
+    declared = {ip for g in t.guests for n in g.nics for ip in n.ips if isinstance(ip, ipaddress.IPv4Address)}
     out: list[Port] = []
     for nt in t.nic_taps():
         guest = t.guest(nt.guest)
@@ -80,28 +80,34 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
         macs.append(mac)
         sources6.append(link_local(mac))
         nets = t.subnets_of_nic(nic)
-        if nic.ips:  # and its other NICs' on the same subnets: Linux answers for them on any
-            sources4 += [str(ip) for o in guest.nics for ip in o.ips if t.subnet_of_address(o, ip) in nets]
-        elif nets:  # no address declared: any of its subnets' that is nobody else's
-            _spare(nets, declared, sources4, onlink4, forbidden4)
-        else:
+        nets4 = tuple(s for s in nets if s.cidr.version == 4)
+        # Its addresses, and its other NICs' on the same subnets: Linux answers for them on any.
+        theirs = [(ip, t.subnet_of_address(o, ip)) for o in guest.nics for ip in o.ips]
+        if any(ip.version == 4 for ip in nic.ips):
+            sources4 += [str(ip) for ip, net in theirs if ip.version == 4 and net in nets4]
+        elif nets4:  # no IPv4 address declared: any of its subnets' that is nobody else's
+            _spare(nets4, declared, sources4, onlink4, forbidden4)
+        elif not nets:  # on no subnet: a plain layer-2 lab, its IPv4 sources are not checked
             checked4 = False
+        # (on IPv6 subnets alone: no IPv4 source at all)
+        # IPv6: its declared addresses only, never a spare one of its subnets.
+        sources6 += [str(ip) for ip, net in theirs if ip.version == 6 and net in nets]
         for extra in nic.allow_sources:
             (sources4 if extra.version == 4 else sources6).append(str(extra))
-    if not nics:  # a tap nobody declared a guest behind: its subnets' spare addresses, if it has any
-        checked4 = _spare(subnets, declared, sources4, onlink4, forbidden4)
+    if not nics:  # a tap nobody declared a guest behind: its IPv4 subnets' spare addresses, if it has any
+        _spare(tuple(s for s in subnets if s.cidr.version == 4), declared, sources4, onlink4, forbidden4)
+        checked4 = bool(subnets)
     return Port(link, who, tuple(sorted(set(macs))), tuple(sorted(set(sources4))) if checked4 else None,
                 tuple(sorted(forbidden4)), tuple(sorted(onlink4)), tuple(sorted(set(sources6))))
 
 
 def _spare(nets: tuple[Subnet, ...], declared: set[ipaddress.IPv4Address], sources4: list[str], onlink4: set[str],
-           forbidden4: set[str]) -> bool:
-    """Any address of these subnets that is nobody else's (no guest's, no gateway): added to the port's lists.
-    False when there is no subnet (its IPv4 sources are then not checked)."""
+           forbidden4: set[str]) -> None:
+    """Any address of these IPv4 subnets that is nobody else's (no guest's, no gateway): added to the port's
+    lists."""
     for net in nets:
         sources4.append(str(net.cidr))
         onlink4.add(str(net.cidr))
         forbidden4 |= {str(a) for a in declared if a in net.cidr}
         if net.gateway is not None:
             forbidden4.add(str(net.gateway))
-    return bool(nets)

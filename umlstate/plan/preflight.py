@@ -42,11 +42,12 @@ def preflight(t: Topology, b: Builder) -> None:
         if group_name not in creating and s.gid(group_name) is None:
             b.error("group", group_name, f"group {group_name} ({role}) does not exist",
                     f"list it under host.groups or create it (addgroup {group_name})")
-    for key in sorted(t.host.sysctl):
+    for key in sorted(t.sysctls):
         if key in s.sysctls and s.sysctls[key] is None:
             b.error("sysctl", key, f"sysctl {key} does not exist on this kernel "
-                                   f"(/proc/sys/{key.replace('.', '/')} is missing)", "remove it from host.sysctl")
-    for uplink in sorted({sn.proxy_arp.uplink for sn in t.subnets if sn.proxy_arp}):
+                                   f"(/proc/sys/{key.replace('.', '/')} is missing)",
+                    "remove it from host.sysctl (or the subnet's proxy_ndp)")
+    for uplink in t.uplinks:
         if uplink not in s.links:
             where = f"network namespace {s.netns}" if s.netns else "the host"
             b.error("proxy-neigh", uplink, f"uplink interface {uplink} does not exist in {where}",
@@ -130,6 +131,11 @@ def warnings(t: Topology, b: Builder) -> None:
             b.warn("guest", guest.name, f"guest {guest.name} forwards (net.ipv4.ip_forward: 1), but {', '.join(bare)} "
                    "declares no allow_sources: its port security drops what it forwards from other networks",
                    "list the networks it forwards from under nics[].allow_sources")
+    if any(sn.proxy_ndp for sn in t.subnets) and b.s.sysctls.get("net.ipv6.conf.all.forwarding") != "1":
+        b.warn("sysctl", "net.ipv6.conf.all.forwarding", "proxy NDP is configured but "
+               "net.ipv6.conf.all.forwarding is not 1: the host neither answers for the guests nor forwards to them "
+               "(forwarding also turns off router advertisements the host's own links take, unless accept_ra is 2)",
+               "add net.ipv6.conf.all.forwarding: 1 under host.sysctl")
     if any(sn.proxy_arp for sn in t.subnets) and b.s.sysctls.get("net.ipv4.ip_forward") != "1":
         b.warn("sysctl", "net.ipv4.ip_forward", "proxy ARP is configured but net.ipv4.ip_forward is not 1: the "
                "kernel only answers proxy entries and forwards to the guests when forwarding is on",
@@ -149,7 +155,7 @@ def warnings(t: Topology, b: Builder) -> None:
                                           f"(mode {tun.mode}, group {tun.group or 'unchanged'})",
                        f"add {sw.runs_as} to the tun group")
     if b.s.netns:
-        for key in sorted(t.host.sysctl):
+        for key in sorted(t.sysctls):
             if not key.startswith("net."):
                 b.warn("sysctl", key, f"sysctl {key} is not per network namespace: it changes the whole host, "
                                       f"not only {b.s.netns}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from umlstate.model.fields import by_address
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan.result import Builder
@@ -17,12 +18,12 @@ from umlstate.plan.wanted import wanted_proxies
 def remove_step(t: Topology, b: Builder) -> None:
     wanted = wanted_proxies(t)
     for uplink, address in sorted(b.s.records.proxies):
-        entry = (uplink, ipaddress.IPv4Address(address))
+        entry = (uplink, ipaddress.ip_address(address))
         if entry in b.s.proxies and entry not in wanted:
             b.add(A.RemoveProxy("no longer in the topology", uplink, entry[1]))
 
 
 def plan_step(t: Topology, b: Builder) -> None:
-    for uplink, address in sorted(wanted_proxies(t) - b.s.proxies):
+    for uplink, address in sorted(wanted_proxies(t) - b.s.proxies, key=by_address):
         if uplink in b.s.links:
             b.add(A.AddProxy("missing", uplink, address))

@@ -165,8 +165,12 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
         targets = _own_targets(p.sources6)
         if targets:  # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
             advert = is_(payload("icmpv6", "type"), "nd-neighbor-advert")
-            for offset, halves in ((64, {t >> 64 for t in targets}), (128, {t & (1 << 64) - 1 for t in targets})):
-                doc.rule(family, chain, advert, *none_of(_raw_th(offset, 64), [f"{h:#018x}" for h in sorted(halves)]),
+            highs = sorted({t >> 64 for t in targets})
+            doc.rule(family, chain, advert, *none_of(_raw_th(64, 64), [f"{h:#018x}" for h in highs]), DROP)
+            for high in highs:  # each high half with its own low halves: no pair of two addresses' halves
+                lows = sorted({t & (1 << 64) - 1 for t in targets if t >> 64 == high})
+                which = [is_(_raw_th(64, 64), f"{high:#018x}")] if len(highs) > 1 else []
+                doc.rule(family, chain, advert, *which, *none_of(_raw_th(128, 64), [f"{h:#018x}" for h in lows]),
                          DROP)
         for match in each_of(payload("icmpv6", "type"), ["nd-router-advert", "nd-redirect"]):
             doc.rule(family, chain, *match, DROP)
@@ -182,11 +186,11 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
 
 
 def _own_targets(sources6: Iterable[str]) -> list[int]:
-    """The addresses a port may advertise in IPv6 neighbour discovery, as integers: its own link-local ones
-    (all in fe80::/64, one high half, so the two halves checked apart admit nothing else); none where other
-    IPv6 sources are allowed (a router's allow_sources: its adverts are then not checked)."""
+    """The addresses a port may advertise in IPv6 neighbour discovery, as integers: its own link-local and
+    declared ones; none where IPv6 networks are allowed (a router's allow_sources: its adverts are then not
+    checked)."""
     own = [ipaddress.IPv6Address(a) for a in sources6 if a != "::" and "/" not in a]
-    if len(own) != sum(1 for a in sources6 if a != "::") or any(not a.is_link_local for a in own):
+    if len(own) != sum(1 for a in sources6 if a != "::"):
         return []
     return sorted(int(a) for a in own)
 
@@ -233,10 +237,15 @@ def _inet(doc: Document, t: Topology, links: list[str], stretches: Mapping[str, 
         doc.rule(family, "forward", in_(meta("iifname"), links), jump("guest-forward"))
     # What guests may open on the host itself.
     doc.rule(family, "guest-input", ESTABLISHED, ACCEPT)
-    gateways = sorted({str(s.gateway) for s in t.subnets if s.gateway is not None})
+    gateways = sorted({str(s.gateway) for s in t.subnets if s.gateway is not None and s.gateway.version == 4})
+    gateways6 = sorted({str(s.gateway) for s in t.subnets if s.gateway is not None and s.gateway.version == 6})
     if gateways:
         doc.rule(family, "guest-input", is_(payload("icmp", "type"), "echo-request"),
                  in_(payload("ip", "daddr"), gateways), ACCEPT)
+    if gateways6:
+        doc.rule(family, "guest-input", is_(payload("icmpv6", "type"), "echo-request"),
+                 in_(payload("ip6", "daddr"), gateways6), ACCEPT)
+    gateways += gateways6
     doc.rule(family, "guest-input", in_(payload("icmpv6", "type"), NEIGHBOUR_DISCOVERY), ACCEPT)
     for service in sorted(set(t.host.services), key=lambda s: (s.proto, s.port)):
         doc.rule(family, "guest-input", is_(meta("l4proto"), service.proto),

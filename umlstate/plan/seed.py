@@ -35,14 +35,17 @@ SYSCTL_FILE = "/etc/sysctl.d/90-umlstate.conf"
 STARTUP_FILE = "/var/lib/cloud/scripts/per-boot/umlstate-startup"  # cloud-init runs these at every boot
 
 
-def default_route(t: Topology, guest: Guest) -> str | None:
-    """The gateway its default route goes through: a declared ``default`` route's, else the first NIC subnet's
-    gateway (which the command line also tells it, as ``umlstate.gw=``)."""
-    declared = next((r for r in guest.routes if r.to == "default"), None)
+def default_route(t: Topology, guest: Guest, version: int = 4) -> str | None:
+    """The gateway its default route of this IP version goes through: a declared ``default`` route's, else the
+    first NIC subnet's gateway (IPv4's the command line also tells it, as ``umlstate.gw=``)."""
+    declared = next((r for r in guest.routes if r.to == "default" and r.via.version == version), None)
     if declared is not None:
         return str(declared.via)
-    gateways = [gw for nic in guest.nics if (gw := t.gateway_of_nic(nic)) is not None]
+    gateways = [gw for nic in guest.nics if (gw := t.gateway_of_nic(nic, version)) is not None]
     return str(gateways[0]) if gateways else None
+
+
+DEFAULT6 = "::/0"  # IPv6's default route, by its prefix: `ip route add default` would be IPv4's
 
 
 def seed_of(t: Topology, guest: Guest) -> Seed | None:
@@ -52,7 +55,10 @@ def seed_of(t: Topology, guest: Guest) -> Seed | None:
     hostname = guest.hostname or guest.name
     sysctl = "".join(f"{k} = {v}\n" for k, v in sorted(guest.sysctl.items()))
     routes = [(str(r.to), str(r.via)) for r in guest.routes if r.to != "default"]
-    declared = [(str(r.to), str(r.via)) for r in guest.routes if r.to == "default"]  # replaces umlstate.gw=
+    # IPv4's declared default replaces umlstate.gw=; IPv6's (declared, or its gateway's) is only told here.
+    declared = [("default", str(r.via)) for r in guest.routes if r.to == "default" and r.via.version == 4]
+    default6 = default_route(t, guest, 6)
+    declared += [(DEFAULT6, default6)] if default6 else []
     plain: dict[str, str] = {
         "umlstate/hostname": hostname + "\n",
         "umlstate/sysctl": "".join(f"{k}={v}\n" for k, v in sorted(guest.sysctl.items())),
@@ -80,7 +86,8 @@ def seed_of(t: Topology, guest: Guest) -> Seed | None:
     if sysctl:
         user["bootcmd"] = [["sysctl", "-p", SYSCTL_FILE]]
     default = default_route(t, guest)
-    network = {"version": 2, "ethernets": _ethernets(t, guest, [*routes, *([("default", default)] if default else [])])}
+    network = {"version": 2, "ethernets": _ethernets(t, guest, [*routes, *([("default", default)] if default else []),
+                                                               *([(DEFAULT6, default6)] if default6 else [])])}
     told = {**plain, "user-data": "#cloud-config\n" + _yaml(user), "network-config": _yaml(network)}
     body = Seed(tuple(sorted((k, v.encode()) for k, v in told.items())))
     meta = {"instance-id": f"umlstate-{t.name}-{guest.name}-{body.digest[:12]}", "local-hostname": hostname}

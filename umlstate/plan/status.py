@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from umlstate.model.fields import by_address
 from umlstate.model.snapshot import Snapshot
 from umlstate.model.topology import Topology
 from umlstate.plan import ruleset
@@ -64,7 +65,7 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         wanted.append(("tun-device", t.host.tun.path, f"char 10:200 {mode}".strip()))
     for group in t.host.groups:
         wanted.append(("group", group.name, f"members {', '.join(group.members) or 'none'}"))
-    for key, value in sorted(t.host.sysctl.items()):
+    for key, value in sorted(t.sysctls.items()):
         wanted.append(("sysctl", key, f"= {value}"))
     for bridge in sorted(t.bridges, key=lambda x: x.name):
         link = s.links.get(bridge.name)
@@ -77,8 +78,8 @@ def status(topology: Topology, observed: Snapshot, plan: Plan, now: float = 0.0)
         on = f", on {tap.bridge} for guest {tap.holder}" if tap.bridge else ""
         wanted.append(("tap", tap.name, f"owner {tap.owner}, {admin}{on}"))
     for name, ifaces in sorted(wanted_addresses(t).items()):
-        wanted += [("address", f"{name} {iface}", "") for iface in sorted(ifaces)]
-    for uplink, address in sorted(wanted_proxies(t)):
+        wanted += [("address", f"{name} {iface}", "") for iface in sorted(ifaces, key=by_address)]
+    for uplink, address in sorted(wanted_proxies(t), key=by_address):
         wanted.append(("proxy-neigh", f"{uplink} {address}", ""))
     policy = ruleset.render(t, {})
     if policy is not None:

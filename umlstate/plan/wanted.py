@@ -28,26 +28,28 @@ def wanted_taps(t: Topology) -> list[WantedTap]:
     return sorted(taps, key=lambda x: x.name)
 
 
-def wanted_addresses(t: Topology) -> dict[str, frozenset[ipaddress.IPv4Interface]]:
+def wanted_addresses(t: Topology) -> dict[str, frozenset[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
     """The host's gateway addresses on the tap or bridge that serves each subnet (one per subnet it carries)."""
-    out: dict[str, frozenset[ipaddress.IPv4Interface]] = {}
+    out: dict[str, frozenset[ipaddress.IPv4Interface | ipaddress.IPv6Interface]] = {}
     for server in t.servers:
-        gateways = frozenset(ipaddress.IPv4Interface((int(s.gateway), s.cidr.prefixlen))
+        gateways = frozenset(ipaddress.ip_interface((s.gateway, s.cidr.prefixlen))
                              for s in t.subnets_of(server) if s.gateway is not None)
         if gateways:
             out[server.name] = gateways
     return out
 
 
-def wanted_proxies(t: Topology) -> set[tuple[str, ipaddress.IPv4Address]]:
-    """One proxy entry per guest address whose subnet answers ARP on an uplink."""
-    out: set[tuple[str, ipaddress.IPv4Address]] = set()
+def wanted_proxies(t: Topology) -> set[tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+    """One proxy entry per guest address whose subnet answers ARP (IPv4) or neighbour discovery (IPv6) on an
+    uplink."""
+    out: set[tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address]] = set()
     for guest in t.guests:
         for nic in guest.nics:
             for ip in nic.ips:
                 subnet = t.subnet_of_address(nic, ip)
-                if subnet is not None and subnet.proxy_arp is not None:
-                    out.add((subnet.proxy_arp.uplink, ip))
+                proxy = None if subnet is None else subnet.proxy_arp if ip.version == 4 else subnet.proxy_ndp
+                if proxy is not None:
+                    out.add((proxy.uplink, ip))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Actions on the host's addresses on its links, and on proxy ARP entries on the uplinks."""
+"""Actions on the host's addresses on its links, and on proxy entries (ARP, NDP) on the uplinks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class AddAddress(Action):
     op: ClassVar[Op] = "create"
     kind: ClassVar[Kind] = "address"
     ifname: str
-    address: ipaddress.IPv4Interface
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
     @property
     def target(self) -> str:
@@ -35,7 +35,7 @@ class RemoveAddress(Action):
     op: ClassVar[Op] = "delete"
     kind: ClassVar[Kind] = "address"
     ifname: str
-    address: ipaddress.IPv4Interface
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
     @property
     def target(self) -> str:
@@ -55,7 +55,7 @@ class AddProxy(Action):
     op: ClassVar[Op] = "create"
     kind: ClassVar[Kind] = "proxy-neigh"
     uplink: str
-    address: ipaddress.IPv4Address
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
 
     @property
     def target(self) -> str:
@@ -63,7 +63,7 @@ class AddProxy(Action):
 
     @property
     def detail(self) -> str:
-        return f"ip neigh add proxy {self.address} dev {self.uplink}"
+        return f"ip {'-6 ' if self.address.version == 6 else ''}neigh add proxy {self.address} dev {self.uplink}"
 
     def simulate(self, s: Snapshot) -> Snapshot:
         owned = s.records.proxies | {(self.uplink, str(self.address))}
@@ -76,7 +76,7 @@ class RemoveProxy(Action):
     op: ClassVar[Op] = "delete"
     kind: ClassVar[Kind] = "proxy-neigh"
     uplink: str
-    address: ipaddress.IPv4Address
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
 
     @property
     def target(self) -> str:
@@ -84,7 +84,7 @@ class RemoveProxy(Action):
 
     @property
     def detail(self) -> str:
-        return f"ip neigh del proxy {self.address} dev {self.uplink}"
+        return f"ip {'-6 ' if self.address.version == 6 else ''}neigh del proxy {self.address} dev {self.uplink}"
 
     def simulate(self, s: Snapshot) -> Snapshot:
         owned = s.records.proxies - {(self.uplink, str(self.address))}
