@@ -67,6 +67,19 @@ def test_two_subnets_on_one_collision_domain_share_its_bridge(tmp_path: Path) ->
     assert [str(i) for i in topology.interfaces_of(topology.guests[2].nics[0])] == ["10.0.1.1/24", "10.9.9.1/24"]
 
 
+def test_ipv6_addresses_and_routes_become_ipv6_subnets_and_routes(tmp_path: Path) -> None:
+    lab = write(tmp_path / "lab", {**LAB, "pc2.startup": LAB["pc2.startup"] + "ip -6 addr add 2001:db8:2::5/64 dev eth0\n"
+                                   "ip -6 route add default via 2001:db8:2::1 dev eth0\n",
+                                   "r1.startup": LAB["r1.startup"] + "ip -6 address add 2001:db8:2::1/64 dev eth1\n"})
+    text = convert(lab, name="lab", user="nobody", image="/srv/uml/base.img", out=tmp_path / "lab.yaml")
+    t = yaml.safe_load(text)
+    assert {"name": "B-2", "cidr": "2001:db8:2::/64"} in t["subnets"]
+    pc2 = t["guests"][1]
+    assert pc2["nics"] == [{"switch": "B", "addresses": ["10.0.2.5", "2001:db8:2::5"]}]
+    assert {"to": "default", "via": "2001:db8:2::1"} in pc2["routes"]
+    load_text(text)  # a valid topology
+
+
 def test_the_host_on_a_domain_needs_an_address_on_one_of_its_subnets(tmp_path: Path) -> None:
     lab = write(tmp_path / "lab", LAB)
     with pytest.raises(UsageError, match=r"--host-on A=10.7.7.7: the address is on none of its subnets \(10.0.1.0/24\)"):

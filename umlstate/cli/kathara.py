@@ -6,10 +6,10 @@ MAX_FILES files. It translates:
 
 - ``lab.conf``: each ``dev[N]="CD"`` (a collision domain, ``/MAC`` after it dropped) becomes NIC N of guest
   dev on a bridge of that name; ``dev[mem]`` becomes mem; other options become a comment;
-- ``dev.startup``: ``ifconfig ethN A/P [up]``, ``ifconfig ethN A netmask M``, ``ip addr add A/P dev ethN``
+- ``dev.startup``: ``ifconfig ethN A/P [up]``, ``ifconfig ethN A netmask M``, ``ip [-6] addr add A/P dev ethN``
   become the NIC's addresses (and, with the addresses of the others on it, the collision domain's subnets:
   a bridge carries them all);
-  ``route add [-net N/P | -net N netmask M | default] gw G``, ``ip route add N/P|default via G`` become
+  ``route add [-net N/P | -net N netmask M | default] gw G``, ``ip [-6] route add N/P|default via G`` become
   routes; ``sysctl -w K=V`` and ``echo V > /proc/sys/...`` become sysctls; ``ip link set ... up`` and
   comments go; every other line stays, in order, in startup;
 - the device folder ``dev/``: each regular file becomes a file of the guest (``from``, relative to the
@@ -34,7 +34,7 @@ import yaml
 
 from umlstate.errors import UsageError
 from umlstate.host.safefs import UnsafePath, read_bounded
-from umlstate.model.fields import is_valid_ifname
+from umlstate.model.fields import by_address, is_valid_ifname
 from umlstate.model.guest import GUEST_FILE_MAX
 
 MAX_FILES = 256  # files taken from one device folder
@@ -42,7 +42,7 @@ MAX_CONF = 1 << 20  # bytes of lab.conf or a startup file
 CONF_LINE = re.compile(r'^([A-Za-z0-9][A-Za-z0-9_.-]*)\[([A-Za-z0-9_]+)\]=\s*"?([^"]*)"?\s*$')
 ADDRESS_LINES = (
     re.compile(r"^ifconfig\s+(eth\d+)\s+([\d.]+/\d+)(?:\s+up)?\s*$"),
-    re.compile(r"^ip\s+(?:address|addr|a)\s+add\s+([\d.]+/\d+)\s+dev\s+(eth\d+)\s*$"),
+    re.compile(r"^ip\s+(?:-[46]\s+)?(?:address|addr|a)\s+add\s+([\d.]+/\d+|[0-9a-fA-F:]+/\d+)\s+dev\s+(eth\d+)\s*$"),
 )
 NETMASK_LINE = re.compile(r"^ifconfig\s+(eth\d+)\s+([\d.]+)\s+netmask\s+([\d.]+)(?:\s+up)?\s*$")
 ROUTE_LINES = (
@@ -50,6 +50,7 @@ ROUTE_LINES = (
     re.compile(r"^route\s+add\s+-net\s+([\d.]+)\s+netmask\s+([\d.]+)\s+gw\s+([\d.]+)(?:\s+dev\s+\S+)?\s*$"),
     re.compile(r"^route\s+add\s+(default)\s+gw\s+([\d.]+)(?:\s+dev\s+\S+)?\s*$"),
     re.compile(r"^ip\s+route\s+add\s+([\d.]+/\d+|default)\s+via\s+([\d.]+)(?:\s+dev\s+\S+)?\s*$"),
+    re.compile(r"^ip\s+-6\s+route\s+add\s+([0-9a-fA-F:]+/\d+|default)\s+via\s+([0-9a-fA-F:]+)(?:\s+dev\s+\S+)?\s*$"),
 )
 SYSCTL_LINES = (
     re.compile(r"^sysctl\s+-w\s+([a-z0-9_.-]+)=(\S+)\s*$"),
@@ -63,7 +64,7 @@ class Device:
     name: str
     nics: dict[int, str] = field(default_factory=dict)  # index -> collision domain
     options: dict[str, str] = field(default_factory=dict)
-    addresses: dict[int, list[ipaddress.IPv4Interface]] = field(default_factory=dict)
+    addresses: dict[int, list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]] = field(default_factory=dict)
     routes: list[dict[str, str]] = field(default_factory=list)
     sysctl: dict[str, str] = field(default_factory=dict)
     startup: list[str] = field(default_factory=list)
@@ -137,13 +138,12 @@ def _startup(path: Path, device: Device, notes: list[str]) -> None:
             continue
         if (m := ADDRESS_LINES[0].match(line)) or (m := ADDRESS_LINES[1].match(line)):
             eth, address = (m[1], m[2]) if m.re is ADDRESS_LINES[0] else (m[2], m[1])
-            device.addresses.setdefault(int(eth[3:]), []).append(ipaddress.IPv4Interface(address))
+            device.addresses.setdefault(int(eth[3:]), []).append(ipaddress.ip_interface(address))
         elif m := NETMASK_LINE.match(line):  # ifconfig sets the one address
             device.addresses[int(m[1][3:])] = [ipaddress.IPv4Interface(f"{m[2]}/{m[3]}")]
         elif m := ROUTE_LINES[1].match(line):
             device.routes.append({"to": str(ipaddress.IPv4Network(f"{m[1]}/{m[2]}")), "via": m[3]})
-        elif m := next((r.match(line) for r in (ROUTE_LINES[0], ROUTE_LINES[2], ROUTE_LINES[3]) if r.match(line)),
-                       None):
+        elif m := next((r.match(line) for r in (ROUTE_LINES[0], *ROUTE_LINES[2:]) if r.match(line)), None):
             device.routes.append({"to": m[1], "via": m[2]})
         elif m := SYSCTL_LINES[0].match(line):
             device.sysctl[m[1]] = m[2]
@@ -185,22 +185,22 @@ def _folder(folder: Path, device: Device, out: Path | None, notes: list[str]) ->
 def _subnets(devices: Mapping[str, Device], host_on: dict[str, str]) -> list[dict[str, Any]]:
     """The subnets of each collision domain, from the addresses on it (named after it: CD, or CD-1, CD-2, ...
     when it has several); the host's gateway where --host-on says, on the subnet its address is in."""
-    found: dict[str, set[ipaddress.IPv4Network]] = {}
+    found: dict[str, set[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
     for device in devices.values():
         for index, cd in device.nics.items():
             found.setdefault(cd, set()).update(a.network for a in device.addresses.get(index, ()))
     subnets = []
     for cd in sorted(found):
-        nets = sorted(found[cd])
+        nets = sorted(found[cd], key=by_address)
         if not nets:
             raise UsageError(f"collision domain {cd} has no address: umlstate needs an IPv4 subnet on each bridge")
         gateway = host_on.pop(cd, None)
-        if gateway is not None and not any(ipaddress.IPv4Address(gateway) in net for net in nets):
+        if gateway is not None and not any(ipaddress.ip_address(gateway) in net for net in nets):
             raise UsageError(f"--host-on {cd}={gateway}: the address is on none of its subnets "
                              f"({', '.join(map(str, nets))})")
         for n, net in enumerate(nets, 1):
             subnet: dict[str, Any] = {"name": cd if len(nets) == 1 else f"{cd}-{n}", "cidr": str(net)}
-            if gateway is not None and ipaddress.IPv4Address(gateway) in net:
+            if gateway is not None and ipaddress.ip_address(gateway) in net:
                 subnet["gateway"] = gateway
             subnets.append({**subnet, "domain": cd})
     if host_on:
