@@ -248,8 +248,10 @@ host:
 subnets:
   - {{name: a, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth0}}}}
   - {{name: a6, cidr: "2001:db8:0:1::100/120", gateway: "2001:db8:0:1::1fe", proxy_ndp: {{uplink: eth0}}}}
+  - {{name: b6, cidr: "2001:db8:0:1::200/120", gateway: "2001:db8:0:1::2fe", proxy_ndp: {{uplink: eth0}}}}
 switches:
   - {{name: br, kind: bridge, subnet: [a, a6]}}
+  - {{name: br6, kind: bridge, subnet: b6}}
 guests:
   - name: dual
     user: nobody
@@ -261,6 +263,11 @@ guests:
     mem: 96M
     disk: {{base: {image}}}
     nics: [{{switch: br, address: "2001:db8:0:1::122"}}]
+  - name: only6
+    user: nobody
+    mem: 96M
+    disk: {{base: {image}}}
+    nics: [{{switch: br6, address: "2001:db8:0:1::222"}}]
 checks:
   - {{from: six, ping: "2001:db8:0:1::111"}}
   - {{from: dual, ping: six}}
@@ -271,7 +278,8 @@ def test_ipv6_guests_are_reached_from_the_lan_through_proxy_ndp(farm: Farm, kern
     """A bridge with an IPv4 and an IPv6 subnet (inside the LAN's /64, as proxy ARP's are inside its /16): the
     host answers neighbour solicitations on eth0 for the guests, and routes to them. Debian's 6.1 UML kernel
     has IPv6 as a module, which the image carries; sid's 7.2 has it built in. ``six`` has IPv6 alone: it is
-    ready from its own report, and its default route is its subnet's gateway, from its seed."""
+    ready from its own report, and its default route is its subnet's gateway, from its seed; ``only6`` is on a
+    bridge with an IPv6 subnet alone, whose port takes no IPv4."""
     write_lab(farm, kernel, IPV6)
     farm.host.ip("addr", "add", "2001:db8:0:1::1/64", "dev", "eth0", "nodad")
     farm.lan.ip("addr", "add", "2001:db8:0:1::2/64", "dev", "lan0", "nodad")
@@ -280,7 +288,7 @@ def test_ipv6_guests_are_reached_from_the_lan_through_proxy_ndp(farm: Farm, kern
     assert farm.host.run("sysctl", "-n", "net.ipv6.conf.eth0.proxy_ndp").stdout.strip() == "1"
     proxies = farm.host.ip("-6", "neigh", "show", "proxy").stdout
     assert "2001:db8:0:1::111 dev eth0" in proxies and "2001:db8:0:1::122 dev eth0" in proxies, proxies
-    for address in ("2001:db8:0:1::122", "2001:db8:0:1::111", "172.16.99.11"):
+    for address in ("2001:db8:0:1::122", "2001:db8:0:1::111", "172.16.99.11", "2001:db8:0:1::222"):
         assert ttl(farm.lan_ping(address, seconds=60)) == 63, address + farm.log("six")[-1500:]
     rows = check_rows(farm, until=lambda r: all(x["state"] == "ok" for x in r.values()), count=2)
     assert all(r["state"] == "ok" for r in rows.values()), rows

@@ -78,7 +78,8 @@ guests:
   - {{name: web, user: nobody, disk: {{image: {tmp}/img}},
      nics: [{{switch: br0, addresses: [172.16.99.1, "2001:db8:99::1"], mac: "{web}", port_security: {security}}}]}}
   - {{name: db, user: nobody, disk: {{image: {tmp}/img}},
-     nics: [{{switch: br0, addresses: [172.16.99.2, "2001:db8:99::2"], mac: "{db}"}}]}}
+     nics: [{{switch: br0, addresses: [172.16.99.2, "2001:db8:99::2"], mac: "{db}",
+              allow_sources: ["2001:db8:77::/64"]}}]}}  # a router: IPv6 from beyond it too
   - {{name: dmzweb, user: nobody, disk: {{image: {tmp}/img}},
      nics: [{{switch: br1, address: 172.16.98.1, mac: "{dmz}"}}]}}
   - {{name: lab, user: nobody, disk: {{image: {tmp}/img}}, nics: [{{switch: br1, mac: "{lab}"}}]}}  # no address
@@ -183,6 +184,20 @@ def test_a_guest_cannot_take_over_a_neighbours_declared_ipv6_address(secured: tu
         web.receive(lambda f: f[12:14] == b"\x08\x06")
     entry = {n["dst"]: n.get("lladdr") for n in farm.host.json("-6", "neigh", "show", "dev", "br0")}
     assert (entry[DB6], entry[MIXED6]) == ((DB, DB) if on else (WEB, WEB)), entry
+
+
+def test_a_router_advertises_its_own_and_its_networks_ipv6_addresses_and_not_a_neighbours(farm: Farm) -> None:
+    """db forwards from 2001:db8:77::/64 (allow_sources): it may advertise an address there, not web's."""
+    beyond = "2001:db8:77::9"
+    for target in (WEB6, beyond):
+        farm.host.run("ip", "-6", "neigh", "replace", target, "lladdr", WEB, "dev", "br0", "nud", "stale")
+    with attached(farm.host.name, "db-0") as (db,):
+        db.send(neighbour_advert(DB, DB6, WEB6, "33:33:00:00:00:01", "ff02::1"),
+                neighbour_advert(DB, DB6, beyond, "33:33:00:00:00:01", "ff02::1"))
+        db.send(arp(DB, "172.16.99.2", "172.16.99.254"))  # after the adverts on the same path: answered, seen
+        db.receive(lambda f: f[12:14] == b"\x08\x06")
+    entry = {n["dst"]: n.get("lladdr") for n in farm.host.json("-6", "neigh", "show", "dev", "br0")}
+    assert (entry[WEB6], entry[beyond]) == (WEB, DB), entry
 
 
 def test_a_guest_sends_from_its_declared_ipv6_address_and_not_a_neighbours(secured: tuple[Farm, bool]) -> None:

@@ -11,7 +11,9 @@ import os
 
 
 def path_of(key: str) -> str:
-    return "/proc/sys/" + key.replace(".", "/")
+    """Dotted (net.ipv4.ip_forward), or by slashes where a part holds a dot, as sysctl(8) takes it
+    (net/ipv6/conf/eth0.100/proxy_ndp: Topology.sysctls writes a link's key so)."""
+    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
 
 
 def read(key: str) -> str | None:

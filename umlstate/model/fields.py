@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 NAME_RE = r"^[a-z0-9-]{1,12}$"
 OBJECT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
@@ -63,8 +63,26 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+def _unicast(value: Any) -> Any:
+    """An IPv6 address or network of a guest, a gateway or a next hop: global (or unique local) unicast, without a
+    zone (``%eth0``): a link-local one is every NIC's own, from its MAC; a zone would reach nftables and guests'
+    command lines; and such an address compared unequal to the same without it."""
+    if isinstance(value, ipaddress.IPv6Address) and value.scope_id is not None:
+        raise ValueError(f"{value} carries a zone (%{value.scope_id}); give the address alone")
+    if isinstance(value, (ipaddress.IPv6Address, ipaddress.IPv6Network)):
+        bad = next((what for what, test in (("link-local", value.is_link_local), ("multicast", value.is_multicast),
+                                            ("loopback", value.is_loopback), ("unspecified", value.is_unspecified),
+                                            ("reserved", value.is_reserved))
+                    if test), None)
+        if bad is None and isinstance(value, ipaddress.IPv6Address) and value.ipv4_mapped is not None:
+            bad = "IPv4-mapped"
+        if bad is not None:
+            raise ValueError(f"{value} is {bad}: an IPv6 address of a subnet is global or unique local unicast")
+    return value
+
+
+IPAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, AfterValidator(_unicast)]
+IPNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, AfterValidator(_unicast)]
 
 
 class Route(Model):
@@ -73,6 +91,12 @@ class Route(Model):
     to: Literal["default"] | IPNetwork = Field(description="A network, e.g. 10.0.34.0/24 or 2001:db8:2::/64, or "
                                                            "default (of the next hop's family).")
     via: IPAddress = Field(description="The next hop: an address on a subnet of one of the NICs.")
+
+    @field_validator("to")
+    @classmethod
+    def _zero_is_default(cls, to: Literal["default"] | IPNetwork) -> Literal["default"] | IPNetwork:
+        """0.0.0.0/0 and ::/0 are the default route: one per family, and IPv4's replaces umlstate.gw=."""
+        return "default" if not isinstance(to, str) and to.prefixlen == 0 else to
 
 
 class HostRoute(Model):

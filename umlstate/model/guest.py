@@ -7,7 +7,6 @@ defaults that depend on other fields (COW files, MACs, sockets).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -18,6 +17,7 @@ from umlstate.model.fields import (
     MODE_RE,
     SYSCTL_KEY_RE,
     IPAddress,
+    IPNetwork,
     Model,
     ObjectName,
     Route,
@@ -52,7 +52,7 @@ class Nic(Model):
         "auto", description="auto: the legacy form where the kernel has it (the guest keeps ethN), else vector.")
     port_security: bool = Field(True, description="Frames only from this NIC's MAC, ARP and IP only from its "
                                                   "address, no router advertisements or DHCP replies; false: off.")
-    allow_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
+    allow_sources: tuple[IPNetwork, ...] = Field(
         (), description="More source networks this NIC may send from (a router guest's other networks).")
 
     @property
@@ -110,6 +110,10 @@ class Guest(Model):
                                       "through the first subnet's gateway.")
     files: tuple[GuestFile, ...] = Field((), description="Files put into the guest at every boot, before startup.")
     startup: str | None = Field(None, description="Run as root in the guest at every boot, after its network.")
+
+    def first_ip(self, version: int | None = None) -> IPAddress | None:
+        """Its first address (of this IP version): what a check pings, a forward reaches (IPv4)."""
+        return next((ip for nic in self.nics for ip in nic.ips if version is None or ip.version == version), None)
 
     @property
     def seeded(self) -> bool:

@@ -361,9 +361,10 @@ def _policy(t: Topology) -> Iterator[Problem]:
         if guest is None:
             yield Problem(("forwards", i, "to"), f"forward of {fwd.proto} port {fwd.port} goes to guest {fwd.to!r}, "
                                                  f"which is not defined{known(set(guests))}")
-        elif not any(nic.ips for nic in guest.nics):
+        elif guest.first_ip(4) is None:
             yield Problem(("forwards", i, "to"), f"forward of {fwd.proto} port {fwd.port} goes to guest {fwd.to}, "
-                                                 "which has no address; give one of its NICs an address")
+                                                 "which has no IPv4 address; give one of its NICs one (forwards "
+                                                 "are IPv4)")
         if fwd.on is not None and fwd.on_address is None and not is_valid_ifname(fwd.on):
             yield Problem(("forwards", i, "on"), f"forward on {fwd.on!r}: neither an IPv4 address nor a valid "
                                                  "interface name")

@@ -25,6 +25,7 @@ from umlstate.model.fields import (
     GroupRef,
     HostRoute,
     IPAddress,
+    IPNetwork,
     Model,
     ObjectName,
     SysctlValue,
@@ -108,7 +109,7 @@ class Subnet(Model):
     """A guests' network, served by the host through one tap."""
 
     name: ObjectName = Field(description="Referred to by taps[].subnet.")
-    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network = Field(
+    cidr: IPNetwork = Field(
         description="The guests' network, e.g. 172.16.99.0/24 or 2001:db8:1::/64.")
     gateway: IPAddress | None = Field(
         None, description="The host's address on the tap serving this subnet."
@@ -310,7 +311,8 @@ class Topology(Model):
         """The address a check pings: the named guest's first address, or the address given."""
         guest = self.guest(check.ping)
         if guest is not None:
-            return next((str(ip) for n in guest.nics for ip in n.ips), None)
+            ip = guest.first_ip()
+            return str(ip) if ip is not None else None
         try:
             return str(ipaddress.ip_address(check.ping))
         except ValueError:
@@ -389,7 +391,8 @@ class Topology(Model):
     def sysctls(self) -> dict[str, str]:
         """The host's sysctls this topology sets: host.sysctl, and proxy_ndp on each proxy NDP uplink (the
         kernel answers IPv6 proxy entries only there), unless host.sysctl says otherwise."""
-        implied = {f"net.ipv6.conf.{s.proxy_ndp.uplink}.proxy_ndp": "1" for s in self.subnets if s.proxy_ndp}
+        implied = {f"net{sep}ipv6{sep}conf{sep}{s.proxy_ndp.uplink}{sep}proxy_ndp": "1"
+                   for s in self.subnets if s.proxy_ndp for sep in ["/" if "." in s.proxy_ndp.uplink else "."]}
         return {**implied, **self.host.sysctl}
 
     @property

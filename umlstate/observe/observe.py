@@ -38,7 +38,7 @@ from umlstate.model.topology import DEFAULT_TUN, Topology
 from umlstate.observe import reads, ruleset
 from umlstate.plan import checks
 
-ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward",)  # proxy ARP needs it: the planner warns
+ALWAYS_READ_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")  # proxy ARP, NDP need them: plan warns
 
 
 def observe(topology: Topology, netlink: Netlink, netns: str | None) -> Snapshot:

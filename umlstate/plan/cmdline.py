@@ -151,7 +151,7 @@ def guest_line(topology: Topology, guest: Guest, kernel: str, wires: tuple[Wire,
     """The guest's whole command line: its wires, and the address and gateway each NIC's subnet gives it."""
     cow = topology.cow_of(guest)
     nics: list[Nic] = []
-    told_gw = any(r.to == "default" for r in guest.routes)  # its own default route replaces the gateway's
+    told_gw = any(r.to == "default" and r.via.version == 4 for r in guest.routes)  # its own replaces the gateway's
     for nic, w in zip(guest.nics, wires, strict=True):
         interfaces = topology.interfaces_of(nic)  # the first on the command line, the others on the seed disk
         address = str(interfaces[0]) if interfaces else None

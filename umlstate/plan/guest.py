@@ -61,7 +61,7 @@ def plan_step(t: Topology, b: Builder) -> None:
         restarted = sorted(n.switch for n in guest.nics if n.switch in b.restarted_switches)
         uid = b.s.uid(guest.user)
         running = GuestLine.parse(state.proc.argv)  # as root recorded it at spawn
-        live = _hotplug(guest.name, state.proc, running, line) if not restarted and state.proc.uid == uid else None
+        live = _hotplug(guest, state.proc, running, line) if not restarted and state.proc.uid == uid else None
         if live is not None:
             for action in live:
                 b.add(action)
@@ -100,18 +100,23 @@ def _answer_at(t: Topology, guest: Guest) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _hotplug(name: str, proc: Proc, old: GuestLine | None, new: GuestLine) -> list[A.PlugNic | A.UnplugNic] | None:
+def _hotplug(guest: Guest, proc: Proc, old: GuestLine | None, new: GuestLine) -> list[A.PlugNic | A.UnplugNic] | None:
     """NICs added to (or taken from the end of) a running guest, when that is all that changed.
 
-    Only vector tap NICs, whose device UML makes and removes at run time; None when
-    anything else differs, so the guest is replaced as before.
+    Only vector tap NICs, whose device UML makes and removes at run time, and an added NIC told nothing but
+    one IPv4 address (the kernel-log line the guest reads; a name, more addresses or IPv6 are the seed's, read
+    at boot); None when anything else differs, so the guest is replaced as before.
     """
+    name = guest.name
     if old is None or not old.same_but_nics(new) or old.nics == new.nics:
         return None
     longer, shorter = (new, old) if len(new.nics) > len(old.nics) else (old, new)
     changed = longer.nics[len(shorter.nics):]
     if longer.nics[:len(shorter.nics)] != shorter.nics or not all(n.live for n in changed):
         return None  # not a plain addition or removal at the end: order or other NICs changed
+    if longer is new and any(nic.name or len(nic.ips) > 1 or any(ip.version == 6 for ip in nic.ips)
+                             for nic in guest.nics[len(shorter.nics):]):
+        return None
     if longer is new:
         return [A.PlugNic("NIC added to a running guest", name, proc, nic, new) for nic in changed]
     return [A.UnplugNic("NIC gone from the topology", name, proc, nic.ifname, new) for nic in reversed(changed)]

@@ -57,6 +57,7 @@ def none_of(left: Expr, items: Iterable[str | int]) -> list[Expr]:
     """``left`` is none of ``items``, as one match each (a rule's matches all hold): a port's chain has a few
     values, and an anonymous set costs the kernel ~0.5 ms to make, two seconds for a thousand ports' chains."""
     values = list(items)
+    assert values, "bug: none_of nothing would be no match at all, and its rule would hold for every packet"
     return [is_not(left, value(x)) for x in values] if len(values) <= FEW_VALUES else [not_in(left, values)]
 
 

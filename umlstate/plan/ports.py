@@ -74,6 +74,8 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
     onlink4: set[str] = set()
     sources6: list[str] = ["::"]  # duplicate address detection
     checked4 = True
+    # Addresses declared behind this very port (guests sharing a tap through a switch) are not someone else's.
+    declared = declared - {ip for guest, i in nics for ip in guest.nics[i].ips if isinstance(ip, ipaddress.IPv4Address)}
     for guest, i in nics:
         nic: Nic = guest.nics[i]
         mac = t.mac_of(guest, i)

@@ -156,6 +156,6 @@ def warnings(t: Topology, b: Builder) -> None:
                        f"add {sw.runs_as} to the tun group")
     if b.s.netns:
         for key in sorted(t.sysctls):
-            if not key.startswith("net."):
+            if not key.startswith(("net.", "net/")):
                 b.warn("sysctl", key, f"sysctl {key} is not per network namespace: it changes the whole host, "
                                       f"not only {b.s.netns}")

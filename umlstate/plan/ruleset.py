@@ -153,7 +153,10 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
             doc.rule(family, chain, *none_of(payload("arp", "saddr ether"), p.macs), DROP)
         if p.sources4 is not None:
             doc.rule(family, chain, *none_of(payload("arp", "saddr ip"), [ANY4, *p.sources4]), DROP)
-            doc.rule(family, chain, *none_of(payload("ip", "saddr"), p.sources4), DROP)
+            if p.sources4:
+                doc.rule(family, chain, *none_of(payload("ip", "saddr"), p.sources4), DROP)
+            else:  # on IPv6 subnets alone: no IPv4 at all
+                doc.rule(family, chain, is_(meta("protocol"), "ip"), DROP)
             for field in (payload("arp", "saddr ip"), payload("ip", "saddr")):
                 for match in each_of(field, p.forbidden4):
                     doc.rule(family, chain, *match, DROP)
@@ -163,8 +166,17 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
                                  onlink=list(p.onlink4))
         doc.rule(family, chain, *none_of(payload("ip6", "saddr"), p.sources6), DROP)
         targets = _own_targets(p.sources6)
-        if targets:  # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
-            advert = is_(payload("icmpv6", "type"), "nd-neighbor-advert")
+        networks6 = [ipaddress.IPv6Network(s) for s in p.sources6 if "/" in s]
+        # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
+        advert = is_(payload("icmpv6", "type"), "nd-neighbor-advert")
+        if networks6:  # a router's allow_sources: adverts for its own addresses and in those networks, no others
+            for target in targets:
+                doc.rule(family, chain, advert, is_(_raw_th(64, 64), f"{target >> 64:#018x}"),
+                         is_(_raw_th(128, 64), f"{target & (1 << 64) - 1:#018x}"), ACCEPT)
+            for net in networks6:
+                doc.rule(family, chain, advert, *_halves_in(net), ACCEPT)
+            doc.rule(family, chain, advert, DROP)
+        elif targets:
             highs = sorted({t >> 64 for t in targets})
             doc.rule(family, chain, advert, *none_of(_raw_th(64, 64), [f"{h:#018x}" for h in highs]), DROP)
             for high in highs:  # each high half with its own low halves: no pair of two addresses' halves
@@ -186,13 +198,20 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
 
 
 def _own_targets(sources6: Iterable[str]) -> list[int]:
-    """The addresses a port may advertise in IPv6 neighbour discovery, as integers: its own link-local and
-    declared ones; none where IPv6 networks are allowed (a router's allow_sources: its adverts are then not
-    checked)."""
-    own = [ipaddress.IPv6Address(a) for a in sources6 if a != "::" and "/" not in a]
-    if len(own) != sum(1 for a in sources6 if a != "::"):
-        return []
-    return sorted(int(a) for a in own)
+    """The addresses of its own a port may advertise in IPv6 neighbour discovery, as integers: its link-local
+    and declared ones (a router's allow_sources networks are matched apart: _halves_in)."""
+    return sorted(int(ipaddress.IPv6Address(a)) for a in sources6 if a != "::" and "/" not in a)
+
+
+def _halves_in(net: ipaddress.IPv6Network) -> list[Expr]:
+    """An advert's target inside ``net``, on its two 64-bit halves: a range of high halves (a /64 or wider),
+    or one high half and a range of low halves."""
+    first, last = int(net.network_address), int(net.broadcast_address)
+    low = (1 << 64) - 1
+    if net.prefixlen <= 64:
+        return [is_(_raw_th(64, 64), {"range": [f"{first >> 64:#018x}", f"{last >> 64:#018x}"]})]
+    return [is_(_raw_th(64, 64), f"{first >> 64:#018x}"),
+            is_(_raw_th(128, 64), {"range": [f"{first & low:#018x}", f"{last & low:#018x}"]})]
 
 
 def _raw_th(offset: int, length: int) -> Expr:
@@ -310,7 +329,7 @@ def _nat(doc: Document, t: Topology, links: list[str], groups: list[str]) -> Non
         doc.chain(family, "prerouting", type="nat", hook="prerouting", prio=-100, policy="accept")
         for fwd in t.forwards:
             guest = t.guest(fwd.to)
-            address = next((ip for n in guest.nics for ip in n.ips), None) if guest else None
+            address = guest.first_ip(4) if guest else None
             if address is None:  # validation refuses it
                 continue
             where: list[Expr] = []
