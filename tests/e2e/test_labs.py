@@ -25,7 +25,7 @@ from farm import Farm, ttl
 
 pytestmark = [pytest.mark.slow]
 
-LAB = """\
+HOST = """\
 name: {name}
 host:
   run_dir: {tmp}/run
@@ -35,6 +35,8 @@ host:
     - {{name: {group}, members: [nobody]}}
   sysctl:
     net.ipv4.ip_forward: 1
+"""  # every lab's host: its folders in the test's, the tun node, forwarding
+LAB = HOST + """\
   routes:
     - {{to: 10.0.34.0/24, via: 10.0.1.1}}
 subnets:
@@ -176,16 +178,7 @@ def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_
     assert not farm.processes()
 
 
-TWO_SUBNETS = """\
-name: {name}
-host:
-  run_dir: {tmp}/run
-  state_dir: {tmp}/state
-  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
-  groups:
-    - {{name: {group}, members: [nobody]}}
-  sysctl:
-    net.ipv4.ip_forward: 1
+TWO_SUBNETS = HOST + """\
 subnets:
   - {{name: a, cidr: 10.0.1.0/24, gateway: 10.0.1.254}}
   - {{name: b, cidr: 10.0.2.0/24, gateway: 10.0.2.254}}
@@ -234,16 +227,7 @@ def test_a_bridge_carries_two_subnets_and_a_named_nic_holds_an_address_on_each(f
     assert not farm.processes()
 
 
-IPV6 = """\
-name: {name}
-host:
-  run_dir: {tmp}/run
-  state_dir: {tmp}/state
-  tun: {{path: {tmp}/dev/tun, mode: "0660", group: {group}}}
-  groups:
-    - {{name: {group}, members: [nobody]}}
-  sysctl:
-    net.ipv4.ip_forward: 1
+IPV6 = HOST + """\
     net.ipv6.conf.all.forwarding: 1
 subnets:
   - {{name: a, cidr: 172.16.99.0/24, gateway: 172.16.99.254, proxy_arp: {{uplink: eth0}}}}
