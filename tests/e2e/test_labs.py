@@ -115,6 +115,17 @@ def logged(farm: Farm, guest: str, line: str, timeout: float = 90) -> str:
     return text
 
 
+def checks_pass_in_sync_then_destroyed(farm: Farm, count: int) -> None:
+    """Every check of the lab passes (the guests run them as they boot), a plan finds nothing left, and
+    destroy succeeds."""
+    rows = check_rows(farm, until=lambda r: all(x["state"] == "ok" for x in r.values()), count=count)
+    assert all(r["state"] == "ok" for r in rows.values()), rows
+    plan = farm.cli("plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    destroyed = farm.cli("destroy", "--yes")
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+
+
 def write_lab(farm: Farm, kernel: str = "linux.uml", lab: str = LAB) -> None:
     """The lab, its guests booting ``kernel`` from an image that carries that kernel's seed modules."""
     image = farm.image
@@ -218,12 +229,7 @@ def test_a_bridge_carries_two_subnets_and_a_named_nic_holds_an_address_on_each(f
     assert ttl(farm.lan_ping("10.0.2.1", seconds=60)) == 63, farm.log("r1")[-1500:]
     assert ttl(farm.lan_ping("10.0.1.1")) == 63
     # pc reaches r1's address on its own subnet directly, and the other through the host's gateway.
-    rows = check_rows(farm, until=lambda r: all(x["state"] == "ok" for x in r.values()), count=2)
-    assert all(r["state"] == "ok" for r in rows.values()), rows
-    plan = farm.cli("plan", "--detailed-exitcode")
-    assert plan.returncode == 0, plan.stdout + plan.stderr
-    destroyed = farm.cli("destroy", "--yes")
-    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    checks_pass_in_sync_then_destroyed(farm, count=2)
     assert not farm.processes()
 
 
@@ -274,12 +280,7 @@ def test_ipv6_guests_are_reached_from_the_lan_through_proxy_ndp(farm: Farm, kern
     assert "2001:db8:0:1::111 dev eth0" in proxies and "2001:db8:0:1::122 dev eth0" in proxies, proxies
     for address in ("2001:db8:0:1::122", "2001:db8:0:1::111", "172.16.99.11", "2001:db8:0:1::222"):
         assert ttl(farm.lan_ping(address, seconds=60)) == 63, address + farm.log("six")[-1500:]
-    rows = check_rows(farm, until=lambda r: all(x["state"] == "ok" for x in r.values()), count=2)
-    assert all(r["state"] == "ok" for r in rows.values()), rows
-    plan = farm.cli("plan", "--detailed-exitcode")
-    assert plan.returncode == 0, plan.stdout + plan.stderr
-    destroyed = farm.cli("destroy", "--yes")
-    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    checks_pass_in_sync_then_destroyed(farm, count=2)
     assert farm.host.ip("-6", "neigh", "show", "proxy").stdout.strip() == ""
     assert farm.host.run("sysctl", "-n", "net.ipv6.conf.eth0.proxy_ndp").stdout.strip() == "0", "restored"
     assert not farm.processes()
