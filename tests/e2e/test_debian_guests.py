@@ -10,31 +10,20 @@ per test.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from farm import ESCAPE, Farm, Session
+from farm import ESCAPE, Farm, Session, debian_image
 
 pytestmark = [pytest.mark.slow]
 
 
-def build(*options: str) -> Path:
-    built = subprocess.run([str(ROOT / "scripts" / "build-debian-guest"), *options], capture_output=True, text=True,
-                           check=False, timeout=900)
-    if built.returncode == 2:
-        pytest.skip(f"NO DEBIAN GUEST IMAGE: the mirror cannot be reached: {built.stderr.strip()[-300:]}")
-    assert built.returncode == 0, built.stderr
-    return Path(built.stdout.strip())
-
-
 @pytest.fixture(scope="session")
 def debian_images() -> Iterator[dict[str, Path]]:
-    yield {"umlstate": build(), "stock": build("--stock")}
+    yield {"umlstate": debian_image(), "stock": debian_image("--stock")}
 
 
 def topology(farm: Farm, images: dict[str, Path], guests: dict[str, str]) -> None:

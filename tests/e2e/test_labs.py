@@ -21,7 +21,7 @@ from umlstate.guestimage import UML_MODULES, build
 from umlstate.model.guest import Check
 from umlstate.plan.checks import check_id
 
-from farm import Farm, ttl
+from farm import Farm, debian_image, ttl
 
 pytestmark = [pytest.mark.slow]
 
@@ -283,6 +283,84 @@ def test_ipv6_guests_are_reached_from_the_lan_through_proxy_ndp(farm: Farm, kern
     checks_pass_in_sync_then_destroyed(farm, count=2)
     assert farm.host.ip("-6", "neigh", "show", "proxy").stdout.strip() == ""
     assert farm.host.run("sysctl", "-n", "net.ipv6.conf.eth0.proxy_ndp").stdout.strip() == "0", "restored"
+    assert not farm.processes()
+
+
+DEBIAN = HOST + """\
+    net.ipv6.conf.all.forwarding: 1
+  routes:
+    - {{to: 10.0.34.0/24, via: 10.0.1.1}}
+subnets:
+  - {{name: a, cidr: 10.0.1.0/24, gateway: 10.0.1.254}}
+  - {{name: a6, cidr: "2001:db8:0:1::100/120", gateway: "2001:db8:0:1::1fe", proxy_ndp: {{uplink: eth0}}}}
+  - {{name: b, cidr: 10.0.34.0/24}}
+switches:
+  - {{name: bra, kind: bridge, subnet: [a, a6]}}
+  - {{name: brb, kind: bridge, subnet: b}}
+guests:
+  - name: r1
+    user: nobody
+    mem: 256M
+    disk: {{base: {image}}}
+    hostname: deb-router
+    sysctl: {{net.ipv4.ip_forward: 1}}
+    files: [{{path: /etc/lab/r1.conf, content: "router r1 of {name}\\n"}}]
+    startup: |
+      echo "r1 says: $(cat /etc/lab/r1.conf) as $(hostname), on lan0: $(ip -o addr show dev lan0 scope global | awk '{{print $4}}' | tr '\\n' ' ')"
+    nics:
+      - {{switch: bra, name: lan0, addresses: [10.0.1.1, "2001:db8:0:1::111"], allow_sources: [10.0.34.0/24]}}
+      - {{switch: brb, address: 10.0.34.1, allow_sources: [172.16.0.0/16, 10.0.1.0/24]}}
+  - name: pc
+    user: nobody
+    mem: 256M
+    disk: {{base: {image}}}
+    routes: [{{to: default, via: 10.0.34.1}}]
+    nics: [{{switch: brb, address: 10.0.34.2}}]
+checks:
+  - {{from: pc, ping: r1}}
+  - {{from: pc, ping: 10.0.1.254}}
+  - {{from: pc, ping: "2001:db8:0:1::111"}}
+"""
+
+
+def test_a_debian_lab_reads_its_seed_and_routes_for_its_neighbour(farm: Farm, kernel: str) -> None:
+    """Stock Debian guests (systemd) from scripts/build-debian-guest, whose umlstate-net reads the seed disk:
+    r1 is a router with a hostname, a file and a startup script, its first NIC named lan0 with an IPv4 and an
+    IPv6 address (the image carries the kernel's IPv6 and vfat modules, loaded by the kernel through the image's
+    own modprobe); pc sits on a subnet without the host, behind r1. The LAN reaches pc through the host and r1,
+    and r1's IPv6 address through proxy NDP; pc's checks pass, and the one it cannot pass (it has no IPv6)
+    fails, at boot and on `umlstate check`."""
+    modules = ["--modules", UML_MODULES]
+    if "/" in kernel:  # a fetched kernel keeps its modules beside it (scripts/fetch-vector-kernel)
+        modules += ["--modules", str(Path(kernel).parent / "modules")]
+    image = debian_image(*modules)
+    text = DEBIAN.format(name=farm.name, tmp=farm.tmp, group=farm.group, image=image)
+    farm.path.write_text(text.replace("    user: nobody\n", f"    user: nobody\n    kernel: {kernel}\n"))
+    farm.host.ip("addr", "add", "2001:db8:0:1::1/64", "dev", "eth0", "nodad")
+    farm.lan.ip("addr", "add", "2001:db8:0:1::2/64", "dev", "lan0", "nodad")
+    applied = farm.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr + farm.log("r1")[-3000:]
+    said_r1 = (f"umlstate-net: startup: r1 says: router r1 of {farm.name} as deb-router, "
+               "on lan0: 10.0.1.1/24 2001:db8:0:1::111/120")
+    assert said_r1 in logged(farm, "r1", said_r1), farm.log("r1")[-3000:]
+    farm.lan.ip("route", "add", "10.0.0.0/8", "via", "172.16.0.1")
+    assert ttl(farm.lan_ping("10.0.34.2", seconds=60)) == 62, farm.log("pc")[-3000:]
+    assert ttl(farm.lan_ping("2001:db8:0:1::111", seconds=60)) == 63, farm.log("r1")[-3000:]
+
+    rows = check_rows(farm, until=lambda r: all(x["state"] in ("ok", "failed") for x in r.values()))
+    assert rows["pc ping r1"]["state"] == "ok", rows
+    assert rows["pc ping 10.0.1.254"]["state"] == "ok", rows
+    assert rows["pc ping 2001:db8:0:1::111"]["state"] == "failed", rows
+    assert "no answer, expected pass" in rows["pc ping 2001:db8:0:1::111"]["detail"], rows
+    checked = farm.cli("check")
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "ok         pc ping 10.0.1.254: ping 10.0.1.254: answered, expected pass" in checked.stdout, checked.stdout
+    assert "2 of 3 check(s)" in checked.stdout, checked.stdout
+    assert farm.cli("plan", "--detailed-exitcode").returncode == 0
+
+    destroyed = farm.cli("destroy", "--yes")
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert farm.host.ip("-6", "neigh", "show", "proxy").stdout.strip() == ""
     assert not farm.processes()
 
 

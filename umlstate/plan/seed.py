@@ -11,7 +11,7 @@ layout, so that images with cloud-init read it unmodified:
 - ``network-config``: version 2, each NIC by its MAC, with its address and routes;
 
 and the same facts as plain lines under ``umlstate/`` for inits without cloud-init (umlstate's busybox image;
-``contrib/guest`` reads only the command line so far): ``hostname``, ``sysctl`` (KEY=VALUE), ``routes`` (TO VIA;
+and ``contrib/guest``'s umlstate-net): ``hostname``, ``sysctl`` (KEY=VALUE), ``routes`` (TO VIA;
 IPv6's default as ``::/0``), ``names`` and ``addresses`` (MAC NAME, MAC ADDR/PFX), ``files`` (N MODE PATH,
 the content in ``files.d/N``), ``startup`` and ``checks`` (ID ADDRESS EXPECT, results in its log as
 ``umlstate-check: NONCE ID ok|failed TIME DETAIL``, plan/checks.py). This module renders it (pure); its actions are in
