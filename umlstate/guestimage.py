@@ -55,6 +55,7 @@ grep -q 'umlstate.cad=reboot' /proc/cmdline || echo 0 > /proc/sys/kernel/ctrl-al
 cad=poweroff
 grep -q 'umlstate.cad=ignore' /proc/cmdline && cad=ignore
 gw=""
+want6=""
 peers=""
 sink=""
 net=on
@@ -86,16 +87,20 @@ for word in $(cat /proc/cmdline); do
         umlstate.sink=*) sink="${word#*=}" ;;
         umlstate.eth*=*|umlstate.vec*=*) key="${word%%=*}"; dev="${key#umlstate.}"
                          for r in $renamed; do [ "${r%%=*}" = "$dev" ] && dev="${r#*=}"; done
+                         case "$word" in *:*) want6=1 ;; esac
                          ip link set "$dev" up && ip addr add "${word#*=}" dev "$dev" ;;
     esac
 done
 if [ -s "$seed/addresses" ]; then  # a NIC's addresses after its first
     while read -r mac addr; do
+        case "$addr" in *:*) want6=1 ;; esac
         dev="$(by_mac "$mac")"
         [ -n "$dev" ] && ip link set "$dev" up && ip addr add "$addr" dev "$dev" \
             || echo "umlstate-guest: cannot add $addr to $mac"
     done < "$seed/addresses"
 fi
+# Told IPv6 addresses, with a kernel that has no IPv6 (its module missing here): say so, for plan's warning.
+[ -n "$want6" ] && [ ! -e /proc/net/if_inet6 ] && echo "umlstate: no IPv6 in kernel $(uname -r)"
 [ -f /marks ] && echo "umlstate-guest: marks: $(cat /marks | tr '\n' ' ')"
 for word in $(cat /proc/cmdline); do  # tests: leave a mark on the disk (its COW file), to see it survive a move
     case "$word" in

@@ -41,6 +41,11 @@ HINTS = (  # what a log usually means, first match wins
     (re.compile(r"VFS: Unable to mount root"), "the disk image is not a file system the kernel can mount as root"),
 )
 
+# A guest told IPv6 addresses whose kernel has no IPv6 says so, with the kernel's version (umlstate's busybox
+# init and contrib/guest's umlstate-net): Debian's 6.1 UML kernel builds IPv6 as a module, which only the guest's
+# image can carry. The guest's own word: it can only make a warning.
+NO_IPV6 = re.compile(r"^(?:\[[ 0-9.]*\] )?umlstate: no IPv6 in kernel ([0-9A-Za-z._+-]{1,64})$", re.MULTILINE)
+
 # O_NONBLOCK: a FIFO planted at the name must not block the open; O_NOCTTY: nor may a tty become ours.
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _WRITE = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -230,6 +235,12 @@ def tail(folder_fd: int, name: str, max_bytes: int = TAIL) -> str:
         return sanitize(_latest_run(_read_end(folder_fd, _log_name(name), 0, max_bytes)))
     except OSError:
         return ""
+
+
+def lacks_ipv6(run: str) -> str | None:
+    """The kernel version a guest's run (``tail``) said has no IPv6, if it said so."""
+    said = NO_IPV6.search(run)
+    return said[1] if said else None
 
 
 def sanitize(text: str) -> str:

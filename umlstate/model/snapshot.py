@@ -172,6 +172,7 @@ class GuestState:
     last_lines: tuple[str, ...] = ()  # the end of that run, sanitized, when it died
     ended: float | None = None  # when its recorded process stopped writing its log: about when it died
     checks: Mapping[int, tuple[bool, float, str]] = field(default_factory=dict)  # check -> (ok, when, detail)
+    no_ipv6: str | None = None  # its kernel's version, when its latest boot said it has no IPv6 (its own word)
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,9 @@ class Snapshot:
         return found.gid if found else None
 
     def fingerprint(self) -> str:
-        """The host as a plan depends on it: not the time, nor what guests say of their checks."""
-        guests = {n: dataclasses.replace(g, checks={}) if g.checks else g for n, g in self.guests.items()}
+        """The host as a plan depends on it: not the time, nor what guests say of themselves."""
+        guests = {n: dataclasses.replace(g, checks={}, no_ipv6=None) if g.checks or g.no_ipv6 else g
+                  for n, g in self.guests.items()}
         return hashlib.sha256(dumps(dataclasses.replace(self, now=0.0, guests=guests)).encode()).hexdigest()[:16]
 
 

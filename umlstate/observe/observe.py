@@ -172,8 +172,9 @@ def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> 
     for name in sorted({g.name for g in t.guests} | _units("guest", recorded, cgroups)):
         proc, leftovers = reads.process(unit_of("guest", name), recorded, cgroups)
         if proc is not None:
-            found[name] = GuestState(proc, answers=reads.answers(proc, name),
-                                     leftovers=leftovers, checks=_check_results(t, name))
+            checked, no_ipv6 = _said(t, name)
+            found[name] = GuestState(proc, answers=reads.answers(proc, name), leftovers=leftovers,
+                                     checks=checked, no_ipv6=no_ipv6)
         else:
             stale = (umid := umid_folder(t, name)) is not None and os.path.lexists(umid)
             dead = unit_of("guest", name) in recorded  # root started it in this boot: why did it stop?
@@ -183,13 +184,18 @@ def _guests(t: Topology, recorded: dict[str, Proc], cgroups: Cgroups | None) -> 
     return found
 
 
-def _check_results(t: Topology, name: str) -> dict[int, tuple[bool, float, str]]:
-    """The latest result of each check the guest runs, from its log's latest run (bounded; its own word)."""
-    if not any(c.from_ == name for c in t.checks):
-        return {}
+def _said(t: Topology, name: str) -> tuple[dict[int, tuple[bool, float, str]], str | None]:
+    """What a running guest's latest run says of itself, from its log (bounded; its own word): the latest result
+    of each check it runs, and, for a guest with IPv6 addresses, whether its kernel has no IPv6."""
+    guest = t.guest(name)
+    ours = any(c.from_ == name for c in t.checks)
+    six = guest is not None and any(i.version == 6 for nic in guest.nics for i in t.interfaces_of(nic))
+    if not ours and not six:
+        return {}, None
     folder = folders.open_logs(t)
     if folder is None:
-        return {}
+        return {}, None
     with folder:
-        said = checks.results(t, name, logs.tail(folder.fd, name))
-    return {n: (r.ok, r.when, r.detail) for n, r in said.items()}
+        run = logs.tail(folder.fd, name)
+    said = checks.results(t, name, run) if ours else {}
+    return {n: (r.ok, r.when, r.detail) for n, r in said.items()}, logs.lacks_ipv6(run) if six else None

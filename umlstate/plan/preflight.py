@@ -131,6 +131,17 @@ def warnings(t: Topology, b: Builder) -> None:
             b.warn("guest", guest.name, f"guest {guest.name} forwards (net.ipv4.ip_forward: 1), but {', '.join(bare)} "
                    "declares no allow_sources: its port security drops what it forwards from other networks",
                    "list the networks it forwards from under nics[].allow_sources")
+    for guest in t.guests:  # its kernel has IPv6 as a module its image lacks: known once it booted and said so
+        state = b.origin.guests.get(guest.name)  # as observed: a restart planned here has not said anything yet
+        if state is None or state.no_ipv6 is None:
+            continue
+        six = [str(i.ip) for nic in guest.nics for i in t.interfaces_of(nic) if i.version == 6]
+        if six:
+            b.warn("guest", guest.name, f"guest {guest.name} says its kernel ({state.no_ipv6}) has no IPv6: its image "
+                   f"lacks the kernel's ipv6 module, so {', '.join(six)} is not on it",
+                   f"put the kernel's modules in the image's /lib/modules/{state.no_ipv6} (scripts/build-debian-guest "
+                   "and umlstate's busybox image carry those of the UML kernels installed here), or boot a kernel with "
+                   "IPv6 built in; the guest takes it at its next boot")
     if any(sn.proxy_ndp for sn in t.subnets) and b.s.sysctls.get("net.ipv6.conf.all.forwarding") != "1":
         b.warn("sysctl", "net.ipv6.conf.all.forwarding", "proxy NDP is configured but "
                "net.ipv6.conf.all.forwarding is not 1: the host neither answers for the guests nor forwards to them "
