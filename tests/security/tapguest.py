@@ -198,15 +198,38 @@ def router_advert(src_mac: str, src_ip6: str) -> bytes:
     return ether("33:33:00:00:00:01", src_mac, ETH_P_IPV6, header + body)
 
 
-def neighbour_advert(src_mac: str, src_ip6: str, target: str, dst_mac: str, dst_ip6: str) -> bytes:
-    """An unsolicited IPv6 neighbour advertisement (override set): TARGET is at SRC_MAC."""
-    src, dst = ipaddress.IPv6Address(src_ip6).packed, ipaddress.IPv6Address(dst_ip6).packed
-    option = struct.pack("!BB", 2, 1) + mac(src_mac)  # target link-layer address
+def neighbour_advert(src_mac: str, src_ip6: str, target: str, dst_mac: str, dst_ip6: str, *,
+                     lladdr: str | None = None) -> bytes:
+    """An unsolicited IPv6 neighbour advertisement (override set): TARGET is at LLADDR (default: SRC_MAC)."""
+    option = struct.pack("!BB", 2, 1) + mac(lladdr or src_mac)  # target link-layer address
     body = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + ipaddress.IPv6Address(target).packed + option
+    return ether(dst_mac, src_mac, ETH_P_IPV6, icmpv6(src_ip6, dst_ip6, body, hop_limit=255))
+
+
+def neighbour_solicit(src_mac: str, src_ip6: str, target: str) -> bytes:
+    """A neighbour solicitation for TARGET to its solicited-node group; from ``::``, duplicate address detection's
+    probe (no link-layer address option), else with SRC_MAC as its source link-layer address."""
+    packed = ipaddress.IPv6Address(target).packed
+    group = ipaddress.IPv6Address(b"\xff\x02" + bytes(9) + b"\x01\xff" + packed[13:])
+    option = b"" if src_ip6 == "::" else struct.pack("!BB", 1, 1) + mac(src_mac)
+    body = struct.pack("!BBHI", 135, 0, 0, 0) + packed + option
+    return ether("33:33:" + ":".join(f"{b:02x}" for b in group.packed[12:]), src_mac, ETH_P_IPV6,
+                 icmpv6(src_ip6, str(group), body, hop_limit=255))
+
+
+def icmpv6(src_ip6: str, dst_ip6: str, body: bytes, *, hop_limit: int = 64) -> bytes:
+    """An IPv6 packet carrying the ICMPv6 message ``body`` (its checksum filled in)."""
+    src, dst = ipaddress.IPv6Address(src_ip6).packed, ipaddress.IPv6Address(dst_ip6).packed
     pseudo = src + dst + struct.pack("!I3xB", len(body), 58)
     body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
-    header = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src + dst
-    return ether(dst_mac, src_mac, ETH_P_IPV6, header + body)
+    return struct.pack("!IHBB", 6 << 28, len(body), 58, hop_limit) + src + dst + body
+
+
+def icmpv6_of(frame: bytes) -> tuple[int, str, bytes] | None:
+    """An IPv6 frame's ICMPv6 type, source address and message (no extension headers), or None."""
+    if len(frame) < 58 or frame[12:14] != struct.pack("!H", ETH_P_IPV6) or frame[20] != 58:
+        return None
+    return frame[54], str(ipaddress.IPv6Address(frame[22:38])), frame[54:]
 
 
 def is_ipv4(frame: bytes, proto: int | None = None, src: str | None = None, dst: str | None = None) -> bool:
@@ -223,11 +246,7 @@ def is_arp_request_for(frame: bytes, address: str) -> bool:
 
 def ipv6_echo(src: str, dst: str, ident: int) -> bytes:
     """An IPv6 packet carrying an ICMPv6 echo request."""
-    s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
-    body = struct.pack("!BBHHH", 128, 0, 0, ident, 1) + b"umlstate-test"
-    pseudo = s + d + struct.pack("!I3xB", len(body), 58)
-    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
-    return struct.pack("!IHBB", 6 << 28, len(body), 58, 64) + s + d + body
+    return icmpv6(src, dst, struct.pack("!BBHHH", 128, 0, 0, ident, 1) + b"umlstate-test")
 
 
 def is_solicitation_for(frame: bytes, target: str) -> bool:

@@ -13,6 +13,7 @@ are there all the same.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -36,13 +37,17 @@ from tapguest import (
     attached,
     ether,
     icmp_echo,
+    icmpv6,
+    icmpv6_of,
     in_netns,
     ipv4,
     ipv6_echo,
     is_arp_request_for,
     is_ipv4,
     is_solicitation_for,
+    mac,
     neighbour_advert,
+    neighbour_solicit,
     router_advert,
     tcp_syn,
 )
@@ -214,6 +219,38 @@ def test_a_guest_sends_from_its_declared_ipv6_address_and_not_a_neighbours(secur
 
 
 # --- 2. stealing a neighbour's MAC -----------------------------------------------------------------
+
+
+def test_a_guest_cannot_probe_a_neighbours_address_away_nor_lie_in_its_link_layer_option(
+        secured: tuple[Farm, bool]) -> None:
+    """What web sends to db's segment (multicast, which the bridge floods to db's port), then an echo to all
+    nodes from its own link-local address, which passes and, arriving after them on the same path, shows they
+    were judged: a duplicate address probe (from ``::``) for db's address, which would make a booting db give
+    its address up; anything else from ``::``; an advert for its own address that puts db's MAC in its
+    link-layer option, and one with an option slipped in before its own."""
+    farm, on = secured
+    probe = neighbour_solicit(WEB, "::", DB6)
+    bare = ether("33:33:00:00:00:01", WEB, ETH_P_IPV6, ipv6_echo("::", "ff02::1", 0x55))
+    lie = neighbour_advert(WEB, WEB6, WEB6, "33:33:00:00:00:01", "ff02::1", lladdr=DB)
+    # a nonce option (type 14) ahead of the link-layer address option: Linux would take the first such option
+    slipped = neighbour_advert(WEB, WEB6, WEB6, "33:33:00:00:00:01", "ff02::1")
+    nonce = struct.pack("!BB6s", 14, 1, b"umlst!")
+    body = slipped[54:78] + nonce + struct.pack("!BB", 2, 1) + bytes.fromhex(DB.replace(":", ""))
+    slipped = ether("33:33:00:00:00:01", WEB, ETH_P_IPV6, icmpv6(WEB6, "ff02::1", body, hop_limit=255))
+    own_probe = neighbour_solicit(WEB, "::", WEB6)  # its own address: duplicate address detection as it is
+    marker = ether("33:33:00:00:00:01", WEB, ETH_P_IPV6, ipv6_echo(WEB_LL, "ff02::1", 0x99))
+    with attached(farm.host.name, "web-0", "db-0") as (web, db):
+        db.drain()
+        web.send(probe, bare, lie, slipped, own_probe, marker)
+        frames = db.receive(lambda f: (icmpv6_of(f) or (0, ""))[:2] == (128, WEB_LL), seconds=10)  # the marker
+    seen = [m for m in map(icmpv6_of, frames) if m is not None]
+    got = {"probe": any(t == 135 and src == "::" and msg[8:24] == ipaddress.IPv6Address(DB6).packed
+                        for t, src, msg in seen),
+           "bare": any(t == 128 and src == "::" for t, src, msg in seen),
+           "lie": any(t == 136 and len(msg) == 32 and msg[26:32] == mac(DB) for t, src, msg in seen),
+           "slipped": any(t == 136 and len(msg) == 40 for t, src, msg in seen),
+           "own probe": any(t == 135 and src == "::" and msg[8:24] == ipaddress.IPv6Address(WEB6).packed for t, src, msg in seen)}
+    assert got == {"probe": not on, "bare": not on, "lie": not on, "slipped": not on, "own probe": True}, got
 
 
 def test_a_guest_cannot_steal_a_neighbours_mac(secured: tuple[Farm, bool]) -> None:

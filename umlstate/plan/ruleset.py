@@ -144,10 +144,12 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
     doc.new_table(family)
     for p in secured:  # a base chain per port: libnftables' JSON hooks one device per chain
         doc.chain(family, PORT_CHAIN + p.link, type="filter", hook="ingress", dev=p.link, prio=0, policy="accept")
+    _every_port(doc, family)
     for p in secured:
         chain = PORT_CHAIN + p.link
-        # Only what the checks below can read: a VLAN tag (or PPPoE, ...) would carry ARP and IP past them.
-        doc.rule(family, chain, *none_of(meta("protocol"), ["ip", "ip6", "arp"]), DROP)
+        # What holds for every port, in one chain each port jumps to first: a thousand ports' rules cost the
+        # kernel a second to load, so each port's chain has only its own.
+        doc.rule(family, chain, jump(EVERY_PORT))
         if p.macs:
             doc.rule(family, chain, *none_of(payload("ether", "saddr"), p.macs), DROP)
             doc.rule(family, chain, *none_of(payload("arp", "saddr ether"), p.macs), DROP)
@@ -165,36 +167,81 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
                 _bounded_senders(doc, family, chain, name=SENDERS_SET + p.link, networks=networks,
                                  onlink=list(p.onlink4))
         doc.rule(family, chain, *none_of(payload("ip6", "saddr"), p.sources6), DROP)
-        targets = _own_targets(p.sources6)
-        networks6 = [ipaddress.IPv6Network(s) for s in p.sources6 if "/" in s]
-        # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
-        advert = is_(payload("icmpv6", "type"), "nd-neighbor-advert")
-        if networks6:  # a router's allow_sources: adverts for its own addresses and in those networks, no others
-            for target in targets:
-                doc.rule(family, chain, advert, is_(_raw_th(64, 64), f"{target >> 64:#018x}"),
-                         is_(_raw_th(128, 64), f"{target & (1 << 64) - 1:#018x}"), ACCEPT)
-            for net in networks6:
-                doc.rule(family, chain, advert, *_halves_in(net), ACCEPT)
-            doc.rule(family, chain, advert, DROP)
-        elif targets:
-            highs = sorted({t >> 64 for t in targets})
-            doc.rule(family, chain, advert, *none_of(_raw_th(64, 64), [f"{h:#018x}" for h in highs]), DROP)
-            for high in highs:  # each high half with its own low halves: no pair of two addresses' halves
-                lows = sorted({t & (1 << 64) - 1 for t in targets if t >> 64 == high})
-                which = [is_(_raw_th(64, 64), f"{high:#018x}")] if len(highs) > 1 else []
-                doc.rule(family, chain, advert, *which, *none_of(_raw_th(128, 64), [f"{h:#018x}" for h in lows]),
-                         DROP)
-        for match in each_of(payload("icmpv6", "type"), ["nd-router-advert", "nd-redirect"]):
-            doc.rule(family, chain, *match, DROP)
-        doc.rule(family, chain, is_(payload("icmp", "type"), "redirect"), DROP)
-        doc.rule(family, chain, is_(meta("protocol"), "ip"), is_(payload("udp", "sport"), 67), DROP)
-        doc.rule(family, chain, is_(meta("protocol"), "ip6"), is_(payload("udp", "sport"), 547), DROP)
+        _neighbour_discovery(doc, family, chain, p)
         sources = "any" if p.sources4 is None else ", ".join(p.sources4)
         but = f" but {', '.join(p.forbidden4)}" if p.forbidden4 else ""
         few = f" ({SENDERS_PER_PORT} at a time)" if any("/" in s for s in p.sources4 or ()) else ""
         groups.append(f"port {p.link}: {p.who}: MAC {', '.join(p.macs) or 'any'}; IPv4 from {sources}{but}{few}; "
                       "IPv4, IPv6 and ARP only (no VLAN tags); no RA, redirects, DHCP replies, "
-                      "or neighbour adverts for others")
+                      "neighbour adverts or DAD probes for others, or link-layer addresses not its own")
+
+
+EVERY_PORT = "every-port"  # the netdev table's chain of what every port's chain checks first
+ICMPV6 = 58  # the IPv6 next header (and meta l4proto) of ICMPv6
+# What a node may send from the unspecified address: duplicate address detection's solicitations, and MLD
+# reports (RFC 3590) before it has an address.
+FROM_UNSPECIFIED = ("nd-neighbor-solicit", "mld-listener-report", "mld2-listener-report")
+ND_LENGTH = 24  # an ICMPv6 neighbour solicitation or advert without options
+LLADDR_OPTION = 8  # a link-layer address option on Ethernet: type, length 1 (8 bytes), the MAC
+
+
+def _every_port(doc: Document, family: str) -> None:
+    """The checks that are the same for every port: only what the others can read, no router's or server's
+    messages, and neighbour discovery's shape."""
+    doc.chain(family, EVERY_PORT)
+    # Only what the checks can read: a VLAN tag (or PPPoE, ...) would carry ARP and IP past them.
+    doc.rule(family, EVERY_PORT, *none_of(meta("protocol"), ["ip", "ip6", "arp"]), DROP)
+    for match in each_of(payload("icmpv6", "type"), ["nd-router-advert", "nd-redirect"]):
+        doc.rule(family, EVERY_PORT, *match, DROP)
+    doc.rule(family, EVERY_PORT, is_(payload("icmp", "type"), "redirect"), DROP)
+    doc.rule(family, EVERY_PORT, is_(meta("protocol"), "ip"), is_(payload("udp", "sport"), 67), DROP)
+    doc.rule(family, EVERY_PORT, is_(meta("protocol"), "ip6"), is_(payload("udp", "sport"), 547), DROP)
+    # From the unspecified address ``::``: DAD's solicitations and MLD reports only.
+    unspecified = is_(payload("ip6", "saddr"), "::")
+    doc.rule(family, EVERY_PORT, unspecified, is_not(meta("l4proto"), ICMPV6), DROP)
+    doc.rule(family, EVERY_PORT, unspecified, *none_of(payload("icmpv6", "type"), FROM_UNSPECIFIED), DROP)
+    # A solicitation (135) or advert (136) from an address: no options, or one link-layer address option, which
+    # Linux would take even behind another option (its MAC is the port's own: _neighbour_discovery).
+    said = [is_(payload("icmpv6", "type"), {"range": [135, 136]}), is_not(payload("ip6", "saddr"), "::")]
+    doc.rule(family, EVERY_PORT, *said, *none_of(payload("ip6", "length"), [ND_LENGTH, ND_LENGTH + LLADDR_OPTION]),
+             DROP)
+    # (behind an extension header, an option could not fit in that length: the load finds none, and passes)
+    doc.rule(family, EVERY_PORT, *said, is_(payload("ip6", "length"), ND_LENGTH + LLADDR_OPTION),
+             *none_of(_raw_th(192, 16), ["0x0101", "0x0201"]), DROP)
+
+
+def _neighbour_discovery(doc: Document, family: str, chain: str, p: Port) -> None:
+    """A port's own IPv6 neighbour discovery checks (the shape is every port's: _every_port).
+
+    - The link-layer address option of a solicitation or advert from an address: one of the port's MACs.
+    - The address a neighbour advert names, or a DAD solicitation (from ``::``) probes, which would make a
+      neighbour give that address up as a duplicate: the port's own addresses (link-local and declared), and
+      a router's IPv6 ``allow_sources``.
+    """
+    if p.macs:
+        doc.rule(family, chain, is_(payload("icmpv6", "type"), {"range": [135, 136]}),
+                 is_not(payload("ip6", "saddr"), "::"), is_(payload("ip6", "length"), ND_LENGTH + LLADDR_OPTION),
+                 *none_of(_raw_th(208, 48), ["0x" + m.replace(":", "") for m in p.macs]), DROP)
+    # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
+    targets = _own_targets(p.sources6)
+    networks6 = [ipaddress.IPv6Network(s) for s in p.sources6 if "/" in s]
+    for claim in ([is_(payload("icmpv6", "type"), "nd-neighbor-advert")],
+                  [is_(payload("ip6", "saddr"), "::"), is_(payload("icmpv6", "type"), "nd-neighbor-solicit")]):
+        if networks6:  # a router's allow_sources: its own addresses and those networks, no others
+            for target in targets:
+                doc.rule(family, chain, *claim, is_(_raw_th(64, 64), f"{target >> 64:#018x}"),
+                         is_(_raw_th(128, 64), f"{target & (1 << 64) - 1:#018x}"), ACCEPT)
+            for net in networks6:
+                doc.rule(family, chain, *claim, *_halves_in(net), ACCEPT)
+            doc.rule(family, chain, *claim, DROP)
+        elif targets:
+            highs = sorted({t >> 64 for t in targets})
+            doc.rule(family, chain, *claim, *none_of(_raw_th(64, 64), [f"{h:#018x}" for h in highs]), DROP)
+            for high in highs:  # each high half with its own low halves: no pair of two addresses' halves
+                lows = sorted({t & (1 << 64) - 1 for t in targets if t >> 64 == high})
+                which = [is_(_raw_th(64, 64), f"{high:#018x}")] if len(highs) > 1 else []
+                doc.rule(family, chain, *claim, *which,
+                         *none_of(_raw_th(128, 64), [f"{h:#018x}" for h in lows]), DROP)
 
 
 def _own_targets(sources6: Iterable[str]) -> list[int]:
