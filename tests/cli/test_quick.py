@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 
 from umlstate.cli import quick
 from umlstate.model.guest import GUEST_FILE_MAX
-from umlstate.model.snapshot import Proc, Snapshot
+from umlstate.model.snapshot import Link, Proc, Snapshot, compact
 from umlstate.observe import witness
 
 from conftest import Netns, sh, umlstate
@@ -62,6 +63,34 @@ def test_every_field_of_the_snapshot_is_read_again() -> None:
 
 def test_the_quick_pass_bounds_guest_files_as_the_model_does() -> None:
     assert quick.GUEST_FILE_LIMIT == GUEST_FILE_MAX
+
+
+COMPACT_OF = """
+import ipaddress, json, sys
+from umlstate.model.snapshot import Link, Proc, compact
+value = {"links": {n: Link(n, kind="tun", owner=65534, mac="fe:fd:00:00:00:01") for n in ("b", "a", "t0")},
+         "addresses": frozenset({ipaddress.IPv4Interface("10.0.0.1/24"), ipaddress.IPv6Interface("2001:db8::1/64"),
+                                 ipaddress.IPv4Interface("10.0.0.2/24")}),
+         "proxies": frozenset({("eth0", ipaddress.IPv4Address("10.0.0.2")), ("eth0", ipaddress.IPv4Address("10.0.0.3")),
+                               ("eth1", "x")}),
+         "names": frozenset({"web", "db", "dmz", "lab"}),
+         "procs": (Proc(1, 0, ("linux", "umid=web"), 1.0),)}
+print(json.dumps(compact(value), separators=(",", ":")))
+"""
+
+
+def test_compact_readings_are_the_same_whatever_the_hash_seed_and_tell_apart_what_differs() -> None:
+    """The quick pass digests its readings with model.snapshot.compact: two processes (two hash seeds) must
+    digest the same readings alike, and a change of any one field must show."""
+    seen = {subprocess.run([sys.executable, "-c", COMPACT_OF], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(seen) == 1, seen
+    base = Link("t0", kind="tun", owner=65534, mac="fe:fd:00:00:00:01")
+    forms = {json.dumps(compact(link)) for link in (base, dataclasses.replace(base, owner=0),
+                                                     dataclasses.replace(base, up=True),
+                                                     dataclasses.replace(base, mac=None),
+                                                     dataclasses.replace(base, alias="umlstate:x"))}
+    assert len(forms) == 5, forms
 
 
 def test_a_probe_round_trips_through_json() -> None:

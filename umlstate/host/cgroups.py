@@ -219,12 +219,16 @@ class Cgroups:
 
     def units(self) -> list[str]:
         """The unit folders under this topology, for pruning what an earlier run left."""
+        return sorted(self.folders())[:MAX_PIDS]
+
+    def folders(self) -> frozenset[str]:
+        """Every unit folder under this topology now: a unit not among them holds no process (one listing, not
+        a failed open per unit)."""
         try:
             with os.scandir(self.base) as it:
-                names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+                return frozenset(e.name for e in it if e.is_dir(follow_symlinks=False) and UNIT_RE.fullmatch(e.name))
         except FileNotFoundError:
-            return []
-        return sorted(n for n in names if UNIT_RE.fullmatch(n))[:MAX_PIDS]
+            return frozenset()
 
 
 def _kill_member(pid: int, rel: str) -> None:

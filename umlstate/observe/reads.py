@@ -141,11 +141,15 @@ def _names(ids: Iterable[int | None], lookup: Callable[[int], Any]) -> dict[int,
     return found
 
 
-def process(unit: str, recorded: Mapping[str, Proc], cgroups: Cgroups | None) -> tuple[Proc | None, int]:
-    """The recorded process if it still runs as started, else how many processes its cgroup still holds."""
+def process(unit: str, recorded: Mapping[str, Proc], cgroups: Cgroups | None,
+            folders: frozenset[str] | None = None) -> tuple[Proc | None, int]:
+    """The recorded process if it still runs as started, else how many processes its cgroup still holds.
+    ``folders``: the unit folders listed just before (Cgroups.folders), when many units are read at once."""
     proc = recorded.get(unit)
     if proc is not None and identity.alive(proc):
         return proc, 0
+    if cgroups is not None and folders is not None and unit not in folders:
+        return None, 0  # no cgroup, no process in it: what reading it would say, without the failed open
     return None, len(identity.remaining(unit, cgroups, proc))
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from umlstate.host import kconfig, logs, nft, records, sysctl
 from umlstate.host.cgroups import Cgroups
 from umlstate.host.netlink import Netlink
-from umlstate.model.snapshot import Proc, Snapshot, plain, unit_of
+from umlstate.model.snapshot import Proc, Snapshot, compact, plain, unit_of
 from umlstate.observe import reads
 
 if TYPE_CHECKING:
@@ -125,8 +125,8 @@ def probe_of(t: Topology, topology_path: str, snapshot: Snapshot) -> Probe:
 
 def read(probe: Probe, netlink: Netlink) -> str:
     """The digest of reading everything the probe names, in the namespace this process is in (as root)."""
-    # plain() orders sets and mappings itself, and dataclasses keep their fields' order: no sort_keys needed.
-    return hashlib.sha256(json.dumps(plain(readings(probe, netlink))).encode()).hexdigest()
+    # compact() orders sets and mappings itself, and dataclasses keep their fields' order: no sort_keys needed.
+    return hashlib.sha256(json.dumps(compact(readings(probe, netlink)), separators=(",", ":")).encode()).hexdigest()
 
 
 def readings(probe: Probe, netlink: Netlink) -> dict[str, Any]:
@@ -135,7 +135,8 @@ def readings(probe: Probe, netlink: Netlink) -> dict[str, Any]:
         raise Unwitnessable(f"not in network namespace {probe.netns}")
     cgroups = Cgroups.here(probe.instance)
     boot_id = reads.boot_id()
-    units = {u: reads.process(u, {u: p} if p is not None else {}, cgroups) for u, p in probe.units.items()}
+    folders = cgroups.folders() if cgroups is not None else None
+    units = {u: reads.process(u, {u: p} if p is not None else {}, cgroups, folders) for u, p in probe.units.items()}
     running = {u: p for u, (p, _n) in units.items() if p is not None}
     users = reads.users(probe.users)
     return {
@@ -151,7 +152,7 @@ def readings(probe: Probe, netlink: Netlink) -> dict[str, Any]:
         "records": hashlib.sha256(records.read(probe.state_dir) or b"").hexdigest(),
         "processes": {
             "units": units,
-            "cgroups": sorted(cgroups.units()) if cgroups is not None else None,
+            "cgroups": cgroups.units() if cgroups is not None else None,
             "answers": {u: reads.answers(p, u.removeprefix(GUEST)) for u, p in running.items() if u.startswith(GUEST)},
             "sockets": {n: os.path.exists(s) for n, s in probe.sockets.items()},
             "umids": {n: os.path.lexists(u) for n, u in probe.umids.items()},
