@@ -127,20 +127,32 @@ def checks_pass_in_sync_then_destroyed(farm: Farm, count: int) -> None:
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
 
 
-def write_lab(farm: Farm, kernel: str = "linux.uml", lab: str = LAB) -> None:
-    """The lab, its guests booting ``kernel`` from an image that carries that kernel's seed modules."""
-    image = farm.image
-    if "/" in kernel:  # a fetched kernel keeps its modules beside it (scripts/fetch-vector-kernel)
-        if not (Path(kernel).parent / "modules").is_dir():
-            pytest.skip(f"{kernel} was fetched without its modules: its guests cannot read a seed disk")
-        image = build(farm.tmp / "lab.img", modules=(Path(UML_MODULES), Path(kernel).parent / "modules"))
+def write_lab(farm: Farm, kernel: str = "linux.uml", lab: str = LAB, *, debian: bool = False) -> None:
+    """The lab, its guests booting ``kernel`` from an image that carries that kernel's modules: umlstate's
+    busybox image, or with ``debian`` a stock Debian one from scripts/build-debian-guest (at 256M)."""
+    fetched = Path(kernel).parent / "modules" if "/" in kernel else None  # scripts/fetch-vector-kernel keeps them
+    if fetched is not None and not fetched.is_dir():
+        pytest.skip(f"{kernel} was fetched without its modules: its guests cannot read a seed disk")
+    if debian:
+        image = debian_image("--modules", UML_MODULES, *(("--modules", str(fetched)) if fetched else ()))
+    elif fetched is not None:
+        image = build(farm.tmp / "lab.img", modules=(Path(UML_MODULES), fetched))
+    else:
+        image = farm.image
     forged = check_id(Check.model_validate({"from": "pc", "ping": "r1"}))
     text = lab.format(name=farm.name, tmp=farm.tmp, group=farm.group, image=image, forged=forged)
+    if debian:
+        text = text.replace("    mem: 96M\n", "    mem: 256M\n")
     farm.path.write_text(text.replace("    user: nobody\n", f"    user: nobody\n    kernel: {kernel}\n"))
 
 
-def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_pc(farm: Farm, kernel: str) -> None:
-    write_lab(farm, kernel)
+STARTUP_SAYS = {False: "umlstate-guest: startup: ", True: "umlstate-net: startup: "}  # busybox's init, Debian's
+
+
+@pytest.mark.parametrize("debian", [False, True], ids=["busybox", "debian"])
+def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_pc(farm: Farm, kernel: str,
+                                                                                   debian: bool) -> None:
+    write_lab(farm, kernel, debian=debian)
     applied = farm.cli("apply", "--yes")
     said = applied.stdout + applied.stderr
     assert applied.returncode == 0, said
@@ -152,7 +164,7 @@ def test_the_static_routing_lab_comes_up_from_empty_and_the_lan_reaches_the_far_
     assert ttl(farm.lan_ping("10.0.1.1")) == 63
     routes = farm.host.ip("route", "show", "proto", "186").stdout
     assert "10.0.34.0/24 via 10.0.1.1" in routes, routes
-    said_r1 = f"umlstate-guest: startup: r1 says: router r1 of {farm.name} as router-one"
+    said_r1 = f"{STARTUP_SAYS[debian]}r1 says: router r1 of {farm.name} as router-one"
     r1 = logged(farm, "r1", said_r1)
     assert said_r1 in r1, r1[-1500:]
     assert "ubd1r=" in " ".join(farm.recorded("guest-r1")["argv"])
@@ -359,17 +371,12 @@ def test_a_debian_lab_reads_its_seed_and_routes_for_its_neighbour(farm: Farm, ke
     own modprobe); pc sits on a subnet without the host, behind r1. The LAN reaches pc through the host and r1,
     and r1's IPv6 address through proxy NDP; pc's checks pass, and the one it cannot pass (it has no IPv6)
     fails, at boot and on `umlstate check`."""
-    modules = ["--modules", UML_MODULES]
-    if "/" in kernel:  # a fetched kernel keeps its modules beside it (scripts/fetch-vector-kernel)
-        modules += ["--modules", str(Path(kernel).parent / "modules")]
-    image = debian_image(*modules)
-    text = DEBIAN.format(name=farm.name, tmp=farm.tmp, group=farm.group, image=image)
-    farm.path.write_text(text.replace("    user: nobody\n", f"    user: nobody\n    kernel: {kernel}\n"))
+    write_lab(farm, kernel, DEBIAN, debian=True)
     farm.host.ip("addr", "add", "2001:db8:0:1::1/64", "dev", "eth0", "nodad")
     farm.lan.ip("addr", "add", "2001:db8:0:1::2/64", "dev", "lan0", "nodad")
     applied = farm.cli("apply", "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr + farm.log("r1")[-3000:]
-    said_r1 = (f"umlstate-net: startup: r1 says: router r1 of {farm.name} as deb-router, "
+    said_r1 = (f"{STARTUP_SAYS[True]}r1 says: router r1 of {farm.name} as deb-router, "
                "on lan0: 10.0.1.1/24 2001:db8:0:1::111/120")
     assert said_r1 in logged(farm, "r1", said_r1), farm.log("r1")[-3000:]
     farm.lan.ip("route", "add", "10.0.0.0/8", "via", "172.16.0.1")

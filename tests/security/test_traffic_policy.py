@@ -259,8 +259,11 @@ def test_a_guest_cannot_steal_a_neighbours_mac(secured: tuple[Farm, bool]) -> No
         web.send(ether(BROADCAST, DB, 0x88B5, b"mine now" * 8))
         web.send(arp(WEB, "172.16.99.1", "172.16.99.254"))  # a frame of its own, answered: the first was seen
         web.receive(lambda f: f[12:14] == b"\x08\x06")
-    assert (DB in fdb(farm, "web-0")) is not on
-    assert WEB in fdb(farm, "web-0")
+        # While the tap is open: closed, its carrier goes down and the bridge forgets what the port taught it
+        # (when the kernel's link watch gets to it, so reading afterwards races it).
+        learned = fdb(farm, "web-0")
+    assert (DB in learned) is not on, learned
+    assert WEB in learned, learned
 
 
 def test_a_guest_cannot_smuggle_arp_past_the_checks_in_a_vlan_tag(secured: tuple[Farm, bool]) -> None:
@@ -413,7 +416,7 @@ def test_floods_do_not_fill_the_hosts_tables(secured: tuple[Farm, bool]) -> None
                 web.send(arp(fake, f"172.16.99.{rng.randrange(3, 250)}", "172.16.99.254"))
         web.send(arp(WEB, "172.16.99.1", "172.16.99.254"))
         web.receive(lambda f: f[12:14] == b"\x08\x06", seconds=10)
-    learned, entries = len(fdb(farm, "web-0")), len(neighbours(farm, "br0"))
+        learned, entries = len(fdb(farm, "web-0")), len(neighbours(farm, "br0"))  # open: see the MAC test
     if on:
         assert learned <= 2 and entries <= 1, (learned, entries)
     else:  # what port security holds back when it is on; the bridge's own bound still holds
