@@ -166,12 +166,12 @@ def _keep_quick(opts: Options, read: files.Read, default_path: bool, rec: Reconc
         # The probe read twice around a second observation, all three agreeing: the host stood still while the
         # evidence was read. An apply reads under the lock again (without waiting: busy, nothing is kept).
         with TopologyLock(rec.topology.state_dir, 0.0) if locked else contextlib.nullcontext():
-            before = witness.read(probe, rec.netlink)
+            before, _ = witness.read(probe, rec.netlink)
             again = rec.observe()
-            after = witness.read(probe, rec.netlink)
+            after, links = witness.read(probe, rec.netlink)
         if before == after and again.fingerprint() == snapshot.fingerprint():
-            quick.remember(name, quick.Kept(probe, before, read.topology, read.guest_files, default_path, shown,
-                                            code=0, locked=locked))
+            quick.remember(name, quick.Kept(probe, before, links, read.topology, read.guest_files, default_path,
+                                            shown, code=0, locked=locked))
     except Exception as exc:  # noqa: BLE001 - what the pass printed stands; the next pass is a full one
         structlog.get_logger("umlstate").debug("no quick pass next time", reason=str(exc))
 

@@ -33,10 +33,10 @@ from umlstate.cli.where import resolve_topology
 from umlstate.host import netns, trusted
 from umlstate.host.lock import TopologyLock
 from umlstate.host.netlink import Netlink
-from umlstate.observe import witness
+from umlstate.observe import reads, witness
 
 QUICK_DIR = "/run/umlstate/.quick"  # root's; gone at reboot like what it speaks of; a dot: no topology's run_dir
-FORMAT = 1
+FORMAT = 2  # 2: the links as read, beside the witness
 MAX_RECORD = 4 << 20  # a record holds what a plan printed: a thousand taps' is ~100 KB
 MAX_TOPOLOGY = 8 << 20
 GUEST_FILE_LIMIT = 1 << 20  # as model.guest.GUEST_FILE_MAX; a larger file fails the full load, never this read
@@ -139,8 +139,13 @@ def _quick(name: str) -> tuple[str, int] | None:
     if probe.netns is not None:
         netns.enter(probe.netns)
     with TopologyLock(probe.state_dir, 0.0) if record["locked"] else contextlib.nullcontext():
-        if witness.read(probe, Netlink()) != record["witness"]:
+        known = reads.LinksRead.from_json(record["links"])
+        found, links = witness.read(probe, Netlink(), known)
+        if found != record["witness"]:
             return None
+    if links.answers != known.answers:  # the same links in other bytes (the kernel re-randomizes reachable times)
+        with contextlib.suppress(OSError):
+            _keep({**record, "links": links.to_json()}, name)
     return str(record["stdout"]), int(record["code"])
 
 
@@ -150,6 +155,7 @@ class Kept:
 
     probe: witness.Probe
     witness: str  # witness.read(probe), the same before and after a second observation that agreed
+    links: reads.LinksRead  # the links as that read found them
     topology: str  # the digest of the topology's bytes as loaded
     guest_files: Mapping[str, str]  # and of each guest file's, by its `from`
     default_path: bool  # no topology was named: found by where.resolve_topology
@@ -160,9 +166,13 @@ class Kept:
 
 def remember(name: str, kept: Kept) -> None:
     """Keep a full in-sync pass's output and evidence for the next identical run."""
-    record = {"format": FORMAT, "probe": kept.probe.to_json(), "witness": kept.witness, "topology": kept.topology,
-              "guest_files": dict(kept.guest_files), "default_path": kept.default_path, "stdout": kept.stdout,
-              "code": kept.code, "locked": kept.locked}
+    record = {"format": FORMAT, "probe": kept.probe.to_json(), "witness": kept.witness,
+              "links": kept.links.to_json(), "topology": kept.topology, "guest_files": dict(kept.guest_files),
+              "default_path": kept.default_path, "stdout": kept.stdout, "code": kept.code, "locked": kept.locked}
+    _keep(record, name)
+
+
+def _keep(record: Mapping[str, Any], name: str) -> None:
     with trusted.open_trusted(QUICK_DIR, create=True, mode=0o700) as folder:
         folder.write_atomic(f"{name}.json", json.dumps(record, sort_keys=True).encode(), 0o600)
         names = [n for n in folder.scan(KEEP * 4) if n.endswith(".json")]

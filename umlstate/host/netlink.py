@@ -12,7 +12,7 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from umlstate.errors import ActionError
 from umlstate.host import rtnl
@@ -33,31 +33,19 @@ class Netlink:
 
     def links(self, names: Iterable[str]) -> tuple[dict[str, Link], dict[int, str]]:
         """Every tun link and bridge, plus the named ones whatever their kind; and index -> name of those."""
-        out: dict[str, Link] = {}
-        index: dict[int, str] = {}
-        masters: dict[str, int] = {}
+        return links_of(self.link_answers(names))
 
-        def keep(link_index: int, link: Link, master: int) -> None:
-            out[link.name] = link
-            index[link_index] = link.name
-            if master:
-                masters[link.name] = master
-
-        for kind in ("tun", "bridge", "vxlan"):
-            for found in _dump_links(kind=kind):
-                keep(*found)
-        missing = set(names) - set(out)
+    def link_answers(self, names: Iterable[str]) -> list[bytes]:
+        """The kernel's answers to an observation's link requests, in order: every tun link, bridge and VXLAN
+        (a dump of each kind), then the named links those lack (by name; a dump of all when many are). The
+        same answers decode to the same links (links_of): a quick pass compares these bytes first."""
+        answers = [m for kind in ("tun", "bridge", "vxlan") for m in _dump_links(kind=kind)]
+        missing = set(names) - {_name_of(m) for m in answers}
         if len(missing) <= _ASKED_BY_NAME:  # the uplinks, mostly: asked for by name, not found in a dump of all
-            for name in sorted(missing):
-                if (one := _get_link(name)) is not None:
-                    keep(*one)
+            answers += [m if m is not None else b"" for name in sorted(missing) for m in [_get_link(name)]]
         else:  # whatever else stands under wanted taps' names (a first apply): one more dump
-            for found in _dump_links(kind=None):
-                if found[1].name in missing:
-                    keep(*found)
-        for name, master in masters.items():  # a master umlstate did not dump is not one of its bridges
-            out[name] = dataclasses.replace(out[name], master=index.get(master, f"ifindex {master}"))
-        return out, index
+            answers += [m for m in _dump_links(kind=None) if _name_of(m) in missing]
+        return answers
 
     def addresses(self, index: dict[int, str], names: set[str]) -> dict[str, frozenset[IPInterface]]:
         """The IPv4 addresses and global IPv6 ones of the named links (a link-local address is the kernel's)."""
@@ -166,21 +154,52 @@ def _index(name: str) -> int:
 # --- the tun link dump: the hot path of every observation -------------------------------
 
 
-def _dump_links(kind: str | None) -> Iterator[tuple[int, Link, int]]:
-    """Links of one kind (or all); decode only what a Link holds (a 1000-tap host sends ~1.2 MB)."""
-    for msg_kind, buf, start, end in rtnl.dump("link", rtnl.RTM_GETLINK, rtnl.link_dump_request(kind)):
-        if msg_kind == rtnl.RTM_NEWLINK:
-            yield _decode_link(buf, start, end)
+def _dump_links(kind: str | None) -> list[bytes]:
+    """Links of one kind (or all), each message's body as bytes (a 1000-tap host sends ~1.2 MB)."""
+    return [bytes(buf[start:end]) for msg_kind, buf, start, end
+            in rtnl.dump("link", rtnl.RTM_GETLINK, rtnl.link_dump_request(kind)) if msg_kind == rtnl.RTM_NEWLINK]
 
 
-def _get_link(name: str) -> tuple[int, Link, int] | None:
-    """One link by name; None when there is none."""
+def _get_link(name: str) -> bytes | None:
+    """One link's message body, by name; None when there is none."""
     body = rtnl.link_request(0, name=name) + rtnl.u32(rtnl.IFLA_EXT_MASK, rtnl.RTEXT_FILTER_SKIP_STATS)
     with rtnl.open_socket() as sock:
         sock.send(rtnl.message(rtnl.RTM_GETLINK, rtnl.NLM_F_REQUEST, 1, body))
         for kind, _seq, buf, start, end in rtnl.messages(sock):
-            return _decode_link(buf, start, end) if kind == rtnl.RTM_NEWLINK else None  # else ENODEV
+            return bytes(buf[start:end]) if kind == rtnl.RTM_NEWLINK else None  # else ENODEV
     return None
+
+
+def _name_of(message: bytes) -> str | None:
+    """A link message's name, from its attributes (the kernel puts it first: the walk stops there)."""
+    start, unpack = rtnl.IFINFO.size, rtnl.NLA.unpack_from
+    while start + 4 <= len(message):
+        length, kind = unpack(message, start)
+        if length < 4:
+            return None
+        if kind & 0x3FFF == rtnl.IFLA_IFNAME:
+            return message[start + 4:start + length].split(b"\0", 1)[0].decode()
+        start += (length + 3) & ~3
+    return None
+
+
+def links_of(answers: Iterable[bytes]) -> tuple[dict[str, Link], dict[int, str]]:
+    """The links the answers of link_answers name, and index -> name of those; an empty answer (a named
+    link that is not there) names none."""
+    out: dict[str, Link] = {}
+    index: dict[int, str] = {}
+    masters: dict[str, int] = {}
+    for message in answers:
+        if not message:
+            continue
+        link_index, link, master = _decode_link(message, 0, len(message))
+        out[link.name] = link
+        index[link_index] = link.name
+        if master:
+            masters[link.name] = master
+    for name, master in masters.items():  # a master umlstate did not dump is not one of its bridges
+        out[name] = dataclasses.replace(out[name], master=index.get(master, f"ifindex {master}"))
+    return out, index
 
 
 def _decode_link(buf: bytes, start: int, end: int) -> tuple[int, Link, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import hashlib
 import os
 import pwd
 import shutil
@@ -21,10 +22,20 @@ from typing import Any
 
 from umlstate.host import cow, identity, logs, mconsole
 from umlstate.host.cgroups import Cgroups
-from umlstate.host.netlink import Netlink
+from umlstate.host.netlink import Netlink, links_of
 from umlstate.host.tun import is_tun_node
 from umlstate.model.guestline import mconsole_of
-from umlstate.model.snapshot import CowFile, HostGroup, IPAddress, IPInterface, IPv4Address, Link, Proc, TunNode
+from umlstate.model.snapshot import (
+    CowFile,
+    HostGroup,
+    IPAddress,
+    IPInterface,
+    IPv4Address,
+    Link,
+    Proc,
+    TunNode,
+    compact,
+)
 
 PROGRAM_PATH = ":/usr/sbin:/usr/bin:/sbin:/bin"  # searched after $PATH: root's tools, whatever cron's PATH is
 
@@ -44,14 +55,63 @@ def network(netlink: Netlink, names: Iterable[str], uplinks: set[str], *, routes
     """Every tun, bridge and VXLAN link and the ``names`` whatever their kind; the addresses of the first two
     and of the ``uplinks``; the proxy entries; umlstate's routes (when ``routes``); VXLAN's static entries."""
     links, index = netlink.links(set(names) | uplinks)
+    return Network(links, *_around(netlink, _kinds(links, uplinks), index, routes=routes))
+
+
+@dataclass(frozen=True)
+class LinksRead:
+    """The links as the quick pass's witness reads them: a digest of the kernel's answers, and what they decode
+    to (only when they differ from the answers ``known`` was made from: the same answers decode the same)."""
+
+    answers: str  # digest of Netlink.link_answers
+    links: Any  # the links, as snapshot.compact makes them
+    index: dict[int, str]
+    ours: tuple[str, ...]  # the tun links, bridges and uplinks among them: whose addresses are read
+    vxlans: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"answers": self.answers, "links": self.links, "index": {str(i): n for i, n in self.index.items()},
+                "ours": list(self.ours), "vxlans": list(self.vxlans)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LinksRead:
+        return cls(str(data["answers"]), data["links"], {int(i): str(n) for i, n in data["index"].items()},
+                   tuple(data["ours"]), tuple(data["vxlans"]))
+
+
+def network_witnessed(netlink: Netlink, names: Iterable[str], uplinks: set[str], *, routes: bool,
+                      known: LinksRead | None) -> tuple[dict[str, Any], LinksRead]:
+    """What ``network`` reads, in compact form, for the quick pass's digest; and its links as read now. The
+    links are decoded only when the kernel's answers differ from those ``known`` was made from."""
+    answers = netlink.link_answers(set(names) | uplinks)
+    digest = hashlib.sha256()
+    for answer in answers:
+        digest.update(len(answer).to_bytes(4, "little"))
+        digest.update(answer)
+    read = known if known is not None and known.answers == digest.hexdigest() else None
+    if read is None:
+        links, index = links_of(answers)
+        ours, vxlans = _kinds(links, uplinks)
+        read = LinksRead(digest.hexdigest(), compact(links), index, tuple(sorted(ours)), tuple(sorted(vxlans)))
+    addresses, proxies, ours_routes, fdb = _around(netlink, (set(read.ours), set(read.vxlans)), read.index,
+                                                   routes=routes)
+    return {"links": read.links, "addresses": compact(addresses), "proxies": compact(proxies),
+            "routes": compact(ours_routes), "fdb": compact(fdb)}, read
+
+
+def _kinds(links: Mapping[str, Link], uplinks: set[str]) -> tuple[set[str], set[str]]:
+    """Of the links read: the tun links, bridges and uplinks (whose addresses are read), and the VXLANs."""
     ours = {n for n, link in links.items() if link.kind in ("tun", "bridge")} | uplinks
-    return Network(
-        links=links,
-        addresses=netlink.addresses(index, {n for n in ours if n in links}),
-        proxies=netlink.proxies(index),
-        routes=netlink.routes() if routes else frozenset(),
-        fdb=netlink.fdb(index, {n for n, link in links.items() if link.kind == "vxlan"}),
-    )
+    return {n for n in ours if n in links}, {n for n, link in links.items() if link.kind == "vxlan"}
+
+
+def _around(netlink: Netlink, kinds: tuple[set[str], set[str]], index: dict[int, str], *, routes: bool) -> tuple[
+        dict[str, frozenset[IPInterface]], frozenset[tuple[str, IPAddress]], frozenset[tuple[str, IPv4Address]],
+        frozenset[tuple[str, str, IPv4Address]]]:
+    """What is read around the links: their addresses, the proxy entries, umlstate's routes, VXLAN's entries."""
+    ours, vxlans = kinds
+    return (netlink.addresses(index, ours), netlink.proxies(index),
+            netlink.routes() if routes else frozenset(), netlink.fdb(index, vxlans))
 
 
 def boot_id() -> str | None:

@@ -123,14 +123,17 @@ def probe_of(t: Topology, topology_path: str, snapshot: Snapshot) -> Probe:
     )
 
 
-def read(probe: Probe, netlink: Netlink) -> str:
-    """The digest of reading everything the probe names, in the namespace this process is in (as root)."""
+def read(probe: Probe, netlink: Netlink, known: reads.LinksRead | None = None) -> tuple[str, reads.LinksRead]:
+    """The digest of reading everything the probe names, in the namespace this process is in (as root); and
+    the links as read, which spare the next read their decoding while the kernel answers the same bytes."""
+    found, links = readings(probe, netlink, known)
     # compact() orders sets and mappings itself, and dataclasses keep their fields' order: no sort_keys needed.
-    return hashlib.sha256(json.dumps(compact(readings(probe, netlink)), separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(compact(found), separators=(",", ":")).encode()).hexdigest(), links
 
 
-def readings(probe: Probe, netlink: Netlink) -> dict[str, Any]:
-    """Each reading by name (COVERS), plus what a pass depends on besides the snapshot."""
+def readings(probe: Probe, netlink: Netlink, known: reads.LinksRead | None = None) -> tuple[dict[str, Any],
+                                                                                              reads.LinksRead]:
+    """Each reading by name (COVERS), plus what a pass depends on besides the snapshot; and the links as read."""
     if probe.netns is not None and not _in_netns(probe.netns):
         raise Unwitnessable(f"not in network namespace {probe.netns}")
     cgroups = Cgroups.here(probe.instance)
@@ -139,6 +142,8 @@ def readings(probe: Probe, netlink: Netlink) -> dict[str, Any]:
     units = {u: reads.process(u, {u: p} if p is not None else {}, cgroups, folders) for u, p in probe.units.items()}
     running = {u: p for u, (p, _n) in units.items() if p is not None}
     users = reads.users(probe.users)
+    network, links = reads.network_witnessed(netlink, probe.taps, set(probe.uplinks), routes=probe.routes,
+                                             known=known)
     return {
         # Besides the snapshot: whether a log is due to be cut.
         "logs_due": _logs_due(probe.state_dir, sorted({u.partition("-")[2] for u in running})),
@@ -148,7 +153,7 @@ def readings(probe: Probe, netlink: Netlink) -> dict[str, Any]:
         "groups": reads.groups(probe.groups),
         "tun": reads.tun_node(probe.tun),
         "sysctls": {key: sysctl.read(key) for key in probe.sysctls},
-        "network": reads.network(netlink, probe.taps, set(probe.uplinks), routes=probe.routes),
+        "network": network,
         "records": hashlib.sha256(records.read(probe.state_dir) or b"").hexdigest(),
         "processes": {
             "units": units,
@@ -168,7 +173,7 @@ def readings(probe: Probe, netlink: Netlink) -> dict[str, Any]:
         "kernels": {path: kconfig.stamp(path) for path in probe.kernels},
         "ruleset": _policy(probe),
         "seeds": {path: reads.regular(path) for path in probe.seeds},
-    }
+    }, links
 
 
 def _in_netns(name: str) -> bool:
