@@ -26,6 +26,7 @@ def test_the_line_is_read_at_a_line_s_start_only() -> None:
     assert lacks_ipv6("umlstate-guest: startup: umlstate: no IPv6 in kernel 6.1.176\n") is None
     assert lacks_ipv6("umlstate: no IPv6 in kernel 6.1.176; rm -rf /\n") is None
     assert lacks_ipv6("umlstate: network up\n") is None
+    assert lacks_ipv6("umlstate: no IPv6 in kernel ..\n") is None, "a version, which a fix names a folder by"
 
 
 def warnings_when_said(guest: str) -> list[str]:

@@ -217,6 +217,12 @@ def neighbour_solicit(src_mac: str, src_ip6: str, target: str) -> bytes:
                  icmpv6(src_ip6, str(group), body, hop_limit=255))
 
 
+def router_solicit(src_mac: str, src_ip6: str, *, lladdr: str | None = None) -> bytes:
+    """A router solicitation to all routers, its source link-layer address option LLADDR (default: SRC_MAC)."""
+    body = struct.pack("!BBHI", 133, 0, 0, 0) + struct.pack("!BB", 1, 1) + mac(lladdr or src_mac)
+    return ether("33:33:00:00:00:02", src_mac, ETH_P_IPV6, icmpv6(src_ip6, "ff02::2", body, hop_limit=255))
+
+
 def icmpv6(src_ip6: str, dst_ip6: str, body: bytes, *, hop_limit: int = 64) -> bytes:
     """An IPv6 packet carrying the ICMPv6 message ``body`` (its checksum filled in)."""
     src, dst = ipaddress.IPv6Address(src_ip6).packed, ipaddress.IPv6Address(dst_ip6).packed

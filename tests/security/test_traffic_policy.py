@@ -49,6 +49,7 @@ from tapguest import (
     neighbour_advert,
     neighbour_solicit,
     router_advert,
+    router_solicit,
     tcp_syn,
 )
 
@@ -84,7 +85,7 @@ guests:
      nics: [{{switch: br0, addresses: [172.16.99.1, "2001:db8:99::1"], mac: "{web}", port_security: {security}}}]}}
   - {{name: db, user: nobody, disk: {{image: {tmp}/img}},
      nics: [{{switch: br0, addresses: [172.16.99.2, "2001:db8:99::2"], mac: "{db}",
-              allow_sources: ["2001:db8:77::/64"]}}]}}  # a router: IPv6 from beyond it too
+              allow_sources: ["2001:db8:77::/64", "2001:db8:99::/64"]}}]}}  # a router: IPv6 from beyond it too
   - {{name: dmzweb, user: nobody, disk: {{image: {tmp}/img}},
      nics: [{{switch: br1, address: 172.16.98.1, mac: "{dmz}"}}]}}
   - {{name: lab, user: nobody, disk: {{image: {tmp}/img}}, nics: [{{switch: br1, mac: "{lab}"}}]}}  # no address
@@ -192,7 +193,8 @@ def test_a_guest_cannot_take_over_a_neighbours_declared_ipv6_address(secured: tu
 
 
 def test_a_router_advertises_its_own_and_its_networks_ipv6_addresses_and_not_a_neighbours(farm: Farm) -> None:
-    """db forwards from 2001:db8:77::/64 (allow_sources): it may advertise an address there, not web's."""
+    """db forwards from 2001:db8:77::/64 and its own subnet's /64 (allow_sources): it may advertise an address
+    there, not web's, although web's is inside the second."""
     beyond = "2001:db8:77::9"
     for target in (WEB6, beyond):
         farm.host.run("ip", "-6", "neigh", "replace", target, "lladdr", WEB, "dev", "br0", "nud", "stale")
@@ -227,11 +229,13 @@ def test_a_guest_cannot_probe_a_neighbours_address_away_nor_lie_in_its_link_laye
     nodes from its own link-local address, which passes and, arriving after them on the same path, shows they
     were judged: a duplicate address probe (from ``::``) for db's address, which would make a booting db give
     its address up; anything else from ``::``; an advert for its own address that puts db's MAC in its
-    link-layer option, and one with an option slipped in before its own."""
+    link-layer option, one with an option slipped in before its own, and a router solicitation with db's MAC
+    in its option."""
     farm, on = secured
     probe = neighbour_solicit(WEB, "::", DB6)
     bare = ether("33:33:00:00:00:01", WEB, ETH_P_IPV6, ipv6_echo("::", "ff02::1", 0x55))
     lie = neighbour_advert(WEB, WEB6, WEB6, "33:33:00:00:00:01", "ff02::1", lladdr=DB)
+    asking = router_solicit(WEB, WEB_LL, lladdr=DB)  # a forwarding host takes its option as WEB_LL's MAC
     # a nonce option (type 14) ahead of the link-layer address option: Linux would take the first such option
     slipped = neighbour_advert(WEB, WEB6, WEB6, "33:33:00:00:00:01", "ff02::1")
     nonce = struct.pack("!BB6s", 14, 1, b"umlst!")
@@ -241,7 +245,7 @@ def test_a_guest_cannot_probe_a_neighbours_address_away_nor_lie_in_its_link_laye
     marker = ether("33:33:00:00:00:01", WEB, ETH_P_IPV6, ipv6_echo(WEB_LL, "ff02::1", 0x99))
     with attached(farm.host.name, "web-0", "db-0") as (web, db):
         db.drain()
-        web.send(probe, bare, lie, slipped, own_probe, marker)
+        web.send(probe, bare, lie, slipped, asking, own_probe, marker)
         frames = db.receive(lambda f: (icmpv6_of(f) or (0, ""))[:2] == (128, WEB_LL), seconds=10)  # the marker
     seen = [m for m in map(icmpv6_of, frames) if m is not None]
     got = {"probe": any(t == 135 and src == "::" and msg[8:24] == ipaddress.IPv6Address(DB6).packed
@@ -249,8 +253,10 @@ def test_a_guest_cannot_probe_a_neighbours_address_away_nor_lie_in_its_link_laye
            "bare": any(t == 128 and src == "::" for t, src, msg in seen),
            "lie": any(t == 136 and len(msg) == 32 and msg[26:32] == mac(DB) for t, src, msg in seen),
            "slipped": any(t == 136 and len(msg) == 40 for t, src, msg in seen),
+           "asking": any(t == 133 and msg[10:16] == mac(DB) for t, src, msg in seen),
            "own probe": any(t == 135 and src == "::" and msg[8:24] == ipaddress.IPv6Address(WEB6).packed for t, src, msg in seen)}
-    assert got == {"probe": not on, "bare": not on, "lie": not on, "slipped": not on, "own probe": True}, got
+    assert got == {"probe": not on, "bare": not on, "lie": not on, "slipped": not on, "asking": not on,
+                   "own probe": True}, got
 
 
 def test_a_guest_cannot_steal_a_neighbours_mac(secured: tuple[Farm, bool]) -> None:

@@ -44,7 +44,7 @@ HINTS = (  # what a log usually means, first match wins
 # A guest told IPv6 addresses whose kernel has no IPv6 says so, with the kernel's version (umlstate's busybox
 # init and contrib/guest's umlstate-net): Debian's 6.1 UML kernel builds IPv6 as a module, which only the guest's
 # image can carry. The guest's own word: it can only make a warning.
-NO_IPV6 = re.compile(r"^(?:\[[ 0-9.]*\] )?umlstate: no IPv6 in kernel ([0-9A-Za-z._+-]{1,64})$", re.MULTILINE)
+NO_IPV6 = re.compile(r"^(?:\[[ 0-9.]*\] )?umlstate: no IPv6 in kernel ([0-9][0-9A-Za-z._+-]{0,63})$", re.MULTILINE)
 
 # O_NONBLOCK: a FIFO planted at the name must not block the open; O_NOCTTY: nor may a tty become ours.
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

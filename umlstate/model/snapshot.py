@@ -291,16 +291,26 @@ def compact(value: Any) -> Any:
     if kind is dict:
         return {str(k): compact(v) for k, v in sorted(value.items())}
     fields = _FIELDS.get(kind)
-    if fields is None and hasattr(kind, "__dataclass_fields__"):
-        names = tuple(kind.__dataclass_fields__)
-        getter = operator.attrgetter(*names)
-        fields = _FIELDS[kind] = getter if len(names) > 1 else lambda v: (getter(v),)
+    if fields is None and dataclasses.is_dataclass(kind):
+        # Values without names: a reading's shape is fixed by the code, which the quick pass's key covers.
+        fields = _FIELDS[kind] = _getter(tuple(f.name for f in dataclasses.fields(kind)))
     if fields is not None:
         values = fields(value)
         return values if all(type(v) in _SCALARS for v in values) else [compact(v) for v in values]
     if isinstance(value, Mapping):
         return {str(k): compact(v) for k, v in sorted(value.items())}
     return value
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The fields' values as a tuple, read in C (attrgetter gives one field's value bare, and needs one)."""
+    if len(names) > 1:
+        many: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
+        return many
+    if names:
+        one = operator.attrgetter(names[0])
+        return lambda v: (one(v),)
+    return lambda v: ()
 
 
 _ADDRESS_KINDS = frozenset(_ADDRESSES)

@@ -25,6 +25,7 @@ class Port:
     forbidden4: tuple[str, ...]  # inside sources4, yet someone else's (the gateway, declared guests)
     onlink4: tuple[str, ...]  # subnets in sources4 (no address declared): any of their addresses, a few at a time
     sources6: tuple[str, ...]
+    forbidden6: tuple[str, ...] = ()  # inside its IPv6 allow_sources (a router's), yet someone else's
 
 
 def link_local(mac: str) -> str:
@@ -99,8 +100,24 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
     if not nics:  # a tap nobody declared a guest behind: its IPv4 subnets' spare addresses, if it has any
         _spare(tuple(s for s in subnets if s.cidr.version == 4), declared, sources4, onlink4, forbidden4)
         checked4 = bool(subnets)
+    networks6 = [ipaddress.IPv6Network(s) for s in sources6 if "/" in s]
+    forbidden6 = sorted({a for a in _others6(t, nics) if any(ipaddress.IPv6Address(a) in n for n in networks6)}
+                        if networks6 else ())  # a router's alone: the others have no networks to look in
     return Port(link, who, tuple(sorted(set(macs))), tuple(sorted(set(sources4))) if checked4 else None,
-                tuple(sorted(forbidden4)), tuple(sorted(onlink4)), tuple(sorted(set(sources6))))
+                tuple(sorted(forbidden4)), tuple(sorted(onlink4)), tuple(sorted(set(sources6))), tuple(forbidden6))
+
+
+def _others6(t: Topology, nics: list[tuple[Guest, int]]) -> set[str]:
+    """The IPv6 addresses that are not this port's: the host's gateways, and every other NIC's declared and
+    link-local addresses. A router's allow_sources may span them; its adverts must still not claim them."""
+    here = {(g.name, i) for g, i in nics}
+    found = {str(s.gateway) for s in t.subnets if s.cidr.version == 6 and s.gateway is not None}
+    for guest in t.guests:
+        for i, nic in enumerate(guest.nics):
+            if (guest.name, i) not in here:
+                found.add(link_local(t.mac_of(guest, i)))
+                found |= {str(ip) for ip in nic.ips if ip.version == 6}
+    return found
 
 
 def _spare(nets: tuple[Subnet, ...], declared: set[ipaddress.IPv4Address], sources4: list[str], onlink4: set[str],

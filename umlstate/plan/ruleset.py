@@ -180,7 +180,8 @@ EVERY_PORT = "every-port"  # the netdev table's chain of what every port's chain
 ICMPV6 = 58  # the IPv6 next header (and meta l4proto) of ICMPv6
 # What a node may send from the unspecified address: duplicate address detection's solicitations, and MLD
 # reports (RFC 3590) before it has an address.
-FROM_UNSPECIFIED = ("nd-neighbor-solicit", "mld-listener-report", "mld2-listener-report")
+FROM_UNSPECIFIED = ("nd-router-solicit", "nd-neighbor-solicit", "mld-listener-report", "mld2-listener-report")
+RS_LENGTH = 8  # an ICMPv6 router solicitation without options
 ND_LENGTH = 24  # an ICMPv6 neighbour solicitation or advert without options
 LLADDR_OPTION = 8  # a link-layer address option on Ethernet: type, length 1 (8 bytes), the MAC
 
@@ -208,26 +209,42 @@ def _every_port(doc: Document, family: str) -> None:
     # (behind an extension header, an option could not fit in that length: the load finds none, and passes)
     doc.rule(family, EVERY_PORT, *said, is_(payload("ip6", "length"), ND_LENGTH + LLADDR_OPTION),
              *none_of(_raw_th(192, 16), ["0x0101", "0x0201"]), DROP)
+    # A router solicitation from an address (a forwarding host takes its option into its neighbour table): no
+    # options, or one source link-layer address option.
+    asked = [is_(payload("icmpv6", "type"), "nd-router-solicit"), is_not(payload("ip6", "saddr"), "::")]
+    doc.rule(family, EVERY_PORT, *asked, *none_of(payload("ip6", "length"), [RS_LENGTH, RS_LENGTH + LLADDR_OPTION]),
+             DROP)
+    doc.rule(family, EVERY_PORT, *asked, is_(payload("ip6", "length"), RS_LENGTH + LLADDR_OPTION),
+             is_not(_raw_th(64, 16), "0x0101"), DROP)
 
 
 def _neighbour_discovery(doc: Document, family: str, chain: str, p: Port) -> None:
     """A port's own IPv6 neighbour discovery checks (the shape is every port's: _every_port).
 
     - The link-layer address option of a solicitation or advert from an address: one of the port's MACs.
+    - The link-layer address option of a router solicitation from an address: one of the port's MACs too.
     - The address a neighbour advert names, or a DAD solicitation (from ``::``) probes, which would make a
       neighbour give that address up as a duplicate: the port's own addresses (link-local and declared), and
-      a router's IPv6 ``allow_sources``.
+      a router's IPv6 ``allow_sources`` but the host's gateways and other NICs' addresses there.
     """
     if p.macs:
+        own = ["0x" + m.replace(":", "") for m in p.macs]
         doc.rule(family, chain, is_(payload("icmpv6", "type"), {"range": [135, 136]}),
                  is_not(payload("ip6", "saddr"), "::"), is_(payload("ip6", "length"), ND_LENGTH + LLADDR_OPTION),
-                 *none_of(_raw_th(208, 48), ["0x" + m.replace(":", "") for m in p.macs]), DROP)
+                 *none_of(_raw_th(208, 48), own), DROP)
+        doc.rule(family, chain, is_(payload("icmpv6", "type"), "nd-router-solicit"),
+                 is_not(payload("ip6", "saddr"), "::"), is_(payload("ip6", "length"), RS_LENGTH + LLADDR_OPTION),
+                 *none_of(_raw_th(80, 48), own), DROP)
     # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
     targets = _own_targets(p.sources6)
     networks6 = [ipaddress.IPv6Network(s) for s in p.sources6 if "/" in s]
     for claim in ([is_(payload("icmpv6", "type"), "nd-neighbor-advert")],
                   [is_(payload("ip6", "saddr"), "::"), is_(payload("icmpv6", "type"), "nd-neighbor-solicit")]):
         if networks6:  # a router's allow_sources: its own addresses and those networks, no others
+            for other in p.forbidden6:  # inside those networks, yet the host's gateway or a neighbour's
+                address = int(ipaddress.IPv6Address(other))
+                doc.rule(family, chain, *claim, is_(_raw_th(64, 64), f"{address >> 64:#018x}"),
+                         is_(_raw_th(128, 64), f"{address & (1 << 64) - 1:#018x}"), DROP)
             for target in targets:
                 doc.rule(family, chain, *claim, is_(_raw_th(64, 64), f"{target >> 64:#018x}"),
                          is_(_raw_th(128, 64), f"{target & (1 << 64) - 1:#018x}"), ACCEPT)
@@ -242,6 +259,8 @@ def _neighbour_discovery(doc: Document, family: str, chain: str, p: Port) -> Non
                 which = [is_(_raw_th(64, 64), f"{high:#018x}")] if len(highs) > 1 else []
                 doc.rule(family, chain, *claim, *which,
                          *none_of(_raw_th(128, 64), [f"{h:#018x}" for h in lows]), DROP)
+        else:  # no address of its own (a declared tap nobody is behind): it claims none
+            doc.rule(family, chain, *claim, DROP)
 
 
 def _own_targets(sources6: Iterable[str]) -> list[int]:
