@@ -217,9 +217,10 @@ class Cgroups:
         with contextlib.suppress(OSError):  # ENOENT, or ENOTEMPTY/EBUSY
             os.rmdir(self.base)
 
-    def units(self) -> list[str]:
-        """The unit folders under this topology, for pruning what an earlier run left."""
-        return sorted(self.folders())[:MAX_PIDS]
+    def units(self, folders: frozenset[str] | None = None) -> list[str]:
+        """The unit folders under this topology, for pruning what an earlier run left (``folders``: those just
+        listed, rather than a second listing)."""
+        return sorted(self.folders() if folders is None else folders)[:MAX_PIDS]
 
     def folders(self) -> frozenset[str]:
         """Every unit folder under this topology now: a unit not among them holds no process (one listing, not

@@ -157,7 +157,7 @@ def readings(probe: Probe, netlink: Netlink, known: reads.LinksRead | None = Non
         "records": hashlib.sha256(records.read(probe.state_dir) or b"").hexdigest(),
         "processes": {
             "units": units,
-            "cgroups": cgroups.units() if cgroups is not None else None,
+            "cgroups": cgroups.units(folders) if cgroups is not None else None,
             "answers": {u: reads.answers(p, u.removeprefix(GUEST)) for u, p in running.items() if u.startswith(GUEST)},
             "sockets": {n: os.path.exists(s) for n, s in probe.sockets.items()},
             "umids": {n: os.path.lexists(u) for n, u in probe.umids.items()},

@@ -8,6 +8,7 @@ what a guest has sent.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from umlstate.model.guest import Guest, Nic
@@ -26,6 +27,15 @@ class Port:
     onlink4: tuple[str, ...]  # subnets in sources4 (no address declared): any of their addresses, a few at a time
     sources6: tuple[str, ...]
     forbidden6: tuple[str, ...] = ()  # inside its IPv6 allow_sources (a router's), yet someone else's
+
+    @property
+    def networks6(self) -> list[ipaddress.IPv6Network]:
+        """The IPv6 networks among its sources: a router's allow_sources."""
+        return networks6(self.sources6)
+
+
+def networks6(sources6: Iterable[str]) -> list[ipaddress.IPv6Network]:
+    return [ipaddress.IPv6Network(s) for s in sources6 if "/" in s]
 
 
 def link_local(mac: str) -> str:
@@ -100,9 +110,9 @@ def _port(t: Topology, link: str, who: str, nics: list[tuple[Guest, int]], *,
     if not nics:  # a tap nobody declared a guest behind: its IPv4 subnets' spare addresses, if it has any
         _spare(tuple(s for s in subnets if s.cidr.version == 4), declared, sources4, onlink4, forbidden4)
         checked4 = bool(subnets)
-    networks6 = [ipaddress.IPv6Network(s) for s in sources6 if "/" in s]
-    forbidden6 = sorted({a for a in _others6(t, nics) if any(ipaddress.IPv6Address(a) in n for n in networks6)}
-                        if networks6 else ())  # a router's alone: the others have no networks to look in
+    routed = networks6(sources6)
+    forbidden6 = sorted({a for a in _others6(t, nics) if any(ipaddress.IPv6Address(a) in n for n in routed)}
+                        if routed else ())  # a router's alone: the others have no networks to look in
     return Port(link, who, tuple(sorted(set(macs))), tuple(sorted(set(sources4))) if checked4 else None,
                 tuple(sorted(forbidden4)), tuple(sorted(onlink4)), tuple(sorted(set(sources6))), tuple(forbidden6))
 

@@ -182,6 +182,9 @@ ICMPV6 = 58  # the IPv6 next header (and meta l4proto) of ICMPv6
 # reports (RFC 3590) before it has an address.
 FROM_UNSPECIFIED = ("nd-router-solicit", "nd-neighbor-solicit", "mld-listener-report", "mld2-listener-report")
 RS_LENGTH = 8  # an ICMPv6 router solicitation without options
+FROM_ADDRESS = is_not(payload("ip6", "saddr"), "::")
+ND_SAID = is_(payload("icmpv6", "type"), {"range": [135, 136]})  # a neighbour solicitation or advert
+RS_SAID = is_(payload("icmpv6", "type"), "nd-router-solicit")
 ND_LENGTH = 24  # an ICMPv6 neighbour solicitation or advert without options
 LLADDR_OPTION = 8  # a link-layer address option on Ethernet: type, length 1 (8 bytes), the MAC
 
@@ -203,7 +206,7 @@ def _every_port(doc: Document, family: str) -> None:
     doc.rule(family, EVERY_PORT, unspecified, *none_of(payload("icmpv6", "type"), FROM_UNSPECIFIED), DROP)
     # A solicitation (135) or advert (136) from an address: no options, or one link-layer address option, which
     # Linux would take even behind another option (its MAC is the port's own: _neighbour_discovery).
-    said = [is_(payload("icmpv6", "type"), {"range": [135, 136]}), is_not(payload("ip6", "saddr"), "::")]
+    said = [ND_SAID, FROM_ADDRESS]
     doc.rule(family, EVERY_PORT, *said, *none_of(payload("ip6", "length"), [ND_LENGTH, ND_LENGTH + LLADDR_OPTION]),
              DROP)
     # (behind an extension header, an option could not fit in that length: the load finds none, and passes)
@@ -211,7 +214,7 @@ def _every_port(doc: Document, family: str) -> None:
              *none_of(_raw_th(192, 16), ["0x0101", "0x0201"]), DROP)
     # A router solicitation from an address (a forwarding host takes its option into its neighbour table): no
     # options, or one source link-layer address option.
-    asked = [is_(payload("icmpv6", "type"), "nd-router-solicit"), is_not(payload("ip6", "saddr"), "::")]
+    asked = [RS_SAID, FROM_ADDRESS]
     doc.rule(family, EVERY_PORT, *asked, *none_of(payload("ip6", "length"), [RS_LENGTH, RS_LENGTH + LLADDR_OPTION]),
              DROP)
     doc.rule(family, EVERY_PORT, *asked, is_(payload("ip6", "length"), RS_LENGTH + LLADDR_OPTION),
@@ -229,15 +232,13 @@ def _neighbour_discovery(doc: Document, family: str, chain: str, p: Port) -> Non
     """
     if p.macs:
         own = ["0x" + m.replace(":", "") for m in p.macs]
-        doc.rule(family, chain, is_(payload("icmpv6", "type"), {"range": [135, 136]}),
-                 is_not(payload("ip6", "saddr"), "::"), is_(payload("ip6", "length"), ND_LENGTH + LLADDR_OPTION),
+        doc.rule(family, chain, ND_SAID, FROM_ADDRESS, is_(payload("ip6", "length"), ND_LENGTH + LLADDR_OPTION),
                  *none_of(_raw_th(208, 48), own), DROP)
-        doc.rule(family, chain, is_(payload("icmpv6", "type"), "nd-router-solicit"),
-                 is_not(payload("ip6", "saddr"), "::"), is_(payload("ip6", "length"), RS_LENGTH + LLADDR_OPTION),
+        doc.rule(family, chain, RS_SAID, FROM_ADDRESS, is_(payload("ip6", "length"), RS_LENGTH + LLADDR_OPTION),
                  *none_of(_raw_th(80, 48), own), DROP)
     # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
     targets = _own_targets(p.sources6)
-    networks6 = [ipaddress.IPv6Network(s) for s in p.sources6 if "/" in s]
+    networks6 = p.networks6
     for claim in ([is_(payload("icmpv6", "type"), "nd-neighbor-advert")],
                   [is_(payload("ip6", "saddr"), "::"), is_(payload("icmpv6", "type"), "nd-neighbor-solicit")]):
         if networks6:  # a router's allow_sources: its own addresses and those networks, no others
