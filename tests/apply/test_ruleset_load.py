@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from umlstate.apply.ruleset import without_missing_ports
 from umlstate.model.loader import load_text
-from umlstate.model.snapshot import Link, RulesetRecord, RulesetState, Snapshot
+from umlstate.model.snapshot import LISTING_FORM, Link, RulesetRecord, RulesetState, Snapshot
 from umlstate.plan import actions as A
 from umlstate.plan.planner import plan
 from umlstate.plan.ruleset import inputs_of, render
@@ -47,6 +47,15 @@ def test_a_missing_ports_chain_rules_and_set_are_left_out_and_the_others_kept() 
     assert without_missing_ports(document, lambda _link: True) == (document, frozenset())
 
 
+def test_the_render_names_every_port_it_hooks() -> None:
+    """The load reads the document only when one of these links is missing: they must be all it hooks."""
+    rendered = render(load_text(TOPOLOGY), {})
+    assert rendered is not None
+    hooked = {c["add"]["chain"]["dev"] for c in json.loads(rendered.document)["nftables"]
+              if "dev" in c.get("add", {}).get("chain", {})}
+    assert rendered.ports == hooked == {"web-0", "lab-0"}
+
+
 def test_the_plan_loads_a_left_out_port_once_its_link_is_there() -> None:
     t = load_text(TOPOLOGY)
     rendered = render(t, {})
@@ -63,3 +72,23 @@ def test_the_plan_loads_a_left_out_port_once_its_link_is_there() -> None:
     assert reloads(frozenset({"lab-0"}), {"web-0": taps["web-0"]}) == \
         ["port(s) lab-0 left out, their link is there now"], "the plan makes the missing tap, then loads its port"
     assert reloads(frozenset({"lab-0"}), taps) == ["port(s) lab-0 left out, their link is there now"]
+
+
+def test_a_record_listed_in_an_older_form_is_loaded_anew_not_called_a_change_by_someone_else() -> None:
+    t = load_text(TOPOLOGY)
+    rendered = render(t, {})
+    assert rendered is not None
+    taps = {name: Link(name, kind="tun", tun_type="tap") for name in ("web-0", "lab-0")}
+
+    def reasons(recorded: str, seen: str) -> list[str]:
+        record = RulesetRecord(rendered.tables, rendered.digest, recorded, inputs=inputs_of(t, {}))
+        s = Snapshot(links=taps, ruleset=RulesetState(rendered.tables, seen))
+        s = replace(s, records=replace(s.records, ruleset=record))
+        return [a.reason for a in plan(t, s).actions if isinstance(a, A.LoadRuleset)]
+
+    older = "0123456789abcdef"  # a JSON listing's digest, as umlstate recorded before the text form
+    assert reasons(older, older) == [], "nothing in nftables changed since (its generation says so)"
+    assert reasons(older, LISTING_FORM + "fedcba9876543210") == \
+        ["recorded by an older umlstate, which listed it in another form: loaded anew to record it"]
+    assert reasons(LISTING_FORM + "0", LISTING_FORM + "1") == \
+        ["changed outside umlstate (its listing is not the one loaded)"]

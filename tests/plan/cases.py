@@ -42,4 +42,4 @@ def policy_loaded(placement: Placement, s: Snapshot) -> Snapshot:
         return s
     t = placement.topology
     return A.LoadRuleset("", t.table, want.tables, want.document, want.digest, want.summary, want.groups,
-                         inputs_of(t, placement.stretches)).simulate(s)
+                         inputs_of(t, placement.stretches), want.ports).simulate(s)

@@ -7,6 +7,7 @@ lets everything through.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -46,11 +47,21 @@ def chain(rendered: Any, link: str) -> list[list[dict[str, Any]]]:
             and c["add"]["rule"]["chain"] == f"port-{link}"]
 
 
+def elements(rendered: Any, name: str) -> list[Any]:
+    doc = json.loads(rendered.document)["nftables"]
+    return [e["concat"] if isinstance(e, dict) else e for c in doc if c.get("add", {}).get("set", {}).get("name") == name
+            for e in c["add"]["set"].get("elem", [])]
+
+
 def test_a_port_on_ipv6_subnets_alone_drops_ipv4_and_not_everything() -> None:
     t = load_text(TOPOLOGY)
-    rules = chain(render(t, {}), "six-0")
+    rendered = render(t, {})
+    rules = chain(rendered, "six-0")
     assert [{"drop": None}] not in rules, "a rule without a match drops every frame"
-    assert [{"match": {"op": "==", "left": {"meta": {"key": "protocol"}}, "right": "ip"}}, {"drop": None}] in rules
+    # Its IPv4 sources are checked, and it has none: every IPv4 packet and ARP claim fails the lookup.
+    assert "six-0" in elements(rendered, "ipv4-ports")
+    assert not [e for e in elements(rendered, "sources4") if e[0] == "six-0"]
+    assert ["six-0", "2001:db8:2::22"] in elements(rendered, "sources6")
     port = next(p for p in ports(t) if p.link == "six-0")
     assert port.sources4 == () and "2001:db8:2::22" in port.sources6
 
@@ -63,8 +74,8 @@ def test_a_router_with_ipv6_allow_sources_advertises_its_own_and_its_networks_ad
     accepted = [r for r in adverts[:-1] if r[-1] == {"accept": None}]
     assert len(accepted) == len(adverts) - 1 == 2 + 2  # its link-local and declared address, its two networks
     ranges = [m["match"]["right"] for r in accepted for m in r[1:-1] if isinstance(m["match"]["right"], dict)]
-    assert {"range": ["0x20010db800050000", "0x20010db800050000"]} in ranges  # the /64: its high half
-    assert {"range": ["0x0000000000000000", "0x00000000ffffffff"]} in ranges  # the /96: low halves under one high
+    assert {"range": ["0x20010db8000500000000000000000000", "0x20010db800050000ffffffffffffffff"]} in ranges
+    assert {"range": ["0x20010db8000600000000000000000000", "0x20010db80006000000000000ffffffff"]} in ranges
 
 
 def test_guests_sharing_a_tap_do_not_forbid_each_others_addresses() -> None:
@@ -83,3 +94,17 @@ def test_an_ipv6_default_route_leaves_the_ipv4_gateway_on_the_command_line() -> 
     assert isinstance(wires, tuple)
     line = guest_line(t, guest, "linux.uml", wires)
     assert "umlstate.gw=10.0.1.254" in line.argv and "umlstate.vec0=10.0.1.3/24" in " ".join(line.argv)
+
+
+def test_a_ports_sources_never_overlap_in_their_set() -> None:
+    """The kernel refuses a set whose intervals overlap, and with it the whole policy: a router's own address
+    inside its allow_sources is one network."""
+    t = load_text(TOPOLOGY.replace('allow_sources: ["2001:db8:5::/64"', 'allow_sources: ["10.0.1.0/25", "2001:db8:1::/64"'))
+    rendered = render(t, {})
+    for name in ("sources4", "sources6"):
+        rtr = [e[1] for e in elements(rendered, name) if e[0] == "rtr-0"]
+        nets = [ipaddress.ip_network(x["prefix"]["addr"] + f"/{x['prefix']['len']}" if isinstance(x, dict) else x)
+                for x in rtr]
+        assert not any(a != b and a.overlaps(b) for a in nets for b in nets), rtr
+    assert [e[1] for e in elements(rendered, "sources4") if e[0] == "rtr-0"] == \
+        [{"prefix": {"addr": "10.0.1.0", "len": 25}}], "10.0.1.3 is inside"

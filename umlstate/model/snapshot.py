@@ -94,6 +94,11 @@ def unit_of(kind: str, name: str) -> str:
     return f"{kind}-{name}"
 
 
+# How a policy listing's digest (RulesetRecord.listed, RulesetState.listed) begins: the form nftables was asked
+# to list in. A record made from another form cannot be compared with today's listing (host.nft.digest).
+LISTING_FORM = "text:"
+
+
 @dataclass(frozen=True)
 class RulesetRecord:
     """The traffic policy umlstate last loaded: its tables, the digest of what it rendered, and the digest

@@ -67,6 +67,11 @@ def each_of(left: Expr, items: Iterable[str | int]) -> list[list[Expr]]:
     return [[is_(left, value(x))] for x in values] if len(values) <= FEW_VALUES else [[in_(left, values)]]
 
 
+def concat(*parts: Expr) -> Expr:
+    """The parts' values side by side, one key (a named set of pairs is looked up with it)."""
+    return {"concat": list(parts)}
+
+
 def jump(chain: str) -> Expr:
     return {"jump": {"target": chain}}
 
@@ -95,6 +100,18 @@ class Document:
         1.0.6's JSON knows no "dynamic" flag; the kernel makes the set dynamic for the update statement)."""
         self.commands.append({"add": {"set": {"family": family, "table": self.table, "name": name, "type": kind,
                                               "size": size, "flags": ["timeout"], "timeout": timeout}}})
+
+    def keyed_set(self, family: str, name: str, kinds: list[str], elements: list[tuple[str, ...]]) -> None:
+        """A named set of tuples (a concatenation of ``kinds``), networks among their values: one lookup in a
+        shared rule does for a thousand ports what a thousand rules would, and loads in a fraction of the time."""
+        elems = [{"concat": [value(x) for x in e]} if len(kinds) > 1 else value(e[0]) for e in elements]
+        spec: dict[str, Any] = {"family": family, "table": self.table, "name": name,
+                                "type": kinds if len(kinds) > 1 else kinds[0]}
+        if any("/" in x for e in elements for x in e):
+            spec["flags"] = ["interval"]
+        if elems:
+            spec["elem"] = elems
+        self.commands.append({"add": {"set": spec}})
 
     def rule(self, family: str, chain: str, *expr: Expr) -> None:
         self.commands.append({"add": {"rule": {"family": family, "table": self.table, "chain": chain,

@@ -40,6 +40,7 @@ from types import ModuleType
 
 from umlstate import __version__
 from umlstate.model.placement import VXLAN_PORT, Stretch
+from umlstate.model.snapshot import LISTING_FORM
 from umlstate.model.topology import Topology
 from umlstate.plan import actions as A
 from umlstate.plan import nft
@@ -49,6 +50,7 @@ from umlstate.plan.nft import (
     ESTABLISHED,
     Document,
     Expr,
+    concat,
     each_of,
     in_,
     is_,
@@ -83,6 +85,7 @@ class Rendered:
     digest: str
     summary: str
     groups: tuple[str, ...]
+    ports: frozenset[str]  # the links whose ingress the netdev table hooks
 
 
 def guest_links(t: Topology) -> list[str]:
@@ -136,7 +139,8 @@ def render(t: Topology, stretches: Mapping[str, Stretch]) -> Rendered | None:
         words.append("VXLAN from the other hosts only")
     summary = f"nftables {', '.join(doc.families)}: " + "; ".join(words)
     return Rendered(frozenset(f"{f} {t.table}" for f in doc.families), document,
-                    hashlib.sha256(document.encode()).hexdigest()[:16], summary, tuple(groups))
+                    hashlib.sha256(document.encode()).hexdigest()[:16], summary, tuple(groups),
+                    frozenset(p.link for p in secured))
 
 
 def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
@@ -144,21 +148,14 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
     doc.new_table(family)
     for p in secured:  # a base chain per port: libnftables' JSON hooks one device per chain
         doc.chain(family, PORT_CHAIN + p.link, type="filter", hook="ingress", dev=p.link, prio=0, policy="accept")
-    _every_port(doc, family)
+    _every_port(doc, family, secured)
     for p in secured:
         chain = PORT_CHAIN + p.link
-        # What holds for every port, in one chain each port jumps to first: a thousand ports' rules cost the
-        # kernel a second to load, so each port's chain has only its own.
+        # What every port is checked for, in one chain each port jumps to first (its values in sets keyed by
+        # the port's link): a thousand ports' rules cost the kernel a second to load, so each port's chain has
+        # only what a set cannot say.
         doc.rule(family, chain, jump(EVERY_PORT))
-        if p.macs:
-            doc.rule(family, chain, *none_of(payload("ether", "saddr"), p.macs), DROP)
-            doc.rule(family, chain, *none_of(payload("arp", "saddr ether"), p.macs), DROP)
         if p.sources4 is not None:
-            doc.rule(family, chain, *none_of(payload("arp", "saddr ip"), [ANY4, *p.sources4]), DROP)
-            if p.sources4:
-                doc.rule(family, chain, *none_of(payload("ip", "saddr"), p.sources4), DROP)
-            else:  # on IPv6 subnets alone: no IPv4 at all
-                doc.rule(family, chain, is_(meta("protocol"), "ip"), DROP)
             for field in (payload("arp", "saddr ip"), payload("ip", "saddr")):
                 for match in each_of(field, p.forbidden4):
                     doc.rule(family, chain, *match, DROP)
@@ -166,7 +163,6 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
             if networks:
                 _bounded_senders(doc, family, chain, name=SENDERS_SET + p.link, networks=networks,
                                  onlink=list(p.onlink4))
-        doc.rule(family, chain, *none_of(payload("ip6", "saddr"), p.sources6), DROP)
         _neighbour_discovery(doc, family, chain, p)
         sources = "any" if p.sources4 is None else ", ".join(p.sources4)
         but = f" but {', '.join(p.forbidden4)}" if p.forbidden4 else ""
@@ -177,6 +173,9 @@ def _netdev(doc: Document, secured: list[Port], groups: list[str]) -> None:
 
 
 EVERY_PORT = "every-port"  # the netdev table's chain of what every port's chain checks first
+# The netdev table's sets, keyed by a port's link: the ports whose MACs are declared and those MACs, the ports
+# whose IPv4 sources are checked and those sources, and every port's IPv6 sources.
+MAC_PORTS, MACS, CHECKED4, SOURCES4, SOURCES6 = "mac-ports", "macs", "ipv4-ports", "sources4", "sources6"
 ICMPV6 = 58  # the IPv6 next header (and meta l4proto) of ICMPv6
 # What a node may send from the unspecified address: duplicate address detection's solicitations, and MLD
 # reports (RFC 3590) before it has an address.
@@ -189,9 +188,18 @@ ND_LENGTH = 24  # an ICMPv6 neighbour solicitation or advert without options
 LLADDR_OPTION = 8  # a link-layer address option on Ethernet: type, length 1 (8 bytes), the MAC
 
 
-def _every_port(doc: Document, family: str) -> None:
+def _every_port(doc: Document, family: str, secured: list[Port]) -> None:
     """The checks that are the same for every port: only what the others can read, no router's or server's
-    messages, and neighbour discovery's shape."""
+    messages, and neighbour discovery's shape; then each port's own MACs and sources, looked up by its link."""
+    with_macs = [p for p in secured if p.macs]
+    checked4 = [p for p in secured if p.sources4 is not None]
+    doc.keyed_set(family, MAC_PORTS, ["ifname"], [(p.link,) for p in with_macs])
+    doc.keyed_set(family, MACS, ["ifname", "ether_addr"], [(p.link, mac) for p in with_macs for mac in p.macs])
+    doc.keyed_set(family, CHECKED4, ["ifname"], [(p.link,) for p in checked4])
+    doc.keyed_set(family, SOURCES4, ["ifname", "ipv4_addr"],
+                  [(p.link, a) for p in checked4 for a in _disjoint(p.sources4 or ())])
+    doc.keyed_set(family, SOURCES6, ["ifname", "ipv6_addr"],
+                  [(p.link, a) for p in secured for a in _disjoint(p.sources6)])
     doc.chain(family, EVERY_PORT)
     # Only what the checks can read: a VLAN tag (or PPPoE, ...) would carry ARP and IP past them.
     doc.rule(family, EVERY_PORT, *none_of(meta("protocol"), ["ip", "ip6", "arp"]), DROP)
@@ -219,6 +227,30 @@ def _every_port(doc: Document, family: str) -> None:
              DROP)
     doc.rule(family, EVERY_PORT, *asked, is_(payload("ip6", "length"), RS_LENGTH + LLADDR_OPTION),
              is_not(_raw_th(64, 16), "0x0101"), DROP)
+    # The port's own: frames and ARP senders from its MACs (when declared), IPv4 sources (when checked: an ARP
+    # probe's sender 0.0.0.0 too; a port on IPv6 subnets alone has none, so no IPv4 at all), IPv6 sources.
+    link = meta("iifname")
+    if with_macs:
+        for field in (payload("ether", "saddr"), payload("arp", "saddr ether")):
+            doc.rule(family, EVERY_PORT, is_(link, f"@{MAC_PORTS}"), is_not(concat(link, field), f"@{MACS}"), DROP)
+    if checked4:
+        doc.rule(family, EVERY_PORT, is_not(payload("arp", "saddr ip"), ANY4), is_(link, f"@{CHECKED4}"),
+                 is_not(concat(link, payload("arp", "saddr ip")), f"@{SOURCES4}"), DROP)
+        doc.rule(family, EVERY_PORT, is_(link, f"@{CHECKED4}"),
+                 is_not(concat(link, payload("ip", "saddr")), f"@{SOURCES4}"), DROP)
+    doc.rule(family, EVERY_PORT, is_not(concat(link, payload("ip6", "saddr")), f"@{SOURCES6}"), DROP)
+
+
+def _disjoint(sources: tuple[str, ...]) -> list[str]:
+    """Addresses and networks as the fewest that do not overlap (a router's own address inside its
+    allow_sources): the kernel refuses a set whose intervals overlap."""
+    if not any("/" in s for s in sources):
+        return list(sources)  # distinct addresses (a port's are): disjoint already, and a thousand ports' quick
+    given = [ipaddress.ip_network(s) for s in sources]
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+        *ipaddress.collapse_addresses(n for n in given if isinstance(n, ipaddress.IPv4Network)),
+        *ipaddress.collapse_addresses(n for n in given if isinstance(n, ipaddress.IPv6Network))]
+    return [str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n) for n in nets]
 
 
 def _neighbour_discovery(doc: Document, family: str, chain: str, p: Port) -> None:
@@ -229,6 +261,9 @@ def _neighbour_discovery(doc: Document, family: str, chain: str, p: Port) -> Non
     - The address a neighbour advert names, or a DAD solicitation (from ``::``) probes, which would make a
       neighbour give that address up as a duplicate: the port's own addresses (link-local and declared), and
       a router's IPv6 ``allow_sources`` but the host's gateways and other NICs' addresses there.
+
+    These look at raw bits of the message (nftables 1.0.6 has no "icmpv6 taddr"), which libnftables' JSON
+    cannot look up in a set keyed by the port's link: they stay in the port's chain.
     """
     if p.macs:
         own = ["0x" + m.replace(":", "") for m in p.macs]
@@ -236,49 +271,35 @@ def _neighbour_discovery(doc: Document, family: str, chain: str, p: Port) -> Non
                  *none_of(_raw_th(208, 48), own), DROP)
         doc.rule(family, chain, RS_SAID, FROM_ADDRESS, is_(payload("ip6", "length"), RS_LENGTH + LLADDR_OPTION),
                  *none_of(_raw_th(80, 48), own), DROP)
-    # nftables 1.0.6 has no "icmpv6 taddr": the target address as two raw 64-bit halves
+    target = _raw_th(64, 128)  # the target address of a solicitation or advert
     targets = _own_targets(p.sources6)
     networks6 = p.networks6
     for claim in ([is_(payload("icmpv6", "type"), "nd-neighbor-advert")],
                   [is_(payload("ip6", "saddr"), "::"), is_(payload("icmpv6", "type"), "nd-neighbor-solicit")]):
         if networks6:  # a router's allow_sources: its own addresses and those networks, no others
             for other in p.forbidden6:  # inside those networks, yet the host's gateway or a neighbour's
-                address = int(ipaddress.IPv6Address(other))
-                doc.rule(family, chain, *claim, is_(_raw_th(64, 64), f"{address >> 64:#018x}"),
-                         is_(_raw_th(128, 64), f"{address & (1 << 64) - 1:#018x}"), DROP)
-            for target in targets:
-                doc.rule(family, chain, *claim, is_(_raw_th(64, 64), f"{target >> 64:#018x}"),
-                         is_(_raw_th(128, 64), f"{target & (1 << 64) - 1:#018x}"), ACCEPT)
+                doc.rule(family, chain, *claim, is_(target, _bits128(int(ipaddress.IPv6Address(other)))), DROP)
+            for match in each_of(target, [_bits128(t) for t in targets]) if targets else []:
+                doc.rule(family, chain, *claim, *match, ACCEPT)
             for net in networks6:
-                doc.rule(family, chain, *claim, *_halves_in(net), ACCEPT)
+                span = [_bits128(int(net.network_address)), _bits128(int(net.broadcast_address))]
+                doc.rule(family, chain, *claim, is_(target, {"range": span}), ACCEPT)
             doc.rule(family, chain, *claim, DROP)
         elif targets:
-            highs = sorted({t >> 64 for t in targets})
-            doc.rule(family, chain, *claim, *none_of(_raw_th(64, 64), [f"{h:#018x}" for h in highs]), DROP)
-            for high in highs:  # each high half with its own low halves: no pair of two addresses' halves
-                lows = sorted({t & (1 << 64) - 1 for t in targets if t >> 64 == high})
-                which = [is_(_raw_th(64, 64), f"{high:#018x}")] if len(highs) > 1 else []
-                doc.rule(family, chain, *claim, *which,
-                         *none_of(_raw_th(128, 64), [f"{h:#018x}" for h in lows]), DROP)
+            doc.rule(family, chain, *claim, *none_of(target, [_bits128(t) for t in targets]), DROP)
         else:  # no address of its own (a declared tap nobody is behind): it claims none
             doc.rule(family, chain, *claim, DROP)
 
 
 def _own_targets(sources6: Iterable[str]) -> list[int]:
     """The addresses of its own a port may advertise in IPv6 neighbour discovery, as integers: its link-local
-    and declared ones (a router's allow_sources networks are matched apart: _halves_in)."""
+    and declared ones (a router's allow_sources networks are matched apart)."""
     return sorted(int(ipaddress.IPv6Address(a)) for a in sources6 if a != "::" and "/" not in a)
 
 
-def _halves_in(net: ipaddress.IPv6Network) -> list[Expr]:
-    """An advert's target inside ``net``, on its two 64-bit halves: a range of high halves (a /64 or wider),
-    or one high half and a range of low halves."""
-    first, last = int(net.network_address), int(net.broadcast_address)
-    low = (1 << 64) - 1
-    if net.prefixlen <= 64:
-        return [is_(_raw_th(64, 64), {"range": [f"{first >> 64:#018x}", f"{last >> 64:#018x}"]})]
-    return [is_(_raw_th(64, 64), f"{first >> 64:#018x}"),
-            is_(_raw_th(128, 64), {"range": [f"{first & low:#018x}", f"{last & low:#018x}"]})]
+def _bits128(address: int) -> str:
+    """An IPv6 address as the 128-bit number a raw payload match compares (JSON's numbers stop at 64 bits)."""
+    return f"{address:#034x}"
 
 
 def _raw_th(offset: int, length: int) -> Expr:
@@ -468,7 +489,7 @@ def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, dest
         return
     if not have.tables:
         b.add(A.CreateRuleset("missing", t.table, want.tables, want.document, want.digest, want.summary, want.groups,
-                              inputs))
+                              inputs, want.ports))
         return
     if record is None:
         why = "tables of this name not recorded as umlstate's (records lost?): loaded anew"
@@ -476,6 +497,8 @@ def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, dest
         why = "the topology's policy changed"
     elif record.left_out & set(b.s.links):
         why = f"port(s) {', '.join(sorted(record.left_out & set(b.s.links)))} left out, their link is there now"
+    elif have.listed != record.listed and not record.listed.startswith(LISTING_FORM):
+        why = "recorded by an older umlstate, which listed it in another form: loaded anew to record it"
     elif have.tables != want.tables or have.listed != record.listed:
         why = "changed outside umlstate (its listing is not the one loaded)"
     elif new_taps:
@@ -484,4 +507,5 @@ def plan_step(t: Topology, stretches: Mapping[str, Stretch], b: Builder, *, dest
         why = "umlstate renders the same topology anew (a new version, or a change outside the policy)"
     else:
         return
-    b.add(A.LoadRuleset(why, t.table, want.tables, want.document, want.digest, want.summary, want.groups, inputs))
+    b.add(A.LoadRuleset(why, t.table, want.tables, want.document, want.digest, want.summary, want.groups, inputs,
+                        want.ports))

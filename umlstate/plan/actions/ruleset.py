@@ -26,6 +26,7 @@ class LoadRuleset(Action):
     summary: str
     groups: tuple[str, ...]
     inputs: str = ""  # plan.ruleset.inputs_of: what the render was made from
+    ports: frozenset[str] = frozenset()  # the links whose ingress it hooks (each must be there to load)
 
     @property
     def target(self) -> str:
