@@ -9,7 +9,8 @@ also on failure; the root namespace is never touched. Contenders alternate
 Measured, for N taps each with an owner, an address, link up, and one proxy
 entry per tap on a veth uplink:
   - `umlstate apply --yes` from an empty namespace (the whole process, as a user runs it);
-  - `ip -batch` doing the same operations (the practical limit);
+  - `ip -batch` doing the same operations (the practical limit), and `ip -batch` followed by `nft -j -f`
+    of the policy umlstate renders for them (the kernel's own speed for the same end state);
   - a shell script with one `ip` process per step (what people write by hand);
   - in-sync `umlstate plan` on the converged namespace (the first, a full pass; the next, the quick
     pass cron gets) and in-sync apply, and `umlstate destroy`;
@@ -134,13 +135,27 @@ def uplink(ns: str) -> None:
     sh("ip", "-n", ns, "link", "set", "eth0", "up")
 
 
+def policy_document(topology: Path, folder: Path) -> Path:
+    """The traffic policy umlstate loads for this topology, as a file for `nft -j -f`."""
+    from umlstate.model.loader import load_file  # here: the rest of the bench runs umlstate as a program
+    from umlstate.plan.ruleset import render
+
+    rendered = render(load_file(str(topology)), {})
+    assert rendered is not None, "bug: the taps topology has ports"
+    path = folder / f"{topology.stem}.nft.json"
+    path.write_text(rendered.document)
+    return path
+
+
 def bench_taps(n: int, repeat: int, folder: Path) -> dict[str, Any]:
     topology = taps_topology(n, folder)
     batch = folder / f"batch-{n}.txt"
     batch.write_text(ip_batch_script(n))
+    policy = policy_document(topology, folder)
     script = folder / f"script-{n}.sh"
     script.write_text("set -e\n" + "".join(f"ip {line}\n" for line in ip_batch_script(n).splitlines()))
-    raw: dict[str, list[float]] = {k: [] for k in ("umlstate_apply", "ip_batch", "shell_script", "full_plan",
+    raw: dict[str, list[float]] = {k: [] for k in ("umlstate_apply", "ip_batch", "ip_batch_nft", "shell_script",
+                                                  "full_plan",
                                                   "noop_plan", "noop_apply", "umlstate_destroy", "group_delete",
                                                   "apply_rss_kib", "plan_rss_kib")}
     umlstate = [PY, "-m", "umlstate"]
@@ -176,6 +191,11 @@ def bench_taps(n: int, repeat: int, folder: Path) -> dict[str, Any]:
             # Into one link group, untimed, to time the one delete that destroy is compared with.
             sh("ip", "-n", ns, "-batch", "-", stdin="".join(f"link set t{i} group 4242\n" for i in range(n)))
             raw["group_delete"].append(timed(["ip", "-n", ns, "link", "del", "group", "4242"])[0])
+        # B': ip -batch, then the same policy umlstate loads, by nft
+        with namespace() as ns:
+            uplink(ns)
+            raw["ip_batch_nft"].append(timed(["sh", "-c", f"ip -n {ns} -batch {batch} && "
+                                                          f"ip netns exec {ns} nft -j -f {policy}"])[0])
         # C: the hand-written script
         with namespace() as ns:
             uplink(ns)
@@ -679,12 +699,14 @@ def bench_stops(repeat: int, folder: Path, image: Path, group: str, debian: bool
 
 
 def table(results: dict[str, Any]) -> str:
-    out = ["| N taps | umlstate apply | ip -batch | ratio | script (1 ip/step) | in-sync plan, full | "
-           "in-sync plan | in-sync apply | destroy | group delete | ratio | apply RSS | plan RSS |", "|" + "---|" * 13]
+    out = ["| N taps | umlstate apply | ip -batch | ratio | ip -batch + nft -f (policy) | ratio | "
+           "script (1 ip/step) | in-sync plan, full | "
+           "in-sync plan | in-sync apply | destroy | group delete | ratio | apply RSS | plan RSS |", "|" + "---|" * 15]
     for r in results["taps"]:
         m = r["median"]
         out.append(f"| {r['n']} | {m['umlstate_apply']:.3f} s | {m['ip_batch']:.3f} s | "
-                   f"{m['umlstate_apply'] / m['ip_batch']:.1f}x | {m['shell_script']:.2f} s | "
+                   f"{m['umlstate_apply'] / m['ip_batch']:.1f}x | {m['ip_batch_nft']:.3f} s | "
+                   f"{m['umlstate_apply'] / m['ip_batch_nft']:.1f}x | {m['shell_script']:.2f} s | "
                    f"{m['full_plan']:.3f} s | {m['noop_plan']:.3f} s | {m['noop_apply']:.3f} s | "
                    f"{m['umlstate_destroy']:.3f} s | "
                    f"{m['group_delete']:.3f} s | "
