@@ -541,3 +541,10 @@ def test_a_root_device_that_cannot_be_opened_for_lack_of_memory_is_not_blamed_on
         "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(98,0)\n")
     assert failure_report(folder, "g0").endswith(
         "hint: the guest ran out of memory: raise mem (a UML 6.1 guest needs 64M at the very least)")
+
+
+def test_a_line_is_sanitized_alone_as_within_a_log() -> None:
+    """One hostile piece at a time (a log event's value is often one short word): none slips past."""
+    for piece, clean in (("\u202eevil", "evil"), ("\x9b2Jx", "x"), ("\x1b]0;t\x07x", "x"), ("a\x00b", "ab"),
+                         ("\x1bcx", "x"), ("plain words ✓", "plain words ✓")):
+        assert sanitize(piece) == clean, repr(piece)

@@ -249,6 +249,8 @@ def sanitize(text: str) -> str:
     Printable unicode stays (str.isprintable: letters, marks, symbols, the space); format characters such
     as bidi overrides go, since they can make a line read as something it is not.
     """
+    if text.isprintable():  # no escape (ESC is a control character), nothing to drop: most lines, at C speed
+        return text
     text = _ESCAPE.sub("", text)
     return "".join(ch for ch in text if ch.isprintable() or ch in "\n\t")
 
