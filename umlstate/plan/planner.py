@@ -81,6 +81,7 @@ def plan(topology: Topology, observed: Snapshot, *, adopt: bool = False, destroy
         blockers=tuple(b.blockers),
         warnings=tuple(b.warnings),
         observed=observed,
+        expected=b.s,
         mode="destroy" if destroy else "apply",
         held=() if destroy else tuple(sorted(g.name for g in topology.guests if g.name in observed.records.held)),
         backoff=tuple(b.backoff),

@@ -39,6 +39,7 @@ class Plan:
     held: tuple[str, ...] = ()  # guests `umlstate stop` keeps down: the plan leaves them so
     backoff: tuple[Backoff, ...] = ()  # guests that keep dying soon after they start: restarted later
     observed: Snapshot | None = field(default=None, compare=False, repr=False)  # what the plan was made from
+    expected: Snapshot | None = field(default=None, compare=False, repr=False)  # `observed` after the actions
 
     @functools.cached_property
     def fingerprint(self) -> str:
