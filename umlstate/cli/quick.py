@@ -36,7 +36,7 @@ from umlstate.host.netlink import Netlink
 from umlstate.observe import reads, witness
 
 QUICK_DIR = "/run/umlstate/.quick"  # root's; gone at reboot like what it speaks of; a dot: no topology's run_dir
-FORMAT = 2  # 2: the links as read, beside the witness
+FORMAT = 3  # 2: the links as read, beside the witness; 3: addresses and proxy entries undecoded in it
 MAX_RECORD = 4 << 20  # a record holds what a plan printed: a thousand taps' is ~100 KB
 MAX_TOPOLOGY = 8 << 20
 GUEST_FILE_LIMIT = 1 << 20  # as model.guest.GUEST_FILE_MAX; a larger file fails the full load, never this read

@@ -12,7 +12,7 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from umlstate.errors import ActionError
 from umlstate.host import rtnl
@@ -50,39 +50,27 @@ class Netlink:
     def addresses(self, index: dict[int, str], names: set[str]) -> dict[str, frozenset[IPInterface]]:
         """The IPv4 addresses and global IPv6 ones of the named links (a link-local address is the kernel's)."""
         found: dict[str, set[IPInterface]] = {n: set() for n in names}
-        body = rtnl.IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        for kind, buf, start, end in rtnl.dump("address", rtnl.RTM_GETADDR, body):
-            if kind != rtnl.RTM_NEWADDR:
-                continue
-            family, prefix, _flags, scope, link_index = rtnl.IFADDR.unpack_from(buf, start)
-            name = index.get(link_index)
-            size = _SIZES.get(family)
-            if size is None or name not in found or (family == socket.AF_INET6 and scope == rtnl.RT_SCOPE_LINK):
-                continue
-            attrs = rtnl.attrs(buf, start + rtnl.IFADDR.size, end)
-            where = attrs.get(rtnl.IFA_LOCAL) or attrs.get(rtnl.IFA_ADDRESS)
-            if where and where[1] - where[0] == size:
-                # As an int: given an address, the interface would print and parse it again (~35 us each).
-                ip = int.from_bytes(buf[where[0]:where[1]], "big")
-                found[name].add(ipaddress.IPv4Interface((ip, prefix)) if size == 4
-                                else ipaddress.IPv6Interface((ip, prefix)))
+        for name, size, ip, prefix in _address_entries(index, names):
+            # As an int: given an address, the interface would print and parse it again (~35 us each).
+            found[name].add(ipaddress.IPv4Interface((ip, prefix)) if size == 4
+                            else ipaddress.IPv6Interface((ip, prefix)))
         return {n: frozenset(a) for n, a in found.items()}
+
+    def address_keys(self, index: dict[int, str], names: set[str]) -> dict[str, list[tuple[int, int, int]]]:
+        """What ``addresses`` reads, undecoded: (size, address, prefix) of each, sorted, by link; for a digest
+        (the quick pass's), where a thousand addresses' objects would cost more than the rest of the read."""
+        found: dict[str, list[tuple[int, int, int]]] = {n: [] for n in names}
+        for name, size, ip, prefix in _address_entries(index, names):
+            found[name].append((size, ip, prefix))
+        return {n: sorted(a) for n, a in found.items()}
 
     def proxies(self, index: dict[int, str]) -> frozenset[tuple[str, IPAddress]]:
         """Proxy ARP and proxy NDP entries on the indexed links."""
-        # The kernel dumps proxy entries only when rtnl.NTF_PROXY is a flag of the request; AF_UNSPEC: every
-        # family's table.
-        out: set[tuple[str, IPAddress]] = set()
-        body = rtnl.NDMSG.pack(socket.AF_UNSPEC, 0, 0, rtnl.NTF_PROXY, 0)
-        for kind, buf, start, end in rtnl.dump("proxy neighbour", rtnl.RTM_GETNEIGH, body):
-            if kind != rtnl.RTM_NEWNEIGH:
-                continue
-            family, link_index, _state, _flags, _type = rtnl.NDMSG.unpack_from(buf, start)
-            where = rtnl.attrs(buf, start + rtnl.NDMSG.size, end).get(rtnl.NDA_DST)
-            size = _SIZES.get(family)
-            if size and where and link_index in index and where[1] - where[0] == size:
-                out.add((index[link_index], ipaddress.ip_address(bytes(buf[where[0]:where[1]]))))
-        return frozenset(out)
+        return frozenset((name, ipaddress.ip_address(raw)) for name, raw in _proxy_entries(index))
+
+    def proxy_keys(self, index: dict[int, str]) -> list[tuple[str, str]]:
+        """What ``proxies`` reads, undecoded: (link, address bytes in hex), sorted; for a digest."""
+        return sorted((name, raw.hex()) for name, raw in _proxy_entries(index))
 
     def routes(self) -> frozenset[tuple[str, ipaddress.IPv4Address]]:
         """(to, via) of each IPv4 route of the main table that carries umlstate's protocol (to: a network, or
@@ -181,6 +169,38 @@ def _name_of(message: bytes) -> str | None:
             return message[start + 4:start + length].split(b"\0", 1)[0].decode()
         start += (length + 3) & ~3
     return None
+
+
+def _address_entries(index: dict[int, str], names: set[str]) -> Iterator[tuple[str, int, int, int]]:
+    """(link, address size, address as an int, prefix) of each IPv4 and global IPv6 address of the named links."""
+    body = rtnl.IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    for kind, buf, start, end in rtnl.dump("address", rtnl.RTM_GETADDR, body):
+        if kind != rtnl.RTM_NEWADDR:
+            continue
+        family, prefix, _flags, scope, link_index = rtnl.IFADDR.unpack_from(buf, start)
+        name = index.get(link_index)
+        size = _SIZES.get(family)
+        if size is None or name not in names or (family == socket.AF_INET6 and scope == rtnl.RT_SCOPE_LINK):
+            continue
+        attrs = rtnl.attrs(buf, start + rtnl.IFADDR.size, end)
+        where = attrs.get(rtnl.IFA_LOCAL) or attrs.get(rtnl.IFA_ADDRESS)
+        if where and where[1] - where[0] == size:
+            yield name, size, int.from_bytes(buf[where[0]:where[1]], "big"), prefix
+
+
+def _proxy_entries(index: dict[int, str]) -> Iterator[tuple[str, bytes]]:
+    """(link, address bytes) of each proxy ARP and proxy NDP entry on the indexed links."""
+    # The kernel dumps proxy entries only when rtnl.NTF_PROXY is a flag of the request; AF_UNSPEC: every
+    # family's table.
+    body = rtnl.NDMSG.pack(socket.AF_UNSPEC, 0, 0, rtnl.NTF_PROXY, 0)
+    for kind, buf, start, end in rtnl.dump("proxy neighbour", rtnl.RTM_GETNEIGH, body):
+        if kind != rtnl.RTM_NEWNEIGH:
+            continue
+        family, link_index, _state, _flags, _type = rtnl.NDMSG.unpack_from(buf, start)
+        where = rtnl.attrs(buf, start + rtnl.NDMSG.size, end).get(rtnl.NDA_DST)
+        size = _SIZES.get(family)
+        if size and where and link_index in index and where[1] - where[0] == size:
+            yield index[link_index], bytes(buf[where[0]:where[1]])
 
 
 def links_of(answers: Iterable[bytes]) -> tuple[dict[str, Link], dict[int, str]]:

@@ -93,10 +93,12 @@ def network_witnessed(netlink: Netlink, names: Iterable[str], uplinks: set[str],
         links, index = links_of(answers)
         ours, vxlans = _kinds(links, uplinks)
         read = LinksRead(digest.hexdigest(), compact(links), index, tuple(sorted(ours)), tuple(sorted(vxlans)))
-    addresses, proxies, ours_routes, fdb = _around(netlink, (set(read.ours), set(read.vxlans)), read.index,
-                                                   routes=routes)
-    return {"links": read.links, "addresses": compact(addresses), "proxies": compact(proxies),
-            "routes": compact(ours_routes), "fdb": compact(fdb)}, read
+    # Addresses and proxy entries undecoded (a thousand of each as objects would cost a third of the read).
+    index, ours = read.index, set(read.ours)
+    return {"links": read.links, "addresses": netlink.address_keys(index, ours),
+            "proxies": netlink.proxy_keys(index),
+            "routes": compact(netlink.routes() if routes else frozenset()),
+            "fdb": compact(netlink.fdb(index, set(read.vxlans)))}, read
 
 
 def _kinds(links: Mapping[str, Link], uplinks: set[str]) -> tuple[set[str], set[str]]:
