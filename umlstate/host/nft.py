@@ -2,8 +2,9 @@
 
 Host layer, used by observation (list umlstate's tables) and apply (replace
 them in one transaction). libnftables is loaded in-process (no `nft` program
-is run, nothing is parsed from text): a command is a JSON document, and the
-kernel applies a document's commands as one transaction, all or nothing. The
+is run): a command is a JSON document, and the kernel applies a document's
+commands as one transaction, all or nothing. A listing is read back as
+nftables' own text, only to be digested (never parsed). The
 context is made after the process entered its network namespace (the CLI
 does that first), so every table read or written is that namespace's.
 """
