@@ -51,6 +51,12 @@ def is_valid_ifname(name: str) -> bool:
     )
 
 
+def nft_literal(name: str) -> bool:
+    """Whether nftables' JSON takes this interface name as it is, the traffic policy's key for a link: a
+    trailing '*' is its wildcard, a leading '@' names a set and '$' a variable, '\\' and '"' escape."""
+    return not (name.endswith("*") or name.startswith(("@", "$")) or any(c in name for c in '\\"'))
+
+
 def by_address(item: Any) -> tuple[Any, ...]:
     """A sort key for addresses, interfaces or (name, address) pairs of both IP versions, IPv4 first (Python
     does not order an IPv4 address against an IPv6 one)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 
-from umlstate.model.fields import IPAddress, is_valid_ifname
+from umlstate.model.fields import IPAddress, is_valid_ifname, nft_literal
 from umlstate.model.guest_rules import disks, lab, macs, nics
 from umlstate.model.problem import Loc, Problem, known
 from umlstate.model.topology import Topology
@@ -105,7 +105,7 @@ def _switch_kinds(t: Topology) -> Iterator[Problem]:
                                                           "not a process (each guest NIC gets its own tap on it)")
             if sw.hub:
                 yield Problem(("switches", i, "hub"), f"bridge {sw.name} cannot be a hub")
-            if not is_valid_ifname(sw.name):
+            if not _policy_ifname(sw.name):
                 yield Problem(("switches", i, "name"), _ifname_message("bridge name", sw.name))
         else:
             if sw.user is None:
@@ -129,7 +129,7 @@ def _switch_kinds(t: Topology) -> Iterator[Problem]:
 
 def _interfaces(t: Topology) -> Iterator[Problem]:
     for i, tap in enumerate(t.taps):
-        if not is_valid_ifname(tap.name):
+        if not _policy_ifname(tap.name):
             yield Problem(("taps", i, "name"), _ifname_message("tap name", tap.name))
     # Every interface umlstate makes has a name of its own: declared taps, bridges, the taps of bridge NICs.
     made: dict[str, str] = {}
@@ -167,7 +167,15 @@ def _ifname_message(what: str, name: str) -> str:
     size = len(name.encode())
     if size > 15:
         return f"{what} {name!r} is {size} bytes long; Linux interface names have at most 15"
+    if is_valid_ifname(name):
+        return (f"{what} {name!r} cannot key the traffic policy: nftables reads a trailing '*' as a wildcard, a "
+                "leading '@' or '$' as a reference, '\\' and '\"' as escapes; rename it")
     return f"{what} {name!r} is not a valid Linux interface name (no '/', ':', spaces, '.' or '..')"
+
+
+def _policy_ifname(name: str) -> bool:
+    """A name umlstate gives a link the traffic policy matches: Linux's rule, and nftables' (nft_literal)."""
+    return is_valid_ifname(name) and nft_literal(name)
 
 
 def _paths(t: Topology) -> Iterator[Problem]:
