@@ -24,3 +24,10 @@ def test_whatever_traffic_put_in_the_dynamic_set_the_listing_is_the_same() -> No
     empty = LISTING.replace(b"\n\t\telements = { 172.16.98.10, 172.16.98.11,\n\t\t\t     172.16.98.12 }", b"")
     assert empty != LISTING and steady(empty) == steady(LISTING)
     assert steady(LISTING.replace(b'"web-0"', b'"web-1"')) != steady(LISTING), "a static element is policy"
+
+
+def test_a_dynamic_set_is_known_by_its_flag_whatever_their_order_and_the_lines_after_it() -> None:
+    other = LISTING.replace(b"flags dynamic,timeout\n\t\ttimeout 10m", b"flags timeout,dynamic\n\t\ttimeout 10m\n\t\tgc-interval 1m")
+    assert b"172.16.98" not in steady(other)
+    static = LISTING.replace(b"flags dynamic,timeout\n", b"")  # no longer dynamic: its elements are policy
+    assert b"172.16.98" in steady(static)

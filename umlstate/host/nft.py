@@ -27,8 +27,10 @@ from umlstate.model.snapshot import LISTING_FORM
 
 PACKAGE = "nftables"  # Debian's package that brings libnftables and the nft program
 # What changes while the rules stay the same: the elements that traffic puts in a dynamic set, listed after its
-# flags and timeout (an element holds no brace). Handles are not printed in the text listing.
-_CHANGING = re.compile(rb"(\n\t*flags dynamic[^\n]*(?:\n\t*timeout [^\n]*)?)\n\t*elements = \{[^}]*\}")
+# flags line (whatever order the flags come in) and the lines that follow it within the set (none holds a brace,
+# so the match never leaves the set; nor does an element). Handles are not printed in the text listing.
+_CHANGING = re.compile(rb"(\n\t*flags [^\n]*\bdynamic\b[^\n]*(?:\n\t*(?!elements = )[^\n{}]*)*?)"
+                       rb"\n\t*elements = \{[^}]*\}")
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
 _OUTPUT_STATELESS = 1 << 2  # NFT_CTX_OUTPUT_STATELESS: no counter values, so a listing is the same every time
 
