@@ -204,7 +204,7 @@ class Rollout:
     def run(self, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
         env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0",
                "ANSIBLE_LOCAL_TEMP": str(self.tmp / "ansible"), "ANSIBLE_HOME": str(self.tmp / "ansible"),
-               "ANSIBLE_CONFIG": str(self.tmp / "ansible" / "none.cfg")}
+               "ANSIBLE_CONFIG": str(self.tmp / "ansible" / "none.cfg"), "TMPDIR": str(self.tmp)}
         start = time.monotonic()
         done = subprocess.run([str(self.program), "-i", str(self.inventory), str(CONTRIB / "site.yml"),
                                "-e", f"umlstate_topology={self.topology}", *extra],
@@ -342,6 +342,7 @@ def test_the_playbook_stops_before_it_carries_and_carries_before_it_starts(tmp_p
     calls.unlink()
     done, _ = rollout.run()
     assert done.returncode != 0, ok(done)
+    assert not list(tmp_path.glob("umlstate-moves-*")), "the controller's transit folder goes, failed or not"
     assert [(c["host"], c["guests"]) for c in log()] == [("gamma", [])], "g3 stopped, nothing started"
     assert [g["name"] for g in yaml.safe_load(rollout.kept("gamma").read_text())["guests"]] == ["g1", "g2"]
     assert json.loads((tmp_path / "gamma" / "etc" / "topology.yaml.moving.json").read_text())["departed"][0][
