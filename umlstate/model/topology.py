@@ -135,7 +135,8 @@ class Subnet(Model):
 class Tap(Model):
     """A persistent tap owned by a user, as tunctl makes it."""
 
-    name: str = Field(description="Linux interface name, at most 15 bytes.")
+    name: str = Field(description="Linux interface name, at most 15 bytes, that nftables takes as it is: no "
+                                  "trailing '*', leading '@' or '$', '\\' or '\"'.")
     owner: UserRef = Field(description="User name or uid that may attach (tunctl -u).")
     group: GroupRef | None = Field(None, description="Group that may attach (tunctl -g).")
     subnet: str | tuple[str, ...] | None = Field(None, description="The tap carries this subnet's gateway "
