@@ -135,7 +135,9 @@ echo "umlstate: network up"  # its own report: ready, where the host cannot see 
 run_checks() {  # $1: a nonce ("boot", or umlstate check's); results as plan/checks.py reads them
     [ -s "$seed/checks" ] || return 0
     while read -r n addr expect; do
-        tries=1; [ "$1" = boot ] && [ "$expect" = pass ] && tries=30  # at boot, its peers may still be booting
+        # A check that should pass gets a few tries (each first packet may wait for neighbours on its way to
+        # resolve, and a busy host is slow), and thirty at boot, when its peers may still be booting.
+        tries=1; [ "$expect" = pass ] && tries=3; [ "$1" = boot ] && [ "$expect" = pass ] && tries=30
         got=fail
         while [ "$tries" -gt 0 ]; do
             ping -c1 -W1 "$addr" >/dev/null 2>&1 && { got=pass; break; }
