@@ -8,7 +8,9 @@ also on failure; the root namespace is never touched. Contenders alternate
 
 Measured, for N taps each with an owner, an address, link up, and one proxy
 entry per tap on a veth uplink:
-  - `umlstate apply --yes` from an empty namespace (the whole process, as a user runs it);
+  - `umlstate apply --yes` from an empty namespace (the whole process, as a user runs it), and
+    `umlstate validate` of the same topology (what apply pays before any kernel work: Python's start, the
+    imports, the YAML and its validation);
   - `ip -batch` doing the same operations (the practical limit), and `ip -batch` followed by `nft -j -f`
     of the policy umlstate renders for them (the kernel's own speed for the same end state);
   - a shell script with one `ip` process per step (what people write by hand);
@@ -21,7 +23,9 @@ LAN namespace, against booting the same guests one after the other; the same
 from an empty host for the uml_switch form against the bridge form (on 6.1,
 and on sid's vector-only 7.2 where scripts/fetch-vector-kernel can get it);
 a farm of 12 guests on one bridge stretched over three hosts (namespaces on a
-LAN bridge, each host applying its own slice) against the same on one host;
+LAN bridge, each host applying its own slice) against the same on one host,
+with the rollout's busiest host's own apply and the rollout of the farm once
+it is in sync (the playbook's own cost, with nothing to change);
 watch mode's repair time for a deleted tap, a killed switch and a panicked
 guest; the traffic policy's share of a 1000-tap apply, and TCP from the LAN
 into a guest with the policy and with its tables deleted; and `umlstate stop`
@@ -154,8 +158,8 @@ def bench_taps(n: int, repeat: int, folder: Path) -> dict[str, Any]:
     policy = policy_document(topology, folder)
     script = folder / f"script-{n}.sh"
     script.write_text("set -e\n" + "".join(f"ip {line}\n" for line in ip_batch_script(n).splitlines()))
-    raw: dict[str, list[float]] = {k: [] for k in ("umlstate_apply", "ip_batch", "ip_batch_nft", "shell_script",
-                                                  "full_plan",
+    raw: dict[str, list[float]] = {k: [] for k in ("umlstate_apply", "read", "ip_batch", "ip_batch_nft",
+                                                  "shell_script", "full_plan",
                                                   "noop_plan", "noop_apply", "umlstate_destroy", "group_delete",
                                                   "apply_rss_kib", "plan_rss_kib")}
     umlstate = [PY, "-m", "umlstate"]
@@ -164,6 +168,8 @@ def bench_taps(n: int, repeat: int, folder: Path) -> dict[str, Any]:
         with namespace() as ns:
             uplink(ns)
             hold_guests(topology, ns, n)
+            # What apply pays before any kernel work: Python's start, the imports, the YAML and its validation.
+            raw["read"].append(timed([*umlstate, "validate", str(topology)])[0])
             seconds, _, rss = timed([*umlstate, "--netns", ns, "apply", str(topology), "--yes"])
             raw["umlstate_apply"].append(seconds)
             raw["apply_rss_kib"].append(rss)
@@ -562,7 +568,7 @@ def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> d
     """From empty to all k guests answering the LAN: spread over three hosts, rolled out by the playbook
     (contrib/ansible, where ansible-core is installed; else each host applies its slice, in parallel),
     against the same farm applied on one host."""
-    raw: dict[str, list[float]] = {"three_hosts": [], "one_host": [], "busiest_host": []}
+    raw: dict[str, list[float]] = {"three_hosts": [], "one_host": [], "busiest_host": [], "in_sync_rollout": []}
     addresses = [f"172.16.99.{i + 1}" for i in range(k)]
     for r in range(repeat):
         for mode in ("three_hosts", "one_host"):
@@ -581,8 +587,9 @@ def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> d
                         f"umlstate_topology_path={run}/{name}/topology.yaml\n" for name, ns in used.items())
                         + f"[umlstate:vars]\nansible_connection=local\nansible_python_interpreter={PY}\n"
                         f"umlstate_bin={timing_wrapper(run, calls)}\n")
-                    timed([str(Path(PY).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK),
-                           "-e", f"umlstate_topology={topology}"])
+                    playbook = [str(Path(PY).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK),
+                                "-e", f"umlstate_topology={topology}"]
+                    timed(playbook)
                     raw["busiest_host"].append(busiest_apply(calls))
                 else:
                     applies = [subprocess.Popen([PY, "-m", "umlstate", "--netns", ns, "--host", name, "apply",
@@ -592,6 +599,11 @@ def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> d
                         raise SystemExit(f"benchmark: an apply of the {mode} farm failed")
                 until_pings(lan, addresses, timeout=180)
                 raw[mode].append(time.perf_counter() - start)
+                if mode == "three_hosts" and PLAYBOOK.exists():  # again, in sync: the playbook's own cost
+                    seconds, code, _ = timed(playbook)
+                    if code:
+                        raise SystemExit("benchmark: the rollout of the in-sync farm failed")
+                    raw["in_sync_rollout"].append(seconds)
                 for name, ns in used.items():
                     timed([PY, "-m", "umlstate", "--netns", ns, "--host", name, "destroy", str(topology), "--yes"])
     return {"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items() if v}}
@@ -706,14 +718,17 @@ def bench_stops(repeat: int, folder: Path, image: Path, group: str, debian: bool
 
 
 def table(results: dict[str, Any]) -> str:
-    out = ["| N taps | umlstate apply | ip -batch | ratio | ip -batch + nft -f (policy) | ratio | "
+    out = ["| N taps | umlstate apply | of it, reading the topology | ip -batch | ratio | "
+           "ip -batch + nft -f (policy) | ratio | the rest of apply / ip -batch + nft -f | "
            "script (1 ip/step) | in-sync plan, full | "
-           "in-sync plan | in-sync apply | destroy | group delete | ratio | apply RSS | plan RSS |", "|" + "---|" * 15]
+           "in-sync plan | in-sync apply | destroy | group delete | ratio | apply RSS | plan RSS |", "|" + "---|" * 17]
     for r in results["taps"]:
         m = r["median"]
-        out.append(f"| {r['n']} | {m['umlstate_apply']:.3f} s | {m['ip_batch']:.3f} s | "
+        read = m.get("read", float("nan"))  # results stored before the figure was taken have none
+        out.append(f"| {r['n']} | {m['umlstate_apply']:.3f} s | {read:.3f} s | {m['ip_batch']:.3f} s | "
                    f"{m['umlstate_apply'] / m['ip_batch']:.1f}x | {m['ip_batch_nft']:.3f} s | "
-                   f"{m['umlstate_apply'] / m['ip_batch_nft']:.1f}x | {m['shell_script']:.2f} s | "
+                   f"{m['umlstate_apply'] / m['ip_batch_nft']:.1f}x | "
+                   f"{(m['umlstate_apply'] - read) / m['ip_batch_nft']:.1f}x | {m['shell_script']:.2f} s | "
                    f"{m['full_plan']:.3f} s | {m['noop_plan']:.3f} s | {m['noop_apply']:.3f} s | "
                    f"{m['umlstate_destroy']:.3f} s | "
                    f"{m['group_delete']:.3f} s | "
@@ -743,6 +758,9 @@ def table(results: dict[str, Any]) -> str:
         if "busiest_host" in m:
             out.append(f"the busiest host's own apply calls in that rollout: {m['busiest_host']:.2f} s "
                        f"(rollout / busiest host: {m['three_hosts'] / m['busiest_host']:.2f}x)")
+        if "in_sync_rollout" in m:
+            out.append(f"the same rollout once the farm is in sync (the playbook's own cost): "
+                       f"{m['in_sync_rollout']:.2f} s")
     if results.get("watch"):
         w = results["watch"]["median"]
         out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s, "
