@@ -239,9 +239,13 @@ while args and args[0].startswith("--"):
         netns = args.pop(0)
 command, topology, rest = args[0], args[1], args[2:]
 text = open(topology).read()
-if command == "validate":
-    sys.exit(0)
 doc = yaml.safe_load(text)
+if command == "validate":  # logged; and as a host's umlstate that does not understand a topology, it refuses one
+    with open("{tmp}/validated.log", "a") as log:
+        log.write(json.dumps(sorted(g["name"] for g in doc["guests"])) + "\\n")
+    if any(g["name"] == "refused" for g in doc["guests"]):
+        sys.exit("topology.yaml.next:1:1: guest 'refused': this umlstate does not understand it")
+    sys.exit(0)
 state = "{tmp}/applied-%s" % host
 slice_ = sorted(g["name"] for g in doc["guests"] if g["host"] == host)
 if command == "plan":
@@ -357,6 +361,43 @@ def test_the_playbook_stops_before_it_carries_and_carries_before_it_starts(tmp_p
     assert not list(tmp_path.glob("*/etc/*.moving.json"))
     again, _ = rollout.run()
     assert all(v["changed"] == 0 for v in Rollout.recap(again).values()), ok(again)
+
+
+@pytest.mark.slow  # no guests, but three playbook runs
+@pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
+def test_a_topology_a_host_refuses_stops_the_rollout_before_any_change_and_the_same_one_is_not_validated_again(
+        tmp_path: Path, ansible_playbook: Path) -> None:
+    stand_in = tmp_path / "umlstate"
+    stand_in.write_text(STAND_IN.format(python=sys.executable, tmp=tmp_path))
+    stand_in.chmod(0o755)
+    rollout = Rollout(tmp_path, ansible_playbook, {
+        h: {"umlstate_host": h, "umlstate_bin": str(stand_in), "umlstate_topology_path": str(tmp_path / h / "etc" /
+                                                                                               "topology.yaml")}
+        for h in HOSTS})
+    calls, validated = tmp_path / "calls.log", tmp_path / "validated.log"
+    rollout.topology.write_text(stand_in_topology({"g1": "alpha", "g2": "beta", "g3": "gamma"}, tmp_path))
+    done, _ = rollout.run()
+    assert done.returncode == 0, ok(done)
+    assert len(validated.read_text().splitlines()) == len(HOSTS), "each host's umlstate validated the new topology"
+    applied = calls.read_text()
+
+    # The same topology again: every host kept it from the run that validated it, and nothing moves.
+    again, _ = rollout.run()
+    assert again.returncode == 0, ok(again)
+    assert all(v["changed"] == 0 for v in Rollout.recap(again).values()), ok(again)
+    assert len(validated.read_text().splitlines()) == len(HOSTS), "the kept topology is not validated again"
+
+    # g1 would move, but the new topology has what the hosts' umlstate refuses: nothing changes anywhere.
+    kept = {h: rollout.kept(h).read_text() for h in HOSTS}
+    rollout.topology.write_text(stand_in_topology({"g1": "beta", "g2": "beta", "g3": "gamma", "refused": "gamma"},
+                                                  tmp_path))
+    refused, _ = rollout.run()
+    assert refused.returncode != 0, ok(refused)
+    assert "refuses the new topology" in refused.stdout and "does not understand it" in refused.stdout, ok(refused)
+    assert calls.read_text() == applied, "no host applied anything"
+    assert {h: rollout.kept(h).read_text() for h in HOSTS} == kept, "every host keeps the topology it had"
+    assert not list(tmp_path.glob("*/etc/*.moving.json")), "no journal: nobody left"
+    assert (tmp_path / "alpha" / "state" / "g1.cow").exists(), "g1's disk stays where it was"
 
 
 @pytest.mark.slow
