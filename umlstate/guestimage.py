@@ -34,11 +34,29 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-# Only a whole kernel-log line that umlstate's mconsole `log` wrote is a hot-plug order: the kernel prints
-# other lines with text a guest's user controls (process names, paths), which must never add an address.
-HOTPLUG_LINES = r"""sed -n 's/^\(\[[ 0-9.]*\] \)\{0,1\}umlstate: \(umlstate\.vec[0-9]*=[0-9.]*\/[0-9]*\)$/\2/p'"""
-
-CHECK_LINES = r"""sed -n 's/^\(\[[ 0-9.]*\] \)\{0,1\}umlstate: umlstate\.check=\([a-z0-9]*\)$/\2/p'"""
+# The orders umlstate gives a running guest through mconsole `log` (a NIC's address when it plugs one in live;
+# `umlstate check`'s nonce), read as the kernel logs them, from /dev/kmsg: `cat` waits there for each new record,
+# so a guest that is told nothing runs nothing (a loop reading dmesg every second kept a host's CPU half busy
+# with twelve idle guests). A record is an order only when the kernel wrote it (facility 0: a process that
+# writes /dev/kmsg is given another) and it is whole (the kernel logs other lines with text a guest's user
+# controls, which must never add an address). Builtins only: a process costs a UML guest dearly, and every
+# record since boot is read first. The busybox init and contrib/guest/umlstate-net carry this same function.
+KMSG_ORDER = r"""# order RECORD: whether a /dev/kmsg record ("PRIO,SEQ,TIME,FLAGS;TEXT") is an order umlstate wrote;
+# sets $kind to check (and $value to its nonce) or to vec (and $value to vecN=ADDR/LEN).
+order() {
+    case "${1%%,*}" in [0-7]) ;; *) return 1 ;; esac
+    value="${1#*;umlstate: umlstate.}"
+    case "${1#*;}" in
+        "umlstate: umlstate.check="*)
+            kind=check; value="${value#check=}"
+            case "$value" in ""|*[!a-z0-9]*) return 1 ;; esac ;;
+        "umlstate: umlstate.vec"*)
+            kind=vec
+            case "${value%%=*}" in vec|vec*[!0-9]*) return 1 ;; esac
+            case "${value#*=}" in *[!0-9./]*|*/*/*|/*|*/) return 1 ;; */*) ;; *) return 1 ;; esac ;;
+        *) return 1 ;;
+    esac
+}"""
 
 # The modules a guest needs for IPv6 and to read its seed disk (vfat), for each UML kernel whose modules are
 # installed (Debian builds them as modules; sid's 7.2 has IPv6 built in): /lib/modules/<version>/<name>.ko in
@@ -156,17 +174,24 @@ for peer in $peers; do  # tests: check a neighbour, and say so on the console (t
           sleep 1
       done; echo "umlstate-guest: ping $peer failed" ) &
 done
-( asked=""
-  while :; do  # NICs plugged in live: umlstate says their address in the kernel log (mconsole log)
-      for nonce in $(dmesg | @CHECK_LINES@); do  # `umlstate check`: run the checks again, once per ask
-          case " $asked " in *" $nonce "*) continue ;; esac
-          asked="$asked $nonce"; [ -n "$seed" ] && run_checks "$nonce" &
-      done
-      for word in $(dmesg | @HOTPLUG_LINES@); do
-          key="${word%%=*}"; dev="${key#umlstate.}"
-          [ -e "/sys/class/net/$dev" ] || continue
-          ip -4 -o addr show dev "$dev" | grep -q " ${word#*=} " && continue
-          ip link set "$dev" up && ip addr add "${word#*=}" dev "$dev" && echo "umlstate-guest: plugged $dev ${word#*=}"
+@KMSG_ORDER@
+( while :; do  # cat ends only when the log wrapped under it; read again from the oldest record, an old ask's
+      asked=""  # checks may run again, whose results nobody waits for any more
+      cat /dev/kmsg 2>/dev/null | while IFS= read -r record; do
+          order "$record" || continue
+          case "$kind" in
+              check)  # `umlstate check`: run the checks again, once per ask
+                  case " $asked " in *" $value "*) continue ;; esac
+                  asked="$asked $value"
+                  [ -n "$seed" ] && run_checks "$value" & ;;
+              vec)  # a NIC plugged in live: its address, once the device shows
+                  dev="${value%%=*}"; addr="${value#*=}"
+                  ( for try in 1 2 3 4 5; do [ -e "/sys/class/net/$dev" ] && break; sleep 1; done
+                    [ -e "/sys/class/net/$dev" ] || exit 0
+                    ip -4 -o addr show dev "$dev" | grep -q " $addr " && exit 0
+                    ip link set "$dev" up && ip addr add "$addr" dev "$dev" && echo "umlstate-guest: plugged $dev $addr"
+                  ) & ;;
+          esac
       done
       sleep 1
   done ) &
@@ -175,7 +200,7 @@ done
 if [ "$cad" = ignore ]; then trap '' INT; trap 'echo "umlstate-guest: powering off"; poweroff -f' TERM
 else trap 'echo "umlstate-guest: powering off"; poweroff -f' INT TERM; fi
 while :; do sleep 3600 & wait $!; done
-""".replace("@HOTPLUG_LINES@", HOTPLUG_LINES).replace("@CHECK_LINES@", CHECK_LINES)\
+""".replace("@KMSG_ORDER@", KMSG_ORDER)\
     .replace("@MODULES@", " ".join(Path(m).stem for m in GUEST_MODULES))
 APPLETS = ("sh", "setsid", "mount", "ip", "sleep", "poweroff", "cat", "echo", "grep", "awk", "tr", "ping", "ls", "ps",
            "dmesg", "arping", "nc", "date", "insmod", "hostname", "mkdir", "chmod", "sed", "uname", "sync",
