@@ -276,6 +276,16 @@ print("Apply complete: stand-in applied", host, slice_)
 '''
 
 
+def stand_in_rollout(tmp: Path, ansible_playbook: Path) -> Rollout:
+    """The three hosts, each with the stand-in as its umlstate (its calls logged in ``tmp``)."""
+    stand_in = tmp / "umlstate"
+    stand_in.write_text(STAND_IN.format(python=sys.executable, tmp=tmp))
+    stand_in.chmod(0o755)
+    return Rollout(tmp, ansible_playbook, {
+        h: {"umlstate_host": h, "umlstate_bin": str(stand_in),
+            "umlstate_topology_path": str(tmp / h / "etc" / "topology.yaml")} for h in HOSTS})
+
+
 def stand_in_topology(placement: dict[str, str], tmp: Path, shared: bool = False) -> str:
     return yaml.safe_dump({
         "name": "lab",
@@ -301,13 +311,7 @@ def mark(cow: Path) -> str:
 @pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
 def test_the_playbook_stops_before_it_carries_and_carries_before_it_starts(tmp_path: Path,
                                                                           ansible_playbook: Path) -> None:
-    stand_in = tmp_path / "umlstate"
-    stand_in.write_text(STAND_IN.format(python=sys.executable, tmp=tmp_path))
-    stand_in.chmod(0o755)
-    rollout = Rollout(tmp_path, ansible_playbook, {
-        h: {"umlstate_host": h, "umlstate_bin": str(stand_in), "umlstate_topology_path": str(tmp_path / h / "etc" /
-                                                                                               "topology.yaml")}
-        for h in HOSTS})
+    rollout = stand_in_rollout(tmp_path, ansible_playbook)
     calls = tmp_path / "calls.log"
 
     def log() -> list[dict[str, Any]]:
@@ -367,13 +371,7 @@ def test_the_playbook_stops_before_it_carries_and_carries_before_it_starts(tmp_p
 @pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
 def test_a_topology_a_host_refuses_stops_the_rollout_before_any_change_and_the_same_one_is_not_validated_again(
         tmp_path: Path, ansible_playbook: Path) -> None:
-    stand_in = tmp_path / "umlstate"
-    stand_in.write_text(STAND_IN.format(python=sys.executable, tmp=tmp_path))
-    stand_in.chmod(0o755)
-    rollout = Rollout(tmp_path, ansible_playbook, {
-        h: {"umlstate_host": h, "umlstate_bin": str(stand_in), "umlstate_topology_path": str(tmp_path / h / "etc" /
-                                                                                               "topology.yaml")}
-        for h in HOSTS})
+    rollout = stand_in_rollout(tmp_path, ansible_playbook)
     calls, validated = tmp_path / "calls.log", tmp_path / "validated.log"
     rollout.topology.write_text(stand_in_topology({"g1": "alpha", "g2": "beta", "g3": "gamma"}, tmp_path))
     done, _ = rollout.run()
@@ -405,12 +403,7 @@ def test_a_topology_a_host_refuses_stops_the_rollout_before_any_change_and_the_s
 def test_hosts_that_share_the_cow_folder_move_a_guest_without_copying_or_removing_its_disk(
         tmp_path: Path, ansible_playbook: Path) -> None:
     """One state_dir for all (NFS; or namespaces of one machine): the COW file is already where it goes."""
-    stand_in = tmp_path / "umlstate"
-    stand_in.write_text(STAND_IN.format(python=sys.executable, tmp=tmp_path))
-    stand_in.chmod(0o755)
-    rollout = Rollout(tmp_path, ansible_playbook, {
-        h: {"umlstate_host": h, "umlstate_bin": str(stand_in),
-            "umlstate_topology_path": str(tmp_path / h / "etc" / "topology.yaml")} for h in HOSTS})
+    rollout = stand_in_rollout(tmp_path, ansible_playbook)
     rollout.topology.write_text(stand_in_topology({"g1": "alpha"}, tmp_path, shared=True))
     done, _ = rollout.run()
     assert done.returncode == 0, ok(done)
