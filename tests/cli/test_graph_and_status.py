@@ -36,6 +36,23 @@ def test_the_readme_shows_the_example_as_the_mermaid_output_draws_it() -> None:
     assert f"```mermaid\n{mermaid.stdout}```" in readme, "README's graph is stale: paste `umlstate graph --format mermaid`"
 
 
+# What only a command that reads or changes the host needs: the host's netlink, the observation, the planner and
+# its rendering, the executor, logging (structlog).
+HOST_SIDE = ("structlog", "umlstate.host.netlink", "umlstate.observe", "umlstate.plan", "umlstate.apply",
+             "umlstate.reconcile", "umlstate.cli.render", "umlstate.cli.log")
+
+
+@pytest.mark.parametrize("command", [["validate", str(EXAMPLE)], ["graph", str(EXAMPLE)], ["schema"]])
+def test_a_command_that_reads_only_files_imports_nothing_of_the_host(command: list[str]) -> None:
+    # validate runs on every host of a rollout before anything changes: its imports are most of its time.
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "umlstate", *command],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert "umlstate.cli.main" in imported and "pydantic" in imported, "the importtime list is read"
+    assert sorted(m for m in imported if m.startswith(HOST_SIDE)) == []
+
+
 @needs_root
 def test_status_json_lists_every_resource_with_its_state(host_with_uplink: Netns, tmp_path: Path) -> None:
     path = tmp_path / "t.yaml"

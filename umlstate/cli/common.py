@@ -17,12 +17,12 @@ import click
 
 from umlstate import errors
 from umlstate.cli import files
-from umlstate.cli import log as logsetup
 from umlstate.errors import InternalError, UmlstateError
 from umlstate.host.logs import sanitize
 from umlstate.model.topology import Topology
 
 if TYPE_CHECKING:
+    from umlstate.cli.log import LogFormat
     from umlstate.reconcile import Reconciler
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass
 class Options:
     netns: str | None
-    log_format: logsetup.LogFormat
+    log_format: LogFormat
     verbose: bool
     lock_timeout: float
     host: str | None = None  # with several hosts: whose slice (else $UMLSTATE_HOST, else the hostname)

@@ -21,21 +21,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-import structlog
 
 from umlstate import __version__, errors
-from umlstate.cli import files, guests, quick, render
-from umlstate.cli import log as logsetup
+from umlstate.cli import files, guests, quick
 from umlstate.cli.common import Options, colour, fail, reconciler, run_safely, topology_arg
 from umlstate.errors import UmlstateError
-from umlstate.host.lock import TopologyLock
 from umlstate.model.topology import Topology
-from umlstate.observe import witness
-from umlstate.plan.result import Plan
 
 if TYPE_CHECKING:
+    from umlstate.cli.log import LogFormat
     from umlstate.model.snapshot import Snapshot
+    from umlstate.plan.result import Plan
     from umlstate.reconcile import Outcome, Reconciler
+
+# Commands that read only files: they set up no logging and import nothing of the host, the planner or its
+# rendering (each command imports those where it needs them). `validate` runs on every host of a rollout
+# before anything changes, and its imports are most of its time: 0.26 s with all, 0.19 s with these (medians).
+FILE_ONLY = frozenset({"validate", "schema", "graph", "import"})
 
 # The quick pass's name for this command line as it started (cli.quick.key), when run by main() as root: not by
 # click's test runner, nor with the quick pass off.
@@ -53,7 +55,7 @@ _ENTRY_KEY: str | None = None
 @click.option("--host", metavar="NAME", help="With several hosts: act on this host's slice "
                                              "(default $UMLSTATE_HOST, then the hostname).")
 @click.pass_context
-def cli(ctx: click.Context, netns: str | None, log_format: logsetup.LogFormat, verbose: bool,  # noqa: PLR0917
+def cli(ctx: click.Context, netns: str | None, log_format: LogFormat, verbose: bool,  # noqa: PLR0917
         lock_timeout: float, host: str | None) -> None:
     """Declarative networking for User-Mode-Linux guests.
 
@@ -67,7 +69,10 @@ def cli(ctx: click.Context, netns: str | None, log_format: logsetup.LogFormat, v
       umlstate --netns lab plan topology.yaml
       umlstate --netns lab apply topology.yaml --yes
     """
-    logsetup.configure(log_format, verbose)
+    if ctx.invoked_subcommand not in FILE_ONLY:
+        from umlstate.cli import log
+
+        log.configure(log_format, verbose)
     ctx.obj = Options(netns, log_format, verbose, lock_timeout, host)
 
 
@@ -122,6 +127,8 @@ def plan_cmd(opts: Options, topology: str | None, as_json: bool, out: str | None
       umlstate --netns lab plan topology.yaml
       umlstate --netns lab plan --json --detailed-exitcode
     """
+    from umlstate.cli import render
+
     read = files.Read()
     path, t = files.load_topology(topology, read)
     rec = reconciler(opts, t)
@@ -155,6 +162,11 @@ def _keep_quick(opts: Options, read: files.Read, default_path: bool, rec: Reconc
                 snapshot: Snapshot, p: Plan, shown: str, *, locked: bool) -> None:
     """After a full pass run by the console entry point: what the next identical run's quick pass needs
     (cli.quick) when this one found the host in sync, else nothing for it."""
+    import structlog
+
+    from umlstate.host.lock import TopologyLock
+    from umlstate.observe import witness
+
     name = _ENTRY_KEY
     if name is None or opts.verbose:
         return
@@ -181,6 +193,8 @@ def _converge(opts: Options, topology: Topology, *, yes: bool, adopt: bool = Fal
               read: files.Read | None = None, default_path: bool = False) -> Outcome:
     """One reconcile pass with this terminal's confirmation, then its closing line (``read``: what loading the
     topology read; the pass may keep what a quick pass needs, cli.quick)."""
+    from umlstate.cli import render
+
     def confirm(p: Plan) -> None:
         if not yes or sys.stdout.isatty():
             click.echo(render.plan_text(p, colour=colour()), nl=False)
@@ -259,6 +273,7 @@ def status(opts: Options, topology: str | None, as_json: bool) -> None:
     Example:
       umlstate --netns lab status
     """
+    from umlstate.cli import render
     from umlstate.plan.status import status as compute
 
     _path, t = files.load_topology(topology)

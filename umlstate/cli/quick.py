@@ -27,13 +27,13 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from umlstate.cli.where import resolve_topology
-from umlstate.host import netns, trusted
-from umlstate.host.lock import TopologyLock
-from umlstate.host.netlink import Netlink
-from umlstate.observe import reads, witness
+from umlstate.host import trusted
+
+if TYPE_CHECKING:
+    from umlstate.observe import reads, witness
 
 QUICK_DIR = "/run/umlstate/.quick"  # root's; gone at reboot like what it speaks of; a dot: no topology's run_dir
 FORMAT = 3  # 2: the links as read, beside the witness; 3: addresses and proxy entries undecoded in it
@@ -42,12 +42,15 @@ MAX_TOPOLOGY = 8 << 20
 GUEST_FILE_LIMIT = 1 << 20  # as model.guest.GUEST_FILE_MAX; a larger file fails the full load, never this read
 KEEP = 256  # records kept (one per command line and topology); the oldest go first
 ENVIRONMENT = ("PATH", "NO_COLOR", "TERM", "HOME", "LANG", "LC_ALL")  # besides every UMLSTATE_*
+COMMANDS = frozenset({"plan", "apply"})  # what a full pass keeps a record for (cli.main)
 
 
 def main() -> None:
     """``umlstate``: the quick pass when it applies, else the full command line (cli.main), which keeps what
     the next quick pass needs under the key of this command line as it was when it started."""
-    name = key(sys.argv[1:]) if enabled() else None
+    # Only a command line that may name plan or apply has a record to look for: the others (validate on every
+    # host of a rollout) go straight to the full command line, without this module's reads of the host.
+    name = key(sys.argv[1:]) if enabled() and not COMMANDS.isdisjoint(sys.argv[1:]) else None
     if name is not None:
         try:
             hit = _quick(name)
@@ -115,6 +118,11 @@ def _code() -> list[Any]:
 
 def _quick(name: str) -> tuple[str, int] | None:
     """What the last full pass printed and exited with, when everything it read reads the same now."""
+    from umlstate.host import netns
+    from umlstate.host.lock import TopologyLock
+    from umlstate.host.netlink import Netlink
+    from umlstate.observe import reads, witness
+
     try:
         with trusted.open_trusted(QUICK_DIR) as records:
             data = records.read(f"{name}.json", MAX_RECORD)
