@@ -404,6 +404,40 @@ def test_a_topology_a_host_refuses_stops_the_rollout_before_any_change_and_the_s
     assert (tmp_path / "alpha" / "state" / "g1.cow").exists(), "g1's disk stays where it was"
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
+def test_a_copy_folder_another_user_could_write_stops_the_rollout_before_anything_is_read_or_changed(
+        tmp_path: Path, ansible_playbook: Path) -> None:
+    """What the kept copy's folder holds decides root's next steps (the journal names COW files to carry as
+    root). A user who owns it, who can replace it, or who put a link there, could have planted a journal:
+    the stage refuses the folder, and no host applies anything."""
+    rollout = stand_in_rollout(tmp_path, ansible_playbook)
+    rollout.topology.write_text(stand_in_topology({"g1": "alpha", "g2": "beta", "g3": "gamma"}, tmp_path))
+    planted = {"departed": [{"guest": "g1", "to": "beta", "cow": "/etc/shadow"}]}
+    # alpha: the guests' user owns the folder and left a journal in it.
+    (tmp_path / "alpha" / "etc").mkdir(parents=True)
+    (tmp_path / "alpha" / "etc" / "topology.yaml.moving.json").write_text(json.dumps(planted))
+    os.chown(tmp_path / "alpha" / "etc", 65534, 65534)
+    # beta: the folder is a link (to a root folder: the link itself is what a user could have swapped).
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "beta").mkdir()
+    (tmp_path / "beta" / "etc").symlink_to(tmp_path / "elsewhere")
+    # gamma: root's folder, inside one that anyone can write (no sticky bit): anyone could replace it.
+    (tmp_path / "gamma" / "etc").mkdir(parents=True)
+    (tmp_path / "gamma").chmod(0o777)
+
+    done, _ = rollout.run()
+    assert done.returncode != 0, ok(done)
+    assert f"{tmp_path}/alpha/etc is not root's (uid 65534)" in done.stdout, ok(done)
+    assert f"{tmp_path}/beta/etc is not a folder (a link?)" in done.stdout, ok(done)
+    assert f"others can write {tmp_path}/gamma and so replace {tmp_path}/gamma/etc" in done.stdout, ok(done)
+    assert not (tmp_path / "calls.log").exists(), "no host applied anything"
+    assert not (tmp_path / "validated.log").exists(), "nothing was validated: nothing was staged"
+    written = [*tmp_path.glob("*/etc/topology.yaml"), *tmp_path.glob("*/etc/topology.yaml.next"),
+               *tmp_path.glob("elsewhere/*")]
+    assert written == [], "nothing was written into the refused folders"
+    assert (tmp_path / "alpha" / "etc").stat().st_uid == 65534, "refused, not repaired"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
 def test_hosts_that_share_the_cow_folder_move_a_guest_without_copying_or_removing_its_disk(

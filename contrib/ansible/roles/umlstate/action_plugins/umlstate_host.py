@@ -54,17 +54,27 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         _, args = self.validate_argument_spec({"step": {"type": "str", "required": True}, **STEPS[step]})
         if not str(args["path"]).startswith("/"):
             raise AnsibleActionFail(f"umlstate_host: path must be absolute on the host, not {args['path']!r}")
+        become = self._connection.become
+        if not self._connection.has_pipelining or (become and not become.pipelining):
+            raise AnsibleActionFail("umlstate_host sends the host a program on its stdin: it needs a connection "
+                                    "that can (ssh, local; not paramiko) and a become method that can (sudo, not su)")
         python = self._python(task_vars, result)
-        request = json.dumps({"step": step, "args": {k: v for k, v in args.items() if k != "step"}}).encode()
-        # The program, then the request, both on stdin: the command line stays one short line (in logs, for sudo).
+        request = json.dumps({"step": step, "args": {k: v for k, v in args.items() if k != "step"}},
+                             ensure_ascii=False).encode()
+        # The program, then the request's length and the request, all on stdin: the command line stays one short
+        # line (in logs, for sudo). The task's environment goes first, as a module's would.
         program = HOST_SIDE.read_bytes()
         loader = f"import sys; exec(sys.stdin.buffer.read({len(program)}))"
-        done = self._low_level_execute_command(shlex.join([python, "-I", "-c", loader]), in_data=program + request)
-        try:
-            reply = json.loads(done["stdout"])
+        command = " ".join(filter(None, [self._compute_environment_string(), python, "-I -c", shlex.quote(loader)]))
+        done = self._low_level_execute_command(command, in_data=program + b"%d\n" % len(request) + request)
+        try:  # the program's reply is its last line: a login shell may print something before it
+            reply = json.loads(done["stdout"].strip().rpartition("\n")[2])
         except ValueError:
-            raise AnsibleActionFail(f"{python} on the host gave no answer (exit {done['rc']}): "
-                                    f"{(done['stderr'] or done['stdout'])[-2000:]}") from None
+            reply = None
+        if not isinstance(reply, dict):  # failed, with an exit code: the apply step's retries still count it
+            reply = {"failed": True, "rc": done["rc"] or 1, "module_stdout": done["stdout"],
+                     "module_stderr": done["stderr"], "msg": f"{python} on the host gave no answer (exit "
+                     f"{done['rc']}): {(done['stderr'] or done['stdout'])[-2000:]}"}
         result.update(reply)
         return result
 
