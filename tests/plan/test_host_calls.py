@@ -3,9 +3,10 @@
 For each golden scenario (fixtures/cases/<scenario>/) whose plan apply accepts, the plan's network
 and system actions are carried out by the real executor against a recording host
 (umlstate.apply.host.Host): taps and the tun node, rtnetlink requests in `ip`'s words, sysctls,
-passwd's programs, the nftables policy, the records; and, through its process port
-(umlstate.apply.processes.ProcessHost), switches and guests started, stopped, ended and spoken to
-(the end-to-end tests run them on real guests). The calls go to host-calls.txt beside the plan; UPDATE_GOLDEN=1 writes them anew. An optional fails.json
+passwd's programs, the nftables policy, the announcements of new proxy entries on the uplinks, the
+records; and, through its process port (umlstate.apply.processes.ProcessHost), switches and guests
+started, stopped, ended and spoken to (the end-to-end tests run them on real guests). The calls go
+to host-calls.txt beside the plan; UPDATE_GOLDEN=1 writes them anew. An optional fails.json
 (["netlink: link add br0 ", ...], each the start of a call) makes those calls fail, to pin what a
 failure stops and what goes on.
 """
@@ -23,6 +24,7 @@ from umlstate.apply.executor import ApplyFailed, Executor
 from umlstate.apply.processes import Remember
 from umlstate.errors import ActionError
 from umlstate.host import netlink
+from umlstate.host.announce import Address
 from umlstate.model.snapshot import Proc, Records, RulesetRecord, unit_of
 from umlstate.plan import actions as A
 from umlstate.plan.planner import plan
@@ -98,6 +100,12 @@ class RecordingHost:
 
     def delete_group(self, group: int) -> None:
         self._call(f"netlink: link del group {group}")
+
+    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> None:
+        said = f"announce on {uplink}: {' '.join(map(str, addresses))}"
+        self.calls.append(said)
+        if self.refused(said):  # as a link that is down refuses the packets
+            raise OSError(errno.ENETDOWN, os.strerror(errno.ENETDOWN))
 
     def run(self, program: str, *args: str, already: int | None = None) -> None:
         self._call(" ".join((program, *args)))

@@ -246,12 +246,31 @@ class Executor:
         if self.crash_after is not None:  # the test hook stops at the exact action count
             limit = max(0, self.crash_after - len(self.result.done))
         by_id = {id(a): a for a in batch}  # the labels are the actions themselves
+        proxies: list[A.AddProxy] = []
         for label, code in self.host.send(requests, limit):
             acked = by_id[id(label)]
             if code:
                 self._fail(acked, f"{acked.detail}: {os.strerror(code)}")
             else:
                 self._done(acked)
+                if isinstance(acked, A.AddProxy):
+                    proxies.append(acked)
+        self._announce(proxies)
+
+    def _announce(self, proxies: list[A.AddProxy]) -> None:
+        """The LAN learns at once that this host answers for these addresses now (host/announce.py: a moved
+        guest's old host is still in its neighbours' caches). Best effort: the entries are in place either way."""
+        uplinks: dict[str, list[A.AddProxy]] = {}
+        for action in proxies:
+            uplinks.setdefault(action.uplink, []).append(action)
+        for uplink, actions in uplinks.items():
+            try:
+                self.host.announce(uplink, tuple(a.address for a in actions))
+            except OSError as exc:
+                log.warning("the LAN was not told of new proxy entries: its neighbours find this host once their "
+                            "cached entries expire",
+                            uplink=uplink, addresses=[str(a.address) for a in actions],
+                            error=exc.strerror or str(exc))
 
     def _make_tap(self, a: A.CreateTap, requests: netlink.Batch) -> None:
         """ioctls now; the mark (ifalias, link group) queued, acked under this action's name."""
@@ -369,6 +388,8 @@ class Executor:
         for _label, code in self.host.send(requests):
             if code:
                 raise ActionError(f"{action.detail}: {os.strerror(code)}")
+        if isinstance(action, A.AddProxy):
+            self._announce([action])
 
     @staticmethod
     def _queue(action: Batchable, requests: netlink.Batch) -> None:

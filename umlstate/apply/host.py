@@ -1,7 +1,7 @@
 """The executor's port to the host's kernel and system: what it asks of them, in its own words.
 
 Apply layer. The executor carries the plan's network and system actions out
-through a ``Host``: taps and the tun node (ioctls), rtnetlink batches, sysctls,
+through a ``Host``: taps and the tun node (ioctls), rtnetlink batches, announcements on the uplinks, sysctls,
 passwd's programs, the nftables policy, guests' seed disks and the records. ``System`` is the host
 itself; the golden "plan -> host calls" tests give the executor a recording
 host instead, and read what a plan makes it do without root
@@ -18,6 +18,8 @@ from typing import Protocol
 from umlstate.apply import ruleset
 from umlstate.errors import ActionError, HostError
 from umlstate.host import netlink, records, seed, sysctl, tun
+from umlstate.host.announce import Address
+from umlstate.host.announce import announce as send_announcements
 from umlstate.host.users import gid_of, uid_of
 from umlstate.model.snapshot import Records, RulesetRecord
 from umlstate.plan import actions as A
@@ -48,6 +50,8 @@ class Host(Protocol):
     def send(self, requests: netlink.Batch, limit: int | None = None) -> list[tuple[object, int]]: ...
 
     def delete_group(self, group: int) -> None: ...
+
+    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> None: ...
 
     def run(self, program: str, *args: str, already: int | None = None) -> None: ...
 
@@ -103,6 +107,9 @@ class System:
 
     def delete_group(self, group: int) -> None:
         self.nl.delete_group(group)
+
+    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> None:
+        send_announcements(uplink, addresses)
 
     def run(self, program: str, *args: str, already: int | None = None) -> None:
         """One of passwd's programs; ``already``: the exit status that means the change was made already."""
