@@ -42,15 +42,16 @@ HOSTS = ("alpha", "beta", "gamma")
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
-def load_moves() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("umlstate_contrib_moves", CONTRIB / "moves.py")
+def load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-moves = load_moves()
+moves = load("umlstate_contrib_moves", CONTRIB / "moves.py")
+host_side = load("umlstate_contrib_host", CONTRIB / "roles" / "umlstate" / "files" / "umlstate_host.py")
 
 
 # --- the move computation ---------------------------------------------------------------------------------------
@@ -158,6 +159,85 @@ def test_the_cow_file_defaults_follow_spec() -> None:
     doc["host"] = {"state_dir": "/data/lab/"}
     assert moves.cow_of(doc, doc["guests"][0], "alpha") == "/data/lab/g1.cow"
     assert moves.cow_of(doc, {**doc["guests"][0], "disk": {"base": "/b", "cow": "/c/x.cow"}}, "alpha") == "/c/x.cow"
+
+
+# --- the host's side of carrying a disk (files/umlstate_host.py, called as the action calls it) ----------------
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="the host's side runs as root: it gives files to users")
+
+
+def sparse_cow(path: Path, size: int = 64 << 20) -> None:
+    """A COW file as a guest leaves one: mostly holes, data here and there, and a written block of zeros."""
+    written = {0: secrets.token_bytes(4096), 5 << 20: secrets.token_bytes(200_000), 20 << 20: bytes(1 << 20),
+               size - 8192: secrets.token_bytes(100)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        for offset, data in written.items():
+            os.pwrite(fd, data, offset)
+        os.fchown(fd, 65534, 65534)
+    finally:
+        os.close(fd)
+
+
+@needs_root
+def test_a_cow_file_is_carried_with_its_data_its_holes_and_its_mtime_and_given_to_the_guests_user(
+        tmp_path: Path) -> None:
+    old, new, transit = tmp_path / "old" / "g.cow", tmp_path / "new" / "state" / "g.cow", tmp_path / "transit"
+    old.parent.mkdir()
+    transit.mkdir(mode=0o700)
+    sparse_cow(old)
+    os.utime(old, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    assert host_side.look(str(new)) == {"changed": False, "stat": None}
+    packed = host_side.pack(path=str(old), into=str(transit))
+    assert packed["exists"] and not packed["shared"], packed
+    assert Path(packed["archive"]).stat().st_size < 300_000, "only the data travels"
+    unpacked = host_side.unpack(path=str(new), archive=packed["archive"], user="nobody")
+    assert unpacked == {"changed": True, "size": 64 << 20}, unpacked
+    st = new.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777, st.st_size) == (65534, 65534, 0o600, 64 << 20)
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    assert new.read_bytes() == old.read_bytes()
+    assert st.st_blocks * 512 <= 512 << 10, f"holes stay holes, zeros written become holes: {st.st_blocks * 512}"
+    assert (new.parent.stat().st_uid, new.parent.stat().st_mode & 0o777) == (0, 0o755), "made root's"
+    assert [p.name for p in new.parent.iterdir()] == ["g.cow"], "the private folder is gone"
+
+
+@needs_root
+def test_a_cow_file_that_is_a_link_or_a_fifo_is_not_carried_and_the_same_file_is_not_carried_onto_itself(
+        tmp_path: Path) -> None:
+    transit = tmp_path / "transit"
+    transit.mkdir(mode=0o700)
+    (tmp_path / "link.cow").symlink_to("/etc/shadow")
+    os.mkfifo(tmp_path / "fifo.cow")  # opened without blocking: no writer ever comes
+    for name in ("link.cow", "fifo.cow"):
+        refused = host_side.pack(path=str(tmp_path / name), into=str(transit))
+        assert refused["failed"] and "not a regular file" in refused["msg"], refused
+    assert list(transit.iterdir()) == []
+    assert host_side.pack(path=str(tmp_path / "none.cow"), into=str(transit)) == {"changed": False, "exists": False}
+    sparse_cow(tmp_path / "g.cow", 32 << 20)
+    seen = host_side.look(str(tmp_path / "g.cow"))["stat"]
+    assert host_side.pack(path=str(tmp_path / "g.cow"), into=str(transit), same_as=seen)["shared"] is True
+    assert list(transit.iterdir()) == []
+
+
+@needs_root
+def test_an_archive_that_ends_early_or_a_folder_others_can_write_puts_nothing_in_place(tmp_path: Path) -> None:
+    transit = tmp_path / "transit"
+    transit.mkdir(mode=0o700)
+    sparse_cow(tmp_path / "g.cow")
+    archive = Path(host_side.pack(path=str(tmp_path / "g.cow"), into=str(transit))["archive"])
+    archive.write_bytes(archive.read_bytes()[:-40])
+    new = tmp_path / "new" / "g.cow"
+    failed = host_side.unpack(path=str(new), archive=str(archive), user="nobody")
+    assert failed["failed"] and "ends early" in failed["msg"], failed
+    assert list(new.parent.iterdir()) == [], "nothing in place, and no private folder left"
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o777)
+    failed = host_side.unpack(path=str(open_folder / "g.cow"), archive=str(archive), user="nobody")
+    assert failed["failed"] and f"others can write {open_folder}" in failed["msg"], failed
+    assert list(open_folder.iterdir()) == []
 
 
 # --- the playbook ---------------------------------------------------------------------------------------------------

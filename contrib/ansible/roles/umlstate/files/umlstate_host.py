@@ -12,8 +12,22 @@ write, and every read is bounded.
   last run and the move journal (each may be missing), write the new topology
   next to the copy (``<path>.next``) and, unless it is the copy itself,
   validate it with the host's own umlstate.
-- ``apply``: put the copy in place (rename ``<path>.next`` to it, or write the
-  departure topology), then run ``umlstate apply`` on it.
+- ``apply``: write the move journal when asked, put the copy in place
+  (rename ``<path>.next`` to it, or write the departure topology), then run
+  ``umlstate apply`` on it.
+- ``look``, ``pack``, ``unpack``, ``remove``: a moving guest's COW file,
+  carried from its old host through the controller to its new one as a
+  sparse stream (only its data blocks, compressed): ``pack`` writes it into
+  the action's temporary folder on the old host, ``unpack`` makes the file
+  from it in a private folder next to the destination and renames it into
+  place; ``remove`` removes the old one once the guest runs on its new host
+  (and the journal once the disks have landed).
+  moves.py carries only a COW file that lies directly in the host's state_dir
+  on both sides, a folder umlstate refuses unless it is root's alone: no
+  guest's user can swap the file or its folder meanwhile. The file itself is
+  the user's, so it is opened without following a link or blocking on a FIFO,
+  read only up to the size it had when opened, and only a regular file is
+  carried.
 """
 
 from __future__ import annotations
@@ -22,11 +36,16 @@ import contextlib
 import errno
 import json
 import os
+import pwd
+import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
-from typing import Any
+import zlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 MAX_READ = 4 << 20  # a topology or a journal: text, never this large (umlstate reads no larger topology)
 
@@ -88,14 +107,14 @@ def root_folder(folder: str) -> bool:
     return False
 
 
-def write_atomic(path: str, text: str) -> None:
-    """``text`` at ``path``, root's, 0644, whole or not at all (a temporary file in the same folder, renamed)."""
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """``text`` at ``path``, root's, ``mode``, whole or not at all (a temporary file in the same folder, renamed)."""
     fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".umlstate-stage-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode())
             os.fchown(f.fileno(), 0, 0)
-            os.fchmod(f.fileno(), 0o644)
+            os.fchmod(f.fileno(), mode)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
@@ -137,8 +156,13 @@ def stage(host: str, path: str, journal: str, content: str, validate: list[str])
     return {"changed": changed, "staged": staged, "seen": {"name": host, "previous": previous, "journal": journaled}}
 
 
-def apply(path: str, promote: bool, content: str | None, command: list[str]) -> dict[str, Any]:
+def apply(*, path: str, command: list[str], promote: bool = False, content: str | None = None,
+          journal: str | None = None, record: str | None = None) -> dict[str, Any]:
+    """``record``: the move journal to write at ``journal`` first (a host that guests leave, before they stop),
+    in the copy's folder, which the stage checked."""
     try:
+        if journal is not None and record is not None:
+            write_atomic(journal, record, 0o600)
         if content is not None:
             write_atomic(path, content)
         elif promote and os.path.lexists(path + ".next"):  # a retry finds it renamed already
@@ -153,10 +177,179 @@ def apply(path: str, promote: bool, content: str | None, command: list[str]) -> 
     return result
 
 
+# --- a moving guest's COW file ----------------------------------------------------------------------------------
+
+MAGIC = b"umlstate-cow-1\n"
+_HEAD = struct.Struct("!QQ")  # the file's size, its mtime in ns
+_RECORD = struct.Struct("!QQ")  # offset, length; then the data
+END = 2**64 - 1  # the offset of the last record, of length 0
+PIECE = 1 << 16  # data is read, sent and written in pieces this large; an all-zero piece stays a hole
+ARCHIVE = "cow.z"  # in the action's temporary folder on each side
+
+
+def _open_cow(path: str) -> int | None:
+    """The COW file, read-only, never through a link nor blocking on a FIFO; None when it is missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.EINVAL, f"{path} is not a regular file (a link): not carried") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file: not carried")
+    return fd
+
+
+def _identity(st: os.stat_result) -> dict[str, int]:
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def look(path: str) -> dict[str, Any]:
+    """Where a COW file goes: what is there now (hosts that share the folder see the file already there)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return {"changed": False, "stat": None}
+    return {"changed": False, "stat": {**_identity(st), "regular": stat.S_ISREG(st.st_mode)}}
+
+
+def _data(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of every piece of the file's data below ``size`` that is not all zeros."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        for offset in range(start, end, PIECE):
+            piece = os.pread(fd, min(PIECE, end - offset), offset)
+            if not piece:  # the file shrank meanwhile
+                return
+            if piece.strip(b"\0"):
+                yield offset, piece
+        pos = max(end, start + 1)
+
+
+def pack(path: str, into: str, same_as: dict[str, int] | None = None) -> dict[str, Any]:
+    """The COW file's data, compressed, as ``into``/cow.z (the action's temporary folder on this host, made by
+    the connection's user, who is given the archive to fetch it); or nothing, when the file is missing or is
+    the very file ``same_as`` describes (both hosts see one file: a shared state_dir)."""
+    try:
+        fd = _open_cow(path)
+    except OSError as exc:
+        return {"failed": True, "rc": 1, "msg": exc.strerror or str(exc)}
+    if fd is None:
+        return {"changed": False, "exists": False}
+    archive = os.path.join(into, ARCHIVE)
+    try:
+        st = os.fstat(fd)
+        if same_as is not None and {k: same_as.get(k) for k in ("dev", "ino", "size", "mtime_ns")} == _identity(st):
+            return {"changed": False, "exists": True, "shared": True}
+        folder = os.lstat(into)
+        out_fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(out_fd, "wb") as out:
+            os.fchown(out_fd, folder.st_uid, folder.st_gid)
+            z = zlib.compressobj(1)
+            out.write(z.compress(MAGIC + _HEAD.pack(st.st_size, st.st_mtime_ns)))
+            for offset, piece in _data(fd, st.st_size):
+                out.write(z.compress(_RECORD.pack(offset, len(piece)) + piece))
+            out.write(z.compress(_RECORD.pack(END, 0)) + z.flush())
+    finally:
+        os.close(fd)
+    return {"changed": False, "exists": True, "shared": False, "archive": archive, "size": st.st_size}
+
+
+class _Inflate:
+    """Exactly the bytes asked for, from a compressed file, never more than that in memory."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.z, self.buf = f, zlib.decompressobj(), b""
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if self.z.unconsumed_tail:
+                more = self.z.decompress(self.z.unconsumed_tail, n - len(self.buf))
+            elif self.z.eof or not (raw := self.f.read(PIECE)):
+                raise OSError(errno.EINVAL, "the carried archive ends early: not put in place")
+            else:
+                more = self.z.decompress(raw, n - len(self.buf))
+            self.buf += more
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+def unpack(path: str, archive: str, user: str) -> dict[str, Any]:
+    """The COW file made from ``archive`` (``pack``'s, sent here), in a private folder next to ``path`` (same
+    file system: the last step is a rename) inside a folder only root can write (made if missing, refused
+    otherwise, as the copy's folder), holes kept, the guest's user's with mode 0600 as umlstate makes one."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return {"failed": True, "rc": 1, "msg": f"unpacking {path}: no user {user} on this host"}
+    try:
+        root_folder(os.path.dirname(path))
+        folder = tempfile.mkdtemp(prefix=".umlstate-move-", dir=os.path.dirname(path))
+    except OSError as exc:
+        return {"failed": True, "rc": 1, "msg": f"the COW file's folder: {exc.strerror or exc}"}
+    try:
+        made = os.path.join(folder, "cow")
+        in_fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(in_fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(in_fd).st_mode):
+                raise OSError(errno.EINVAL, "the carried archive is not a regular file: not put in place")
+            z = _Inflate(f)
+            if z.read(len(MAGIC)) != MAGIC:
+                raise OSError(errno.EINVAL, "the carried archive is not a COW file's: not put in place")
+            size, mtime_ns = _HEAD.unpack(z.read(_HEAD.size))
+            fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                last = 0
+                while True:
+                    offset, length = _RECORD.unpack(z.read(_RECORD.size))
+                    if offset == END:
+                        break
+                    if offset < last or length > PIECE or offset + length > size:
+                        raise OSError(errno.EINVAL, "the carried archive is damaged: not put in place")
+                    os.pwrite(fd, z.read(length), offset)
+                    last = offset + length
+                os.ftruncate(fd, size)
+                os.fchown(fd, account.pw_uid, account.pw_gid)
+                os.fchmod(fd, 0o600)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(made, path)
+    except OSError as exc:
+        return {"failed": True, "rc": 1, "msg": f"unpacking {path}: {exc.strerror or exc}"}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"changed": True, "size": size}
+
+
+def remove(path: str) -> dict[str, Any]:
+    """A moved guest's old COW file once it runs on its new host, or the journal: the name, never what a link
+    leads to."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return {"changed": False}
+    if stat.S_ISDIR(st.st_mode):
+        return {"failed": True, "rc": 1, "msg": f"{path} is a folder: left as it is"}
+    os.unlink(path)
+    return {"changed": True}
+
+
 def main() -> None:
     # What follows this program on stdin: the request's length on a line, then the request (the controller's).
     request = json.loads(sys.stdin.buffer.read(int(sys.stdin.buffer.readline(32))))
-    steps = {"stage": stage, "apply": apply}
+    steps = {"stage": stage, "apply": apply, "look": look, "pack": pack, "unpack": unpack, "remove": remove}
     try:
         reply = steps[request["step"]](**request["args"])
     except Exception as exc:  # noqa: BLE001 - one answer in any case, with an exit code for the task's retries
