@@ -25,8 +25,9 @@ and on sid's vector-only 7.2 where scripts/fetch-vector-kernel can get it);
 a farm of 12 guests on one bridge stretched over three hosts (namespaces on a
 LAN bridge, each host applying its own slice) against the same on one host,
 with the rollout's busiest host's own apply and the rollout of the farm once
-it is in sync (the playbook's own cost, with nothing to change), and the
-rollout again with the uplinks' proxy_delay at 0 (README: Troubleshooting);
+it is in sync (the playbook's own cost, with nothing to change), one that
+moves a guest with its disk to another host (until it answers again), and
+the rollout again with the uplinks' proxy_delay at 0 (README: Troubleshooting);
 watch mode's repair time for a deleted tap, a killed switch and a panicked
 guest; the traffic policy's share of a 1000-tap apply, and TCP from the LAN
 into a guest with the policy and with its tables deleted; and `umlstate stop`
@@ -571,8 +572,10 @@ def busiest_apply(calls: Path) -> float:
 def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> dict[str, Any]:
     """From empty to all k guests answering the LAN: spread over three hosts, rolled out by the playbook
     (contrib/ansible, where ansible-core is installed; else each host applies its slice, in parallel),
-    against the same farm applied on one host; and the rollout again with the uplinks answering ARP at once."""
+    against the same farm applied on one host; then the same rollout again (in sync), and one that moves a guest
+    with its disk; and the rollout from empty with the uplinks answering ARP at once."""
     raw: dict[str, list[float]] = {"three_hosts": [], "one_host": [], "busiest_host": [], "in_sync_rollout": [],
+                                   "move_rollout": [], "move_until_answering": [],
                                    "three_hosts_arp_at_once": [], "busiest_host_arp_at_once": []}
     addresses = [f"172.16.99.{i + 1}" for i in range(k)]
     for r in range(repeat):
@@ -611,6 +614,17 @@ def bench_hosts(k: int, repeat: int, folder: Path, image: Path, group: str) -> d
                     if code:
                         raise SystemExit("benchmark: the rollout of the in-sync farm failed")
                     raw["in_sync_rollout"].append(seconds)
+                    # One guest moves, with its disk: g1 from beta to gamma, until it answers the LAN again.
+                    placed = "name: g1, user: nobody, mem: 96M, host: beta"
+                    assert placed in topology.read_text(), "bug: the farm's g1 is on beta"
+                    topology.write_text(topology.read_text().replace(placed, placed.replace("beta", "gamma")))
+                    start = time.perf_counter()
+                    seconds, code, _ = timed(playbook)
+                    if code:
+                        raise SystemExit("benchmark: the rollout that moves g1 failed")
+                    until_pings(lan, [addresses[1]], timeout=60)
+                    raw["move_rollout"].append(seconds)
+                    raw["move_until_answering"].append(time.perf_counter() - start)
                 for name, ns in used.items():
                     timed([PY, "-m", "umlstate", "--netns", ns, "--host", name, "destroy", str(topology), "--yes"])
     return {"k": k, "raw": raw, "median": {m: statistics.median(v) for m, v in raw.items() if v}}
@@ -768,6 +782,9 @@ def table(results: dict[str, Any]) -> str:
         if "in_sync_rollout" in m:
             out.append(f"the same rollout once the farm is in sync (the playbook's own cost): "
                        f"{m['in_sync_rollout']:.2f} s")
+        if "move_rollout" in m:
+            out.append(f"one guest moved to another host with its disk: rollout {m['move_rollout']:.2f} s, "
+                       f"until it answers the LAN again {m['move_until_answering']:.2f} s")
         if "busiest_host_arp_at_once" in m:
             out.append(f"with the uplinks' proxy_delay at 0 (README: Troubleshooting): the rollout "
                        f"{m['three_hosts_arp_at_once']:.2f} s, its busiest host's apply calls "

@@ -117,3 +117,16 @@ def test_an_uplink_without_arp_is_not_announced_on(farm: Farm) -> None:
     assert code == 0, out
     assert "not told" not in out, out
     assert farm.lan_knows(MOVED[0]) == OLD_HOST_MAC
+
+
+def test_an_uplink_without_ipv6_announces_ipv4_and_warns_of_the_ipv6_addresses_alone(farm: Farm) -> None:
+    farm.host.run("sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
+    code, out = farm.run("apply", "--yes")
+    assert code == 0, out
+    mac = farm.uplink_mac()
+    deadline = time.monotonic() + 10
+    while farm.lan_knows(MOVED[0]) != mac and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert farm.lan_knows(MOVED[0]) == mac, "IPv4 was announced"
+    warned = [line for line in out.splitlines() if "not told" in line]
+    assert warned and all("2001:db8" in line and "172.16.99" not in line for line in warned), out

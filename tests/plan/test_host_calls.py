@@ -101,11 +101,12 @@ class RecordingHost:
     def delete_group(self, group: int) -> None:
         self._call(f"netlink: link del group {group}")
 
-    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> None:
+    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> dict[Address, str]:
         said = f"announce on {uplink}: {' '.join(map(str, addresses))}"
         self.calls.append(said)
         if self.refused(said):  # as a link that is down refuses the packets
             raise OSError(errno.ENETDOWN, os.strerror(errno.ENETDOWN))
+        return {}
 
     def run(self, program: str, *args: str, already: int | None = None) -> None:
         self._call(" ".join((program, *args)))

@@ -265,12 +265,13 @@ class Executor:
             uplinks.setdefault(action.uplink, []).append(action)
         for uplink, actions in uplinks.items():
             try:
-                self.host.announce(uplink, tuple(a.address for a in actions))
+                failed = self.host.announce(uplink, tuple(a.address for a in actions))
             except OSError as exc:
+                failed = {a.address: exc.strerror or str(exc) for a in actions}
+            for cause in sorted(set(failed.values())):
                 log.warning("the LAN was not told of new proxy entries: its neighbours find this host once their "
-                            "cached entries expire",
-                            uplink=uplink, addresses=[str(a.address) for a in actions],
-                            error=exc.strerror or str(exc))
+                            "cached entries expire", uplink=uplink, error=cause,
+                            addresses=[str(a) for a, why in failed.items() if why == cause])
 
     def _make_tap(self, a: A.CreateTap, requests: netlink.Batch) -> None:
         """ioctls now; the mark (ifalias, link group) queued, acked under this action's name."""

@@ -51,7 +51,7 @@ class Host(Protocol):
 
     def delete_group(self, group: int) -> None: ...
 
-    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> None: ...
+    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> dict[Address, str]: ...
 
     def run(self, program: str, *args: str, already: int | None = None) -> None: ...
 
@@ -108,8 +108,9 @@ class System:
     def delete_group(self, group: int) -> None:
         self.nl.delete_group(group)
 
-    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> None:
-        send_announcements(uplink, addresses)
+    def announce(self, uplink: str, addresses: tuple[Address, ...]) -> dict[Address, str]:
+        """The addresses not announced, and why."""
+        return send_announcements(uplink, addresses)
 
     def run(self, program: str, *args: str, already: int | None = None) -> None:
         """One of passwd's programs; ``already``: the exit status that means the change was made already."""

@@ -13,15 +13,24 @@ the address ignores the announcement (``arp_accept`` and
 
 What goes out is the topology's addresses and the uplink's own MAC; nothing a
 user or guest wrote. Sent from the namespace this process entered.
+
+An announcement overrides what the LAN's neighbours had (the guest moved:
+the new host must win). So a guest given an address that a LAN machine
+really has takes it over in the neighbours' caches too, where before the
+real owner usually answered the LAN's ARP first (``proxy_delay``). Such an
+address is a mistake in the topology either way; README's Several hosts says so.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import socket
 import struct
+import time
 from collections.abc import Sequence
+from typing import Any
 
 ETH_P_ARP = 0x0806
 ARPHRD_ETHER = 1
@@ -33,6 +42,7 @@ NA_OVERRIDE = 0x20000000  # replace the cached MAC: the guest moved, this host n
 ND_OPT_TARGET_LLADDR = 2
 ALL_NODES = "ff02::1"
 BROADCAST = b"\xff" * 6
+RETRIES, RETRY_WAIT = 20, 0.005  # a full queue (a shaped uplink) is waited out for up to 0.1 s per address
 
 _IFREQ = struct.Struct("16s24x")  # struct ifreq: the name, then a 24-byte union
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
@@ -63,24 +73,44 @@ def neighbour_advert(mac: bytes, address: ipaddress.IPv6Address) -> bytes:
     return _NA.pack(ND_NEIGHBOR_ADVERT, 0, 0, NA_OVERRIDE, address.packed, ND_OPT_TARGET_LLADDR, 1, mac)
 
 
-def announce(uplink: str, addresses: Sequence[Address]) -> int:
-    """One announcement per address on ``uplink``; how many went out (0 on a link without ARP or a MAC).
+def announce(uplink: str, addresses: Sequence[Address]) -> dict[Address, str]:
+    """One announcement per address on ``uplink``; the addresses that could not be announced, and why (none
+    on a link without ARP or a MAC: there is nothing to announce on).
 
-    Raises OSError when the link is missing or down, or has no IPv6 link-local address yet."""
+    Never blocks: a full queue is waited out briefly (a shaped uplink), then that address is given up.
+    Raises OSError when the link is missing."""
     mac = hardware_address(uplink)
     if mac is None:
-        return 0
+        return {}
+    failed: dict[Address, str] = {}
     v4 = [a for a in addresses if isinstance(a, ipaddress.IPv4Address)]
     v6 = [a for a in addresses if isinstance(a, ipaddress.IPv6Address)]
     if v4:
         # Protocol 0: the socket sends ARP but receives nothing while it is open.
         with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0) as sock:
             for a in v4:
-                sock.sendto(gratuitous_arp(mac, a), (uplink, ETH_P_ARP, 0, ARPHRD_ETHER, BROADCAST))
+                _send(sock, gratuitous_arp(mac, a), (uplink, ETH_P_ARP, 0, ARPHRD_ETHER, BROADCAST), a, failed)
     if v6:
         index = socket.if_nametoindex(uplink)
         with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # or receivers drop it
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)  # for the LAN, not this host
             for a6 in v6:
-                sock.sendto(neighbour_advert(mac, a6), (ALL_NODES, 0, 0, index))
-    return len(v4) + len(v6)
+                _send(sock, neighbour_advert(mac, a6), (ALL_NODES, 0, 0, index), a6, failed)
+    return failed
+
+
+def _send(sock: socket.socket, frame: bytes, to: tuple[Any, ...], address: Address,
+          failed: dict[Address, str]) -> None:
+    for _ in range(RETRIES):
+        try:
+            sock.sendto(frame, socket.MSG_DONTWAIT, to)
+            return
+        except (BlockingIOError, InterruptedError):
+            time.sleep(RETRY_WAIT)
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                failed[address] = exc.strerror or str(exc)
+                return
+            time.sleep(RETRY_WAIT)
+    failed[address] = "the link's queue stayed full"

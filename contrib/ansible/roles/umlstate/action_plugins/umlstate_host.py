@@ -65,7 +65,8 @@ STEPS: dict[str, dict[str, Any]] = {
         "user": {"type": "str", "required": True},      # whose it is there
         "archive": PATH,                                # carry_out's, on the controller
     },
-    "remove": {"path": PATH},                           # the old COW file
+    "remove": {"path": PATH,                            # the journal, or the old COW file,
+               "keep": {"type": "int"}},                # unless it has this inode (carry_in's: a shared folder)
     "transit": {"remove": {"type": "str"}},             # on the controller alone
 }
 AUTO = ("auto", "auto_legacy", "auto_silent", "auto_legacy_silent")
@@ -83,7 +84,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]
             raise AnsibleActionFail(f"umlstate_host: step must be one of {sorted(STEPS)}, not {step!r}")
         _, args = self.validate_argument_spec({"step": {"type": "str", "required": True}, **STEPS[step]})
         args = {k: v for k, v in args.items() if k != "step" and v is not None}
-        for key in ("path", "archive", "remove"):
+        for key in ("path", "archive", "remove", "journal"):
             if key in args and not str(args[key]).startswith("/"):
                 raise AnsibleActionFail(f"umlstate_host: {key} must be an absolute path, not {args[key]!r}")
         if step == "transit":
@@ -146,7 +147,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]
 
     @staticmethod
     def _transit(remove: str | None) -> dict[str, Any]:
-        """The controller's folder for the archives in transit (root's alone), or its removal."""
+        """The controller's folder for the archives in transit (0700, the controller user's), or its removal."""
         if remove is None:
             return {"changed": False, "path": tempfile.mkdtemp(prefix="umlstate-moves-")}
         if Path(remove).name.startswith("umlstate-moves-"):
@@ -154,14 +155,19 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         return {"changed": False}
 
     def _python(self, task_vars: dict[str, Any], result: dict[str, Any]) -> str:
-        """The host's Python as a module would get it: ansible_python_interpreter, or discovered once per host."""
-        configured = self._templar.template(C.config.get_config_value("INTERPRETER_PYTHON", variables=task_vars))
+        """The Python of the host the step runs on, as a module would get it: ansible_python_interpreter, or
+        discovered once per host and kept as its fact. A delegated step runs on the host it is delegated to,
+        with that host's variables (its discovery is not kept: the fact would go to the task's own host)."""
+        delegated = self._task.delegate_to
+        host_vars = task_vars.get("ansible_delegated_vars", {}).get(delegated, task_vars) if delegated else task_vars
+        configured = self._templar.template(C.config.get_config_value("INTERPRETER_PYTHON", variables=host_vars))
         if configured and configured not in AUTO:
             return str(configured)
-        facts = task_vars.get("ansible_facts", {})
+        facts = host_vars.get("ansible_facts", {})
         if facts.get("discovered_interpreter_python"):
             return str(facts["discovered_interpreter_python"])
         found = discover_interpreter(action=self, interpreter_name="python", discovery_mode=configured or "auto",
-                                     task_vars=task_vars)
-        result.setdefault("ansible_facts", {})["discovered_interpreter_python"] = found  # the next step reuses it
+                                     task_vars=host_vars)
+        if not delegated:
+            result.setdefault("ansible_facts", {})["discovered_interpreter_python"] = found  # the next step reuses it
         return str(found)

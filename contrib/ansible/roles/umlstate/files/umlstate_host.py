@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 MAX_READ = 4 << 20  # a topology or a journal: text, never this large (umlstate reads no larger topology)
@@ -187,24 +187,42 @@ PIECE = 1 << 16  # data is read, sent and written in pieces this large; an all-z
 ARCHIVE = "cow.z"  # in the action's temporary folder on each side
 
 
+def _mount_of(fd: int) -> str:
+    """The mount an open file is on (/proc's fdinfo: a bind mount of a file on the same file system too)."""
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+        return next((line.split()[1] for line in info if line.startswith("mnt_id:")), "")
+
+
+def _mount_of_folder(folder: str) -> str:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _mount_of(fd)
+    finally:
+        os.close(fd)
+
+
 def _open_cow(path: str) -> int | None:
-    """The COW file, read-only, never through a link nor blocking on a FIFO; None when it is missing."""
+    """The COW file, read-only, never through a link nor blocking on a FIFO, and only where its folder is (a
+    user may mount over a file they own: what is mounted there is not the disk); None when it is missing."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(errno.EINVAL, f"{path} is not a regular file (a link): not carried") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        why = "is not a regular file (a link)" if exc.errno == errno.ELOOP else f"cannot be read: {exc.strerror}"
+        raise OSError(exc.errno, f"{path} {why}: not carried") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or _mount_of(fd) != _mount_of_folder(os.path.dirname(path)):
         os.close(fd)
-        raise OSError(errno.EINVAL, f"{path} is not a regular file: not carried")
+        what = "is not a regular file" if not stat.S_ISREG(st.st_mode) else "has something mounted on it"
+        raise OSError(errno.EINVAL, f"{path} {what}: not carried")
     return fd
 
 
 def _identity(st: os.stat_result) -> dict[str, int]:
-    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    """What tells one file from another on both hosts of a shared folder (NFS gives each client its own
+    st_dev, so it is not part of it)."""
+    return {"ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def look(path: str) -> dict[str, Any]:
@@ -216,21 +234,26 @@ def look(path: str) -> dict[str, Any]:
     return {"changed": False, "stat": {**_identity(st), "regular": stat.S_ISREG(st.st_mode)}}
 
 
-def _data(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) of every piece of the file's data below ``size`` that is not all zeros."""
+def _data(fd: int, size: int, budget: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of every piece of the file's data below ``size`` that is not all zeros, never more
+    than ``budget`` bytes in all: a user who writes ahead of the reader and punches holes behind it would
+    keep a sparse file's data coming without end."""
     pos = 0
     while pos < size:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
         except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole is left
+            if exc.errno == errno.ENXIO:  # only a hole is left (or the file shrank meanwhile)
                 return
             raise
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
         for offset in range(start, end, PIECE):
             piece = os.pread(fd, min(PIECE, end - offset), offset)
             if not piece:  # the file shrank meanwhile
                 return
+            budget -= len(piece)
+            if budget < 0:
+                raise OSError(errno.EFBIG, "it holds more data than it did when it was opened")
             if piece.strip(b"\0"):
                 yield offset, piece
         pos = max(end, start + 1)
@@ -239,7 +262,10 @@ def _data(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
 def pack(path: str, into: str, same_as: dict[str, int] | None = None) -> dict[str, Any]:
     """The COW file's data, compressed, as ``into``/cow.z (the action's temporary folder on this host, made by
     the connection's user, who is given the archive to fetch it); or nothing, when the file is missing or is
-    the very file ``same_as`` describes (both hosts see one file: a shared state_dir)."""
+    the very file ``same_as`` describes (both hosts see one file: a shared state_dir).
+
+    Its guest is stopped: a file that changes while it is packed (its user, or a guest still running) is
+    refused, and no more is read than the data it held when it was opened."""
     try:
         fd = _open_cow(path)
     except OSError as exc:
@@ -249,7 +275,7 @@ def pack(path: str, into: str, same_as: dict[str, int] | None = None) -> dict[st
     archive = os.path.join(into, ARCHIVE)
     try:
         st = os.fstat(fd)
-        if same_as is not None and {k: same_as.get(k) for k in ("dev", "ino", "size", "mtime_ns")} == _identity(st):
+        if same_as is not None and {k: same_as.get(k) for k in _identity(st)} == _identity(st):
             return {"changed": False, "exists": True, "shared": True}
         folder = os.lstat(into)
         out_fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -257,9 +283,16 @@ def pack(path: str, into: str, same_as: dict[str, int] | None = None) -> dict[st
             os.fchown(out_fd, folder.st_uid, folder.st_gid)
             z = zlib.compressobj(1)
             out.write(z.compress(MAGIC + _HEAD.pack(st.st_size, st.st_mtime_ns)))
-            for offset, piece in _data(fd, st.st_size):
+            for offset, piece in _data(fd, st.st_size, st.st_blocks * 512 + PIECE):
                 out.write(z.compress(_RECORD.pack(offset, len(piece)) + piece))
             out.write(z.compress(_RECORD.pack(END, 0)) + z.flush())
+        after = os.fstat(fd)
+        if (after.st_ctime_ns, after.st_size) != (st.st_ctime_ns, st.st_size):
+            raise OSError(errno.EBUSY, "it changed while it was packed")
+    except OSError as exc:
+        return {"failed": True, "rc": 1, "msg": f"{path} {exc.strerror or exc}: not carried (is its guest still "
+                                                f"running?)" if exc.errno in (errno.EFBIG, errno.EBUSY) else
+                f"packing {path}: {exc.strerror or exc}"}
     finally:
         os.close(fd)
     return {"changed": False, "exists": True, "shared": False, "archive": archive, "size": st.st_size}
@@ -283,18 +316,45 @@ class _Inflate:
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
+    def end(self) -> None:
+        """Nothing after the last record, and the stream's own checksum read and right."""
+        while not self.z.eof:
+            raw = self.z.unconsumed_tail or self.f.read(PIECE)
+            if not raw or self.z.decompress(raw, 1):
+                raise OSError(errno.EINVAL, "the carried archive does not end where its records do")
+        if self.buf or self.z.unused_data or self.f.read(1):
+            raise OSError(errno.EINVAL, "the carried archive has more after its end")
+
+
+def _account(user: str) -> tuple[int, int]:
+    """The user's uid and primary group, as umlstate resolves a guest's user: a name, or a number (a uid
+    without a passwd entry keeps its own number as its group)."""
+    if user.isdigit():
+        uid = int(user)
+        try:
+            return uid, pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            return uid, uid
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
 
 def unpack(path: str, archive: str, user: str) -> dict[str, Any]:
     """The COW file made from ``archive`` (``pack``'s, sent here), in a private folder next to ``path`` (same
     file system: the last step is a rename) inside a folder only root can write (made if missing, refused
-    otherwise, as the copy's folder), holes kept, the guest's user's with mode 0600 as umlstate makes one."""
+    otherwise, as the copy's folder), holes kept, the guest's user's with mode 0600 as umlstate makes one.
+    Replies with the new file's inode: the old one is never removed if it is this very file."""
     try:
-        account = pwd.getpwnam(user)
+        uid, gid = _account(user)
     except KeyError:
         return {"failed": True, "rc": 1, "msg": f"unpacking {path}: no user {user} on this host"}
+    where = os.path.dirname(path)
     try:
-        root_folder(os.path.dirname(path))
-        folder = tempfile.mkdtemp(prefix=".umlstate-move-", dir=os.path.dirname(path))
+        root_folder(where)
+        for name in os.listdir(where):  # what a killed unpack left: root's alone, in root's folder
+            if name.startswith(".umlstate-move-"):
+                shutil.rmtree(os.path.join(where, name), ignore_errors=True)
+        folder = tempfile.mkdtemp(prefix=".umlstate-move-", dir=where)
     except OSError as exc:
         return {"failed": True, "rc": 1, "msg": f"the COW file's folder: {exc.strerror or exc}"}
     try:
@@ -302,10 +362,10 @@ def unpack(path: str, archive: str, user: str) -> dict[str, Any]:
         in_fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         with os.fdopen(in_fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(in_fd).st_mode):
-                raise OSError(errno.EINVAL, "the carried archive is not a regular file: not put in place")
+                raise OSError(errno.EINVAL, "the carried archive is not a regular file")
             z = _Inflate(f)
             if z.read(len(MAGIC)) != MAGIC:
-                raise OSError(errno.EINVAL, "the carried archive is not a COW file's: not put in place")
+                raise OSError(errno.EINVAL, "the carried archive is not a COW file's")
             size, mtime_ns = _HEAD.unpack(z.read(_HEAD.size))
             fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
@@ -315,41 +375,55 @@ def unpack(path: str, archive: str, user: str) -> dict[str, Any]:
                     if offset == END:
                         break
                     if offset < last or length > PIECE or offset + length > size:
-                        raise OSError(errno.EINVAL, "the carried archive is damaged: not put in place")
+                        raise OSError(errno.EINVAL, "the carried archive is damaged")
                     os.pwrite(fd, z.read(length), offset)
                     last = offset + length
+                z.end()
                 os.ftruncate(fd, size)
-                os.fchown(fd, account.pw_uid, account.pw_gid)
+                os.fchown(fd, uid, gid)
                 os.fchmod(fd, 0o600)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
                 os.fsync(fd)
+                inode = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
         os.replace(made, path)
-    except OSError as exc:
-        return {"failed": True, "rc": 1, "msg": f"unpacking {path}: {exc.strerror or exc}"}
+        folder_fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(folder_fd)  # the rename is on disk too
+        finally:
+            os.close(folder_fd)
+    except (OSError, zlib.error) as exc:
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the carried archive is damaged"
+        return {"failed": True, "rc": 1, "msg": f"unpacking {path}: {cause}: not put in place"}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return {"changed": True, "size": size}
+    return {"changed": True, "size": size, "ino": inode}
 
 
-def remove(path: str) -> dict[str, Any]:
+def remove(path: str, keep: int | None = None) -> dict[str, Any]:
     """A moved guest's old COW file once it runs on its new host, or the journal: the name, never what a link
-    leads to."""
+    leads to; never the file whose inode is ``keep`` (unpack's: on hosts that share the folder, the old name is
+    the new file)."""
     try:
         st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return {"failed": True, "rc": 1, "msg": f"{path} is a folder: left as it is"}
+        if keep is not None and st.st_ino == keep:
+            return {"changed": False, "msg": f"{path} is the carried file itself (a folder both hosts share): kept"}
+        os.unlink(path)
     except FileNotFoundError:
         return {"changed": False}
-    if stat.S_ISDIR(st.st_mode):
-        return {"failed": True, "rc": 1, "msg": f"{path} is a folder: left as it is"}
-    os.unlink(path)
+    except OSError as exc:
+        return {"failed": True, "rc": 1, "msg": f"removing {path}: {exc.strerror or exc}"}
     return {"changed": True}
 
 
 def main() -> None:
     # What follows this program on stdin: the request's length on a line, then the request (the controller's).
     request = json.loads(sys.stdin.buffer.read(int(sys.stdin.buffer.readline(32))))
-    steps = {"stage": stage, "apply": apply, "look": look, "pack": pack, "unpack": unpack, "remove": remove}
+    steps: dict[str, Callable[..., dict[str, Any]]] = {"stage": stage, "apply": apply, "look": look, "pack": pack,
+                                                       "unpack": unpack, "remove": remove}
     try:
         reply = steps[request["step"]](**request["args"])
     except Exception as exc:  # noqa: BLE001 - one answer in any case, with an exit code for the task's retries
