@@ -29,7 +29,7 @@ import ipaddress
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 ETH_P_ARP = 0x0806
@@ -42,7 +42,7 @@ NA_OVERRIDE = 0x20000000  # replace the cached MAC: the guest moved, this host n
 ND_OPT_TARGET_LLADDR = 2
 ALL_NODES = "ff02::1"
 BROADCAST = b"\xff" * 6
-RETRIES, RETRY_WAIT = 20, 0.005  # a full queue (a shaped uplink) is waited out for up to 0.1 s per address
+FULL_WAIT, RETRY_WAIT = 0.2, 0.005  # a full queue (a shaped uplink) is waited out for 0.2 s per family in all
 
 _IFREQ = struct.Struct("16s24x")  # struct ifreq: the name, then a 24-byte union
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
@@ -77,7 +77,8 @@ def announce(uplink: str, addresses: Sequence[Address]) -> dict[Address, str]:
     """One announcement per address on ``uplink``; the addresses that could not be announced, and why (none
     on a link without ARP or a MAC: there is nothing to announce on).
 
-    Never blocks: a full queue is waited out briefly (a shaped uplink), then that address is given up.
+    Never blocks: a full queue (a shaped uplink) is waited out for a moment, once per family; when it stays
+    full, or a filter drops what is sent, the family's other addresses are given up with the same cause.
     Raises OSError when the link is missing."""
     mac = hardware_address(uplink)
     if mac is None:
@@ -86,31 +87,45 @@ def announce(uplink: str, addresses: Sequence[Address]) -> dict[Address, str]:
     v4 = [a for a in addresses if isinstance(a, ipaddress.IPv4Address)]
     v6 = [a for a in addresses if isinstance(a, ipaddress.IPv6Address)]
     if v4:
+        frames = [(a, gratuitous_arp(mac, a)) for a in v4]
+        to: tuple[Any, ...] = (uplink, ETH_P_ARP, 0, ARPHRD_ETHER, BROADCAST)
         # Protocol 0: the socket sends ARP but receives nothing while it is open.
-        with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0) as sock:
-            for a in v4:
-                _send(sock, gratuitous_arp(mac, a), (uplink, ETH_P_ARP, 0, ARPHRD_ETHER, BROADCAST), a, failed)
+        _send_all(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0), frames, to, failed)
     if v6:
-        index = socket.if_nametoindex(uplink)
-        with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+        def icmpv6() -> socket.socket:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # or receivers drop it
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)  # for the LAN, not this host
-            for a6 in v6:
-                _send(sock, neighbour_advert(mac, a6), (ALL_NODES, 0, 0, index), a6, failed)
+            return sock
+
+        frames6 = [(a, neighbour_advert(mac, a)) for a in v6]
+        _send_all(icmpv6, frames6, (ALL_NODES, 0, 0, socket.if_nametoindex(uplink)), failed)
     return failed
 
 
-def _send(sock: socket.socket, frame: bytes, to: tuple[Any, ...], address: Address,
-          failed: dict[Address, str]) -> None:
-    for _ in range(RETRIES):
-        try:
-            sock.sendto(frame, socket.MSG_DONTWAIT, to)
-            return
-        except (BlockingIOError, InterruptedError):
-            time.sleep(RETRY_WAIT)
-        except OSError as exc:
-            if exc.errno != errno.ENOBUFS:
-                failed[address] = exc.strerror or str(exc)
-                return
-            time.sleep(RETRY_WAIT)
-    failed[address] = "the link's queue stayed full"
+def _send_all(opened: Callable[[], socket.socket], frames: Sequence[tuple[Address, bytes]], to: tuple[Any, ...],
+              failed: dict[Address, str]) -> None:
+    """Each frame once; what cannot be sent goes into ``failed``, with why (a host without IPv6: the family's
+    socket itself)."""
+    try:
+        sock = opened()
+    except OSError as exc:
+        failed.update((a, exc.strerror or str(exc)) for a, _ in frames)
+        return
+    with sock:
+        waited = 0.0
+        for i, (address, frame) in enumerate(frames):
+            while True:
+                try:
+                    sock.sendto(frame, socket.MSG_DONTWAIT, to)
+                    break
+                except OSError as exc:
+                    full = isinstance(exc, BlockingIOError) or exc.errno == errno.ENOBUFS
+                    if not full:
+                        failed[address] = exc.strerror or str(exc)
+                        break
+                    if waited >= FULL_WAIT:  # the queue stays full, or a filter drops ARP: the rest too
+                        failed.update((a, exc.strerror or str(exc)) for a, _ in frames[i:])
+                        return
+                    time.sleep(RETRY_WAIT)
+                    waited += RETRY_WAIT

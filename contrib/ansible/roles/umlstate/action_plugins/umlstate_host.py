@@ -66,7 +66,8 @@ STEPS: dict[str, dict[str, Any]] = {
         "archive": PATH,                                # carry_out's, on the controller
     },
     "remove": {"path": PATH,                            # the journal, or the old COW file,
-               "keep": {"type": "int"}},                # unless it has this inode (carry_in's: a shared folder)
+               "keep": {"type": "list", "elements": "int"}},  # unless it is this file (carry_in's inode and
+                                                                 # ctime: a folder both hosts share)
     "transit": {"remove": {"type": "str"}},             # on the controller alone
 }
 AUTO = ("auto", "auto_legacy", "auto_silent", "auto_legacy_silent")

@@ -26,8 +26,8 @@ write, and every read is bounded.
   on both sides, a folder umlstate refuses unless it is root's alone: no
   guest's user can swap the file or its folder meanwhile. The file itself is
   the user's, so it is opened without following a link or blocking on a FIFO,
-  read only up to the size it had when opened, and only a regular file is
-  carried.
+  only a regular file on its folder's mount is carried, read below the size it
+  had when opened, and refused if it changes meanwhile.
 """
 
 from __future__ import annotations
@@ -234,11 +234,14 @@ def look(path: str) -> dict[str, Any]:
     return {"changed": False, "stat": {**_identity(st), "regular": stat.S_ISREG(st.st_mode)}}
 
 
-def _data(fd: int, size: int, budget: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) of every piece of the file's data below ``size`` that is not all zeros, never more
-    than ``budget`` bytes in all: a user who writes ahead of the reader and punches holes behind it would
-    keep a sparse file's data coming without end."""
-    pos = 0
+def _data(fd: int, opened: os.stat_result) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of every piece of the file's data below its size when opened that is not all zeros.
+
+    A user who writes ahead of the reader and punches holes behind it would keep a sparse file's data coming
+    without end: each time as much has been read as the file held when opened (st_blocks; some file systems
+    count less, or report holes as data), the file is looked at again, and one that changed is refused."""
+    size, grant = opened.st_size, opened.st_blocks * 512 + PIECE
+    budget, pos = grant, 0
     while pos < size:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)
@@ -253,10 +256,17 @@ def _data(fd: int, size: int, budget: int) -> Iterator[tuple[int, bytes]]:
                 return
             budget -= len(piece)
             if budget < 0:
-                raise OSError(errno.EFBIG, "it holds more data than it did when it was opened")
+                _unchanged(fd, opened)
+                budget = grant
             if piece.strip(b"\0"):
                 yield offset, piece
         pos = max(end, start + 1)
+
+
+def _unchanged(fd: int, opened: os.stat_result) -> None:
+    now = os.fstat(fd)
+    if (now.st_ctime_ns, now.st_size) != (opened.st_ctime_ns, opened.st_size):
+        raise OSError(errno.EBUSY, "changed while it was packed")
 
 
 def pack(path: str, into: str, same_as: dict[str, int] | None = None) -> dict[str, Any]:
@@ -283,15 +293,13 @@ def pack(path: str, into: str, same_as: dict[str, int] | None = None) -> dict[st
             os.fchown(out_fd, folder.st_uid, folder.st_gid)
             z = zlib.compressobj(1)
             out.write(z.compress(MAGIC + _HEAD.pack(st.st_size, st.st_mtime_ns)))
-            for offset, piece in _data(fd, st.st_size, st.st_blocks * 512 + PIECE):
+            for offset, piece in _data(fd, st):
                 out.write(z.compress(_RECORD.pack(offset, len(piece)) + piece))
             out.write(z.compress(_RECORD.pack(END, 0)) + z.flush())
-        after = os.fstat(fd)
-        if (after.st_ctime_ns, after.st_size) != (st.st_ctime_ns, st.st_size):
-            raise OSError(errno.EBUSY, "it changed while it was packed")
+        _unchanged(fd, st)
     except OSError as exc:
         return {"failed": True, "rc": 1, "msg": f"{path} {exc.strerror or exc}: not carried (is its guest still "
-                                                f"running?)" if exc.errno in (errno.EFBIG, errno.EBUSY) else
+                                                f"running?)" if exc.errno == errno.EBUSY else
                 f"packing {path}: {exc.strerror or exc}"}
     finally:
         os.close(fd)
@@ -343,7 +351,8 @@ def unpack(path: str, archive: str, user: str) -> dict[str, Any]:
     """The COW file made from ``archive`` (``pack``'s, sent here), in a private folder next to ``path`` (same
     file system: the last step is a rename) inside a folder only root can write (made if missing, refused
     otherwise, as the copy's folder), holes kept, the guest's user's with mode 0600 as umlstate makes one.
-    Replies with the new file's inode: the old one is never removed if it is this very file."""
+    Replies with the new file's inode and ctime (``keep``): the old one is never removed if it is this very
+    file."""
     try:
         uid, gid = _account(user)
     except KeyError:
@@ -384,10 +393,10 @@ def unpack(path: str, archive: str, user: str) -> dict[str, Any]:
                 os.fchmod(fd, 0o600)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
                 os.fsync(fd)
-                inode = os.fstat(fd).st_ino
             finally:
                 os.close(fd)
         os.replace(made, path)
+        placed = os.lstat(path)
         folder_fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(folder_fd)  # the rename is on disk too
@@ -398,18 +407,29 @@ def unpack(path: str, archive: str, user: str) -> dict[str, Any]:
         return {"failed": True, "rc": 1, "msg": f"unpacking {path}: {cause}: not put in place"}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return {"changed": True, "size": size, "ino": inode}
+    return {"changed": True, "size": size, "keep": [placed.st_ino, placed.st_ctime_ns]}
 
 
-def remove(path: str, keep: int | None = None) -> dict[str, Any]:
+def remove(path: str, keep: list[int] | None = None) -> dict[str, Any]:
     """A moved guest's old COW file once it runs on its new host, or the journal: the name, never what a link
-    leads to; never the file whose inode is ``keep`` (unpack's: on hosts that share the folder, the old name is
-    the new file)."""
+    leads to; never the file ``keep`` names (unpack's inode and ctime: on hosts that share the folder, the old
+    name is the new file). The file is opened first: on NFS, that looks the name up afresh rather than from
+    a cache that may still hold the file renamed over."""
     try:
-        st = os.lstat(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            st = os.lstat(path)  # a link: the name alone goes
+        else:
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             return {"failed": True, "rc": 1, "msg": f"{path} is a folder: left as it is"}
-        if keep is not None and st.st_ino == keep:
+        if keep is not None and [st.st_ino, st.st_ctime_ns] == list(keep):
             return {"changed": False, "msg": f"{path} is the carried file itself (a folder both hosts share): kept"}
         os.unlink(path)
     except FileNotFoundError:
