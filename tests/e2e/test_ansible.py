@@ -782,6 +782,32 @@ def test_three_hosts_roll_out_and_a_guest_moves_with_its_address_mac_and_disk(
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="ansible runs from the project's virtualenv, as root: need root")
+def test_a_delegated_step_runs_with_the_python_of_the_host_it_is_delegated_to(ansible_playbook: Path,
+                                                                               tmp_path: Path) -> None:
+    """Farms mix distributions: the carrying steps are delegated to the old and the new host, and must run
+    there with that host's interpreter, as a module would, not with the task's own host's."""
+    (tmp_path / "inventory.ini").write_text(
+        "[farm]\n"
+        "alpha ansible_connection=local ansible_python_interpreter=/nonexistent/python3\n"
+        f"beta ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+    (tmp_path / "play.yml").write_text(textwrap.dedent(f"""\
+        - hosts: alpha
+          gather_facts: false
+          tasks:
+            - umlstate_host: {{step: look, path: {tmp_path}/nothing.cow}}
+              delegate_to: beta
+              register: seen
+            - assert: {{that: seen.stat is none}}
+        """))
+    done = subprocess.run([str(ansible_playbook), "-i", str(tmp_path / "inventory.ini"), str(tmp_path / "play.yml")],
+                          capture_output=True, text=True, check=False, timeout=120,
+                          env={**os.environ, "ANSIBLE_HOME": str(tmp_path), "ANSIBLE_LOCAL_TEMP": str(tmp_path),
+                               "ANSIBLE_ACTION_PLUGINS": str(CONTRIB / "roles" / "umlstate" / "action_plugins")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok: [alpha -> beta]" in done.stdout, done.stdout
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="ansible runs from the project's virtualenv, as root: need root")
 def test_the_example_inventory_and_playbook_parse(ansible_playbook: Path, tmp_path: Path) -> None:
     done = subprocess.run([str(ansible_playbook), "-i", str(CONTRIB / "inventory.example.ini"),
                            str(CONTRIB / "site.yml"), "--syntax-check"], capture_output=True, text=True, check=False,
