@@ -50,15 +50,29 @@ from typing import Any, BinaryIO
 MAX_READ = 4 << 20  # a topology or a journal: text, never this large (umlstate reads no larger topology)
 
 
-def read(path: str) -> str | None:
-    """The file's text, or None when it is missing; never through a link, never more than MAX_READ."""
+def open_regular(path: str) -> int | None:
+    """A regular file, read-only, or None when it is missing: never through a link, never blocking on a FIFO
+    (every file this program reads as root: a copy, a journal, a user's COW file, a carried archive)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"{path} is not a regular file (a link)") from None
+        raise OSError(exc.errno, f"{path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    return fd
+
+
+def read(path: str) -> str | None:
+    """The file's text, or None when it is missing; never through a link, never more than MAX_READ."""
+    fd = open_regular(path)
+    if fd is None:
+        return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, f"{path} is not a regular file")
         data = os.read(fd, MAX_READ + 1)
         if len(data) > MAX_READ:
             raise OSError(errno.EFBIG, f"{path} is larger than {MAX_READ} bytes")
@@ -202,20 +216,15 @@ def _mount_of_folder(folder: str) -> str:
 
 
 def _open_cow(path: str) -> int | None:
-    """The COW file, read-only, never through a link nor blocking on a FIFO, and only where its folder is (a
-    user may mount over a file they own: what is mounted there is not the disk); None when it is missing."""
+    """The COW file (``open_regular``), only where its folder is: a user may mount over a file they own, and
+    what is mounted there is not the disk; None when it is missing."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
+        fd = open_regular(path)
     except OSError as exc:
-        why = "is not a regular file (a link)" if exc.errno == errno.ELOOP else f"cannot be read: {exc.strerror}"
-        raise OSError(exc.errno, f"{path} {why}: not carried") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or _mount_of(fd) != _mount_of_folder(os.path.dirname(path)):
+        raise OSError(exc.errno, f"{exc.strerror}: not carried") from None
+    if fd is not None and _mount_of(fd) != _mount_of_folder(os.path.dirname(path)):
         os.close(fd)
-        what = "is not a regular file" if not stat.S_ISREG(st.st_mode) else "has something mounted on it"
-        raise OSError(errno.EINVAL, f"{path} {what}: not carried")
+        raise OSError(errno.EINVAL, f"{path} has something mounted on it: not carried")
     return fd
 
 
@@ -368,10 +377,10 @@ def unpack(path: str, archive: str, user: str) -> dict[str, Any]:
         return {"failed": True, "rc": 1, "msg": f"the COW file's folder: {exc.strerror or exc}"}
     try:
         made = os.path.join(folder, "cow")
-        in_fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        in_fd = open_regular(archive)
+        if in_fd is None:
+            raise OSError(errno.ENOENT, f"the carried archive {archive} is missing")
         with os.fdopen(in_fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(in_fd).st_mode):
-                raise OSError(errno.EINVAL, "the carried archive is not a regular file")
             z = _Inflate(f)
             if z.read(len(MAGIC)) != MAGIC:
                 raise OSError(errno.EINVAL, "the carried archive is not a COW file's")
