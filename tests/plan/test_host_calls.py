@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,10 +112,17 @@ class RecordingHost:
     def run(self, program: str, *args: str, already: int | None = None) -> None:
         self._call(" ".join((program, *args)))
 
-    def load_ruleset(self, action: A.LoadRuleset) -> RulesetRecord:
-        self._call(f"nft: load {', '.join(sorted(action.tables))} ({len(json.loads(action.document)['nftables'])} "
-                   "commands in one transaction)")
-        return RulesetRecord(action.tables, action.rendered, "listed", inputs=action.inputs)
+    def load_ruleset(self, action: A.LoadRuleset) -> Callable[[], RulesetRecord]:
+        """Started here, as the host starts it; a refusal comes when the executor waits for it, as the host's."""
+        said = (f"nft: load {', '.join(sorted(action.tables))} ({len(json.loads(action.document)['nftables'])} "
+                "commands in one transaction)")
+        self.calls.append(said)
+
+        def loaded() -> RulesetRecord:
+            if self.refused(said):
+                raise ActionError(f"{said}: refused (fails.json)")
+            return RulesetRecord(action.tables, action.rendered, "listed", inputs=action.inputs)
+        return loaded
 
     def delete_ruleset(self, action: A.DeleteRuleset) -> None:
         self._call(f"nft: delete {', '.join(sorted(action.tables))}")
@@ -195,3 +203,14 @@ def test_a_failure_stops_only_what_needs_it() -> None:
     assert "failed: create bridge br0" in text
     assert "skipped: update tap web-0 (needs bridge br0)" in text
     assert "netlink: link set br1 up" in text and "netlink: addr add 10.0.1.254/24 dev br1" in text
+
+
+def test_a_refused_policy_keeps_every_guest_down_and_nothing_else() -> None:
+    """The scenario whose policy nftables refuses, loaded while the netlink requests went: they all went."""
+    text = (Path(__file__).resolve().parents[2] / "fixtures" / "cases" / "bridge-policy-refused"
+            / "host-calls.txt").read_text()
+    assert "failed: update ruleset umlstate-lab" in text
+    assert "skipped: create guest db (needs ruleset umlstate-lab)" in text
+    assert "skipped: create guest web (needs ruleset umlstate-lab)" in text
+    assert "start guest" not in text
+    assert "netlink: neigh add proxy 172.16.99.2 dev eth0" in text and "announce on eth0" in text

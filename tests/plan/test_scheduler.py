@@ -49,15 +49,43 @@ def test_a_single_deletion_never_takes_the_group_route() -> None:
     assert schedule(actions, frozenset({"uml0"})) == [Batch(actions)]
 
 
+def policy() -> A.LoadRuleset:
+    return A.CreateRuleset("missing", "umlstate-lab", frozenset({"netdev umlstate-lab"}), '{"nftables": []}', "d",
+                           "port security on 2 port(s)", (), "i", frozenset({"uml0", "uml1"}))
+
+
+def test_the_policy_after_a_batch_is_loaded_beside_it() -> None:
+    """Its taps are made before the requests go (ioctls), and nothing else in the batch is what nftables reads."""
+    load = policy()
+    actions = (tap("uml0"), tap("uml1"), address("uml0"), A.SetLinkUp("down", "uml0"), load)
+    assert schedule(actions, frozenset()) == [Batch(actions[:4], beside=load)]
+
+
+def test_the_policy_waits_for_a_batch_that_deletes_links() -> None:
+    """A port the old tables hook may be the link going: the load waits until the link is gone."""
+    load = policy()
+    actions = (delete("uml9"), tap("uml0"), load)
+    assert schedule(actions, frozenset({"uml9", "uml8"})) == [Batch(actions[:2]), Single(load)]
+
+
+def test_the_policy_with_nothing_before_it_is_a_step_of_its_own() -> None:
+    load = policy()
+    start = A.StartSwitch("not running", "sw0", ("uml_switch",), "dupont", "/run/sw0.ctl", "uml0")
+    assert schedule((start, load), frozenset()) == [Single(start), Single(load)]
+
+
 def test_every_action_appears_exactly_once_and_in_plan_order() -> None:
     proc = Proc(1, 0, ("linux",), 0.0)
     actions: tuple[A.AnyAction, ...] = (
         A.StopGuest("gone", "web", proc), delete("uml0"), delete("uml1"), A.CreateGroup("missing", "umlusers"),
-        tap("uml0"), address("uml0"), A.SetSysctl("is 0", "net.ipv4.ip_forward", "1", "0"), tap("uml3"))
+        tap("uml0"), address("uml0"), A.SetSysctl("is 0", "net.ipv4.ip_forward", "1", "0"), tap("uml3"), policy())
     flat: list[A.AnyAction] = []
     for step in schedule(actions, frozenset({"uml0", "uml1"})):
         match step:
-            case Batch(actions=batch) | GroupDelete(actions=batch) | Stops(actions=batch):
+            case Batch(actions=batch, beside=load):
+                flat.extend(batch)
+                flat.extend([load] if load is not None else [])
+            case GroupDelete(actions=batch) | Stops(actions=batch):
                 flat.extend(batch)
             case Single(action=action):
                 flat.append(action)

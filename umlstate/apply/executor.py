@@ -108,8 +108,8 @@ class Executor:
         try:
             for step in steps:
                 match step:
-                    case Batch(actions=batch):
-                        self._send(batch)
+                    case Batch(actions=batch, beside=load):
+                        self._send(batch, load)
                     case GroupDelete(actions=deletions):
                         if self._attempt(deletions[0], lambda: self.host.delete_group(self.t.link_group)):
                             for action in deletions:
@@ -231,8 +231,9 @@ class Executor:
 
     # --- the kernel, in bulk ---------------------------------------------------------------
 
-    def _send(self, batch: tuple[Batchable, ...]) -> None:
-        """Queue each request (creating taps by ioctl on the way), send, record each acked action."""
+    def _send(self, batch: tuple[Batchable, ...], load: A.LoadRuleset | None = None) -> None:
+        """Queue each request (creating taps by ioctl on the way), send, record each acked action; ``load``:
+        the policy, loaded while the requests go (scheduler.py), recorded after them."""
         requests = self.host.batch()
         for action in batch:
             if not self._ready_to(action):
@@ -242,6 +243,7 @@ class Executor:
                     self._attempt(action, partial(self._make_tap, action, requests))
                 case _:
                     self._attempt(action, partial(self._queue, action, requests))
+        loaded = self.host.load_ruleset(load) if load is not None and self._ready_to(load) else None
         limit = None
         if self.crash_after is not None:  # the test hook stops at the exact action count
             limit = max(0, self.crash_after - len(self.result.done))
@@ -256,6 +258,11 @@ class Executor:
                 if isinstance(acked, A.AddProxy):
                     proxies.append(acked)
         self._announce(proxies)
+        if load is not None and loaded is not None and self._attempt(load, partial(self._loaded, loaded)):
+            self._done(load)
+
+    def _loaded(self, loaded: Callable[[], RulesetRecord]) -> None:
+        self.ruleset = loaded()
 
     def _announce(self, proxies: list[A.AddProxy]) -> None:
         """The LAN learns at once that this host answers for these addresses now (host/announce.py: a moved
@@ -357,7 +364,7 @@ class Executor:
                     p.console(action.name, action.proc, f"log umlstate: {action.nic.hint}\n")
                 self._remember(unit_of("guest", action.name), replace(action.proc, argv=action.line.argv))
             case A.LoadRuleset():
-                self.ruleset = h.load_ruleset(action)
+                self._loaded(h.load_ruleset(action))
             case A.DeleteRuleset():
                 h.delete_ruleset(action)
             case A.UnplugNic():

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from umlstate.apply import ruleset
@@ -55,7 +57,9 @@ class Host(Protocol):
 
     def run(self, program: str, *args: str, already: int | None = None) -> None: ...
 
-    def load_ruleset(self, action: A.LoadRuleset) -> RulesetRecord: ...
+    def load_ruleset(self, action: A.LoadRuleset) -> Callable[[], RulesetRecord]:
+        """Start loading the policy; the call returned waits for the load, and gives its record or raises."""
+        ...
 
     def delete_ruleset(self, action: A.DeleteRuleset) -> None: ...
 
@@ -121,8 +125,14 @@ class System:
         if proc.returncode not in (0, already):
             raise ActionError(f"{program} {' '.join(args)}: {proc.stderr.strip()[:500] or f'exit {proc.returncode}'}")
 
-    def load_ruleset(self, action: A.LoadRuleset) -> RulesetRecord:
-        return ruleset.load(action)
+    def load_ruleset(self, action: A.LoadRuleset) -> Callable[[], RulesetRecord]:
+        """In a thread of its own: libnftables works in C, without the GIL, so the transaction (half of it in
+        the kernel) takes the second CPU while the executor sends its rtnetlink requests. The thread is in
+        this process's network namespace: it starts from the thread that entered it."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nftables")
+        loading = pool.submit(ruleset.load, action)
+        pool.shutdown(wait=False)
+        return loading.result
 
     def delete_ruleset(self, action: A.DeleteRuleset) -> None:
         ruleset.delete(action)

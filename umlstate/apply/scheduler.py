@@ -13,6 +13,10 @@ Three rules shape the batches:
   topology's link group becomes one delete-by-group request (a thousand in 0.3 s);
 - a run of guest stops (destroy, replace) is one step, carried out in
   parallel: k guests take about one guest's shutdown time;
+- the traffic policy's load that follows a batch runs beside it, once the
+  batch's taps are made (the ioctls): nftables reads no other thing a batch
+  changes, and its transaction (libnftables, in C) takes the second CPU
+  while the rtnetlink requests go; a batch that deletes links is waited for;
 - everything else (files, processes, programs) is a step of its own.
 """
 
@@ -31,13 +35,16 @@ Batchable: TypeAlias = (A.MarkTap | A.SetLinkUp | A.DeleteTap | A.AddAddress | A
                         | A.RemoveProxy | A.CreateTap | A.Enslave | A.SetBridgeUp | A.DeleteBridge | A.SetBridgeMac
                         | A.LimitFdb | A.DeleteVxlan | A.AddFdb | A.RemoveFdb | A.AddRoute | A.RemoveRoute)
 LinkDeletion: TypeAlias = A.DeleteTap | A.DeleteBridge | A.DeleteVxlan
+DELETIONS = (A.DeleteTap, A.DeleteBridge, A.DeleteVxlan)
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Requests sent together; CreateTaps among them make their tap first (ioctls), then queue its mark."""
+    """Requests sent together; CreateTaps among them make their tap first (ioctls), then queue its mark.
+    ``beside``: the policy's load, started once the taps are made, while the requests go."""
 
     actions: tuple[Batchable, ...]
+    beside: A.LoadRuleset | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,12 @@ def schedule(actions: tuple[A.AnyAction, ...], group: frozenset[str]) -> list[St
             queued.append(action)
         elif isinstance(action, NETLINK):
             queued.append(action)
-            if isinstance(action, (A.DeleteTap, A.DeleteBridge, A.DeleteVxlan)):
+            if isinstance(action, DELETIONS):
                 deleting.add(action.name)
+        elif isinstance(action, A.LoadRuleset) and queued and not any(isinstance(a, DELETIONS) for a in queued):
+            steps.append(Batch(tuple(queued), beside=action))
+            queued.clear()
+            deleting.clear()
         else:
             flush()
             steps.append(Single(action))
@@ -108,9 +119,9 @@ def schedule(actions: tuple[A.AnyAction, ...], group: frozenset[str]) -> list[St
 def _deletions(actions: tuple[A.AnyAction, ...], start: int) -> tuple[LinkDeletion, ...]:
     """The run of tap and bridge deletions that begins at ``start``."""
     end = start
-    while end < len(actions) and isinstance(actions[end], (A.DeleteTap, A.DeleteBridge, A.DeleteVxlan)):
+    while end < len(actions) and isinstance(actions[end], DELETIONS):
         end += 1
-    return tuple(a for a in actions[start:end] if isinstance(a, (A.DeleteTap, A.DeleteBridge, A.DeleteVxlan)))
+    return tuple(a for a in actions[start:end] if isinstance(a, DELETIONS))
 
 
 def _stops(actions: tuple[A.AnyAction, ...], start: int) -> tuple[A.StopGuest | A.ReplaceGuest, ...]:
