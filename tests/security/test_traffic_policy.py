@@ -13,6 +13,7 @@ are there all the same.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -23,7 +24,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tapguest import (
     ETH_P_IP,
     ETH_P_IPV6,
     Sniffer,
+    TapGuest,
     arp,
     attached,
     ether,
@@ -79,7 +81,7 @@ subnets:
   - {{name: guests6, cidr: "2001:db8:99::/64", gateway: "2001:db8:99::fe"}}
 switches:
   - {{name: br0, kind: bridge, subnet: [guests, guests6]}}
-  - {{name: br1, kind: bridge, subnet: dmz}}
+  - {{name: br1, kind: bridge, subnet: dmz, isolated: {isolated}}}
 guests:
   - {{name: web, user: nobody, disk: {{image: {tmp}/img}},
      nics: [{{switch: br0, addresses: [172.16.99.1, "2001:db8:99::1"], mac: "{web}", port_security: {security}}}]}}
@@ -109,13 +111,14 @@ class Farm:
         return address
 
 
-def make_farm(tmp: Path, *, security: bool = True, reach: str = "[]") -> Iterator[Farm]:
+def make_farm(tmp: Path, *, security: bool = True, reach: str = "[]", isolated: bool = False) -> Iterator[Farm]:
     with host_and_lan() as (host, lan):
         (tmp / "img").write_bytes(b"")
         name = "p" + secrets.token_hex(3)
         path = tmp / "topology.yaml"
         path.write_text(TOPOLOGY.format(name=name, tmp=tmp, web=WEB, db=DB, dmz=DMZ, lab=LAB, reach=reach,
-                                        security="true" if security else "false"))
+                                        security="true" if security else "false",
+                                        isolated="true" if isolated else "false"))
         farm = Farm(host, lan, path, name)
         for guest in ("web", "db", "dmzweb", "lab"):
             farm.cli("stop", guest)  # held down: no kernel boots, the taps and the policy are made all the same
@@ -360,6 +363,37 @@ def test_subnets_stay_apart_unless_reach_says_so(tmp_path: Path, reach: str) -> 
             except TimeoutError:
                 forwarded = False
         assert forwarded is (reach != "[]")
+
+
+def heard(guest: TapGuest, signs: dict[str, Callable[[bytes], bool]], seconds: float) -> set[str]:
+    """Which of ``signs`` the frames that reach ``guest`` within ``seconds`` show (all of them end the wait)."""
+    got: set[str] = set()
+
+    def note(frame: bytes) -> bool:
+        got.update(name for name, sign in signs.items() if sign(frame))
+        return got == set(signs)
+    with contextlib.suppress(TimeoutError):
+        guest.receive(note, seconds)
+    return got
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["bridge", "isolated-bridge"])
+def test_an_isolated_bridges_guests_reach_the_gateway_not_each_other(tmp_path: Path, isolated: bool) -> None:
+    """dmzweb and lab share br1: a frame to lab's MAC (bridged), and a packet for br1's subnet sent to the
+    gateway (routed back out of br1, so the host asks br1 who has it), reach lab only when br1 is not isolated;
+    the gateway answers dmzweb either way."""
+    for farm in make_farm(tmp_path, isolated=isolated):
+        with attached(farm.host.name, "dmzweb-0", "lab-0") as (dmz, lab):
+            gw = farm.gateway_mac("br1")
+            dmz.send(arp(DMZ, "172.16.98.1", "172.16.98.254"))  # so that the host can answer dmzweb at once
+            dmz.receive(lambda f: f[12:14] == b"\x08\x06")
+            dmz.send(ether(LAB, DMZ, ETH_P_IP, ipv4("172.16.98.1", "172.16.98.9", 1, icmp_echo(8))))
+            dmz.send(ether(gw, DMZ, ETH_P_IP, ipv4("172.16.98.1", "172.16.98.7", 1, icmp_echo(9))))
+            dmz.send(ether(gw, DMZ, ETH_P_IP, ipv4("172.16.98.1", "172.16.98.254", 1, icmp_echo(10))))
+            dmz.receive(lambda f: is_ipv4(f, 1, src="172.16.98.254", dst="172.16.98.1") and f[34] == 0)
+            got = heard(lab, {"bridged": lambda f: is_ipv4(f, 1, dst="172.16.98.9"),  # handled by now, all three
+                              "routed": lambda f: is_arp_request_for(f, "172.16.98.7")}, seconds=2)
+        assert got == (set() if isolated else {"bridged", "routed"})
 
 
 # --- 6. router advertisements -----------------------------------------------------------------------------

