@@ -235,15 +235,11 @@ class Executor:
         """Queue each request (creating taps by ioctl on the way), send, record each acked action; ``load``:
         the policy, loaded while the requests go (scheduler.py), recorded after them."""
         requests = self.host.batch()
-        for action in batch:
-            if not self._ready_to(action):
-                continue
-            match action:
-                case A.CreateTap():
-                    self._attempt(action, partial(self._make_tap, action, requests))
-                case _:
-                    self._attempt(action, partial(self._queue, action, requests))
+        # The load starts as soon as the last tap is made: the other requests are queued while it runs.
+        taps_made = 1 + max((i for i, a in enumerate(batch) if isinstance(a, A.CreateTap)), default=-1)
+        self._queue_all(batch[:taps_made], requests)
         loaded = self.host.load_ruleset(load) if load is not None and self._ready_to(load) else None
+        self._queue_all(batch[taps_made:], requests)
         limit = None
         if self.crash_after is not None:  # the test hook stops at the exact action count
             limit = max(0, self.crash_after - len(self.result.done))
@@ -263,6 +259,17 @@ class Executor:
 
     def _loaded(self, loaded: Callable[[], RulesetRecord]) -> None:
         self.ruleset = loaded()
+
+    def _queue_all(self, actions: tuple[Batchable, ...], requests: netlink.Batch) -> None:
+        """Each request queued (a tap made by ioctl on the way), unless it needs what failed."""
+        for action in actions:
+            if not self._ready_to(action):
+                continue
+            match action:
+                case A.CreateTap():
+                    self._attempt(action, partial(self._make_tap, action, requests))
+                case _:
+                    self._attempt(action, partial(self._queue, action, requests))
 
     def _announce(self, proxies: list[A.AddProxy]) -> None:
         """The LAN learns at once that this host answers for these addresses now (host/announce.py: a moved
