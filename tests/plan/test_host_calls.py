@@ -214,3 +214,30 @@ def test_a_refused_policy_keeps_every_guest_down_and_nothing_else() -> None:
     assert "skipped: create guest web (needs ruleset umlstate-lab)" in text
     assert "start guest" not in text
     assert "netlink: neigh add proxy 172.16.99.2 dev eth0" in text and "announce on eth0" in text
+
+
+def test_a_pass_that_fails_while_the_policy_loads_waits_for_the_load() -> None:
+    """watch goes on after a failed pass: a load left running could commit after the next pass's own, and
+    unhook a tap whose guest that pass started. A send that raises (a short ack) still waits for it."""
+    placement, observed, options = load_case(Path(__file__).resolve().parents[2] / "fixtures" / "cases"
+                                             / "bridge-empty-host")
+    planned = plan(placement.topology, observed, stretches=placement.stretches, **options)
+    waited: list[str] = []
+
+    class ShortAck(RecordingHost):
+        def send(self, requests: netlink.Batch, limit: int | None = None) -> list[tuple[object, int]]:
+            raise ActionError("netlink: the kernel acked 3 of 10 requests")
+
+        def load_ruleset(self, action: A.LoadRuleset) -> Callable[[], RulesetRecord]:
+            loaded = super().load_ruleset(action)
+
+            def wait() -> RulesetRecord:
+                waited.append(action.table)
+                return loaded()
+            return wait
+
+    host = ShortAck(set())
+    with pytest.raises(ActionError, match="acked 3 of 10"):
+        Executor(placement.topology, netlink.Netlink(), host=host, procs=host).apply(planned, observed)
+    assert waited == ["umlstate-lab"]
+    assert not any(call.startswith("start guest") for call in host.calls)

@@ -14,6 +14,7 @@ the system, ``ProcessHost`` (apply/processes.py) for switches and guests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -239,7 +240,21 @@ class Executor:
         taps_made = 1 + max((i for i, a in enumerate(batch) if isinstance(a, A.CreateTap)), default=-1)
         self._queue_all(batch[:taps_made], requests)
         loaded = self.host.load_ruleset(load) if load is not None and self._ready_to(load) else None
-        self._queue_all(batch[taps_made:], requests)
+        try:
+            self._queue_all(batch[taps_made:], requests)
+            self._announce(self._acked_all(batch, requests))
+        except BaseException:
+            # The pass fails (a short ack, a bug), and watch goes on to the next one: a load left running could
+            # commit after that pass's own and unhook a tap whose guest it started. It ends with this pass.
+            if loaded is not None:
+                with contextlib.suppress(Exception):
+                    loaded()
+            raise
+        if load is not None and loaded is not None and self._attempt(load, partial(self._loaded, loaded)):
+            self._done(load)
+
+    def _acked_all(self, batch: tuple[Batchable, ...], requests: netlink.Batch) -> list[A.AddProxy]:
+        """Send the queued requests; record each action the kernel acked or refused; the proxies it added."""
         limit = None
         if self.crash_after is not None:  # the test hook stops at the exact action count
             limit = max(0, self.crash_after - len(self.result.done))
@@ -253,9 +268,7 @@ class Executor:
                 self._done(acked)
                 if isinstance(acked, A.AddProxy):
                     proxies.append(acked)
-        self._announce(proxies)
-        if load is not None and loaded is not None and self._attempt(load, partial(self._loaded, loaded)):
-            self._done(load)
+        return proxies
 
     def _loaded(self, loaded: Callable[[], RulesetRecord]) -> None:
         self.ruleset = loaded()

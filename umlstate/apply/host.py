@@ -131,8 +131,13 @@ class System:
         this process's network namespace: it starts from the thread that entered it."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nftables")
         loading = pool.submit(ruleset.load, action)
-        pool.shutdown(wait=False)
-        return loading.result
+
+        def wait() -> RulesetRecord:  # and the thread ended: none outlives its pass (or runs when guests start)
+            try:
+                return loading.result()
+            finally:
+                pool.shutdown(wait=True)
+        return wait
 
     def delete_ruleset(self, action: A.DeleteRuleset) -> None:
         ruleset.delete(action)
