@@ -70,7 +70,8 @@ def spawn(argv: tuple[str, ...], uid: int, log_fd: int, *, unit: str, cgroups: C
         child = subprocess.Popen(
             list(argv), stdin=stdin, stdout=log_fd, stderr=subprocess.STDOUT, cwd="/", env=env,
             close_fds=True, pass_fds=(keep,) if keep >= 0 else (), start_new_session=True, umask=0o077,
-            preexec_fn=_become(uid, gid, groups, tun_path, join, stale_socket),  # noqa: PLW1509 - no threads yet
+            # apply's own threads (the policy's load, the stops) are joined before any start: none runs here
+            preexec_fn=_become(uid, gid, groups, tun_path, join, stale_socket),  # noqa: PLW1509
         )
     except OSError as exc:
         raise ActionError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
