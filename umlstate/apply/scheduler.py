@@ -4,7 +4,7 @@ Pure, and the first step of apply. Most changes are one rtnetlink request
 each; sent back to back on one socket, with their acks read afterwards, a
 thousand taps cost one round trip per 256 requests instead of four thousand.
 Order is kept: the kernel handles a batch in order, as if sent one by one.
-Three rules shape the batches:
+Four rules shape the steps:
 
 - a tap is created by ioctls at once, while its mark (ifalias, link group)
   joins the batch; so a tap whose name a queued deletion still holds starts

@@ -368,7 +368,7 @@ def _inet(doc: Document, t: Topology, links: list[str], stretches: Mapping[str, 
     groups.append(f"host: guests reach ICMP echo to {', '.join(gateways) or 'no gateway'} and {opened}")
     # Between subnets: only where reach says so; a link to itself is a bridge's own traffic (br_netfilter),
     # but an isolated bridge's. Looked up in sets: a forwarded packet takes one lookup, not a walk past a rule
-    # per link, and a thousand links load in a tenth of the time their rules took.
+    # per link, and a set's thousand elements load faster than a thousand rules.
     doc.rule(family, "guest-forward", ESTABLISHED, ACCEPT)
     isolated = {b.name for b in t.bridges if b.isolated}
     through = concat(meta("iifname"), meta("oifname"))
