@@ -464,6 +464,8 @@ def test_the_playbook_stops_before_it_carries_and_carries_before_it_starts(tmp_p
     done, _ = rollout.run()
     assert done.returncode == 0, ok(done)
     assert {c["host"]: c["guests"] for c in log()} == {"alpha": ["g1"], "beta": ["g2"], "gamma": ["g3"]}
+    for host, guest in (("alpha", "g1"), ("beta", "g2"), ("gamma", "g3")):  # each apply's output, shown once
+        assert done.stdout.count(f"Apply complete: stand-in applied {host} ['{guest}']") == 1, ok(done)
     assert all(c["cows"][g]["fresh"] for c in log() for g in c["guests"])
 
     # g1 and g2 swap hosts: each must be stopped where it was before it starts where it goes.
@@ -508,6 +510,35 @@ def test_the_playbook_stops_before_it_carries_and_carries_before_it_starts(tmp_p
     assert not list(tmp_path.glob("*/etc/*.moving.json"))
     again, _ = rollout.run()
     assert all(v["changed"] == 0 for v in Rollout.recap(again).values()), ok(again)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
+def test_check_mode_is_refused_before_anything_is_staged_validated_or_applied(tmp_path: Path,
+                                                                             ansible_playbook: Path) -> None:
+    """Check mode cannot show a rollout (a step's result decides the next): refused, not a run of skips that
+    reports success; the first step refuses it, on every host, before it touches anything."""
+    rollout = stand_in_rollout(tmp_path, ansible_playbook)
+    rollout.topology.write_text(stand_in_topology({"g1": "alpha", "g2": "beta", "g3": "gamma"}, tmp_path))
+    done, _ = rollout.run("--check")
+    assert done.returncode != 0, ok(done)
+    assert "check mode cannot show a rollout: run `umlstate --host NAME plan TOPOLOGY`" in done.stdout, ok(done)
+    assert all(v["failed"] == 1 for v in Rollout.recap(done).values()), ok(done)
+    assert not (tmp_path / "validated.log").exists() and not (tmp_path / "calls.log").exists(), ok(done)
+    assert not any((tmp_path / h).exists() for h in HOSTS), "no host's folder, copy or staged file was made"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the playbook writes root's files: need root")
+def test_what_moves_py_warns_of_is_shown_as_ansibles_own_warning(tmp_path: Path, ansible_playbook: Path) -> None:
+    rollout = stand_in_rollout(tmp_path, ansible_playbook)
+    doc = yaml.safe_load(stand_in_topology({"g1": "alpha", "g4": "alpha"}, tmp_path))
+    doc["hosts"].append({"name": "delta", "underlay": "192.0.2.14", "state_dir": f"{tmp_path}/delta/state"})
+    doc["guests"][1]["host"] = "delta"  # a host of the topology that this run's inventory does not reach
+    rollout.topology.write_text(yaml.safe_dump(doc))
+    done, _ = rollout.run()
+    assert done.returncode == 0, ok(done)
+    warning = ("[WARNING]: umlstate: host delta is in the topology with guests g4 but in no inventory host of this "
+               "run: nothing is applied there")
+    assert done.stdout.count(warning) + done.stderr.count(warning) == 1, ok(done)
 
 
 @pytest.mark.slow  # no guests, but three playbook runs

@@ -73,11 +73,28 @@ STEPS: dict[str, dict[str, Any]] = {
 AUTO = ("auto", "auto_legacy", "auto_silent", "auto_legacy_silent")
 
 
+def shown(reply: dict[str, Any]) -> dict[str, Any]:
+    """An apply that changed the host, as Ansible's output shows it without -v: what umlstate printed, once.
+
+    The result is printed as the debug action's is (``_ansible_verbose_always``), instead of by a debug task
+    after it, which cost a task's round on every host. A failure keeps the whole reply, output included, as
+    Ansible prints it anyway; an apply with no changes prints nothing."""
+    if reply.get("failed") or not reply.get("changed"):
+        return reply
+    return {"changed": True, "rc": reply.get("rc", 0), "_ansible_verbose_always": True,
+            "msg": [*reply.get("stderr_lines", []), *reply.get("stdout_lines", [])]}
+
+
 class ActionModule(ActionBase):  # type: ignore[misc]
     TRANSFERS_FILES = False
-    _supports_check_mode = False  # the playbook refuses check mode before any step
+    _supports_check_mode = True  # so that run() refuses it itself, rather than Ansible skipping each step
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        # Refused by the first step itself, rather than by a task of its own before it (each task costs Ansible
+        # about 0.02 s, however little it does): skipped, every step would report a rollout that did nothing.
+        if self._task.check_mode:
+            raise AnsibleActionFail("check mode cannot show a rollout: run `umlstate --host NAME plan TOPOLOGY` "
+                                    "on a host instead")
         task_vars = task_vars or {}
         result: dict[str, Any] = super().run(tmp, task_vars)
         step = self._task.args.get("step")
@@ -99,6 +116,8 @@ class ActionModule(ActionBase):  # type: ignore[misc]
             result.update(self._carry_out(**args))
         elif step == "carry_in":
             result.update(self._carry_in(**args))
+        elif step == "apply":
+            result.update(shown(self._call(step, args)))
         else:
             result.update(self._call(step, args))
         return result

@@ -2,7 +2,10 @@
 
 ``hosts | umlstate_moves(new_topology_text)`` is what ``moves.py NEW < hosts.json``
 prints, as data: the computation is moves.py's (contrib/ansible/moves.py, found
-beside this role), run without a module or a process of its own.
+beside this role), run without a module or a process of its own. Its warnings
+are Ansible's warnings too (shown in the output, not by a task of their own),
+and ``moving`` says whether the rollout has guests to move or a journal to
+finish, the same for every host, so that all go the same way (tasks/main.yml).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
+from ansible.utils.display import Display
 
 MOVES = Path(__file__).resolve().parents[3] / "moves.py"  # filter_plugins -> umlstate -> roles -> contrib/ansible
 
@@ -34,6 +38,9 @@ def umlstate_moves(hosts: dict[str, dict[str, Any]], new_text: str) -> dict[str,
         result: dict[str, Any] = moves.compute(new_text, hosts)
     except moves.MoveError as exc:
         raise AnsibleFilterError(f"moves: {exc}") from None
+    for warning in result["warnings"]:
+        Display().warning(f"umlstate: {warning}")
+    result["moving"] = bool(result["moves"]) or any(seen.get("journal") is not None for seen in hosts.values())
     return result
 
 
