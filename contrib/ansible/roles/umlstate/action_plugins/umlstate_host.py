@@ -34,6 +34,7 @@ from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.executor.interpreter_discovery import discover_interpreter
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 
 HOST_SIDE = Path(__file__).resolve().parents[1] / "files" / "umlstate_host.py"
 ARGV = {"type": "list", "elements": "str", "required": True}
@@ -73,16 +74,18 @@ STEPS: dict[str, dict[str, Any]] = {
 AUTO = ("auto", "auto_legacy", "auto_silent", "auto_legacy_silent")
 
 
-def shown(reply: dict[str, Any]) -> dict[str, Any]:
-    """An apply that changed the host, as Ansible's output shows it without -v: what umlstate printed, once.
+def shown(reply: dict[str, Any], verbosity: int) -> dict[str, Any]:
+    """An apply that changed the host, shown by its own result: what umlstate printed, once.
 
-    The result is printed as the debug action's is (``_ansible_verbose_always``), instead of by a debug task
-    after it, which cost a task's round on every host. A failure keeps the whole reply, output included, as
-    Ansible prints it anyway; an apply with no changes prints nothing."""
+    Printed as the debug action's result is (``_ansible_verbose_always``), instead of by a debug task after
+    it, which cost a task's round on every host. Without -v, only that (``msg``); with -v, Ansible prints every
+    result whole, and this one keeps the reply's own keys beside it. A failure keeps the whole reply, output
+    included, as Ansible prints it anyway; an apply with no changes prints nothing."""
     if reply.get("failed") or not reply.get("changed"):
         return reply
-    return {"changed": True, "rc": reply.get("rc", 0), "_ansible_verbose_always": True,
-            "msg": [*reply.get("stderr_lines", []), *reply.get("stdout_lines", [])]}
+    lines = [*reply.get("stderr_lines", []), *reply.get("stdout_lines", [])]
+    kept = reply if verbosity else {"changed": True, "rc": reply.get("rc", 0)}
+    return {**kept, "msg": lines, "_ansible_verbose_always": True}
 
 
 class ActionModule(ActionBase):  # type: ignore[misc]
@@ -117,7 +120,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]
         elif step == "carry_in":
             result.update(self._carry_in(**args))
         elif step == "apply":
-            result.update(shown(self._call(step, args)))
+            result.update(shown(self._call(step, args), Display().verbosity))
         else:
             result.update(self._call(step, args))
         return result
