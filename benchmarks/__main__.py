@@ -1,6 +1,9 @@
 """umlstate's benchmark: side by side with ip -batch and a one-process-per-step script.
 
-    python -m benchmarks [--sizes 10,100,1000] [--repeat 3] [--guests 1,2,4] [--out FILE]
+    python -m benchmarks [--sizes 10,100,1000] [--repeat 3] [--guests 1,2,4] [--out FILE] [--readme]
+
+With --readme, the run is kept as benchmarks/figures.json and README.md's
+Benchmark block is written from it (tests check that the two agree).
 
 Everything happens in namespaces it makes (umlstate-test-bench-*) and removes,
 also on failure; the root namespace is never touched. Contenders alternate
@@ -65,6 +68,11 @@ from umlstate.guestimage import build
 from umlstate.host import mconsole
 
 PY = sys.executable
+README = Path(__file__).resolve().parent.parent / "README.md"
+FIGURES = Path(__file__).resolve().parent / "figures.json"  # the run README's block shows, kept in git
+BEGIN = ("<!-- benchmark: begin. Written by `scripts/bench --readme` from benchmarks/figures.json "
+         "(`python -m benchmarks --readme-only` writes it again): edit neither by hand. -->")
+END = "<!-- benchmark: end -->"
 DEBIAN_SETTLE = 15.0  # seconds a Debian guest is left to finish booting after it first answers
 OWNER = 65534
 
@@ -776,9 +784,10 @@ def table(results: dict[str, Any]) -> str:
         m = results["hosts"]["median"]
         out.append(f"\n{results['hosts']['k']} guests, empty to all answering: three hosts {m['three_hosts']:.2f} s, "
                    f"one host {m['one_host']:.2f} s (three hosts / one: {m['three_hosts'] / m['one_host']:.2f}x)")
+        raw = results["hosts"].get("raw", {})
         if "busiest_host" in m:
             out.append(f"the busiest host's own apply calls in that rollout: {m['busiest_host']:.2f} s "
-                       f"(rollout / busiest host: {m['three_hosts'] / m['busiest_host']:.2f}x)")
+                       f"(rollout / busiest host: {_per_run(raw, 'three_hosts', 'busiest_host', m)})")
         if "in_sync_rollout" in m:
             out.append(f"the same rollout once the farm is in sync (the playbook's own cost): "
                        f"{m['in_sync_rollout']:.2f} s")
@@ -789,7 +798,7 @@ def table(results: dict[str, Any]) -> str:
             out.append(f"with the uplinks' proxy_delay at 0 (README: Troubleshooting): the rollout "
                        f"{m['three_hosts_arp_at_once']:.2f} s, its busiest host's apply calls "
                        f"{m['busiest_host_arp_at_once']:.2f} s "
-                       f"({m['three_hosts_arp_at_once'] / m['busiest_host_arp_at_once']:.2f}x)")
+                       f"({_per_run(raw, 'three_hosts_arp_at_once', 'busiest_host_arp_at_once', m)})")
     if results.get("watch"):
         w = results["watch"]["median"]
         out.append(f"\nwatch repair: deleted tap {w['deleted_tap']:.2f} s, killed switch {w['killed_switch']:.2f} s, "
@@ -813,6 +822,45 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _per_run(raw: dict[str, list[float]], rollout: str, busiest: str, median: dict[str, float]) -> str:
+    """A rollout against its own busiest host, run by run (the target's measure), as their median and range;
+    the ratio of the two medians where a stored run has no raw figures."""
+    ratios = [a / b for a, b in zip(raw.get(rollout, []), raw.get(busiest, []), strict=True)]
+    if not ratios:
+        return f"{median[rollout] / median[busiest]:.2f}x"
+    spread = f", runs {min(ratios):.2f}x to {max(ratios):.2f}x" if len(ratios) > 1 else ""
+    return f"{statistics.median(ratios):.2f}x, the median of each run's own{spread}"
+
+
+def readme_block(results: dict[str, Any]) -> str:
+    """README's Benchmark block: what the run was, then the table it printed, its sentences as a list."""
+    run, m = results.get("run") or {}, results["machine"]
+    command = " ".join(["scripts/bench", *run.get("argv", [])])
+    head = (f"The latest run, `{command}` ({run.get('date', 'undated')}, {m['cpus']} CPUs, "
+            f"{m['memory_gib']} GiB, kernel {m['kernel']}, Python {m['python']}; medians of "
+            f"{run.get('repeat', '?')}), as it printed it; its raw figures are `benchmarks/figures.json`:")
+    lines = [line if not line or line.startswith("|") else f"- {line}" for line in table(results).splitlines()]
+    return "\n".join([BEGIN, "", head, "", *lines, "", END])
+
+
+def with_figures(readme: str, results: dict[str, Any]) -> str:
+    """README's text with its Benchmark block written from ``results``; the rest as it was."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"benchmark: {README} has no block between {BEGIN!r} and {END!r}")
+    return readme[:start] + readme_block(results) + readme[end + len(END):]
+
+
+def write_readme(results: dict[str, Any]) -> None:
+    """Keep ``results`` as benchmarks/figures.json and write README's block from them. A run with a failed
+    section is not written: the block would show a table with holes as the latest figures."""
+    if results.get("errors"):
+        raise SystemExit("benchmark: README.md is left as it was: a section failed")
+    FIGURES.write_text(json.dumps(results, indent=1) + "\n")
+    README.write_text(with_figures(README.read_text(), results))
+    print(f"README.md's Benchmark block and {FIGURES} written", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100,1000")
@@ -826,7 +874,14 @@ def main() -> None:
     parser.add_argument("--no-lab", action="store_true", help="skip the static-routing lab")
     parser.add_argument("--debian", action="store_true", help="stops of Debian guests too (scripts/build-debian-guest)")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
+    parser.add_argument("--readme", action="store_true",
+                        help="then keep this run as benchmarks/figures.json and write README.md's Benchmark block")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="run nothing: write README.md's Benchmark block again from benchmarks/figures.json")
     args = parser.parse_args()
+    if args.readme_only:
+        README.write_text(with_figures(README.read_text(), json.loads(FIGURES.read_text())))
+        return
     if os.geteuid() != 0:
         raise SystemExit("benchmark: run as root (it makes network namespaces)")
     # Byte code written first, as an install leaves it: with PYTHONDONTWRITEBYTECODE set, every timed command
@@ -839,6 +894,8 @@ def main() -> None:
         results: dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+            "run": {"date": datetime.now().astimezone().strftime("%Y-%m-%d"), "repeat": args.repeat,
+                    "argv": [a for a in sys.argv[1:] if a != "--readme"]},
             "taps": [], "farm": [], "forms": [], "hosts": None, "watch": None, "stops": None, "policy": None,
             "lab": None,
         }
@@ -895,6 +952,8 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"\nraw figures: {out}", file=sys.stderr)
+        if args.readme:
+            write_readme(results)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         sh("groupdel", group, check=False)
